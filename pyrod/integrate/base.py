@@ -1,0 +1,97 @@
+"""The backend contract: a flow is described once (:class:`FlowProblem`); a backend only integrates it.
+
+A backend is a function ``integrate_segment(problem, t0, y0, t1, t_save) -> Segment``. The driver in
+:mod:`pyrod.integrate.driver` calls it segment by segment (so results can be written incrementally and
+terminal events stop the run), handles the projection hook between steps when a backend cannot, and
+collects event records. Units: ``t`` in optimizer steps; ``y`` is a float64 NumPy vector of length ``n``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+__all__ = ["Event", "EventRecord", "FlowProblem", "Segment", "BackendUnavailable"]
+
+
+class BackendUnavailable(RuntimeError):
+    """The requested integration backend cannot run here (missing package or runtime); the message says how
+    to make it available."""
+
+
+@dataclass
+class Event:
+    """A scalar event function ``fn(t, y) -> float`` whose zero crossing is located to the tolerance.
+
+    ``direction``: +1 (upward crossings only), −1 (downward) or 0 (both). ``terminal``: stop the run.
+    ``kind`` is what is recorded (``"eos"``, ``"loss_target"``, ``"divergence"``, ``"critical_set"``, …).
+    """
+
+    name: str
+    fn: Callable[[float, np.ndarray], float]
+    direction: int = 0
+    terminal: bool = False
+    kind: str = "custom"
+
+
+@dataclass
+class EventRecord:
+    """A located event: time (steps), kind, name, and the value of the monitored quantity there."""
+
+    t: float
+    name: str
+    kind: str
+    value: float = float("nan")
+
+    def as_dict(self) -> dict:
+        return {"t": float(self.t), "name": self.name, "kind": self.kind, "value": float(self.value)}
+
+
+@dataclass
+class FlowProblem:
+    """Backend-independent description of ``dy/dt = rhs(t, y)``.
+
+    rhs : ``(t, y) -> dy/dt``, NumPy float64 ``(n,)`` in and out (one host copy per evaluation).
+    jvp : optional ``(t, y, v) -> J(t, y) v`` for matrix-free stiff solvers (from torch HVPs/JVPs).
+    events : located zero crossings (see :class:`Event`).
+    project : optional ``(t, y) -> y`` applied after every accepted step (e.g. a state clamp); the central
+        flow solves its complementarity problem inside ``rhs`` instead.
+    method : backend-specific integrator name (``None`` = the backend's default).
+    rtol, atol : tolerances. max_step : largest step (steps), ``inf`` = unlimited.
+    on_accept : optional ``(t, y) -> None`` called after each accepted step (eigen-tracking warm starts).
+    """
+
+    rhs: Callable[[float, np.ndarray], np.ndarray]
+    n: int
+    jvp: Callable[[float, np.ndarray, np.ndarray], np.ndarray] | None = None
+    events: Sequence[Event] = ()
+    project: Callable[[float, np.ndarray], np.ndarray] | None = None
+    method: str | None = None
+    rtol: float = 1e-6
+    atol: float = 1e-9
+    max_step: float = float("inf")
+    first_step: float | None = None
+    on_accept: Callable[[float, np.ndarray], None] | None = None
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class Segment:
+    """What a backend returns for one segment ``[t0, t_end]``.
+
+    ``t_save``/``y_save``: the requested save times reached and the states there ``(len(t_save), n)``;
+    ``t_end``/``y_end``: where integration stopped (``t1``, or a terminal event's time);
+    ``events``: located events in the segment; ``n_rhs``/``n_jvp``: evaluation counts;
+    ``status``: ``"ok"``, ``"event"`` (terminal event) or ``"failed"`` with ``message``.
+    """
+
+    t_save: np.ndarray
+    y_save: np.ndarray
+    t_end: float
+    y_end: np.ndarray
+    events: list = field(default_factory=list)
+    n_rhs: int = 0
+    n_jvp: int = 0
+    status: str = "ok"
+    message: str = ""

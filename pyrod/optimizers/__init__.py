@@ -1,0 +1,55 @@
+"""Optimizers, each defined once (state, step, preconditioner ``P(ν,t)``, threshold, increment ``D``).
+
+>>> import pyrod
+>>> opt = pyrod.optimizers.Adam(lr=1e-3)
+>>> round(opt.threshold(), 6)    # (2 + 2β1) / ((1 − β1) η)
+38000.0
+
+See :mod:`pyrod.optimizers.base` for the conventions every flow relies on.
+"""
+from __future__ import annotations
+
+from .base import Optimizer, OptState, bias_factor
+from .family import (GD, AMSGrad, Adagrad, Adam, AdamW, HeavyBall, NAdam, Nesterov, Padam,
+                     PreconditionedMomentum, RMSProp, ScalarAdam, ScalarNAdam, ScalarRMSProp)
+
+__all__ = ["Optimizer", "OptState", "bias_factor", "PreconditionedMomentum", "GD", "HeavyBall", "Nesterov",
+           "RMSProp", "ScalarRMSProp", "Adam", "ScalarAdam", "NAdam", "ScalarNAdam", "AdamW", "AMSGrad",
+           "Padam", "Adagrad", "REGISTRY", "get", "from_config"]
+
+REGISTRY: dict[str, type[Optimizer]] = {
+    cls.name: cls for cls in (GD, HeavyBall, Nesterov, RMSProp, ScalarRMSProp, Adam, ScalarAdam, NAdam,
+                              ScalarNAdam, AdamW, AMSGrad, Padam, Adagrad)
+}
+
+try:  # optimizers with their own modules (added as they land)
+    from .adafactor import Adafactor  # noqa: F401
+    REGISTRY["Adafactor"] = Adafactor
+    __all__.append("Adafactor")
+except ImportError:  # pragma: no cover
+    pass
+try:
+    from .muon import Muon  # noqa: F401
+    REGISTRY["Muon"] = Muon
+    __all__.append("Muon")
+except ImportError:  # pragma: no cover
+    pass
+
+
+def get(name: str) -> type[Optimizer]:
+    """Optimizer class by name (case-insensitive); ValueError listing the valid names."""
+    for key, cls in REGISTRY.items():
+        if key.lower() == str(name).lower():
+            return cls
+    raise ValueError(f"optimizer={name!r} is unknown; valid names: {sorted(REGISTRY)}")
+
+
+def from_config(cfg: dict) -> Optimizer:
+    """Rebuild an optimizer from :meth:`Optimizer.config` output."""
+    import torch
+
+    cfg = dict(cfg)
+    cls = get(cfg.pop("name"))
+    if cfg.get("frozen_nu") is not None:
+        cfg["frozen_nu"] = torch.tensor(cfg["frozen_nu"], dtype=torch.float64)
+    return cls(**cfg)

@@ -1,0 +1,172 @@
+"""One definition per optimizer, from which discrete steps and every flow are derived.
+
+Conventions (``../shared/science/optimizers.md``, ``rod_flows.md`` §1–3):
+
+* one time unit = one optimizer step; step ``k = 0, 1, …``; ``t`` is continuous time.
+* phase-space state ``z = (w, m)`` (``m`` absent without momentum); the second moment ``ν`` is an
+  auxiliary state. Buffers are stored *before* the step (``m_0 = 0``).
+* ``ν_used(k) = nu_update(ν_k, g_k, k)`` is the value in the denominator of step ``k`` (PyTorch semantics:
+  the current gradient enters ``ν`` before the parameter update); it is also ``ν_{k+1}``.
+* one discrete step is ``z_{k+1} = z_k + D(z_k; ν_used(k), k)`` exactly, with ``D = increment(...)``.
+* ``P(ν, t) = preconditioner(ν, t)`` excludes ``η``; the step is ``−η P⁻¹(·)`` and the stability threshold
+  (``threshold()``) is on ``λmax(P⁻¹H)``, so ``effective sharpness = λmax(P⁻¹H) / threshold``.
+
+Every optimizer is a frozen dataclass of hyper-parameters. Subclasses supply the pieces; the generic
+``step`` here, and the flows in :mod:`pyrod.flows`, only ever call these pieces.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+
+__all__ = ["Optimizer", "OptState", "bias_factor"]
+
+
+def bias_factor(beta: float, x) -> float:
+    """``1 − β^x`` for real ``x`` (``β^x = exp(x ln β)``); 1 for ``β = 0``."""
+    if beta == 0.0:
+        return 1.0
+    return -math.expm1(float(x) * math.log(beta))
+
+
+@dataclass
+class OptState:
+    """Discrete optimizer state *before* step ``k``.
+
+    ``w``: parameters ``(d,)``; ``m``: first moment ``(d,)`` or None; ``nu``: second moment ``(d,)`` or
+    ``(1,)`` (scalar methods) or None; ``k``: step index; ``extra``: optimizer-specific buffers.
+    """
+
+    w: torch.Tensor
+    m: torch.Tensor | None = None
+    nu: torch.Tensor | None = None
+    k: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def clone(self) -> "OptState":
+        c = lambda x: None if x is None else x.clone()  # noqa: E731
+        return OptState(c(self.w), c(self.m), c(self.nu), self.k, {k: c(v) for k, v in self.extra.items()})
+
+
+def _check_range(name, value, lo, hi, lo_open=False, hi_open=True):
+    bad = (not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value)
+           or (value <= lo if lo_open else value < lo) or (value >= hi if hi_open else value > hi))
+    if bad:
+        lb = "(" if lo_open else "["
+        rb = ")" if hi_open else "]"
+        raise ValueError(f"{name}={value!r} must lie in {lb}{lo}, {hi}{rb}")
+
+
+@dataclass(frozen=True)
+class Optimizer:
+    """Base class: hyper-parameters + the pieces every run and flow is derived from.
+
+    Subclasses set the class flags and override ``direction`` (and, for ν-methods, ``nu_target``,
+    ``nu_update``, ``nu_velocity``, ``preconditioner``) and ``threshold``.
+    """
+
+    lr: float
+
+    name: ClassVar[str] = "optimizer"
+    has_momentum: ClassVar[bool] = False
+    has_nu: ClassVar[bool] = False
+    scalar_nu: ClassVar[bool] = False
+    #: optimizers whose D is smooth and defined on the whole phase space support flows
+    supports_flows: ClassVar[bool] = True
+
+    def __post_init__(self):
+        _check_range("lr", self.lr, 0.0, math.inf, lo_open=True)
+        self.validate()
+
+    def validate(self) -> None:
+        """Check hyper-parameters; raise ValueError naming the bad one."""
+
+    # ------------------------------------------------------------- metadata
+    def config(self) -> dict:
+        """JSON-able hyper-parameters; ``pyrod.optimizers.from_config(cfg)`` rebuilds the optimizer."""
+        out = {"name": self.name}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, torch.Tensor):
+                v = v.detach().cpu().tolist()
+            out[f.name] = v
+        return out
+
+    def replace(self, **changes) -> "Optimizer":
+        return dataclasses.replace(self, **changes)
+
+    # -------------------------------------------------------------- pieces
+    def threshold(self) -> float:
+        """Stability threshold on ``λmax(P⁻¹H)`` (t → ∞), Cohen et al. 2022 Table 1. NaN if none."""
+        return 2.0 / self.lr
+
+    def nu_target(self, g: torch.Tensor) -> torch.Tensor:
+        """What the second moment tracks: ``g⊙g`` ``(d,)`` or ``‖g‖²`` ``(1,)`` (scalar methods)."""
+        raise NotImplementedError
+
+    def nu_init(self, g0: torch.Tensor) -> torch.Tensor | None:
+        """``ν_0`` (before step 0)."""
+        return None
+
+    def nu_update(self, nu: torch.Tensor, g: torch.Tensor, k: int) -> torch.Tensor:
+        """``ν_used(k)``: the buffer after absorbing ``g_k`` (used in the denominator of step ``k``)."""
+        raise NotImplementedError
+
+    def nu_velocity(self, nu: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``dν/dt`` of the flows for a (possibly rod-averaged) ``target = tgt(g)``."""
+        raise NotImplementedError
+
+    def preconditioner(self, nu: torch.Tensor | None, t: float) -> torch.Tensor:
+        """``P(ν, t)`` without ``η``; shape ``(d,)``, ``(1,)``; ``ones(1)`` for non-adaptive methods.
+
+        Must be positive. ``t`` is the (continuous) step index; bias-correction factors use it.
+        """
+        return torch.ones(1, dtype=torch.float64)
+
+    def direction(self, w, m, g, nu, t) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The increment ``D(z; ν, t) = (D_w, D_m)`` for ``z = (w, m)`` and ``g = ∇L(w)``."""
+        raise NotImplementedError
+
+    # the name used in the science notes
+    def increment(self, w, m, g, nu, t):
+        """Alias of :meth:`direction`: ``D(z; ν, t)`` (rod_flows.md §3)."""
+        return self.direction(w, m, g, nu, t)
+
+    def effective_nu(self, state: OptState, nu_used: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Hook (AMSGrad): the ν that enters ``P`` given ``ν_used``, and updated ``extra`` buffers."""
+        return nu_used, state.extra
+
+    # ------------------------------------------------------------ discrete
+    def init_state(self, w0: torch.Tensor, g0: torch.Tensor) -> OptState:
+        """State before step 0 (``m_0 = 0``, ``ν_0 = nu_init(g0)``)."""
+        m = torch.zeros_like(w0) if self.has_momentum else None
+        nu = self.nu_init(g0) if self.has_nu else None
+        return OptState(w0.clone(), m, nu, 0, self.init_extra(w0))
+
+    def init_extra(self, w0: torch.Tensor) -> dict:
+        return {}
+
+    def step(self, state: OptState, g: torch.Tensor) -> tuple[OptState, torch.Tensor | None]:
+        """One discrete step from ``state`` with ``g = ∇L(state.w)``.
+
+        Returns the new state and the ν that entered ``P`` in this step (``None`` without ν), so callers
+        can measure ``λmax(P⁻¹H)`` with the preconditioner this step actually used.
+        """
+        nu_p = None
+        extra = state.extra
+        new_nu = None
+        if self.has_nu:
+            new_nu = self.nu_update(state.nu, g, state.k)
+            nu_p, extra = self.effective_nu(state, new_nu)
+        dw, dm = self.direction(state.w, state.m, g, nu_p, state.k)
+        m = state.m + dm if self.has_momentum else None
+        return OptState(state.w + dw, m, new_nu, state.k + 1, extra), nu_p
+
+    def __repr__(self):
+        args = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)
+                         if not isinstance(getattr(self, f.name), torch.Tensor))
+        return f"{type(self).__name__}({args})"
