@@ -138,6 +138,12 @@ class Problem:
         return w
 
     # ------------------------------------------------------------ derivatives
+    @property
+    def grad_fn(self):
+        """The pure gradient function ``w -> ∇L(w)`` (``torch.func.grad``; composable with ``jvp``/``vmap``,
+        not counted, not detached). Flows build differentiable right-hand sides from it."""
+        return self._grad
+
     def loss(self, w: torch.Tensor) -> torch.Tensor:
         """L(w), a 0-d tensor."""
         with torch.no_grad():
@@ -158,14 +164,14 @@ class Problem:
         """H(w) v for ``v`` of shape ``(d,)``, or H(w) V for ``V`` of shape ``(d, k)`` (one vmap)."""
         if v.ndim == 1:
             self.n_hvp += 1
-            return jvp(self._grad, (w,), (v,))[1].detach()
+            return jvp(self._grad, (w,), (v,))[1].detach().to(self.dtype)
         if v.ndim != 2:
             raise ValueError(f"v must have shape (d,) or (d, k), got {tuple(v.shape)}")
         self.n_hvp += v.shape[1]
         if v.shape[1] == 0:
             return v.clone()
         f = lambda col: jvp(self._grad, (w,), (col,))[1]  # noqa: E731
-        return vmap(f, in_dims=1, out_dims=1)(v).detach()
+        return vmap(f, in_dims=1, out_dims=1)(v).detach().to(self.dtype)
 
     jvp_grad = hvp
 
@@ -180,9 +186,9 @@ class Problem:
         g3 = grad(quad)
         if u.ndim == 1:
             self.n_hvp += 2
-            return g3(w, u, v).detach()
+            return g3(w, u, v).detach().to(self.dtype)
         self.n_hvp += 2 * u.shape[1]
-        return vmap(g3, in_dims=(None, 1, 1), out_dims=1)(w, u, v).detach()
+        return vmap(g3, in_dims=(None, 1, 1), out_dims=1)(w, u, v).detach().to(self.dtype)
 
     def hessian(self, w: torch.Tensor) -> torch.Tensor:
         """Dense Hessian ``(d, d)``; for small problems and tests only."""

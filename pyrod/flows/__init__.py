@@ -1,0 +1,81 @@
+"""Continuous-time models of the optimizers, derived from their one definition.
+
+* ``stable`` — ``dz/dt = D(z; ν, t)`` (the Euler-inverse of the map), :class:`~.models.StableFlow`;
+* ``rod`` — rod flow in endpoint form with a smooth auxiliary ν, :class:`~.models.RodFlow`;
+* ``central`` — central flow with the complementarity projection (registered by :mod:`.central`).
+
+``pyrod.simulate(..., runs=[...], backend=, rtol=, atol=, method=, events=, bea=, restart_at=)`` builds
+them through :func:`prepare_flows`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .events import EventSpec, parse_events
+from .models import FlowModel, Layout, RodFlow, StableFlow, bea_correction
+from .run import FlowRun
+
+__all__ = ["FLOW_RUNS", "prepare_flows", "FlowRun", "FlowModel", "StableFlow", "RodFlow", "Layout",
+           "EventSpec", "parse_events", "bea_correction"]
+
+#: flow name -> FlowModel subclass
+FLOW_RUNS: dict = {"stable": StableFlow, "rod": RodFlow}
+
+try:  # the central flow registers itself when available
+    from .central import CentralFlow  # noqa: F401
+    FLOW_RUNS["central"] = CentralFlow
+except ImportError:  # pragma: no cover
+    pass
+
+
+@dataclass
+class FlowSpec:
+    """A validated flow configuration; ``build(measurer)`` makes the run object."""
+
+    model_cls: type
+    problem: object
+    optimizer: object
+    options: dict
+    model_options: dict
+
+    def build(self, measurer):
+        model = self.model_cls(self.problem, self.optimizer, **self.model_options)
+        return FlowRun(model, measurer, **self.options)
+
+
+def prepare_flows(problem, optimizer, flows, *, restart_at=None, backend: str = "scipy", method=None,
+                  rtol: float = 1e-6, atol: float = 1e-9, max_step: float = math.inf, events=None,
+                  bea: bool = False, divergence_factor: float = 1e6, **model_options) -> dict:
+    """Validate flow options (before any work) and return ``{name: FlowSpec}``."""
+    from ..integrate import get_backend
+
+    if not optimizer.supports_flows:
+        raise ValueError(f"optimizer={optimizer.name!r} has no smooth increment D (flows are defined for "
+                         f"{sorted(_flow_optimizers())})")
+    for name, v in (("rtol", rtol), ("atol", atol)):
+        if not (isinstance(v, (int, float)) and 0 < v < 1):
+            raise ValueError(f"{name}={v!r} must be a number in (0, 1)")
+    if not (isinstance(max_step, (int, float)) and max_step > 0):
+        raise ValueError(f"max_step={max_step!r} must be > 0")
+    get_backend(backend)  # raises for unknown / unavailable backends
+    specs = parse_events(events)
+    out = {}
+    for name in flows:
+        cls = FLOW_RUNS[name]
+        opts = dict(model_options)
+        if name in ("stable", "rod"):
+            opts["bea"] = bool(bea)
+            unknown = set(model_options)
+            if unknown:
+                raise TypeError(f"unexpected flow options {sorted(unknown)} for run {name!r}")
+        out[name] = FlowSpec(cls, problem, optimizer,
+                             dict(backend=backend, method=method, rtol=rtol, atol=atol, max_step=max_step,
+                                  events=specs, restart_at=restart_at, divergence_factor=divergence_factor),
+                             opts)
+    return out
+
+
+def _flow_optimizers():
+    from .. import optimizers
+    return [n for n, c in optimizers.REGISTRY.items() if c.supports_flows]

@@ -1,0 +1,226 @@
+"""Flow models derived from one optimizer definition (rod_flows.md §4, §7).
+
+A :class:`FlowModel` knows its state layout, initial condition (from the discrete run), right-hand side
+(a pure torch function of ``(t, y)``, differentiable with ``torch.func.jvp`` for stiff solvers and the
+BEA correction) and how to read the flow out at integer times. The optimizer supplies only
+``direction`` (the increment ``D``), ``nu_target``, ``nu_velocity``, ``nu_update``, ``preconditioner``.
+
+State vectors ``y`` are flat; ``w``, ``m`` have ``d`` entries, ``ν`` has ``d`` or 1.
+Units: ``t`` in optimizer steps.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.func import jvp
+
+__all__ = ["Layout", "FlowModel", "StableFlow", "RodFlow", "bea_correction"]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Named consecutive slices of a flat state vector."""
+
+    parts: tuple  # ((name, size), ...)
+
+    @property
+    def size(self) -> int:
+        return sum(n for _, n in self.parts)
+
+    def unpack(self, y: torch.Tensor) -> dict:
+        out, i = {}, 0
+        for name, n in self.parts:
+            out[name] = y[i:i + n]
+            i += n
+        return out
+
+    def pack(self, **parts) -> torch.Tensor:
+        return torch.cat([parts[name].reshape(-1) for name, _ in self.parts])
+
+
+def bea_correction(f):
+    """Second-order backward-error correction ``Ẏ = F(Y) − ½ J_F(Y) F(Y)`` (rod_flows.md §4.7).
+
+    The Jacobian-vector product is exact (forward-over-reverse through ``f``), not a finite difference.
+    """
+    def corrected(t, y):
+        F, JF = jvp(lambda yy: f(t, yy), (y,), (f(t, y),))
+        return F - 0.5 * JF
+    return corrected
+
+
+class FlowModel:
+    """Base class. Subclasses define ``layout``, ``initial_state``, ``rhs``, ``centre``, ``nu_of``."""
+
+    name = "flow"
+    #: time shift of the bias-correction factors inside D (rod: ½, stable: 0)
+    tshift = 0.0
+    #: the flow at time k + compare_shift is compared with the discrete centre (z_k + z_{k+1})/2
+    compare_shift = 0.0
+    #: gradients per right-hand-side evaluation (for cost counters)
+    grads_per_rhs = 1
+
+    def __init__(self, problem, optimizer, *, bea: bool = False):
+        self.problem, self.opt = problem, optimizer
+        self.grad = problem.grad_fn
+        d = problem.dim
+        self.d = d
+        self.has_m = optimizer.has_momentum
+        self.has_nu = optimizer.has_nu
+        self.nu_size = (1 if optimizer.scalar_nu else d) if self.has_nu else 0
+        self.bea = bea
+
+    def rhs_fn(self):
+        """The right-hand side ``(t, y) -> dy/dt`` (torch), BEA-corrected when requested."""
+        return bea_correction(self.rhs) if self.bea else self.rhs
+
+    # pieces shared by subclasses
+    def _step_parts(self, w, m, g, nu, t):
+        dw, dm = self.opt.direction(w, m, g, nu, t)
+        return dw, dm
+
+    def extra_variables(self) -> list:
+        return []
+
+    def readout(self, k: int, y_k: torch.Tensor, y_prev_half: torch.Tensor | None, discrete) -> dict:
+        return {}
+
+
+class StableFlow(FlowModel):
+    """``dz/dt = D(z; ν, t)``, ``dν/dt = ν-velocity(ν, tgt(g(w)))``: the Euler-inverse of the map.
+
+    IC: ``w(0) = w_0``, ``m(0) = 0``, ``ν(0) = ν_used(0)``. Compared with the discrete centre at ``k + ½``.
+    """
+
+    name = "stable"
+    tshift = 0.0
+    compare_shift = 0.5
+    grads_per_rhs = 1
+
+    def __init__(self, problem, optimizer, **kw):
+        super().__init__(problem, optimizer, **kw)
+        parts = [("w", self.d)]
+        if self.has_m:
+            parts.append(("m", self.d))
+        if self.has_nu:
+            parts.append(("nu", self.nu_size))
+        self.layout = Layout(tuple(parts))
+
+    def initial_state(self, s0, s1, nu_next) -> torch.Tensor:
+        parts = {"w": s0.w}
+        if self.has_m:
+            parts["m"] = s0.m
+        if self.has_nu:
+            parts["nu"] = s0.nu_used
+        return self.layout.pack(**parts)
+
+    def rhs(self, t, y):
+        p = self.layout.unpack(y)
+        w, m, nu = p["w"], p.get("m"), p.get("nu")
+        g = self.grad(w)
+        dw, dm = self.opt.direction(w, m, g, nu, t + self.tshift)
+        out = {"w": dw}
+        if self.has_m:
+            out["m"] = dm
+        if self.has_nu:
+            out["nu"] = self.opt.nu_velocity(nu, self.opt.nu_target(g))
+        return self.layout.pack(**out)
+
+    def centre(self, y):
+        p = self.layout.unpack(y)
+        return p["w"], p.get("m")
+
+    def nu_of(self, y):
+        return self.layout.unpack(y).get("nu")
+
+
+class RodFlow(FlowModel):
+    """Rod flow in endpoint form (rod_flows.md §4.2, §4.6, §7)::
+
+        dz₊/dt = Φ(z₋; ν, t+½) − z₊,   dz₋/dt = Φ(z₊; ν, t+½) − z₋,
+        dν/dt  = ν-velocity(ν, ½[tgt(g₊) + tgt(g₋)])
+
+    with ``Φ(z) = z + D(z)``. IC ``z₊(0) = z_0``, ``z₋(0) = z_1``, ``ν(0) = ½[ν_used(0) + ν_used(1)]``.
+    Read-out: centre ``z̄ = (z₊+z₋)/2``, half-length ``δ = (z₊−z₋)/2``; iterate predictor
+    ``z_k ≈ z̄(k−½) + (−1)^k δ(k)``.
+    """
+
+    name = "rod"
+    tshift = 0.5
+    compare_shift = 0.0
+    grads_per_rhs = 2
+
+    def __init__(self, problem, optimizer, **kw):
+        super().__init__(problem, optimizer, **kw)
+        parts = [("wp", self.d)] + ([("mp", self.d)] if self.has_m else [])
+        parts += [("wm", self.d)] + ([("mm", self.d)] if self.has_m else [])
+        if self.has_nu:
+            parts.append(("nu", self.nu_size))
+        self.layout = Layout(tuple(parts))
+
+    def initial_state(self, s0, s1, nu_next) -> torch.Tensor:
+        # endpoint "+" holds the iterate with even index (rod_flows.md §4.6; z_k = z̄ + (-1)^k δ)
+        even, odd = (s0, s1) if s0.k % 2 == 0 else (s1, s0)
+        parts = {"wp": even.w, "wm": odd.w}
+        if self.has_m:
+            parts["mp"], parts["mm"] = even.m, odd.m
+        if self.has_nu:
+            parts["nu"] = 0.5 * (s0.nu_used + nu_next)
+        return self.layout.pack(**parts)
+
+    def rhs(self, t, y):
+        p = self.layout.unpack(y)
+        wp, wm, nu = p["wp"], p["wm"], p.get("nu")
+        mp, mm = p.get("mp"), p.get("mm")
+        gp, gm = self.grad(wp), self.grad(wm)
+        tt = t + self.tshift
+        dwp, dmp = self.opt.direction(wp, mp, gp, nu, tt)
+        dwm, dmm = self.opt.direction(wm, mm, gm, nu, tt)
+        out = {"wp": (wm + dwm) - wp, "wm": (wp + dwp) - wm}
+        if self.has_m:
+            out["mp"] = (mm + dmm) - mp
+            out["mm"] = (mp + dmp) - mm
+        if self.has_nu:
+            target = 0.5 * (self.opt.nu_target(gp) + self.opt.nu_target(gm))
+            out["nu"] = self.opt.nu_velocity(nu, target)
+        return self.layout.pack(**out)
+
+    def centre(self, y):
+        p = self.layout.unpack(y)
+        m = 0.5 * (p["mp"] + p["mm"]) if self.has_m else None
+        return 0.5 * (p["wp"] + p["wm"]), m
+
+    def half_length(self, y):
+        p = self.layout.unpack(y)
+        return 0.5 * (p["wp"] - p["wm"])
+
+    def nu_of(self, y):
+        return self.layout.unpack(y).get("nu")
+
+    def extra_variables(self) -> list:
+        from ..output import Var
+        return [
+            Var("iterate_distance", ("t",), "distance of the predicted iterate zbar(k-1/2)+(-1)^k delta(k) "
+                "to the discrete w_k", "1"),
+            Var("relative_iterate_distance", ("t",), "iterate_distance / norm of w_k", "1"),
+            Var("half_length", ("t",), "rod half-length norm ||delta_w(k)||", "1"),
+            Var("discrete_half_length", ("t",), "discrete half-amplitude ||w_k - w_{k+1}||/2", "1"),
+            Var("rod_loss", ("t",), "rod-averaged loss (L(w+) + L(w-))/2", "1"),
+        ]
+
+    def readout(self, k, y_k, y_prev_half, discrete) -> dict:
+        wbar, _ = self.centre(y_k)
+        delta = self.half_length(y_k)
+        base = wbar if y_prev_half is None else self.centre(y_prev_half)[0]
+        pred = base + (delta if k % 2 == 0 else -delta)
+        wk, wk1 = discrete
+        p = self.layout.unpack(y_k)
+        with torch.no_grad():
+            rod_loss = 0.5 * (self.problem.loss_fn(p["wp"]) + self.problem.loss_fn(p["wm"]))
+        dist = float(torch.linalg.vector_norm(pred - wk))
+        return {"iterate_distance": dist,
+                "relative_iterate_distance": dist / max(float(torch.linalg.vector_norm(wk)), 1e-300),
+                "half_length": float(torch.linalg.vector_norm(delta)),
+                "discrete_half_length": 0.5 * float(torch.linalg.vector_norm(wk - wk1)),
+                "rod_loss": float(rod_loss)}

@@ -1,0 +1,135 @@
+"""The discrete optimizer run and the second-order midpoint run.
+
+The discrete run advances in chunks of steps. For steps ``k0 … k0+n−1`` it returns one record of
+diagnostics per step and the states ``z_{k0} … z_{k0+n}`` (one step of look-ahead: the rod centre
+``(z_k + z_{k+1})/2`` and the midpoint ``¼(w_{k−1} + 2w_k + w_{k+1})`` need ``z_{k+1}``). Other runs
+(flows, midpoint) consume these chunks, so every run sees the same discrete trajectory and memory stays
+bounded by one chunk.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from ..optimizers.base import OptState
+from ..output import Var
+from .measure import Measurer, standard_variables
+
+__all__ = ["DiscreteState", "Chunk", "DiscreteRun", "MidpointRun"]
+
+
+@dataclass
+class DiscreteState:
+    """The discrete run at integer step ``k``: ``w``, ``m``, and ``nu_used`` (the ν in ``P`` at step ``k``)."""
+
+    k: int
+    w: torch.Tensor
+    m: torch.Tensor | None
+    nu_used: torch.Tensor | None
+    loss: float = math.nan
+
+
+@dataclass
+class Chunk:
+    """Discrete states ``k0 … k0+n`` (``n+1`` states) and the steps completed in this chunk."""
+
+    k0: int
+    states: list = field(default_factory=list)
+    n_steps: int = 0
+
+    def state(self, k: int) -> DiscreteState:
+        return self.states[k - self.k0]
+
+
+class DiscreteRun:
+    """Runs the optimizer; measures every step; stops on divergence or a loss target."""
+
+    name = "discrete"
+
+    def __init__(self, problem, optimizer, measurer: Measurer, *, loss_target: float | None = None,
+                 divergence_factor: float = 1e6, state: OptState | None = None):
+        self.problem, self.opt, self.measurer = problem, optimizer, measurer
+        self.loss_target = loss_target
+        self.divergence_factor = divergence_factor
+        if state is None:
+            loss0, g0 = problem.loss_and_grad(problem.w0)
+            state = optimizer.init_state(problem.w0, g0)
+            self._pending = (loss0, g0)
+        else:
+            self._pending = None
+        self.state = state
+        self.loss0 = None
+        self.stop_reason = None
+
+    def variables(self) -> list:
+        return standard_variables(self.measurer.k, self.opt.has_nu)
+
+    def _loss_grad(self):
+        if self._pending is not None:
+            out, self._pending = self._pending, None
+            return out
+        return self.problem.loss_and_grad(self.state.w)
+
+    def run_chunk(self, n: int):
+        """Advance ``n`` steps. Returns ``(records, chunk)``; ``records`` is a list of ``(t, values)``."""
+        records, chunk = [], Chunk(k0=self.state.k)
+        for _ in range(n):
+            st = self.state
+            loss, g = self._loss_grad()
+            loss_f = float(loss)
+            if self.loss0 is None:
+                self.loss0 = abs(loss_f)
+            finite = math.isfinite(loss_f) and bool(torch.isfinite(g).all())
+            if not finite:
+                records.append((float(st.k), {"loss": loss_f}))
+                chunk.states.append(DiscreteState(st.k, st.w, st.m, None, loss_f))
+                self.stop_reason = "diverged: non-finite loss or gradient at step %d" % st.k
+                break
+            new_state, nu_p = self.opt.step(st, g)
+            values = self.measurer.measure(st.w, step=st.k, nu=nu_p, t=st.k, loss=loss, grad=g)
+            records.append((float(st.k), values))
+            chunk.states.append(DiscreteState(st.k, st.w, st.m, nu_p, loss_f))
+            chunk.n_steps += 1
+            self.state = new_state
+            if loss_f > self.divergence_factor * max(self.loss0, 1e-300):
+                self.stop_reason = (f"diverged: loss {loss_f:.3g} exceeded divergence_factor="
+                                    f"{self.divergence_factor:g} x initial loss at step {st.k}")
+                break
+            if self.loss_target is not None and loss_f <= self.loss_target:
+                self.stop_reason = f"loss_target: loss {loss_f:.3g} <= {self.loss_target:g} at step {st.k}"
+                break
+        if chunk.n_steps == len(chunk.states):
+            # look-ahead state z_{k0+n} (its nu_used is not known until its gradient is taken)
+            st = self.state
+            chunk.states.append(DiscreteState(st.k, st.w, st.m, None))
+        return records, chunk
+
+
+class MidpointRun:
+    """Second-order midpoint of the discrete run: ``w*_k = ¼(w_{k−1} + 2w_k + w_{k+1})``, ``w*_0 = w_0``.
+
+    Diagnostics are measured at ``w*_k`` with the discrete preconditioner of step ``k``.
+    """
+
+    name = "midpoint"
+
+    def __init__(self, problem, optimizer, measurer: Measurer):
+        self.problem, self.opt, self.measurer = problem, optimizer, measurer
+        self.prev_w = None
+
+    def variables(self) -> list:
+        return standard_variables(self.measurer.k, self.opt.has_nu) + [
+            Var("distance_to_discrete", ("t",), "Euclidean distance between w*_k and the discrete w_k", "1")]
+
+    def advance(self, chunk: Chunk) -> list:
+        records = []
+        for i in range(chunk.n_steps):
+            s, nxt = chunk.states[i], chunk.states[i + 1]
+            w_star = s.w if self.prev_w is None else 0.25 * (self.prev_w + 2 * s.w + nxt.w)
+            values = self.measurer.measure(w_star, step=s.k, nu=s.nu_used, t=s.k)
+            values["distance_to_discrete"] = float(torch.linalg.vector_norm(w_star - s.w))
+            records.append((float(s.k), values))
+            self.prev_w = s.w
+        return records

@@ -1,0 +1,104 @@
+"""Diagnostics measured the same way for every run (discrete, midpoint, stable, rod, central).
+
+One :class:`Measurer` per run holds the warm-started eigen-trackers; :meth:`Measurer.measure` returns a
+dict of the standard variables at one integer time ``t`` (one time unit = one optimizer step):
+
+* ``loss``, ``accuracy``, ``grad_norm`` every step;
+* every ``eig_every`` steps: ``eigs`` (top-k of P⁻¹H, or of H without a preconditioner; shape ``(k,)``),
+  ``sharpness`` = λmax(H), ``preconditioned_sharpness`` = λmax(P⁻¹H), ``threshold``,
+  ``effective_sharpness`` = preconditioned_sharpness / threshold, ``eig_residual`` (max relative residual);
+* ``nu_norm`` = ‖ν‖ where the optimizer has a second moment.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..output import Var
+
+__all__ = ["Measurer", "standard_variables"]
+
+
+def standard_variables(k: int, has_nu: bool) -> list:
+    """The :class:`~pyrod.output.Var` list every run group starts with."""
+    out = [
+        Var("loss", ("t",), "training loss (full batch)", "1"),
+        Var("accuracy", ("t",), "training accuracy", "1"),
+        Var("grad_norm", ("t",), "Euclidean norm of the full-batch gradient", "1"),
+        Var("eigs", ("t", "eig"), "top eigenvalues of the preconditioned Hessian P^-1 H (of H without P)", "1"),
+        Var("sharpness", ("t",), "largest Hessian eigenvalue lambda_max(H)", "1"),
+        Var("preconditioned_sharpness", ("t",), "largest eigenvalue of P^-1 H", "1"),
+        Var("threshold", ("t",), "stability threshold on lambda_max(P^-1 H)", "1"),
+        Var("effective_sharpness", ("t",), "preconditioned sharpness divided by the stability threshold", "1"),
+        Var("eig_residual", ("t",), "largest relative residual of the computed eigenpairs", "1"),
+    ]
+    if has_nu:
+        out.append(Var("nu_norm", ("t",), "Euclidean norm of the second-moment buffer nu", "1"))
+    return out
+
+
+@dataclass
+class Measurer:
+    """Measures the standard diagnostics of one run (holds warm starts between calls)."""
+
+    problem: object
+    optimizer: object
+    k: int
+    eig_every: int
+    eig_tol: float = 1e-8
+    eig_max_iter: int = 200
+
+    def __post_init__(self):
+        from ..spectra import EigTracker
+
+        self.adaptive = bool(self.optimizer.has_nu)
+        self.tracker = EigTracker(self.k, tol=self.eig_tol, max_iter=self.eig_max_iter)
+        self.raw_tracker = EigTracker(1, tol=self.eig_tol, max_iter=self.eig_max_iter) if self.adaptive else None
+        self.last_evecs = None  # eigenvectors of the symmetric form at the last eigen-solve
+
+    def wants_eigs(self, step: int) -> bool:
+        return self.k > 0 and step % self.eig_every == 0
+
+    def preconditioner(self, nu, t):
+        """``P(ν, t)`` as a vector/scalar tensor, or None when the optimizer has no preconditioner."""
+        if not self.adaptive or nu is None:
+            return None
+        return self.optimizer.preconditioner(nu, t)
+
+    def measure(self, w: torch.Tensor, *, step: int, nu=None, t: float | None = None, loss=None,
+                grad=None, eigs: bool | None = None) -> dict:
+        """Diagnostics at parameters ``w`` (``(d,)``); ``nu`` the second moment entering ``P`` at time ``t``."""
+        prob = self.problem
+        t = float(step if t is None else t)
+        if loss is None or grad is None:
+            loss, grad = prob.loss_and_grad(w)
+        out = {"loss": float(loss), "accuracy": prob.accuracy(w), "grad_norm": float(torch.linalg.vector_norm(grad))}
+        if nu is not None:
+            out["nu_norm"] = float(torch.linalg.vector_norm(nu))
+        if eigs is None:
+            eigs = self.wants_eigs(step)
+        if eigs and math.isfinite(out["loss"]):
+            out.update(self.spectrum(w, nu, t))
+        return out
+
+    def spectrum(self, w, nu, t) -> dict:
+        P = self.preconditioner(nu, t)
+        evals, evecs, rep = self.tracker(self.problem, w, P)
+        self.last_evecs = evecs
+        thr = float(self.optimizer.threshold())
+        resid = float(np.max(rep.residuals)) if len(rep.residuals) else math.nan
+        out = {"eigs": evals.detach().cpu().numpy(), "preconditioned_sharpness": float(evals[0]),
+               "threshold": thr}
+        if self.raw_tracker is not None:
+            raw, _, rep2 = self.raw_tracker(self.problem, w, None)
+            out["sharpness"] = float(raw[0])
+            if len(rep2.residuals):
+                resid = max(resid, float(np.max(rep2.residuals)))
+        else:
+            out["sharpness"] = float(evals[0])
+        out["effective_sharpness"] = out["preconditioned_sharpness"] / thr if math.isfinite(thr) else math.nan
+        out["eig_residual"] = resid
+        return out

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Set up with test dependencies, lint the Julia package (static gate), run the test suite.
+# Extra arguments go to pytest (e.g. `bash scripts/test.sh -m slow`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh test
+PY=.venv/bin/python; { [ -n "${VIRTUAL_ENV:-}" ] || [ "${PYROD_USE_CURRENT_ENV:-0}" = 1 ]; } && PY="${PYTHON:-python}"
+BIN="$(dirname "$("$PY" -c 'import sys; print(sys.executable)')")"
+echo "[test] fatou lint julia/"
+"$BIN/fatou" lint julia/
+echo "[test] pytest"
+exec "$PY" -m pytest "$@"
