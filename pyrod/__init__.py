@@ -21,11 +21,14 @@ __all__ = ["__version__", "optimizers", "Problem", "problem", "simulate", "open"
 
 def __getattr__(name):  # lazy: keep `import pyrod` light (no xarray/netCDF4/juliacall until needed)
     if name == "simulate":
-        from .simulate import simulate
+        from .simulation import simulate
+        globals()["simulate"] = simulate
         return simulate
     if name in ("open", "config_of"):
         from . import output
-        return getattr(output, "open_tree" if name == "open" else "config_of")
+        value = getattr(output, "open_tree" if name == "open" else "config_of")
+        globals()[name] = value
+        return value
     if name in ("spectra", "analysis", "flows", "integrate", "output", "plotting"):
         import importlib
         return importlib.import_module(f".{name}", __name__)

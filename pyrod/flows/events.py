@@ -35,7 +35,9 @@ class EventSpec:
 
     @property
     def name(self) -> str:
-        return {"eos": "eos", "divergence": "divergence"}.get(self.kind, f"loss<{self.value:g}")
+        if self.kind == "loss_target":
+            return f"loss<{self.value:g}"
+        return self.kind
 
 
 def parse_events(events) -> list:

@@ -83,7 +83,9 @@ class Segment:
     ``t_save``/``y_save``: the requested save times reached and the states there ``(len(t_save), n)``;
     ``t_end``/``y_end``: where integration stopped (``t1``, or a terminal event's time);
     ``events``: located events in the segment; ``n_rhs``/``n_jvp``: evaluation counts;
-    ``status``: ``"ok"``, ``"event"`` (terminal event) or ``"failed"`` with ``message``.
+    ``status``: ``"ok"``, ``"event"`` (terminal event) or ``"failed"`` with ``message``;
+    ``h_last``: the step size the backend would take next (``None`` if unknown), to warm-start the next
+    segment through ``FlowProblem.first_step``; ``n_steps``: accepted steps in the segment.
     """
 
     t_save: np.ndarray
@@ -95,3 +97,5 @@ class Segment:
     n_jvp: int = 0
     status: str = "ok"
     message: str = ""
+    h_last: float | None = None
+    n_steps: int = 0

@@ -23,7 +23,7 @@ from typing import ClassVar
 
 import torch
 
-__all__ = ["Optimizer", "OptState", "bias_factor"]
+__all__ = ["Optimizer", "OptState", "bias_factor", "normalize_blocks"]
 
 
 def bias_factor(beta: float, x) -> float:
@@ -52,6 +52,28 @@ class OptState:
         return OptState(c(self.w), c(self.m), c(self.nu), self.k, {k: c(v) for k, v in self.extra.items()})
 
 
+def normalize_blocks(blocks) -> tuple:
+    """``((start, stop, shape), …)`` with int entries from ``Problem.blocks`` (objects with ``start``, ``stop``,
+    ``shape``), dicts with those keys, or ``[start, stop, [shape…]]`` lists (a JSON round-trip of
+    ``config()``). Blocks must be ordered, contiguous from 0 and ``prod(shape) == stop − start``."""
+    out = []
+    for b in blocks or ():
+        if isinstance(b, dict):
+            start, stop, shape = b["start"], b["stop"], b["shape"]
+        elif hasattr(b, "start") and hasattr(b, "shape"):
+            start, stop, shape = b.start, b.stop, b.shape
+        else:
+            start, stop, shape = b
+        out.append((int(start), int(stop), tuple(int(s) for s in shape)))
+    pos = 0
+    for start, stop, shape in out:
+        if start != pos or stop < start or math.prod(shape) != stop - start:
+            raise ValueError(f"blocks={out!r}: expected contiguous (start, stop, shape) triples from 0 with "
+                             f"prod(shape) == stop - start; bad entry {(start, stop, shape)!r}")
+        pos = stop
+    return tuple(out)
+
+
 def _check_range(name, value, lo, hi, lo_open=False, hi_open=True):
     bad = (not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value)
            or (value <= lo if lo_open else value < lo) or (value >= hi if hi_open else value > hi))
@@ -77,6 +99,9 @@ class Optimizer:
     scalar_nu: ClassVar[bool] = False
     #: optimizers whose D is smooth and defined on the whole phase space support flows
     supports_flows: ClassVar[bool] = True
+    #: optimizers that treat the problem's tensors (``Problem.blocks``) differently (Adafactor, Muon):
+    #: they carry a ``blocks`` field, filled by :meth:`bind`
+    uses_blocks: ClassVar[bool] = False
 
     def __post_init__(self):
         _check_range("lr", self.lr, 0.0, math.inf, lo_open=True)
@@ -98,6 +123,25 @@ class Optimizer:
 
     def replace(self, **changes) -> "Optimizer":
         return dataclasses.replace(self, **changes)
+
+    def bind(self, problem) -> "Optimizer":
+        """The optimizer to run on ``problem``. Callers (``pyrod.simulate``, runs) should always use
+        ``opt = opt.bind(problem)`` before ``init_state``. Identity here; optimizers with ``uses_blocks``
+        return a copy whose ``blocks`` field holds ``problem.blocks`` as ``(start, stop, shape)`` triples
+        (so the block layout is part of ``config()`` and survives ``from_config``)."""
+        if self.uses_blocks:
+            return dataclasses.replace(self, blocks=normalize_blocks(problem.blocks))
+        return self
+
+    def _blocks_for(self, d: int) -> tuple:
+        """The ``blocks`` field checked against the parameter dimension ``d`` (``uses_blocks`` optimizers)."""
+        blocks = getattr(self, "blocks", ())
+        if not blocks:
+            raise ValueError(f"{self.name} needs the problem's tensor shapes: use opt.bind(problem) or pass "
+                             f"blocks=((start, stop, shape), ...) (e.g. from problem.blocks)")
+        if blocks[-1][1] != d:
+            raise ValueError(f"blocks cover {blocks[-1][1]} parameters but w has {d}")
+        return blocks
 
     # -------------------------------------------------------------- pieces
     def threshold(self) -> float:

@@ -125,7 +125,7 @@ class PreconditionedMomentum(Optimizer):
         b2 = self.beta2
         return b2 * nu + (1 - b2) * self.nu_target(g)
 
-    def nu_rate(self) -> float:
+    def relaxation_rate(self) -> float:
         """``r`` in ``dν/dt = r (tgt − ν)``: ``1−β2`` (default, rod_flows.md §4.4) or ``(1−β2)/β2``."""
         b2 = self.beta2
         return (1 - b2) / b2 if self._get("nu_rate", "1-beta2") == "(1-beta2)/beta2" else 1 - b2
@@ -135,7 +135,7 @@ class PreconditionedMomentum(Optimizer):
             return torch.zeros_like(nu)
         if self.second_moment == "sum":
             return target
-        return self.nu_rate() * (target - nu)
+        return self.relaxation_rate() * (target - nu)
 
     # ----------------------------------------------------- preconditioner
     def _c1(self, t) -> float:
@@ -222,6 +222,7 @@ class _Momentum(PreconditionedMomentum):
 
     def validate(self):
         _ = self.momentum
+        _check_range("beta", self.beta, 0.0, 1.0)  # name the field the user set (not the internal beta1)
         super().validate()
 
 
@@ -331,7 +332,15 @@ class AdamW(Adam):
     name: ClassVar[str] = "AdamW"
 
     def decay_shift(self) -> float:
+        """The decay's term in ``∂D_w/∂w``: ``−ηλ``."""
         return -self.lr * self.weight_decay
+
+    def decay_threshold(self) -> float:
+        """Discrete flip threshold on ``λmax(P⁻¹H)`` *with* the decay (frozen ``P``, ``c1 = c2 = 1``).
+
+        The shift ``−ηλ`` in ``∂D_w/∂w`` turns the ``2`` of the flip condition ``det(J + I) = 0`` into
+        ``2 − ηλ``: ``(2 − ηλ)(1 + β1)/(η(1 − β1)) = threshold()·(1 − ηλ/2)`` (tests/test_thresholds.py)."""
+        return self.threshold() * (1 - self.lr * self.weight_decay / 2)
 
 
 @dataclass(frozen=True, repr=False)

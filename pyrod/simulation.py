@@ -83,6 +83,7 @@ def simulate(problem, optimizer, steps: int, runs=("discrete",), *, eigs: int = 
     if not isinstance(optimizer, _optimizers.Optimizer):
         raise TypeError(f"optimizer must be a pyrod.optimizers.Optimizer or a config dict, "
                         f"got {type(optimizer).__name__}")
+    optimizer = optimizer.bind(problem)  # block shapes for Muon / Adafactor; a no-op for the others
     _check_int("steps", steps)
     _check_int("eigs", eigs)
     _check_int("eig_every", eig_every)
@@ -219,7 +220,8 @@ def _run(problem, optimizer, steps, runs, flows, flow_specs, eigs, eig_every, ou
                     for t, values in run.advance(ck):
                         writer.append(run.name, t, values)
                     _count(counters, run.name, problem, g0, h0)
-                writer.flush()
+                # rows are written and synced by the writer every `chunk` rows per group (whole storage
+                # chunks); an extra mid-run flush could leave partial chunks that a later kill corrupts
                 k += ck.n_steps
                 if bar is not None:
                     bar.update(ck.n_steps)

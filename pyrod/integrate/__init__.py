@@ -1,0 +1,103 @@
+"""Integration backends for flows.
+
+A backend is ``integrate_segment(problem, t0, y0, t1, t_save) -> Segment`` (see :mod:`.base`):
+
+* ``"scipy"`` (default): SciPy ``OdeSolver`` stepped by hand (DOP853 default; RK45, RK23, Radau, BDF, LSODA);
+* ``"sundials"``: CVODE BDF + matrix-free GMRES with the problem's J·v (``pip install pyrod[stiff]``);
+* ``"julia"``: DifferentialEquations.jl through juliacall (needs a local Julia);
+* ``"auto"``: ``"julia"`` when a local Julia is found (no network), else ``"scipy"``.
+
+``get_backend(name)`` returns the callable; :func:`solve` is a one-call convenience.  Importing this
+package does not import scikit-sundae or juliacall.
+"""
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+
+from . import scipy_backend, sundials_backend
+from .base import BackendUnavailable, Event, EventRecord, FlowProblem, Segment
+
+__all__ = ["BACKENDS", "BACKEND_NAMES", "get_backend", "solve", "julia_available",
+           "BackendUnavailable", "Event", "EventRecord", "FlowProblem", "Segment"]
+
+BACKENDS = {"scipy": scipy_backend.integrate_segment, "sundials": sundials_backend.integrate_segment}
+BACKEND_NAMES = ("scipy", "sundials", "julia", "auto")
+
+
+def _probe_result(res):
+    """Normalise a probe's answer (bool, (bool, reason), or an object with ok/available + reason)."""
+    if isinstance(res, tuple) and res:
+        return bool(res[0]), (str(res[1]) if len(res) > 1 else "")
+    for attr in ("ok", "available"):
+        if hasattr(res, attr) and not callable(getattr(res, attr)):
+            reason = getattr(res, "reason", None) or getattr(res, "message", None) or ""
+            return bool(getattr(res, attr)), str(reason)
+    return bool(res), ""
+
+
+def julia_available() -> tuple:
+    """``(ok, reason)``: whether the Julia backend can run here, without network and without juliacall.
+
+    Uses ``pyrod.integrate.julia_probe.julia_available()`` when that module exists; otherwise False.
+    """
+    try:
+        probe = importlib.import_module(".julia_probe", __name__)
+    except ModuleNotFoundError as e:
+        if e.name and e.name.endswith("julia_probe"):
+            return False, "pyrod.integrate.julia_probe is not installed"
+        raise
+    fn = getattr(probe, "julia_available", None) or getattr(probe, "available", None)
+    if fn is None:
+        return False, "pyrod.integrate.julia_probe has no julia_available()"
+    try:
+        return _probe_result(fn())
+    except Exception as e:  # a failing probe means "not available", never a crash
+        return False, f"Julia probe failed: {type(e).__name__}: {e}"
+
+
+def _julia_backend():
+    try:
+        mod = importlib.import_module(".julia_backend", __name__)
+    except ModuleNotFoundError as e:
+        if e.name and e.name.endswith("julia_backend"):
+            raise BackendUnavailable("the 'julia' backend (pyrod.integrate.julia_backend) is not part of this "
+                                     "installation; use backend='scipy' or 'sundials'") from None
+        raise BackendUnavailable(f"the 'julia' backend cannot be imported: {e}") from None
+    fn = getattr(mod, "integrate_segment", None)
+    if fn is None:
+        raise BackendUnavailable("pyrod.integrate.julia_backend has no integrate_segment")
+    return fn
+
+
+def get_backend(name: str = "scipy"):
+    """The ``integrate_segment`` callable of backend ``name`` (``"scipy"``, ``"sundials"``, ``"julia"``,
+    ``"auto"``).  Raises ValueError for an unknown name and :class:`BackendUnavailable` when the backend
+    cannot run here (the message says how to install it)."""
+    if name is None:
+        name = "scipy"
+    if not isinstance(name, str) or name.lower() not in BACKEND_NAMES:
+        raise ValueError(f"backend={name!r} is unknown; valid backends: {list(BACKEND_NAMES)}")
+    name = name.lower()
+    if name == "scipy":
+        return BACKENDS["scipy"]
+    if name == "sundials":
+        sundials_backend._import_cvode()  # BackendUnavailable with the install hint
+        return BACKENDS["sundials"]
+    if name == "julia":
+        return _julia_backend()
+    # auto
+    ok, _ = julia_available()
+    if ok:
+        try:
+            return _julia_backend()
+        except BackendUnavailable:
+            pass
+    return BACKENDS["scipy"]
+
+
+def solve(problem: FlowProblem, t0: float, y0, t1: float, t_save=(), backend: str = "scipy") -> Segment:
+    """Integrate ``problem`` from ``t0`` to ``t1`` in one segment; states at ``t_save`` (in ``(t0, t1]``)."""
+    return get_backend(backend)(problem, float(t0), np.asarray(y0, dtype=np.float64), float(t1),
+                                np.asarray(t_save, dtype=np.float64))

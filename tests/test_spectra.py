@@ -1,0 +1,347 @@
+"""Tests for pyrod.spectra: block LOBPCG for top-k eigenpairs of H and P^{-1/2} H P^{-1/2} from HVPs.
+
+Tolerances (float64, solver tol = 1e-8 relative residual unless stated)
+----------------------------------------------------------------------
+* eigenvalues vs dense ``torch.linalg.eigh``: relative error ≤ 1e-6 required. For a relative residual r the
+  eigenvalue error is ≤ r·|λ| and, for a separated eigenvalue, ≈ r²|λ|²/gap, so ~1e-14 is what is measured.
+* eigenvectors: true residual ``‖Au − λu‖/|λ| ≤ 2·tol`` (tol plus round-off), and the largest principal angle
+  between the computed span and the exact top-k span ≤ 1e-6 (Davis–Kahan: sin θ ≤ ‖R‖/gap ≈ 1e-8·λ/gap).
+* orthonormality ``‖VᵀV − I‖ ≤ 1e-10``; generalized eigenvectors ``‖UᵀPU − I‖ ≤ 1e-10``.
+* float32: the tolerance is raised to 5e-5 (round-off floor); eigenvalues vs the float64 reference ≤ 1e-5.
+
+The module runs torch single-threaded (restored afterwards): the work is small dense algebra on tall-skinny
+blocks, where a second OpenMP thread gains nothing and, on a shared 2-core machine, busy-waiting made the module
+several times slower (≈20 s single-threaded vs ≈110 s with 2 threads under load).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import pyrod
+from pyrod.spectra import (EigenConvergenceWarning, EigReport, EigTracker, hessian_operator, top_eigs)
+
+F64 = torch.float64
+CPU = torch.device("cpu")
+MLP = dict(model="mlp", data="digits", classes=4, n=200, model_kwargs={"width": 16, "depth": 2})
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ----------------------------------------------------------------------------- helpers
+def _sym_matrix(top, n=300, seed=0, rest=(-3.0, 2.0), extra=()):
+    """Q diag(e) Qᵀ with the given top eigenvalues, the rest uniform in ``rest`` plus ``extra`` ones."""
+    g = torch.Generator().manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=F64))
+    m = n - len(top) - len(extra)
+    lo, hi = rest
+    e = torch.cat([torch.tensor(top, dtype=F64), torch.tensor(extra, dtype=F64),
+                   lo + (hi - lo) * torch.rand(m, generator=g, dtype=F64)])
+    A = (Q * e) @ Q.T
+    return 0.5 * (A + A.T)
+
+
+def _rel_err(ev, ref):
+    return float(((ev - ref).abs() / ref.abs()).max())
+
+
+def _sin_angle(V, Q):
+    """sin of the largest principal angle between span(V) and span(Q) (both orthonormal)."""
+    return float(torch.linalg.matrix_norm(V - Q @ (Q.T @ V), ord=2))
+
+
+def _check_pairs(A, ev, V, k, tol):
+    """Eigenvalues vs eigh, residuals, orthonormality, subspace angle (when λ_k > λ_{k+1} clearly)."""
+    e, Q = torch.linalg.eigh(A)
+    e, Q = e.flip(0), Q.flip(1)
+    assert ev.shape == (k,) and V.shape == (A.shape[0], k)
+    assert torch.all(ev[:-1] >= ev[1:]), "eigenvalues must be descending"
+    err = _rel_err(ev, e[:k])
+    assert err <= 1e-6, err
+    res = torch.linalg.vector_norm(A @ V - V * ev, dim=0) / ev.abs()
+    assert float(res.max()) <= 2 * tol, res
+    assert float((V.T @ V - torch.eye(k, dtype=F64)).abs().max()) <= 1e-10
+    gap = float(e[k - 1] - e[k]) if k < len(e) else math.inf
+    ang = _sin_angle(V, Q[:, :k]) if gap > 1e-3 else math.nan
+    if gap > 1e-3:
+        assert ang <= 1e-6, (ang, gap)
+    return err, float(res.max()), ang
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    prob = pyrod.problem(**MLP)
+    w = prob.w0
+    H = prob.hessian(w)
+    return prob, w, H
+
+
+# ----------------------------------------------------------------------------- (a) random symmetric matrices
+SPECTRA = {
+    # well separated top, negative eigenvalues below
+    "separated": dict(top=[10.0, 8.0, 6.0, 5.0, 4.5, 4.0, 3.5]),
+    # a tight cluster at the top (gaps 1e-4) followed by a gap
+    "clustered": dict(top=[10.0, 10.0 - 1e-4, 10.0 - 2e-4, 10.0 - 3e-4, 9.0, 7.0, 6.9999]),
+    # an exactly double top eigenvalue
+    "degenerate": dict(top=[5.0, 5.0, 4.0, 3.0, 2.9]),
+    # largest |λ| is negative: the solver must return the largest *algebraic* ones
+    "negative_dominant": dict(top=[3.0, 2.5, 2.4, 2.3, 2.2], extra=[-40.0, -39.0, -25.0], rest=(-10.0, 1.0)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SPECTRA))
+@pytest.mark.parametrize("k", [1, 4, 6])
+def test_random_symmetric_matches_eigh(name, k):
+    A = _sym_matrix(**SPECTRA[name])
+    n = A.shape[0]
+    calls = []
+
+    def mv(X):
+        calls.append(X.shape[1])
+        return A @ X
+
+    ev, V, rep = top_eigs(mv, n, k, dtype=F64, device=CPU, tol=1e-8)
+    assert rep.converged and rep.method == "lobpcg"
+    assert rep.n_hvp == sum(calls) and max(calls) <= rep.block   # batched blocks, counted exactly
+    err, res, ang = _check_pairs(A, ev, V, k, rep.tol)
+    print(f"{name} k={k}: rel err {err:.1e}, residual {res:.1e}, sin angle {ang:.1e}, "
+          f"{rep.iterations} iterations, {rep.n_hvp} matvecs (block {rep.block})")
+
+
+def test_cluster_split_by_k_and_block_option():
+    """k splits a tight cluster: eigenvalues are still right (eigenvectors are not unique there)."""
+    A = _sym_matrix(**SPECTRA["clustered"])
+    for block in (None, 2, 8):
+        ev, V, rep = top_eigs(lambda X: A @ X, A.shape[0], 2, dtype=F64, device=CPU, block=block)
+        ref = torch.linalg.eigvalsh(A).flip(0)[:2]
+        assert rep.converged and _rel_err(ev, ref) <= 1e-6
+        assert rep.block == (block or 4)
+    with pytest.raises(ValueError, match="block"):
+        top_eigs(lambda X: A @ X, A.shape[0], 3, dtype=F64, device=CPU, block=2)
+
+
+# ----------------------------------------------------------------------------- (b) a real MLP Hessian
+@pytest.mark.parametrize("k", [1, 4, 8])
+def test_mlp_hessian_matches_dense(mlp, k):
+    prob, w, H = mlp
+    op = hessian_operator(prob, w)
+    n0 = prob.n_hvp
+    ev, V, rep = top_eigs(op, prob.dim, k, dtype=prob.dtype, device=prob.device)
+    assert rep.converged
+    assert prob.n_hvp - n0 == rep.n_hvp                      # the report counts the problem's HVPs
+    err, res, ang = _check_pairs(H, ev, V, k, rep.tol)
+    print(f"MLP d={prob.dim} k={k}: λ={ev.numpy().round(4)}, rel err {err:.1e}, residual {res:.1e}, "
+          f"sin angle {ang:.1e}, {rep.iterations} iterations, {rep.n_hvp} HVPs")
+
+
+def test_hessian_operator_forms(mlp):
+    prob, w, H = mlp
+    g = torch.Generator().manual_seed(3)
+    V = torch.randn(prob.dim, 5, generator=g, dtype=F64)
+    full = hessian_operator(prob, w)(V)
+    assert torch.allclose(full, H @ V, rtol=1e-10, atol=1e-12)
+    assert torch.allclose(hessian_operator(prob, w, chunk=2)(V), full, rtol=1e-12, atol=1e-14)
+    assert torch.allclose(hessian_operator(prob, w)(V[:, 0]), full[:, 0], rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="positive"):
+        hessian_operator(prob, w, -torch.ones(prob.dim, dtype=F64))
+    with pytest.raises(ValueError, match="shape"):
+        hessian_operator(prob, w, torch.ones(3, dtype=F64))
+
+
+# ----------------------------------------------------------------------------- (c) preconditioned forms
+@pytest.mark.parametrize("kind", ["vector", "scalar", "scalar_0d_float32"])
+def test_preconditioned_matches_dense(mlp, kind):
+    prob, w, H = mlp
+    d, k = prob.dim, 4
+    g = torch.Generator().manual_seed(7)
+    if kind == "vector":
+        P = torch.exp(torch.randn(d, generator=g, dtype=F64))           # spread over ~e^±3
+        Pv = P
+    elif kind == "scalar":
+        P = torch.tensor([2.5], dtype=F64)
+        Pv = P.expand(d)
+    else:                                                                # as optimizers may hand it over
+        P = torch.tensor(0.3, dtype=torch.float32)
+        Pv = torch.full((d,), 0.3, dtype=torch.float32).to(F64)
+    s = Pv.rsqrt()
+    S = s[:, None] * H * s[None, :]
+    tr = EigTracker(k)
+    ev, V, rep = tr(prob, w, P)
+    assert rep.converged
+    err, res, ang = _check_pairs(S, ev, V, k, rep.tol)
+    ref = torch.linalg.eigvalsh(S).flip(0)[:k]
+    # eigenvalues of the non-symmetric P^{-1} H are the same
+    lam = torch.linalg.eigvals(H / Pv[:, None])
+    assert float(lam.imag.abs().max()) <= 1e-8 * float(lam.real.abs().max())
+    top = torch.sort(lam.real, descending=True).values[:k]
+    err_gen = _rel_err(ev, top)
+    assert err_gen <= 1e-6
+    # right eigenvectors of P^{-1} H, P-orthonormal
+    U = tr.generalized(V, P)
+    assert float((U.T @ (Pv[:, None] * U) - torch.eye(k, dtype=F64)).abs().max()) <= 1e-10
+    gres = torch.linalg.vector_norm(H @ U / Pv[:, None] - U * ev, dim=0) / torch.linalg.vector_norm(U, dim=0)
+    assert float((gres / ev.abs()).max()) <= 1e-6
+    print(f"P {kind}: λ(S)={ev.numpy().round(4)}, rel err vs eigvalsh(S) {_rel_err(ev, ref):.1e}, "
+          f"vs eigvals(P⁻¹H) {err_gen:.1e}, residual {res:.1e}, {rep.iterations} iterations")
+
+
+def test_generalized_without_P_is_identity(mlp):
+    V = torch.randn(mlp[0].dim, 2, dtype=F64)
+    assert EigTracker.generalized(V, None) is V
+
+
+# ----------------------------------------------------------------------------- warm starts and the tracker
+def test_warm_start_cuts_iterations(mlp):
+    prob, w, _ = mlp
+    g = torch.Generator().manual_seed(11)
+    w2 = w + 1e-3 * float(w.norm()) / math.sqrt(prob.dim) * torch.randn(prob.dim, generator=g, dtype=F64)
+    H2 = prob.hessian(w2)
+    lines = []
+    for k in (1, 4):
+        tr = EigTracker(k)
+        _, V1, r1 = tr(prob, w)                       # cold at w
+        ev_w, V_w, r_w = tr(prob, w2)                 # warm at w2
+        ev_c, V_c, r_c = top_eigs(hessian_operator(prob, w2), prob.dim, k, dtype=F64, device=CPU)   # cold at w2
+        assert r_w.converged and r_c.converged and r_w.warm and not r_c.warm
+        lines.append(f"k={k}: cold {r_c.iterations} it / {r_c.n_hvp} HVPs, warm {r_w.iterations} it / "
+                     f"{r_w.n_hvp} HVPs")
+        assert r_w.iterations < r_c.iterations, lines[-1]
+        assert r_w.n_hvp < r_c.n_hvp, lines[-1]
+        _check_pairs(H2, ev_w, V_w, k, r_w.tol)
+        assert bool(((V1 * V_w).sum(0) > 0).all()), "signs are aligned with the previous call"
+        assert tr.n_hvp == r1.n_hvp + r_w.n_hvp and tr.last_report is r_w
+        # the same point again: the warm block is already converged, no iteration needed
+        _, _, r_same = tr(prob, w2)
+        assert r_same.iterations == 0 and r_same.converged
+    print("warm vs cold on w + 1e-3 perturbation: " + "; ".join(lines))
+
+
+def test_init_any_width_and_bad_columns():
+    A = _sym_matrix(**SPECTRA["separated"])
+    n = A.shape[0]
+    ref = torch.linalg.eigvalsh(A).flip(0)[:3]
+    e, Q = torch.linalg.eigh(A)
+    Q = Q.flip(1)
+    for init in (Q[:, :1], Q[:, :20], Q[:, 0], torch.zeros(n, 3, dtype=F64),
+                 torch.cat([Q[:, :2], Q[:, :2]], dim=1), torch.full((n, 2), math.nan, dtype=F64),
+                 Q[:, :5].float()):
+        ev, V, rep = top_eigs(lambda X: A @ X, n, 3, dtype=F64, device=CPU, init=init)
+        assert rep.converged and _rel_err(ev, ref) <= 1e-6
+    _, _, rep = top_eigs(lambda X: A @ X, n, 3, dtype=F64, device=CPU, init=Q[:, :10])
+    assert rep.iterations <= 1     # an exact warm start converges at once
+    with pytest.raises(ValueError, match="init"):
+        top_eigs(lambda X: A @ X, n, 3, dtype=F64, device=CPU, init=torch.zeros(n + 1, 2, dtype=F64))
+
+
+def test_tracker_k_change_and_reset(mlp):
+    prob, w, H = mlp
+    tr = EigTracker(2)
+    tr(prob, w)
+    tr.k = 5                                         # grow: warm block topped up
+    ev, V, rep = tr(prob, w)
+    assert rep.converged and ev.shape == (5,)
+    _check_pairs(H, ev, V, 5, rep.tol)
+    tr.k = 1                                         # shrink
+    ev, V, rep = tr(prob, w)
+    assert rep.converged and ev.shape == (1,) and rep.iterations == 0
+    tr.reset()
+    assert tr.last_report is None and tr.n_hvp == 0
+
+
+# ----------------------------------------------------------------------------- reports and failures
+def test_report_fields(mlp):
+    prob, w, _ = mlp
+    ev, V, rep = top_eigs(hessian_operator(prob, w), prob.dim, 3, dtype=F64, device=CPU, tol=1e-9)
+    assert isinstance(rep, EigReport)
+    assert isinstance(rep.iterations, int) and rep.iterations > 0
+    assert isinstance(rep.n_hvp, int) and rep.n_hvp >= rep.block
+    assert isinstance(rep.residuals, np.ndarray) and rep.residuals.shape == (3,)
+    assert np.all(rep.residuals <= rep.tol) and rep.max_residual == float(rep.residuals.max())
+    assert rep.converged is True and rep.tol == 1e-9 and rep.method == "lobpcg" and rep.block == 5
+    # cost model: b HVPs to start, at most b per iteration, k for the final check
+    assert rep.n_hvp <= rep.block * (rep.iterations + 1) + 3
+    # a tolerance below float64 round-off is raised, and said so
+    _, _, rep2 = top_eigs(hessian_operator(prob, w), prob.dim, 1, dtype=F64, device=CPU, tol=1e-20, max_iter=300)
+    assert rep2.tol == 1e-13
+
+
+def test_non_convergence_is_reported_and_warned(mlp):
+    prob, w, _ = mlp
+    ev, V, rep = top_eigs(hessian_operator(prob, w), prob.dim, 4, dtype=F64, device=CPU, tol=1e-12, max_iter=2)
+    assert rep.converged is False and rep.iterations == 2
+    assert rep.residuals.shape == (4,) and np.all(np.isfinite(rep.residuals)) and rep.max_residual > 1e-12
+    assert torch.isfinite(ev).all()
+    # the residuals are true residuals (fresh HVPs), not the recurrence's
+    H = mlp[2]
+    true = (torch.linalg.vector_norm(H @ V - V * ev, dim=0) / ev.abs()).numpy()
+    np.testing.assert_allclose(rep.residuals, true, rtol=1e-6)
+    with pytest.warns(EigenConvergenceWarning, match="did not converge"):
+        _, _, r = EigTracker(4, tol=1e-12, max_iter=2)(prob, w)
+    assert not r.converged
+    assert issubclass(EigenConvergenceWarning, UserWarning)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, _, r = EigTracker(4, tol=1e-12, max_iter=2, warn=False)(prob, w)
+    assert not r.converged
+
+
+def test_nonfinite_operator_is_not_silent():
+    n = 60
+    ev, V, rep = top_eigs(lambda X: X * math.nan, n, 2, dtype=F64, device=CPU)
+    assert not rep.converged and torch.isnan(ev).all() and np.isnan(rep.residuals).all()
+
+
+def test_invalid_k():
+    A = torch.eye(10, dtype=F64)
+    for k in (0, -1):
+        with pytest.raises(ValueError, match="k"):
+            top_eigs(lambda X: A @ X, 10, k, dtype=F64, device=CPU)
+        with pytest.raises(ValueError, match="k"):
+            EigTracker(k)
+    with pytest.raises(ValueError, match="matvec returned"):
+        top_eigs(lambda X: X[:5], 10, 1, dtype=F64, device=CPU)
+    with pytest.raises(ValueError, match="k=11"):
+        top_eigs(lambda X: A @ X, 10, 11, dtype=F64, device=CPU)
+
+
+# ----------------------------------------------------------------------------- small dimensions: dense path
+@pytest.mark.parametrize("n,k", [(12, 4), (30, 10), (9, 9), (2, 1)])
+def test_small_dim_falls_back_to_dense(n, k):
+    A = _sym_matrix(top=[3.0, 2.0], n=n, seed=n) if n > 2 else torch.tensor([[1.0, 2.0], [2.0, -1.0]], dtype=F64)
+    ev, V, rep = top_eigs(lambda X: A @ X, n, k, dtype=F64, device=CPU)
+    assert rep.method == "dense" and rep.converged and rep.n_hvp == n and rep.iterations == 0
+    ref = torch.linalg.eigvalsh(A).flip(0)[:k]
+    assert float((ev - ref).abs().max()) <= 1e-12 * float(ref.abs().max())
+    assert float((V.T @ V - torch.eye(k, dtype=F64)).abs().max()) <= 1e-12
+
+
+def test_forced_dense_method(mlp):
+    prob, w, H = mlp
+    ev, V, rep = EigTracker(3, method="dense")(prob, w)
+    assert rep.method == "dense" and rep.converged
+    _check_pairs(H, ev, V, 3, 1e-10)
+    with pytest.raises(ValueError, match="method"):
+        EigTracker(3, method="arnoldi")
+
+
+# ----------------------------------------------------------------------------- float32
+def test_float32_problem(mlp):
+    H64 = mlp[2]
+    prob = pyrod.problem(dtype="float32", **MLP)
+    ev, V, rep = EigTracker(2)(prob, prob.w0)          # default tol 1e-8 is raised to the float32 floor
+    assert rep.converged and rep.tol == 5e-5
+    assert ev.dtype == torch.float32 and V.dtype == torch.float32
+    ref = torch.linalg.eigvalsh(H64).flip(0)[:2]
+    err = _rel_err(ev.double(), ref)
+    assert err <= 1e-5
+    print(f"float32: rel err vs float64 eigh {err:.1e}, residuals {rep.residuals}, {rep.iterations} iterations")
