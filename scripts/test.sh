@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
 PY=.venv/bin/python; { [ -n "${VIRTUAL_ENV:-}" ] || [ "${PYROD_USE_CURRENT_ENV:-0}" = 1 ]; } && PY="${PYTHON:-python}"
 BIN="$(dirname "$("$PY" -c 'import sys; print(sys.executable)')")"
-echo "[test] fatou lint julia/"
-"$BIN/fatou" lint julia/
+echo "[test] fatou lint julia/ (static gate: syntax + lint rules in julia/fatou.toml)"
+"$BIN/fatou" lint --config julia/fatou.toml julia/
 echo "[test] pytest"
 exec "$PY" -m pytest "$@"

@@ -48,7 +48,7 @@ def test_restart_inside_eos_rod_beats_stable():
     prob = pyrod.problem(model="mlp", data="digits", classes=4, n=300, seed=0,
                          model_kwargs={"width": 32, "depth": 2})
     k0, n = 300, 100
-    tree = pyrod.simulate(prob, pyrod.optimizers.GD(lr=0.6), steps=k0 + n, runs=["discrete", "stable", "rod"],
+    tree = pyrod.simulate(prob, pyrod.optimizers.GD(lr=1.0), steps=k0 + n, runs=["discrete", "stable", "rod"],
                           eigs=1, eig_every=20, restart_at=k0, rtol=1e-8, atol=1e-10)
     d = tree["discrete"].ds
     es = d["effective_sharpness"].values[k0 - 40:k0 + 1]

@@ -85,16 +85,19 @@ def get_backend(name: str = "scipy"):
     if name == "sundials":
         sundials_backend._import_cvode()  # BackendUnavailable with the install hint
         return BACKENDS["sundials"]
+    from . import julia_probe
+
     if name == "julia":
+        julia_probe.require_julia()  # BackendUnavailable with the offline recipe, at selection time
         return _julia_backend()
-    # auto
-    ok, _ = julia_available()
-    if ok:
+    # auto: Julia only when it is present and can start without any download
+    chosen = julia_probe.select_backend("auto")
+    if chosen == "julia":
         try:
             return _julia_backend()
         except BackendUnavailable:
             pass
-    return BACKENDS["scipy"]
+    return BACKENDS[chosen] if chosen in BACKENDS else BACKENDS["scipy"]
 
 
 def solve(problem: FlowProblem, t0: float, y0, t1: float, t_save=(), backend: str = "scipy") -> Segment:
