@@ -48,7 +48,7 @@ def _check_int(name, v, lo=1):
 def simulate(problem, optimizer, steps: int, runs=("discrete",), *, eigs: int = 1, eig_every: int = 10,
              path: str | os.PathLike | None = None, overwrite: bool = False, loss_target: float | None = None,
              divergence_factor: float = 1e6, chunk: int = 50, progress: bool | None = None,
-             snapshot_every: int | None = None, eig_tol: float = 1e-8, eig_max_iter: int = 200,
+             snapshot_every: int | None = None, eig_tol: float = 1e-6, eig_max_iter: int = 200,
              restart_at: int | None = None, **flow_options):
     """Run ``optimizer`` on ``problem`` for ``steps`` steps, with the requested runs side by side.
 
@@ -63,6 +63,9 @@ def simulate(problem, optimizer, steps: int, runs=("discrete",), *, eigs: int = 
     loss_target : stop when the discrete loss falls below it. divergence_factor : stop when the loss exceeds
         this multiple of the initial loss, or is not finite (``stop_reason`` records why).
     chunk : steps per write (and per integration segment of the flows).
+    eig_tol : relative residual ‖Su − λu‖/|λ| at which eigenpairs are accepted (eigenvalue errors are of the
+        order of its square); eig_max_iter : LOBPCG iteration cap (non-convergence is reported in
+        ``eig_residual``, never silent).
     progress : show a progress bar (default: only when stderr is a terminal).
     snapshot_every : also store the discrete parameters every this many steps (variable ``w``).
     restart_at : flows start from the discrete state at this step (the local accuracy test, rod_flows.md §6.3).

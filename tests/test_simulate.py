@@ -221,3 +221,24 @@ def test_killed_simulation_leaves_valid_file(tmp_path):
     assert ds["t"].values.tolist() == list(range(n))
     assert np.isfinite(ds["loss"].values).all()
     assert json.loads(tree.attrs["pyrod_config"])["steps"] == 10**6
+
+
+def test_block_optimizers_run_through_simulate():
+    """Muon and Adafactor need the model's tensor shapes: simulate binds them to the problem."""
+    prob = small_problem()
+    for opt in (pyrod.optimizers.Muon(lr=0.02), pyrod.optimizers.Adafactor(lr=0.01)):
+        tree = pyrod.simulate(prob, opt, steps=5, eigs=1, eig_every=4)
+        loss = tree["discrete"].ds["loss"].values
+        assert np.isfinite(loss).all() and loss[-1] < loss[0]
+        assert np.isnan(tree["discrete"].ds["effective_sharpness"].values).all()  # no threshold defined
+
+
+def test_demo_entry_point_writes_files(tmp_path):
+    from pyrod.__main__ import demo
+
+    summary = demo(out=str(tmp_path), steps=30, progress=False)
+    assert (tmp_path / "demo.nc").stat().st_size > 0 and (tmp_path / "demo.png").stat().st_size > 0
+    ds = pyrod.open(tmp_path / "demo.nc")["discrete"].ds
+    es = ds["effective_sharpness"].values
+    assert summary["max_effective_sharpness"] == pytest.approx(float(np.nanmax(es)))
+    assert summary["initial_effective_sharpness"] == pytest.approx(0.6 * ds["sharpness"].values[0] / 2)

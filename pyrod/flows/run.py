@@ -48,6 +48,8 @@ class FlowRun:
         self.fp = None
         self.cum = [0, 0]      # this run's gradient / HVP evaluations before the current chunk
         self._mark = (0, 0)
+        if hasattr(model, "n_eig"):  # length of the "eig" dim of model-specific (t, eig) variables
+            model.n_eig = measurer.k
 
     # ------------------------------------------------------------------ output schema
     def variables(self) -> list:
@@ -64,11 +66,13 @@ class FlowRun:
                 "rtol": self.rtol, "atol": self.atol, "bea": int(self.model.bea),
                 "restart_at": self.k_start, "compare_shift": self.model.compare_shift,
                 "bias_factor_time_shift": self.model.tshift,
-                "events_requested": json.dumps([e.name for e in self.event_specs])}
+                "events_requested": json.dumps([e.name for e in self.event_specs]),
+                **getattr(self.model, "run_attrs", dict)()}
 
     def final_attrs(self) -> dict:
         return {"events": json.dumps([e.as_dict() for e in self.event_records]), "n_rhs": self.n_rhs,
-                "n_jvp": self.n_jvp, "flow_status": self.stopped or "ok"}
+                "n_jvp": self.n_jvp, "flow_status": self.stopped or "ok",
+                **getattr(self.model, "final_attrs", dict)()}
 
     # ------------------------------------------------------------------ numpy <-> torch
     def _to_torch(self, y):
@@ -96,8 +100,14 @@ class FlowRun:
             out = tjvp(lambda yy: self.rhs_t(float(t), yy), (self._to_torch(y),), (self._to_torch(v),))[1]
             return self._to_numpy(out)
 
+        on_accept = None
+        if getattr(model, "on_accept", None) is not None:  # model hook, e.g. eigen-subspace refresh (central)
+            def on_accept(t, y):
+                model.on_accept(float(t), self._to_torch(y))
+
         return FlowProblem(rhs=rhs, n=model.layout.size, jvp=jvp, events=self._events(), method=self.method,
-                           rtol=self.rtol, atol=self.atol, max_step=self.max_step)
+                           rtol=self.rtol, atol=self.atol, max_step=self.max_step, on_accept=on_accept,
+                           options=dict(getattr(model, "integrator_options", dict)()))
 
     def _events(self) -> list:
         from ..spectra import EigTracker
@@ -127,6 +137,10 @@ class FlowRun:
                     bound = self.divergence_factor * max(self.loss0 or 0.0, 1e-300)
                     return (L - bound) if math.isfinite(L) else 1.0
                 out.append(Event(spec.name, fn, +1, True, "divergence"))
+        # model events (central: critical-set entries / exits); their fn takes the torch state
+        for ev in getattr(self.model, "flow_events", list)():
+            out.append(Event(ev.name, (lambda t, y, f=ev.fn: f(float(t), self._to_torch(y))), ev.direction,
+                             ev.terminal, ev.kind))
         return out
 
     # ------------------------------------------------------------------ advancing

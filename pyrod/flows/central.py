@@ -1,0 +1,499 @@
+"""Central flow with the complementarity projection (Cohen, Damian et al. 2025; docs/central_flows.md).
+
+Model: the iterates oscillate around a smooth centre, ``z_k = z(t) + δ_k``, with ``E[δ_w] = 0`` and
+``E[δ_w δ_wᵀ] = Σ = U X Uᵀ`` supported on the *critical* eigen-directions ``U`` (``d×k``) of ``P̃⁻¹H`` whose effective
+eigenvalue has reached the stability threshold. Units: ``P̃ = (threshold/2)·P`` (``P`` = the optimizer's
+preconditioner without η), so that the effective eigenvalues ``λ̃ = λ(P̃⁻¹H) = 2·λ(P⁻¹H)/threshold`` are 2 at the
+threshold (the reference's scale: for GD ``P̃ = 1/η``, ``λ̃ = ηλ``), ``UᵀP̃U = I``, ``HU = P̃U diag(λ̃)``. Time
+averaging the optimizer's increment ``D`` to second order in δ::
+
+    dz/dt = D(z; g → g + ½ ∇⟨H, Σ⟩, ν, t)              (= −P̃⁻¹[∇L + ½∇⟨H,Σ⟩] for GD / RMSProp)
+    dν/dt = ν-velocity(ν, tgt(g) + E[tgt(Hδ)])       (E[tgt(Hδ)] = diag(HΣH), or tr(HΣH) for scalar ν)
+
+``D`` is affine in ``g`` and linear in ``m`` for every optimizer with a central flow here, so the average over δ
+only touches the gradient. ``X ⪰ 0`` solves, at every right-hand-side evaluation, the semidefinite
+complementarity problem (SDCP) with a *relaxation time* ``τ`` (the continuous-time version of the reference's
+Euler prediction ``A_next = A + dt·dA/dt``)::
+
+    A = Uᵀ(2P̃ − H)U = diag(2 − λ̃),   dA/dt = Uᵀ(2 dP̃/dt − dH/dt)U  (U frozen),
+    X ⪰ 0,   A + τ·dA/dt(X) ⪰ 0,   ⟨X, A + τ·dA/dt(X)⟩ = 0.
+
+Where ``X`` is active this imposes ``dA/dt = −A/τ`` (the critical eigenvalues relax to 2 with time constant τ);
+``τ → 0`` is the exact constraint, ``τ = dt`` is the reference's Euler scheme (default ``τ = 1/substeps``).
+``dA/dt`` is affine in ``X`` (``α + β[X]``): ``dH/dt`` along ``dw/dt`` from third derivatives
+``T_ij = ∇_w(u_iᵀHu_j)`` (one batched ``Problem.d3`` call for all pairs), ``dP̃/dt`` from ``∂P/∂ν·dν/dt + ∂P/∂t``.
+
+Eigen-subspace tracking: a warm-started :class:`~pyrod.spectra.EigTracker` on ``P̃^{-1/2}HP̃^{-1/2}`` is refreshed
+after every accepted integration step (``FlowProblem.on_accept``); inside a step each right-hand side does a
+Rayleigh–Ritz on that subspace at its own ``(w, ν, t)`` (``k_track`` HVPs), so ``U``, ``λ̃``, ``HU`` belong to the
+evaluation point. Tracked: every eigenvalue with effective sharpness ``λ/threshold ≥ track_threshold`` (0.75, the
+reference's 1.5) plus one below it; critical: ``≥ sdcp_threshold`` (0.975, the reference's 1.95). Events of kind
+``critical_set`` record each entry / exit of an eigenvalue (``critical_enter_j`` / ``critical_leave_j``: the j-th
+largest crossed ``sdcp_threshold`` up / down).
+
+Momentum methods (EMA heavy ball, Adam, …): the same averaged increment in the phase space ``z = (w, m)`` with
+the threshold ``opt.threshold()`` (``(2+2β1)/((1−β1)η)`` for EMA heavy ball / Adam); see
+docs/momentum_central_flow.md. **Experimental** (warning + group attribute ``experimental = 1``).
+
+See docs/central_flows.md for the derivation, the options and the validation numbers.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+import warnings
+
+import numpy as np
+import torch
+from torch.func import jvp, vmap
+
+from ..integrate.base import Event
+from .models import FlowModel, Layout
+
+__all__ = ["CentralFlow", "CentralFlowExperimentalWarning", "CENTRAL_OPTIONS"]
+
+#: option names accepted by :class:`CentralFlow` (through ``pyrod.simulate(..., runs=["central"], **options)``)
+CENTRAL_OPTIONS = ("sdcp_threshold", "track_threshold", "substeps", "tau", "eig_tol", "eig_max_iter",
+                   "max_track", "sdcp_tol", "bea")
+
+_SQRT2 = math.sqrt(2.0)
+
+
+class CentralFlowExperimentalWarning(UserWarning):
+    """The central flow of a momentum method is experimental (docs/momentum_central_flow.md)."""
+
+
+class _Eval:
+    """Everything one evaluation of the central flow computes at ``(t, y)``."""
+
+    __slots__ = ("t", "w", "m", "nu", "g", "Pt", "lam", "U", "HU", "kc", "X", "x", "That", "Ghat",
+                 "sdcp", "dy", "rr_hvp")
+
+
+class CentralFlow(FlowModel):
+    """Central flow of an optimizer with a smooth increment affine in the gradient (GD, (scalar) RMSProp; momentum
+    methods experimentally). State ``y = (w[, m][, ν])`` as the stable flow; IC ``w(0) = w_0``, ``m(0) = 0``,
+    ``ν(0) = ν_used(0)``; compared with the discrete centre ``(w_k + w_{k+1})/2`` at ``k + ½``.
+
+    Options (all keyword; pyrod units are fractions of the threshold, i.e. effective sharpness):
+
+    * ``sdcp_threshold`` (0.975): effective sharpness from which an eigen-direction enters the SDCP;
+    * ``track_threshold`` (0.75): eigenpairs with effective sharpness above it are tracked (plus one below);
+    * ``substeps`` (4): Euler substeps per unit time for ``method="euler"`` (passed to the integrator), and the
+      default relaxation time ``τ = 1/substeps``;
+    * ``tau`` (None → 1/substeps): relaxation time of the complementarity condition (see the module docstring);
+    * ``eig_tol`` (1e-8), ``eig_max_iter`` (100): warm LOBPCG refreshes of the tracked subspace;
+    * ``max_track`` (8): cap on the tracked eigenpairs (a warning once if more would be needed);
+    * ``sdcp_tol`` (1e-10): tolerance of :func:`pyrod.sdcp.solve_sdcp`;
+    * ``bea``: must be False (the backward-error correction needs a differentiable RHS; the SDCP is not).
+    """
+
+    name = "central"
+    tshift = 0.0
+    compare_shift = 0.5
+    grads_per_rhs = 1
+
+    def __init__(self, problem, optimizer, *, bea: bool = False, sdcp_threshold: float = 0.975,
+                 track_threshold: float = 0.75, substeps: int = 4, tau: float | None = None,
+                 eig_tol: float = 1e-8, eig_max_iter: int = 100, max_track: int = 8, sdcp_tol: float = 1e-10):
+        if bea:
+            raise ValueError("bea=True is not available for the central flow: the backward-error correction "
+                             "differentiates the right-hand side, which contains the SDCP solve")
+        super().__init__(problem, optimizer, bea=False)
+        for nm, v, lo, hi in (("sdcp_threshold", sdcp_threshold, 0.0, 2.0),
+                              ("track_threshold", track_threshold, 0.0, 2.0)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (lo < v < hi):
+                raise ValueError(f"{nm}={v!r} must be a number in ({lo}, {hi}) (effective sharpness λ/threshold)")
+        if not track_threshold < sdcp_threshold:
+            raise ValueError(f"track_threshold={track_threshold!r} must be < sdcp_threshold={sdcp_threshold!r}")
+        if isinstance(substeps, bool) or not isinstance(substeps, (int, np.integer)) or substeps < 1:
+            raise ValueError(f"substeps={substeps!r} must be an int >= 1")
+        if tau is None:
+            tau = 1.0 / int(substeps)
+        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not (0 < tau < math.inf):
+            raise ValueError(f"tau={tau!r} must be a positive number (relaxation time, optimizer steps)")
+        if isinstance(max_track, bool) or not isinstance(max_track, (int, np.integer)) or max_track < 1:
+            raise ValueError(f"max_track={max_track!r} must be an int >= 1")
+        for nm, v in (("eig_tol", eig_tol), ("sdcp_tol", sdcp_tol)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v < 1):
+                raise ValueError(f"{nm}={v!r} must be a number in (0, 1)")
+        if isinstance(eig_max_iter, bool) or not isinstance(eig_max_iter, (int, np.integer)) or eig_max_iter < 1:
+            raise ValueError(f"eig_max_iter={eig_max_iter!r} must be an int >= 1")
+        thr = float(optimizer.threshold())
+        if not (math.isfinite(thr) and thr > 0):
+            raise ValueError(f"optimizer {optimizer.name} has no finite stability threshold ({thr!r}); "
+                             f"the central flow needs one")
+        self.thr = thr
+        self.c = thr / 2.0                                  # P̃ = c·P
+        self.s_sdcp = 2.0 * float(sdcp_threshold)           # thresholds on λ̃ (2 = the stability threshold)
+        self.s_track = 2.0 * float(track_threshold)
+        self.sdcp_threshold, self.track_threshold = float(sdcp_threshold), float(track_threshold)
+        self.substeps, self.tau = int(substeps), float(tau)
+        self.eig_tol, self.eig_max_iter = float(eig_tol), int(eig_max_iter)
+        self.max_track = int(min(max_track, self.d))
+        self.sdcp_tol = float(sdcp_tol)
+        self.n_eig = self.max_track                         # length of the "eig" dim (FlowRun sets measurer.k)
+        parts = [("w", self.d)]
+        if self.has_m:
+            parts.append(("m", self.d))
+        if self.has_nu:
+            parts.append(("nu", self.nu_size))
+        self.layout = Layout(tuple(parts))
+        self.experimental = bool(self.has_m)
+        if self.experimental:
+            warnings.warn(f"the central flow of {optimizer.name} (momentum) is experimental: derived in "
+                          f"docs/momentum_central_flow.md, validated less than GD/RMSProp",
+                          CentralFlowExperimentalWarning, stacklevel=2)
+        self._check_affine()
+        # --- tracking state
+        from ..spectra import EigTracker
+        self.k_track = 1
+        self.tracker = EigTracker(self.k_track, tol=self.eig_tol, max_iter=self.eig_max_iter, warn=False)
+        self.Y = None               # (d, k_track) tracked basis in w-coordinates (P̃-orthonormal at its refresh)
+        self.lam_refresh = None     # λ̃ of the tracked set at the last refresh
+        self._cache = {}            # y-digest -> Ritz data (invalidated at each refresh)
+        self._X_prev = None
+        self._warned = set()
+        # --- counters (reported in the group attributes)
+        self.stats = dict(n_rhs=0, n_refresh=0, refresh_hvp=0, rr_hvp=0, n_t3=0, n_t3_calls=0, n_sdcp=0,
+                          sdcp_iterations=0, sdcp_unconverged=0, sdcp_max_merit=0.0, t_eig=0.0, t_t3=0.0,
+                          t_sdcp=0.0, max_critical=0, max_tracked=1)
+
+    # ------------------------------------------------------------------ FlowModel interface
+    def initial_state(self, s0, s1, nu_next) -> torch.Tensor:
+        parts = {"w": s0.w}
+        if self.has_m:
+            parts["m"] = s0.m
+        if self.has_nu:
+            parts["nu"] = s0.nu_used
+        return self.layout.pack(**parts)
+
+    def centre(self, y):
+        p = self.layout.unpack(y)
+        return p["w"], p.get("m")
+
+    def nu_of(self, y):
+        return self.layout.unpack(y).get("nu")
+
+    def rhs(self, t, y):
+        with torch.no_grad():
+            ev = self.evaluate(t, y)
+        return ev.dy
+
+    # hooks read by FlowRun
+    def integrator_options(self) -> dict:
+        return {"substeps": self.substeps}
+
+    def on_accept(self, t, y):
+        """After each accepted step: refresh the tracked eigen-subspace at the new state (warm LOBPCG)."""
+        p = self.layout.unpack(y)
+        with torch.no_grad():
+            self._refresh(float(t), p["w"], p.get("nu"))
+
+    def run_attrs(self) -> dict:
+        return {"sdcp_threshold": self.sdcp_threshold, "track_threshold": self.track_threshold,
+                "tau": self.tau, "substeps": self.substeps, "max_track": self.max_track,
+                "eig_tol": self.eig_tol, "sdcp_tol": self.sdcp_tol, "experimental": int(self.experimental),
+                "units": "X, deltas, predicted_variances: P~-orthonormal coordinates, P~ = (threshold/2) P "
+                         "(for GD P~ = 1/lr, as the reference implementation)"}
+
+    def final_attrs(self) -> dict:
+        return {f"central_{k}": (float(v) if isinstance(v, float) else int(v)) for k, v in self.stats.items()}
+
+    def flow_events(self) -> list:
+        """Events of kind ``critical_set``: the j-th largest effective eigenvalue crosses ``sdcp_threshold``."""
+        out = []
+        for j in range(self.max_track):
+            fn = (lambda t, y, j=j: self._event_value(t, y, j))
+            out.append(Event(f"critical_enter_{j + 1}", fn, +1, False, "critical_set"))
+            out.append(Event(f"critical_leave_{j + 1}", fn, -1, False, "critical_set"))
+        return out
+
+    # ------------------------------------------------------------------ pieces
+    def P_tilde(self, nu, t) -> torch.Tensor:
+        """``P̃(ν, t) = (threshold/2)·P(ν, t)``: shape ``(d,)`` or ``(1,)``."""
+        if not self.has_nu:
+            P = torch.ones(1, dtype=self.problem.dtype, device=self.problem.device)
+        else:
+            P = self.opt.preconditioner(nu, t)
+        return (self.c * P).to(dtype=self.problem.dtype, device=self.problem.device).reshape(-1)
+
+    def _check_affine(self):
+        """D must be affine in g (and ν's target quadratic) for the average over δ used here."""
+        gen = torch.Generator().manual_seed(0)
+        d = self.d
+        dt, dev = self.problem.dtype, self.problem.device
+        r = lambda: torch.randn(d, generator=gen, dtype=torch.float64).to(dtype=dt, device=dev)  # noqa: E731
+        w, m, a, b = r(), r(), r(), r()
+        m = m if self.has_m else None
+        nu = None
+        if self.has_nu:
+            nu = self.opt.nu_target(r()).abs() + 1.0
+        D = lambda g: self.opt.direction(w, m, g, nu, 3.0)[0]  # noqa: E731
+        z = torch.zeros_like(a)
+        err = torch.linalg.vector_norm(D(a + b) - D(a) - D(b) + D(z))
+        scale = torch.linalg.vector_norm(D(a)) + torch.linalg.vector_norm(D(b)) + 1e-300
+        bad = float(err / scale) > 1e-8
+        if self.has_nu and not bad:
+            q = self.opt.nu_target
+            e2 = torch.linalg.vector_norm(q(a + b) + q(a - b) - 2 * q(a) - 2 * q(b))
+            bad = float(e2 / (torch.linalg.vector_norm(q(a)) + torch.linalg.vector_norm(q(b)))) > 1e-8
+        if bad:
+            raise ValueError(f"optimizer {self.opt.name}: the central flow needs an increment D affine in the "
+                             f"gradient and a quadratic second-moment target")
+
+    def _refresh(self, t, w, nu):
+        """Warm LOBPCG at ``(w, ν, t)``; grow / shrink the tracked set; store the basis ``Y = P̃^{-1/2}V``."""
+        Pt = self.P_tilde(nu, t)
+        t0 = time.perf_counter()
+        for _ in range(self.max_track + 2):
+            evals, V, rep = self.tracker(self.problem, w, Pt)
+            self.stats["refresh_hvp"] += rep.n_hvp
+            k = self.k_track
+            if not bool(torch.isfinite(evals).all()):
+                break
+            if float(evals[-1]) >= self.s_track and k < self.max_track:
+                self.k_track = k + 1         # the smallest tracked is still above the track threshold: grow
+                self.tracker.k = self.k_track
+                continue
+            if float(evals[-1]) >= self.s_track and "max_track" not in self._warned:
+                self._warned.add("max_track")
+                warnings.warn(f"central flow: more than max_track={self.max_track} eigenvalues above "
+                              f"track_threshold={self.track_threshold}; raise max_track", RuntimeWarning,
+                              stacklevel=3)
+            if k > 1 and float(evals[-2]) < 0.9 * self.s_track:
+                self.k_track = k - 1         # two below the threshold (with hysteresis): shrink
+                self.tracker.k = self.k_track
+                evals, V = evals[:-1], V[:, :-1]
+            break
+        from ..spectra import EigTracker
+        self.Y = EigTracker.generalized(V, Pt).detach()
+        self.lam_refresh = evals.detach()
+        self._cache.clear()
+        self.stats["t_eig"] += time.perf_counter() - t0
+        self.stats["n_refresh"] += 1
+        self.stats["max_tracked"] = max(self.stats["max_tracked"], self.k_track)
+
+    def _ritz(self, t, w, nu, Pt, key=None):
+        """Rayleigh–Ritz of the pencil (H, P̃) on the tracked basis: ``(λ̃ desc, U (P̃-orthonormal), HU)``."""
+        if key is not None and key in self._cache:
+            return self._cache[key]
+        if self.Y is None:
+            self._refresh(t, w, nu)
+        t0 = time.perf_counter()
+        Y = self.Y
+        HY = self.problem.hvp(w, Y)
+        self.stats["rr_hvp"] += Y.shape[1]
+        GH = Y.T @ HY
+        GH = 0.5 * (GH + GH.T)
+        GP = Y.T @ (Pt[:, None] * Y) if Pt.numel() > 1 else Pt[0] * (Y.T @ Y)
+        GP = 0.5 * (GP + GP.T)
+        L = torch.linalg.cholesky(GP)
+        Li = torch.linalg.solve_triangular(L, torch.eye(L.shape[0], dtype=L.dtype, device=L.device), upper=False)
+        M = Li @ GH @ Li.T
+        lam, Z = torch.linalg.eigh(0.5 * (M + M.T))
+        lam, Z = lam.flip(0), Z.flip(1)
+        C = Li.T @ Z
+        out = (lam, Y @ C, HY @ C)
+        self.stats["t_eig"] += time.perf_counter() - t0
+        if key is not None:
+            if len(self._cache) > 8:
+                self._cache.clear()
+            self._cache[key] = out
+        return out
+
+    @staticmethod
+    def _key(t, y):
+        h = hashlib.blake2b(y.detach().cpu().numpy().tobytes(), digest_size=16).hexdigest()
+        return (float(t), h)
+
+    def _event_value(self, t, y, j):
+        p = self.layout.unpack(y)
+        if self.lam_refresh is not None and float(self.lam_refresh[0]) < self.s_track:
+            lam = self.lam_refresh       # far from critical: the refresh values suffice (no HVPs)
+        else:
+            with torch.no_grad():
+                lam = self._ritz(float(t), p["w"], p.get("nu"), self.P_tilde(p.get("nu"), float(t)),
+                                 key=self._key(t, y))[0]
+        if j < lam.numel():
+            return float(lam[j]) - self.s_sdcp
+        return min(float(lam[-1]), self.s_track) - self.s_sdcp
+
+    @staticmethod
+    def _cols(fn, M):
+        """Apply a vector function to each column of ``M`` (vmap; a loop if the function does not vmap)."""
+        if M.shape[1] == 0:
+            return M
+        try:
+            return vmap(fn, in_dims=1, out_dims=1)(M)
+        except Exception:  # noqa: BLE001 - any vmap limitation: fall back to a loop over (few) columns
+            return torch.stack([fn(M[:, i]) for i in range(M.shape[1])], dim=1)
+
+    def evaluate(self, t, y) -> _Eval:
+        """All central-flow quantities at ``(t, y)``: Ritz pairs, X (SDCP) and ``dy/dt``."""
+        from ..sdcp import solve_sdcp
+
+        opt, prob = self.opt, self.problem
+        t = float(t)
+        p = self.layout.unpack(y)
+        w, m, nu = p["w"], p.get("m"), p.get("nu")
+        ev = _Eval()
+        ev.t, ev.w, ev.m, ev.nu = t, w, m, nu
+        g = self.grad(w).detach()
+        ev.g = g
+        Pt = self.P_tilde(nu, t)
+        ev.Pt = Pt
+        self.stats["n_rhs"] += 1
+        # --- critical subspace at this point
+        far = self.lam_refresh is not None and float(self.lam_refresh[0]) < self.s_track
+        if far:
+            lam, U, HU = self.lam_refresh, None, None
+            kc = 0
+        else:
+            lam, U, HU = self._ritz(t, w, nu, Pt, key=self._key(t, y))
+            kc = int((lam > self.s_sdcp).sum())
+        ev.lam, ev.kc = lam, kc
+        ev.U = None if U is None else U[:, :kc]
+        ev.HU = None if HU is None else HU[:, :kc]
+        self.stats["max_critical"] = max(self.stats["max_critical"], kc)
+        tgt0 = opt.nu_target(g) if self.has_nu else None
+        if kc == 0:
+            ev.X = np.zeros((0, 0))
+            ev.x = torch.zeros(0, dtype=g.dtype, device=g.device)
+            ev.That = ev.Ghat = None
+            ev.sdcp = None
+            self._X_prev = None
+            ev.dy = self._velocity(w, m, nu, t, g, tgt0)
+            return ev
+        Uc, HUc = ev.U, ev.HU
+        iu, ju = torch.triu_indices(kc, kc, device=g.device)
+        s = torch.where(iu == ju, 1.0, _SQRT2).to(dtype=g.dtype, device=g.device)
+        # --- third derivatives T_p = ∇(u_iᵀ H u_j), all pairs in one batched call
+        t0 = time.perf_counter()
+        T = prob.d3(w, Uc[:, iu], Uc[:, ju])
+        self.stats["t_t3"] += time.perf_counter() - t0
+        self.stats["n_t3"] += int(iu.numel())
+        self.stats["n_t3_calls"] += 1
+        That = T * s                                           # (d, m): Σ_ij X_ij T_ij = That @ svec(X)
+        ev.That = That
+        # --- velocities: stable parts and the linear maps of svec(X)
+        Dw0 = lambda gg: opt.direction(w, m, gg, nu, t + self.tshift)[0]  # noqa: E731
+        zero = torch.zeros_like(g)
+        Dw_zero = Dw0(zero)
+        a_w = Dw0(g)
+        B_w = self._cols(lambda v: Dw0(v) - Dw_zero, 0.5 * That)        # (d, m): X-part of dw/dt
+        dA_stable = -(That.T @ a_w)                                      # svec(−Uᵀ dH/dt U), stable part
+        dA_X = -(That.T @ B_w)                                           # (m, m)
+        if self.has_nu:
+            hp, hq = HUc[:, iu], HUc[:, ju]
+            q = opt.nu_target
+            Ghat = self._cols(lambda a: q(a), hp + hq) - self._cols(lambda a: q(a), hp - hq)
+            Ghat = 0.25 * Ghat * s                             # (ν, m): E[tgt(Hδ)] = Ghat @ svec(X)
+            ev.Ghat = Ghat
+            rho = opt.nu_velocity(nu, nu + 1.0) - opt.nu_velocity(nu, nu)     # d(ν-velocity)/d(target)
+            a_nu = opt.nu_velocity(nu, tgt0)
+            P, dP = jvp(lambda n: opt.preconditioner(n, t + self.tshift), (nu,), (torch.ones_like(nu),))
+            h = 1e-4
+            dPdt = (opt.preconditioner(nu, t + self.tshift + h) - opt.preconditioner(nu, t + self.tshift - h)) / (2 * h)
+            dPt_stable = (self.c * (dP * a_nu + dPdt)).reshape(-1)
+            dPt_X = self.c * (dP * rho).reshape(-1, 1) * Ghat    # (|P|, m)
+            if Pt.numel() > 1:
+                What = (Uc[:, iu] * Uc[:, ju]) * s               # (d, m): svec(Uᵀ diag(p) U) = Whatᵀ p
+            else:
+                What = ((Uc[:, iu] * Uc[:, ju]).sum(0) * s)[None, :]
+            dA_stable = dA_stable + 2.0 * (What.T @ dPt_stable)
+            dA_X = dA_X + 2.0 * (What.T @ dPt_X)
+        else:
+            ev.Ghat = None
+        # --- SDCP: X ⪰ 0, α + β[X] ⪰ 0, complementary
+        from ..sdcp import smat
+        lam_c = lam[:kc]
+        alpha = np.diag((2.0 - lam_c).double().cpu().numpy()) + self.tau * smat(dA_stable.double().cpu().numpy(), kc)
+        beta = self.tau * dA_X.double().cpu().numpy()
+        X0 = self._X_prev if (self._X_prev is not None and self._X_prev.shape == (kc, kc)) else None
+        t0 = time.perf_counter()
+        res = solve_sdcp(alpha, beta, tol=self.sdcp_tol, X0=X0)
+        self.stats["t_sdcp"] += time.perf_counter() - t0
+        self.stats["n_sdcp"] += 1
+        self.stats["sdcp_iterations"] += int(res.iterations)
+        merit = max(res.complementarity, res.primal_infeas / max(np.linalg.norm(res.X), 1e-300),
+                    res.dual_infeas / max(np.linalg.norm(alpha) + np.linalg.norm(res.Z - alpha), 1e-300))
+        self.stats["sdcp_max_merit"] = max(self.stats["sdcp_max_merit"], float(merit))
+        if not res.converged:
+            self.stats["sdcp_unconverged"] += 1
+            if merit > 1e-6 and "sdcp" not in self._warned:
+                self._warned.add("sdcp")
+                warnings.warn(f"central flow: SDCP not converged at t={t:.6g} (k={kc}): {res.message}",
+                              RuntimeWarning, stacklevel=2)
+        X = 0.5 * (res.X + res.X.T)
+        self._X_prev = X
+        ev.X, ev.sdcp = X, res
+        from ..sdcp import svec
+        x = torch.as_tensor(svec(X), dtype=g.dtype, device=g.device)
+        ev.x = x
+        tgt = None
+        if self.has_nu:
+            tgt = tgt0 + (ev.Ghat @ x).reshape(tgt0.shape)
+        ev.dy = self._velocity(w, m, nu, t, g + 0.5 * (That @ x), tgt)
+        return ev
+
+    def _velocity(self, w, m, nu, t, g_eff, tgt):
+        dw, dm = self.opt.direction(w, m, g_eff, nu, t + self.tshift)
+        out = {"w": dw}
+        if self.has_m:
+            out["m"] = dm
+        if self.has_nu:
+            out["nu"] = self.opt.nu_velocity(nu, tgt)
+        return self.layout.pack(**out)
+
+    # ------------------------------------------------------------------ read-out
+    def extra_variables(self) -> list:
+        from ..output import Var
+        return [
+            Var("predicted_loss", ("t",), "central-flow prediction of the time-averaged loss L(w) + 1/2 <H, Sigma>",
+                "1"),
+            Var("predicted_grad_norm_sq", ("t",), "prediction of the time-averaged squared gradient norm "
+                "||g||^2 + tr(H Sigma H)", "1"),
+            Var("sigma_trace", ("t",), "trace of the predicted oscillation covariance Sigma = U X U^T (Euclidean)",
+                "1"),
+            Var("predicted_variances", ("t", "eig"), "eigenvalues of X (descending): predicted variances of "
+                "u_i^T P~ delta in the eigenbasis of Sigma, P~ = (threshold/2) P", "1"),
+            Var("deltas", ("t", "eig"), "empirical u_i^T P~ (w_k - w_central(k)) in the eigenbasis of Sigma "
+                "(compare deltas^2 with predicted_variances on average)", "1"),
+            Var("n_critical", ("t",), "number of eigen-directions in the SDCP (effective sharpness >= "
+                "sdcp_threshold)", "1"),
+            Var("n_tracked", ("t",), "number of tracked eigenpairs", "1"),
+            Var("critical_sharpness", ("t", "eig"), "effective sharpness lambda(P^-1 H)/threshold of the tracked "
+                "directions (Rayleigh-Ritz at the central point, descending)", "1"),
+            Var("sdcp_complementarity", ("t",), "relative complementarity residual of the SDCP solve", "1"),
+        ]
+
+    def readout(self, k, y_k, y_prev_half, discrete) -> dict:
+        with torch.no_grad():
+            ev = self.evaluate(float(k), y_k)
+            w = ev.w
+            L = float(self.problem.loss(w))
+            gn2 = float(torch.dot(ev.g, ev.g))
+            n = self.n_eig
+            out = {"n_critical": float(ev.kc), "n_tracked": float(self.k_track),
+                   "critical_sharpness": (ev.lam[:n] / 2.0).detach().cpu().numpy()}
+            wk = discrete[0]
+            if ev.kc == 0:
+                out.update(predicted_loss=L, predicted_grad_norm_sq=gn2, sigma_trace=0.0,
+                           sdcp_complementarity=0.0)
+                return out
+            X = torch.as_tensor(ev.X, dtype=w.dtype, device=w.device)
+            UtHU = ev.U.T @ ev.HU
+            HtH = ev.HU.T @ ev.HU
+            UtU = ev.U.T @ ev.U
+            out["predicted_loss"] = L + 0.5 * float((X * (0.5 * (UtHU + UtHU.T))).sum())
+            out["predicted_grad_norm_sq"] = gn2 + float((X * HtH).sum())
+            out["sigma_trace"] = float((X * UtU).sum())
+            xe, Q = torch.linalg.eigh(X)
+            xe, Q = xe.flip(0), Q.flip(1)
+            out["predicted_variances"] = xe[:n].cpu().numpy()
+            Us = ev.U @ Q
+            out["deltas"] = (Us.T @ (ev.Pt * (wk - w) if ev.Pt.numel() > 1 else ev.Pt[0] * (wk - w)))[:n].cpu().numpy()
+            out["sdcp_complementarity"] = float(ev.sdcp.complementarity)
+        return out
