@@ -98,9 +98,9 @@ def test_loss_target_event_terminal_stops_flow():
 def test_sundials_backend_through_simulate_matches_scipy():
     pytest.importorskip("sksundae")
     prob = pyrod.problem(model="mlp", data="digits", classes=3, n=60, seed=0, model_kwargs={"width": 6, "depth": 1})
-    kw = dict(steps=20, runs=["discrete", "rod"], eigs=1, eig_every=10, rtol=1e-9, atol=1e-11)
-    a = pyrod.simulate(prob, pyrod.optimizers.Adam(lr=1e-2), backend="scipy", **kw)
-    b = pyrod.simulate(prob, pyrod.optimizers.Adam(lr=1e-2), backend="sundials", **kw)
+    kw = dict(steps=10, runs=["discrete", "rod"], eigs=1, eig_every=10, rtol=1e-7, atol=1e-10)
+    a = pyrod.simulate(prob, pyrod.optimizers.GD(lr=0.5), backend="scipy", **kw)
+    b = pyrod.simulate(prob, pyrod.optimizers.GD(lr=0.5), backend="sundials", **kw)
     np.testing.assert_allclose(b["rod"].ds["loss"].values, a["rod"].ds["loss"].values, rtol=1e-5)
     assert b["rod"].attrs["backend"] == "sundials"
 
@@ -120,12 +120,13 @@ def test_flow_options_validated():
 
 
 def test_bea_correction_improves_quartic_rod():
-    """rod_flows.md §6.4: BEA-1 is ~100× better than the plain rod flow on the quartic toy at EoS."""
+    """rod_flows.md §6.4: BEA-1 is ~100× better than the plain rod flow on the quartic toy at EoS (spec, 600 steps:
+    0.31 vs 0.0029). Measured here over 100 steps: 0.308 vs 0.0029."""
     prob = scalar_factorization()
-    kw = dict(steps=300, runs=["discrete", "rod"], eigs=1, eig_every=50, rtol=1e-10, atol=1e-12)
+    kw = dict(steps=100, runs=["discrete", "rod"], eigs=1, eig_every=50, rtol=1e-10, atol=1e-12)
     plain = pyrod.simulate(prob, pyrod.optimizers.GD(lr=0.75), **kw)
     bea = pyrod.simulate(prob, pyrod.optimizers.GD(lr=0.75), bea=True, **kw)
     e_plain = _median(plain["rod"].ds, "centre_distance")
     e_bea = _median(bea["rod"].ds, "centre_distance")
-    print(f"quartic toy, 300 steps: rod {e_plain:.3g}, rod+BEA {e_bea:.3g}")
-    assert e_bea < e_plain / 10
+    print(f"quartic toy, 100 steps: rod {e_plain:.3g}, rod+BEA {e_bea:.3g}")
+    assert e_bea < e_plain / 50
