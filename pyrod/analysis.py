@@ -31,7 +31,7 @@ import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -49,7 +49,8 @@ class OneStep:
     ``update_norm_sq`` = ‖Δw‖²; ``predicted_decrease`` = G − C; ``actual_decrease`` = L(w) − L(w+Δw);
     ``gap`` = actual − predicted (the error of the quadratic model); ``within``/``cross`` = within- and cross-layer
     parts of ``quad`` over the blocks; ``outside`` = the part involving parameters in no block (0 when the blocks
-    cover every parameter, the default; then ``within + cross = quad`` up to round-off); ``within_nds``/``cross_nds`` = those divided by ‖Δw‖²;
+    cover every parameter, the default; then ``within + cross = quad`` up to round-off); ``within_nds``/``cross_nds``
+    = those divided by ‖Δw‖²;
     ``block_names``, ``block_matrix`` (L×L, ``B[l, l'] = Δw_lᵀ H_ll' Δw_l'``), ``block_within`` (its diagonal, per
     block name), ``block_norm_sq`` (‖Δw_l‖² per block).
     """

@@ -75,7 +75,25 @@ def test_empty_and_out_of_range_save_times():
     with pytest.raises(ValueError, match="forward"):
         solve(fp, 2.0, y0, 1.0, [])
     with pytest.raises(ValueError, match="valid methods"):
-        solve(FlowProblem(rhs=fp.rhs, n=6, method="Euler"), 0.0, y0, 1.0, [])
+        solve(FlowProblem(rhs=fp.rhs, n=6, method="Heun"), 0.0, y0, 1.0, [])
+
+
+def test_scipy_backend_routes_euler_to_fixed_step():
+    """``method="euler"`` (any case) is the fixed-step backend: y' = −y, h = ½ → y(1) = (1 − ½)² exactly."""
+    fp = FlowProblem(rhs=lambda t, y: -y, n=1, method="Euler", options={"substeps": 2})
+    seg = solve(fp, 0.0, np.ones(1), 1.0, [0.5, 1.0])
+    np.testing.assert_array_equal(seg.y_save[:, 0], [0.5, 0.25])
+
+
+def test_method_checked_before_any_work():
+    from pyrod.integrate import check_method
+
+    check_method("scipy", "euler")
+    check_method("scipy", None)
+    with pytest.raises(ValueError, match="method='Heun'.*valid methods"):
+        check_method("scipy", "Heun")
+    with pytest.raises(ValueError, match="method='euler'"):
+        check_method("sundials", "euler")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -138,6 +138,10 @@ def test_loss_target_stop():
     (dict(runs=[]), "runs"),
     (dict(loss_target=float("nan")), "loss_target"),
     (dict(divergence_factor=0.5), "divergence_factor"),
+    (dict(runs=["discrete", "rod"], method="Heun"), "method='Heun' is not a method of backend 'scipy'"),
+    (dict(runs=["discrete", "rod"], method="euler", substeps=0), "substeps=0"),
+    (dict(runs=["discrete", "central"], sdcp_threshold=1.5), "sdcp_threshold=1.5"),
+    (dict(runs=["discrete", "central"], bea=True), "bea=True"),
 ])
 def test_bad_simulate_arguments(kwargs, match):
     prob = small_problem()
@@ -145,6 +149,21 @@ def test_bad_simulate_arguments(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         pyrod.simulate(prob, pyrod.optimizers.GD(lr=0.1), **args)
+
+
+def test_central_options_refused_without_central_run():
+    with pytest.raises(TypeError, match="sdcp_threshold.*no 'central' run"):
+        pyrod.simulate(small_problem(), pyrod.optimizers.GD(lr=0.1), steps=5, runs=["discrete", "rod"],
+                       sdcp_threshold=0.9)
+
+
+def test_rod_flow_with_euler_substeps_runs_and_records_it():
+    tree = pyrod.simulate(small_problem(), pyrod.optimizers.GD(lr=0.1), steps=6, runs=["discrete", "rod"], eigs=1,
+                          eig_every=100, method="euler", substeps=8, progress=False)
+    rod = tree["rod"]
+    assert rod.attrs["method"] == "euler" and rod.attrs["substeps"] == 8
+    assert rod.attrs["n_rhs"] == 8 * 5   # t = 0 … 5 (the last read-out), 8 Euler steps of one RHS per unit time
+    assert np.isfinite(rod.ds["centre_distance"].values).all()
 
 
 def test_bad_inputs_named():
@@ -201,7 +220,7 @@ def test_killed_simulation_leaves_valid_file(tmp_path):
             orig(self, g)
             print("flushed", flush=True)
         out.RunWriter._flush_group = flush
-        pyrod.simulate(prob, pyrod.optimizers.GD(lr=0.1), steps=10**6, eigs=1, eig_every=10,
+        pyrod.simulate(prob, pyrod.optimizers.GD(lr=0.1), steps=10**6, eigs=1, eig_every=1000,
                        path={str(path)!r}, chunk=20, progress=False)
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)

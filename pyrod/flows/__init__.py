@@ -46,9 +46,14 @@ class FlowSpec:
 
 def prepare_flows(problem, optimizer, flows, *, restart_at=None, backend: str = "scipy", method=None,
                   rtol: float = 1e-6, atol: float = 1e-9, max_step: float = math.inf, events=None,
-                  bea: bool = False, divergence_factor: float = 1e6, **model_options) -> dict:
-    """Validate flow options (before any work) and return ``{name: FlowSpec}``."""
-    from ..integrate import get_backend
+                  bea: bool = False, divergence_factor: float = 1e6, substeps=None, **model_options) -> dict:
+    """Validate flow options (before any work) and return ``{name: FlowSpec}``.
+
+    ``substeps``: Euler steps per unit time for ``method="euler"`` (default 4); for the central flow it also sets
+    the default relaxation time ``τ = 1/substeps``. Other keyword options are model options: only the central
+    flow has any (:data:`pyrod.flows.central.CENTRAL_OPTIONS`); they are refused when no central run is asked for.
+    """
+    from ..integrate import check_method, get_backend
 
     if not optimizer.supports_flows:
         raise ValueError(f"optimizer={optimizer.name!r} has no smooth increment D (flows are defined for "
@@ -58,21 +63,32 @@ def prepare_flows(problem, optimizer, flows, *, restart_at=None, backend: str = 
             raise ValueError(f"{name}={v!r} must be a number in (0, 1)")
     if not (isinstance(max_step, (int, float)) and max_step > 0):
         raise ValueError(f"max_step={max_step!r} must be > 0")
+    if substeps is not None and (isinstance(substeps, bool) or not isinstance(substeps, int) or substeps < 1):
+        raise ValueError(f"substeps={substeps!r} must be an int >= 1 (Euler steps per unit time)")
     get_backend(backend)  # raises for unknown / unavailable backends
+    check_method(backend, method)
     specs = parse_events(events)
+    if model_options and "central" not in flows:
+        raise TypeError(f"unexpected flow options {sorted(model_options)} (central-flow options; runs={list(flows)} "
+                        f"has no 'central' run)")
     out = {}
     for name in flows:
         cls = FLOW_RUNS[name]
-        opts = dict(model_options)
-        if name in ("stable", "rod"):
-            opts["bea"] = bool(bea)
-            unknown = set(model_options)
-            if unknown:
-                raise TypeError(f"unexpected flow options {sorted(unknown)} for run {name!r}")
-        out[name] = FlowSpec(cls, problem, optimizer,
-                             dict(backend=backend, method=method, rtol=rtol, atol=atol, max_step=max_step,
-                                  events=specs, restart_at=restart_at, divergence_factor=divergence_factor),
-                             opts)
+        if name == "central":
+            if bea:
+                raise ValueError("bea=True is not available for the central flow (its right-hand side contains the "
+                                 "complementarity projection, which is not differentiable); use it for stable/rod")
+            opts = dict(model_options)
+            if substeps is not None:
+                opts["substeps"] = substeps
+            opts = cls.validate_options(**opts)  # TypeError / ValueError naming the option
+        else:
+            opts = {"bea": bool(bea)}
+        run_opts = dict(backend=backend, method=method, rtol=rtol, atol=atol, max_step=max_step, events=specs,
+                        restart_at=restart_at, divergence_factor=divergence_factor)
+        if substeps is not None:
+            run_opts["substeps"] = substeps
+        out[name] = FlowSpec(cls, problem, optimizer, run_opts, opts)
     return out
 
 

@@ -23,10 +23,12 @@ Where ``X`` is active this imposes ``dA/dt = −A/τ`` (the critical eigenvalues
 ``dA/dt`` is affine in ``X`` (``α + β[X]``): ``dH/dt`` along ``dw/dt`` from third derivatives
 ``T_ij = ∇_w(u_iᵀHu_j)`` (one batched ``Problem.d3`` call for all pairs), ``dP̃/dt`` from ``∂P/∂ν·dν/dt + ∂P/∂t``.
 
-Eigen-subspace tracking: a warm-started :class:`~pyrod.spectra.EigTracker` on ``P̃^{-1/2}HP̃^{-1/2}`` is refreshed
-after every accepted integration step (``FlowProblem.on_accept``); inside a step each right-hand side does a
-Rayleigh–Ritz on that subspace at its own ``(w, ν, t)`` (``k_track`` HVPs), so ``U``, ``λ̃``, ``HU`` belong to the
-evaluation point. Tracked: every eigenvalue with effective sharpness ``λ/threshold ≥ track_threshold`` (0.75, the
+Eigen-subspace tracking: a basis of the top eigenvectors of ``P̃^{-1/2}HP̃^{-1/2}`` is kept between steps. Each
+right-hand side does a Rayleigh–Ritz of the pencil (H, P̃) on it at its own ``(w, ν, t)`` (``k_track`` HVPs), so
+``U``, ``λ̃``, ``HU`` belong to the evaluation point; after every accepted step (``FlowProblem.on_accept``) the Ritz
+residuals are checked and the basis improved by a Davidson expansion, or re-solved by warm LOBPCG
+(:func:`pyrod.spectra.top_eigs`) when the tracked set changes. Read-outs at integer times are computed in
+``on_accept`` (the backend lands on save times) with the basis current there. Tracked: every eigenvalue with effective sharpness ``λ/threshold ≥ track_threshold`` (0.75, the
 reference's 1.5) plus one below it; critical: ``≥ sdcp_threshold`` (0.975, the reference's 1.95). Events of kind
 ``critical_set`` record each entry / exit of an eigenvalue (``critical_enter_j`` / ``critical_leave_j``: the j-th
 largest crossed ``sdcp_threshold`` up / down).
@@ -55,7 +57,7 @@ __all__ = ["CentralFlow", "CentralFlowExperimentalWarning", "CENTRAL_OPTIONS"]
 
 #: option names accepted by :class:`CentralFlow` (through ``pyrod.simulate(..., runs=["central"], **options)``)
 CENTRAL_OPTIONS = ("sdcp_threshold", "track_threshold", "substeps", "tau", "eig_tol", "eig_max_iter",
-                   "max_track", "sdcp_tol", "bea")
+                   "max_track", "sdcp_tol", "refresh_tol", "bea")
 
 _SQRT2 = math.sqrt(2.0)
 
@@ -68,7 +70,7 @@ class _Eval:
     """Everything one evaluation of the central flow computes at ``(t, y)``."""
 
     __slots__ = ("t", "w", "m", "nu", "g", "Pt", "lam", "U", "HU", "kc", "X", "x", "That", "Ghat",
-                 "sdcp", "dy", "rr_hvp")
+                 "sdcp", "dy", "rr_hvp", "alpha", "beta")
 
 
 class CentralFlow(FlowModel):
@@ -83,9 +85,11 @@ class CentralFlow(FlowModel):
     * ``substeps`` (4): Euler substeps per unit time for ``method="euler"`` (passed to the integrator), and the
       default relaxation time ``τ = 1/substeps``;
     * ``tau`` (None → 1/substeps): relaxation time of the complementarity condition (see the module docstring);
-    * ``eig_tol`` (1e-8), ``eig_max_iter`` (100): warm LOBPCG refreshes of the tracked subspace;
+    * ``eig_tol`` (1e-6), ``eig_max_iter`` (100): warm LOBPCG refreshes of the tracked subspace;
     * ``max_track`` (8): cap on the tracked eigenpairs (a warning once if more would be needed);
     * ``sdcp_tol`` (1e-10): tolerance of :func:`pyrod.sdcp.solve_sdcp`;
+    * ``refresh_tol`` (1e-3): the tracked subspace is refreshed (warm LOBPCG) after an accepted step when a
+      critical Ritz pair (or the next candidate) has a relative residual above it;
     * ``bea``: must be False (the backward-error correction needs a differentiable RHS; the SDCP is not).
     """
 
@@ -96,30 +100,16 @@ class CentralFlow(FlowModel):
 
     def __init__(self, problem, optimizer, *, bea: bool = False, sdcp_threshold: float = 0.975,
                  track_threshold: float = 0.75, substeps: int = 4, tau: float | None = None,
-                 eig_tol: float = 1e-8, eig_max_iter: int = 100, max_track: int = 8, sdcp_tol: float = 1e-10):
-        if bea:
-            raise ValueError("bea=True is not available for the central flow: the backward-error correction "
-                             "differentiates the right-hand side, which contains the SDCP solve")
+                 eig_tol: float = 1e-6, eig_max_iter: int = 100, max_track: int = 8, sdcp_tol: float = 1e-10,
+                 refresh_tol: float = 1e-3):
+        o = self.validate_options(bea=bea, sdcp_threshold=sdcp_threshold, track_threshold=track_threshold,
+                                  substeps=substeps, tau=tau, eig_tol=eig_tol, eig_max_iter=eig_max_iter,
+                                  max_track=max_track, sdcp_tol=sdcp_tol, refresh_tol=refresh_tol)
         super().__init__(problem, optimizer, bea=False)
-        for nm, v, lo, hi in (("sdcp_threshold", sdcp_threshold, 0.0, 2.0),
-                              ("track_threshold", track_threshold, 0.0, 2.0)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (lo < v < hi):
-                raise ValueError(f"{nm}={v!r} must be a number in ({lo}, {hi}) (effective sharpness λ/threshold)")
-        if not track_threshold < sdcp_threshold:
-            raise ValueError(f"track_threshold={track_threshold!r} must be < sdcp_threshold={sdcp_threshold!r}")
-        if isinstance(substeps, bool) or not isinstance(substeps, (int, np.integer)) or substeps < 1:
-            raise ValueError(f"substeps={substeps!r} must be an int >= 1")
-        if tau is None:
-            tau = 1.0 / int(substeps)
-        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not (0 < tau < math.inf):
-            raise ValueError(f"tau={tau!r} must be a positive number (relaxation time, optimizer steps)")
-        if isinstance(max_track, bool) or not isinstance(max_track, (int, np.integer)) or max_track < 1:
-            raise ValueError(f"max_track={max_track!r} must be an int >= 1")
-        for nm, v in (("eig_tol", eig_tol), ("sdcp_tol", sdcp_tol)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v < 1):
-                raise ValueError(f"{nm}={v!r} must be a number in (0, 1)")
-        if isinstance(eig_max_iter, bool) or not isinstance(eig_max_iter, (int, np.integer)) or eig_max_iter < 1:
-            raise ValueError(f"eig_max_iter={eig_max_iter!r} must be an int >= 1")
+        sdcp_threshold, track_threshold, substeps, tau = (o["sdcp_threshold"], o["track_threshold"], o["substeps"],
+                                                          o["tau"])
+        eig_tol, eig_max_iter, max_track, sdcp_tol, refresh_tol = (o["eig_tol"], o["eig_max_iter"], o["max_track"],
+                                                                   o["sdcp_tol"], o["refresh_tol"])
         thr = float(optimizer.threshold())
         if not (math.isfinite(thr) and thr > 0):
             raise ValueError(f"optimizer {optimizer.name} has no finite stability threshold ({thr!r}); "
@@ -133,6 +123,7 @@ class CentralFlow(FlowModel):
         self.eig_tol, self.eig_max_iter = float(eig_tol), int(eig_max_iter)
         self.max_track = int(min(max_track, self.d))
         self.sdcp_tol = float(sdcp_tol)
+        self.refresh_tol = float(refresh_tol)
         self.n_eig = self.max_track                         # length of the "eig" dim (FlowRun sets measurer.k)
         parts = [("w", self.d)]
         if self.has_m:
@@ -147,18 +138,62 @@ class CentralFlow(FlowModel):
                           CentralFlowExperimentalWarning, stacklevel=2)
         self._check_affine()
         # --- tracking state
-        from ..spectra import EigTracker
         self.k_track = 1
-        self.tracker = EigTracker(self.k_track, tol=self.eig_tol, max_iter=self.eig_max_iter, warn=False)
         self.Y = None               # (d, k_track) tracked basis in w-coordinates (P̃-orthonormal at its refresh)
-        self.lam_refresh = None     # λ̃ of the tracked set at the last refresh
+        self.lam_last = None        # λ̃ at the last accepted step (Rayleigh–Ritz) or refresh
         self._cache = {}            # y-digest -> Ritz data (invalidated at each refresh)
         self._X_prev = None
         self._warned = set()
+        self._chunk = None          # discrete states of the chunk being integrated (FlowRun.begin_chunk)
+        self._stash = {}            # k -> (state digest, read-out values) computed during integration
         # --- counters (reported in the group attributes)
-        self.stats = dict(n_rhs=0, n_refresh=0, refresh_hvp=0, rr_hvp=0, n_t3=0, n_t3_calls=0, n_sdcp=0,
+        self.stats = dict(n_rhs=0, n_refresh=0, refresh_grow=0, refresh_shrink=0, refresh_residual=0,
+                          refresh_nonfinite=0, refresh_unconverged=0, refresh_hvp=0,
+                          n_expand=0, expand_hvp=0, rr_hvp=0, n_t3=0, n_t3_calls=0, n_sdcp=0,
                           sdcp_iterations=0, sdcp_unconverged=0, sdcp_max_merit=0.0, t_eig=0.0, t_t3=0.0,
-                          t_sdcp=0.0, max_critical=0, max_tracked=1)
+                          t_sdcp=0.0, max_critical=0, max_tracked=1, readout_fresh=0,
+                          sdcp_max_asymmetry=0.0)
+
+    @staticmethod
+    def validate_options(**options) -> dict:
+        """Check central-flow options without building the flow (for ``prepare_flows``): TypeError for an unknown
+        name, ValueError for a bad value. Returns the options with defaults filled in (``tau`` resolved)."""
+        unknown = set(options) - set(CENTRAL_OPTIONS)
+        if unknown:
+            raise TypeError(f"unexpected central-flow options {sorted(unknown)}; valid: {sorted(CENTRAL_OPTIONS)}")
+        o = dict(bea=False, sdcp_threshold=0.975, track_threshold=0.75, substeps=4, tau=None, eig_tol=1e-6,
+                 eig_max_iter=100, max_track=8, sdcp_tol=1e-10, refresh_tol=1e-3)
+        o.update(options)
+        if o["bea"]:
+            raise ValueError("bea=True is not available for the central flow: the backward-error correction "
+                             "differentiates the right-hand side, which contains the SDCP solve")
+
+        def num(v):
+            return not isinstance(v, bool) and isinstance(v, (int, float, np.integer, np.floating))
+
+        def integer(v):
+            return not isinstance(v, bool) and isinstance(v, (int, np.integer))
+
+        s, tr = o["sdcp_threshold"], o["track_threshold"]
+        if not (num(s) and 0 < s <= 1):
+            raise ValueError(f"sdcp_threshold={s!r} must be a number in (0, 1] (effective sharpness λ/threshold "
+                             f"from which a direction enters the SDCP; the reference's 1.95 is 0.975)")
+        if not (num(tr) and 0 < tr < s):
+            raise ValueError(f"track_threshold={tr!r} must be a number in (0, sdcp_threshold={s!r}) (the "
+                             f"reference's 1.5 is 0.75)")
+        if not (integer(o["substeps"]) and o["substeps"] >= 1):
+            raise ValueError(f"substeps={o['substeps']!r} must be an int >= 1")
+        if o["tau"] is None:
+            o["tau"] = 1.0 / int(o["substeps"])
+        if not (num(o["tau"]) and 0 < o["tau"] < math.inf):
+            raise ValueError(f"tau={o['tau']!r} must be a positive number (relaxation time, optimizer steps)")
+        for nm in ("max_track", "eig_max_iter"):
+            if not (integer(o[nm]) and o[nm] >= 1):
+                raise ValueError(f"{nm}={o[nm]!r} must be an int >= 1")
+        for nm in ("eig_tol", "sdcp_tol", "refresh_tol"):
+            if not (num(o[nm]) and 0 < o[nm] < 1):
+                raise ValueError(f"{nm}={o[nm]!r} must be a number in (0, 1)")
+        return o
 
     # ------------------------------------------------------------------ FlowModel interface
     def initial_state(self, s0, s1, nu_next) -> torch.Tensor:
@@ -178,23 +213,68 @@ class CentralFlow(FlowModel):
 
     def rhs(self, t, y):
         with torch.no_grad():
-            ev = self.evaluate(t, y)
+            ev = self.evaluate(t, y, count=False)   # FlowRun counts the RHS gradient
         return ev.dy
 
     # hooks read by FlowRun
     def integrator_options(self) -> dict:
-        return {"substeps": self.substeps}
+        # exact_saves: adaptive steps land on the save times, so on_accept sees the exact states at integer t
+        return {"substeps": self.substeps, "exact_saves": True}
 
     def on_accept(self, t, y):
-        """After each accepted step: refresh the tracked eigen-subspace at the new state (warm LOBPCG)."""
+        """After each accepted step: check the tracked subspace at the new state (Rayleigh–Ritz, usually cached
+        from the step's last stage). When a Ritz residual of a critical pair (or of the next candidate) exceeds
+        ``refresh_tol`` the basis is improved by one Davidson expansion with the residuals (``k_track`` HVPs); a
+        full warm LOBPCG solve is used when the tracked set must grow or shrink, or the residual is large."""
         p = self.layout.unpack(y)
+        t = float(t)
+        w, nu = p["w"], p.get("nu")
         with torch.no_grad():
-            self._refresh(float(t), p["w"], p.get("nu"))
+            if self.Y is None:
+                self._refresh(t, w, nu)
+                return
+            Pt = self.P_tilde(nu, t)
+            lam, U, HU, rel = self._ritz(t, w, nu, Pt, key=self._key(t, y))
+            self.lam_last = lam
+            k = lam.numel()
+            kc = int((lam > self.s_sdcp).sum())
+            j = min(kc + 1, k)
+            r = float(rel[:j].max())
+            reason = None
+            if not (bool(torch.isfinite(lam).all()) and math.isfinite(r)):
+                reason = "nonfinite"
+            elif float(lam[-1]) >= self.s_track and k < self.max_track:
+                reason = "grow"
+            elif k > 1 and float(lam[-2]) < 0.9 * self.s_track:
+                reason = "shrink"
+            elif r > 30 * self.refresh_tol:
+                reason = "residual"
+            if reason is not None:
+                self.stats["refresh_" + reason] += 1
+                self._refresh(t, w, nu)
+            elif r > self.refresh_tol:
+                self._expand(w, Pt, lam, U, HU)
+            self._stash_readout(t, y)
+
+    def begin_chunk(self, chunk):
+        """FlowRun hook: the discrete states of the chunk about to be integrated (for ``deltas`` at integer t)."""
+        self._chunk = chunk
+        self._stash = {k: v for k, v in self._stash.items() if k >= chunk.k0}
+
+    def _stash_readout(self, t, y):
+        """At an integer time reached exactly by an accepted step, compute the read-out now, with the basis that
+        is current there (FlowRun reads out after the whole chunk, when the tracked basis has moved on)."""
+        k = round(t)
+        ck = self._chunk
+        if abs(t - k) > 1e-9 or ck is None or k in self._stash or not (ck.k0 <= k < ck.k0 + len(ck.states)):
+            return
+        self._stash[k] = (self._key(float(k), y)[1], self._predictions(float(k), y, ck.state(k).w))
 
     def run_attrs(self) -> dict:
         return {"sdcp_threshold": self.sdcp_threshold, "track_threshold": self.track_threshold,
                 "tau": self.tau, "substeps": self.substeps, "max_track": self.max_track,
-                "eig_tol": self.eig_tol, "sdcp_tol": self.sdcp_tol, "experimental": int(self.experimental),
+                "eig_tol": self.eig_tol, "sdcp_tol": self.sdcp_tol, "refresh_tol": self.refresh_tol,
+                "experimental": int(self.experimental),
                 "units": "X, deltas, predicted_variances: P~-orthonormal coordinates, P~ = (threshold/2) P "
                          "(for GD P~ = 1/lr, as the reference implementation)"}
 
@@ -244,18 +324,29 @@ class CentralFlow(FlowModel):
                              f"gradient and a quadratic second-moment target")
 
     def _refresh(self, t, w, nu):
-        """Warm LOBPCG at ``(w, ν, t)``; grow / shrink the tracked set; store the basis ``Y = P̃^{-1/2}V``."""
+        """Warm LOBPCG (:func:`pyrod.spectra.top_eigs`) at ``(w, ν, t)`` started from the current basis; grow /
+        shrink the tracked set; store the basis ``Y = P̃^{-1/2}V`` (P̃-orthonormal)."""
+        from ..spectra import hessian_operator, top_eigs
+
         Pt = self.P_tilde(nu, t)
         t0 = time.perf_counter()
+        op = hessian_operator(self.problem, w, Pt)
+        sq = Pt.sqrt()[:, None]
+        init = None if self.Y is None else sq * self.Y
         for _ in range(self.max_track + 2):
-            evals, V, rep = self.tracker(self.problem, w, Pt)
-            self.stats["refresh_hvp"] += rep.n_hvp
             k = self.k_track
+            evals, V, rep = top_eigs(op, self.d, k, dtype=self.problem.dtype, device=self.problem.device,
+                                     init=init, tol=self.eig_tol, max_iter=self.eig_max_iter,
+                                     seed=self.stats["n_refresh"])
+            self.stats["refresh_hvp"] += rep.n_hvp
+            self.stats["n_refresh"] += 1
+            if not rep.converged:
+                self.stats["refresh_unconverged"] += 1
+            init = V
             if not bool(torch.isfinite(evals).all()):
                 break
             if float(evals[-1]) >= self.s_track and k < self.max_track:
                 self.k_track = k + 1         # the smallest tracked is still above the track threshold: grow
-                self.tracker.k = self.k_track
                 continue
             if float(evals[-1]) >= self.s_track and "max_track" not in self._warned:
                 self._warned.add("max_track")
@@ -264,44 +355,81 @@ class CentralFlow(FlowModel):
                               stacklevel=3)
             if k > 1 and float(evals[-2]) < 0.9 * self.s_track:
                 self.k_track = k - 1         # two below the threshold (with hysteresis): shrink
-                self.tracker.k = self.k_track
                 evals, V = evals[:-1], V[:, :-1]
             break
-        from ..spectra import EigTracker
-        self.Y = EigTracker.generalized(V, Pt).detach()
-        self.lam_refresh = evals.detach()
+        self.Y = (V / sq).detach()
+        self.lam_last = evals.detach()
         self._cache.clear()
         self.stats["t_eig"] += time.perf_counter() - t0
-        self.stats["n_refresh"] += 1
         self.stats["max_tracked"] = max(self.stats["max_tracked"], self.k_track)
 
+    @staticmethod
+    def _pencil_rr(S, HS, Pt):
+        """Rayleigh–Ritz of the pencil (H, P̃) on span(S) (columns may be dependent): ``(λ desc, C)`` with
+        ``(SC)ᵀP̃(SC) = I``."""
+        GP = S.T @ (Pt[:, None] * S) if Pt.numel() > 1 else Pt[0] * (S.T @ S)
+        GP = 0.5 * (GP + GP.T)
+        e, Q = torch.linalg.eigh(GP)
+        keep = e > 1e-12 * e.max()
+        W = Q[:, keep] * e[keep].rsqrt()                  # whitening: Wᵀ GP W = I
+        GH = S.T @ HS
+        M = W.T @ (0.5 * (GH + GH.T)) @ W
+        lam, Z = torch.linalg.eigh(0.5 * (M + M.T))
+        return lam.flip(0), W @ Z.flip(1)
+
+    def _expand(self, w, Pt, lam, U, HU):
+        """One Davidson step: Rayleigh–Ritz on ``[U, P̃⁻¹R]`` (R the Ritz residuals); keeps the top ``k_track``."""
+        t0 = time.perf_counter()
+        R = HU - (Pt[:, None] * U) * lam
+        Z = R / Pt[:, None]
+        for _ in range(2):                                  # P̃-orthogonalise against U (twice)
+            Z = Z - U @ (U.T @ (Pt[:, None] * Z))
+        nz = torch.sqrt((Z * (Pt[:, None] * Z)).sum(0))
+        ok = nz > 1e-12 * nz.max().clamp_min(1e-300)
+        Z = Z[:, ok] / nz[ok]
+        if Z.shape[1]:
+            HZ = self.problem.hvp(w, Z)
+            self.stats["expand_hvp"] += Z.shape[1]
+            S, HS = torch.cat([U, Z], dim=1), torch.cat([HU, HZ], dim=1)
+            lam2, C = self._pencil_rr(S, HS, Pt)
+            k = min(self.k_track, C.shape[1])
+            self.Y = (S @ C[:, :k]).detach()
+            self.lam_last = lam2[:k]
+            self._cache.clear()
+        self.stats["n_expand"] += 1
+        self.stats["t_eig"] += time.perf_counter() - t0
+
     def _ritz(self, t, w, nu, Pt, key=None):
-        """Rayleigh–Ritz of the pencil (H, P̃) on the tracked basis: ``(λ̃ desc, U (P̃-orthonormal), HU)``."""
-        if key is not None and key in self._cache:
-            return self._cache[key]
+        """Rayleigh–Ritz of the pencil (H, P̃) on the tracked basis: ``(λ̃ desc, U (P̃-orthonormal), HU, rel)``
+        with ``rel`` the relative residuals of the Ritz pairs."""
+        if key is not None and ("rr", key) in self._cache:
+            return self._cache[("rr", key)]
         if self.Y is None:
             self._refresh(t, w, nu)
         t0 = time.perf_counter()
         Y = self.Y
         HY = self.problem.hvp(w, Y)
         self.stats["rr_hvp"] += Y.shape[1]
-        GH = Y.T @ HY
-        GH = 0.5 * (GH + GH.T)
-        GP = Y.T @ (Pt[:, None] * Y) if Pt.numel() > 1 else Pt[0] * (Y.T @ Y)
-        GP = 0.5 * (GP + GP.T)
-        L = torch.linalg.cholesky(GP)
-        Li = torch.linalg.solve_triangular(L, torch.eye(L.shape[0], dtype=L.dtype, device=L.device), upper=False)
-        M = Li @ GH @ Li.T
-        lam, Z = torch.linalg.eigh(0.5 * (M + M.T))
-        lam, Z = lam.flip(0), Z.flip(1)
-        C = Li.T @ Z
-        out = (lam, Y @ C, HY @ C)
+        lam, C = self._pencil_rr(Y, HY, Pt)
+        U, HU = Y @ C, HY @ C
+        # relative residuals in the symmetric form: ‖P̃^{-1/2}(Hu − λP̃u)‖ / |λ|
+        R = HU - (Pt[:, None] * U) * lam
+        rel = torch.linalg.vector_norm(R * Pt.rsqrt()[:, None], dim=0) / lam.abs().clamp_min(1e-300)
+        out = (lam, U, HU, rel)
         self.stats["t_eig"] += time.perf_counter() - t0
         if key is not None:
-            if len(self._cache) > 8:
-                self._cache.clear()
-            self._cache[key] = out
+            self._remember(("rr", key), out)
         return out
+
+    def _remember(self, key, value):
+        if len(self._cache) > 16:
+            self._cache.clear()
+        self._cache[key] = value
+
+    def _far(self) -> bool:
+        """All tracked eigenvalues were below the track threshold at the last accepted step: no eigenvalue can
+        reach the critical one within a step, the right-hand side is the stable flow's (no HVPs)."""
+        return self.lam_last is not None and float(self.lam_last[0]) < self.s_track
 
     @staticmethod
     def _key(t, y):
@@ -310,8 +438,8 @@ class CentralFlow(FlowModel):
 
     def _event_value(self, t, y, j):
         p = self.layout.unpack(y)
-        if self.lam_refresh is not None and float(self.lam_refresh[0]) < self.s_track:
-            lam = self.lam_refresh       # far from critical: the refresh values suffice (no HVPs)
+        if self._far():
+            lam = self.lam_last          # far from critical: the last accepted values suffice (no HVPs)
         else:
             with torch.no_grad():
                 lam = self._ritz(float(t), p["w"], p.get("nu"), self.P_tilde(p.get("nu"), float(t)),
@@ -330,12 +458,23 @@ class CentralFlow(FlowModel):
         except Exception:  # noqa: BLE001 - any vmap limitation: fall back to a loop over (few) columns
             return torch.stack([fn(M[:, i]) for i in range(M.shape[1])], dim=1)
 
-    def evaluate(self, t, y) -> _Eval:
-        """All central-flow quantities at ``(t, y)``: Ritz pairs, X (SDCP) and ``dy/dt``."""
+    def evaluate(self, t, y, count: bool = True) -> _Eval:
+        """All central-flow quantities at ``(t, y)``: Ritz pairs, X (SDCP) and ``dy/dt`` (cached per state and
+        basis). ``count``: add the gradient to ``problem.n_grad`` (FlowRun counts the RHS calls itself)."""
+        key = self._key(t, y)
+        hit = self._cache.get(("ev", key))
+        if hit is not None:
+            return hit
+        ev = self._evaluate(float(t), y, key)
+        self._remember(("ev", key), ev)
+        if count:
+            self.problem.n_grad += 1
+        return ev
+
+    def _evaluate(self, t, y, key) -> _Eval:
         from ..sdcp import solve_sdcp
 
         opt, prob = self.opt, self.problem
-        t = float(t)
         p = self.layout.unpack(y)
         w, m, nu = p["w"], p.get("m"), p.get("nu")
         ev = _Eval()
@@ -346,12 +485,11 @@ class CentralFlow(FlowModel):
         ev.Pt = Pt
         self.stats["n_rhs"] += 1
         # --- critical subspace at this point
-        far = self.lam_refresh is not None and float(self.lam_refresh[0]) < self.s_track
-        if far:
-            lam, U, HU = self.lam_refresh, None, None
+        if self._far():
+            lam, U, HU = self.lam_last, None, None
             kc = 0
         else:
-            lam, U, HU = self._ritz(t, w, nu, Pt, key=self._key(t, y))
+            lam, U, HU, _ = self._ritz(t, w, nu, Pt, key=key)
             kc = int((lam > self.s_sdcp).sum())
         ev.lam, ev.kc = lam, kc
         ev.U = None if U is None else U[:, :kc]
@@ -362,7 +500,7 @@ class CentralFlow(FlowModel):
             ev.X = np.zeros((0, 0))
             ev.x = torch.zeros(0, dtype=g.dtype, device=g.device)
             ev.That = ev.Ghat = None
-            ev.sdcp = None
+            ev.sdcp = ev.alpha = ev.beta = None
             self._X_prev = None
             ev.dy = self._velocity(w, m, nu, t, g, tgt0)
             return ev
@@ -394,6 +532,9 @@ class CentralFlow(FlowModel):
             rho = opt.nu_velocity(nu, nu + 1.0) - opt.nu_velocity(nu, nu)     # d(ν-velocity)/d(target)
             a_nu = opt.nu_velocity(nu, tgt0)
             P, dP = jvp(lambda n: opt.preconditioner(n, t + self.tshift), (nu,), (torch.ones_like(nu),))
+            bad = ~torch.isfinite(dP)          # ν = 0 (e.g. weights of always-zero inputs): √ν has no derivative;
+            if bool(bad.any()):                # there ν̇ = 0 too (zero gradient row), so the term is dropped
+                dP = torch.where(bad, torch.zeros_like(dP), dP)
             h = 1e-4
             dPdt = (opt.preconditioner(nu, t + self.tshift + h) - opt.preconditioner(nu, t + self.tshift - h)) / (2 * h)
             dPt_stable = (self.c * (dP * a_nu + dPdt)).reshape(-1)
@@ -411,6 +552,11 @@ class CentralFlow(FlowModel):
         lam_c = lam[:kc]
         alpha = np.diag((2.0 - lam_c).double().cpu().numpy()) + self.tau * smat(dA_stable.double().cpu().numpy(), kc)
         beta = self.tau * dA_X.double().cpu().numpy()
+        ev.alpha, ev.beta = alpha, beta
+        if kc > 1:   # the ν-feedback part of β is not exactly symmetric (Hu_i ≠ 2P̃u_i off the threshold); the
+            # solver uses its symmetric part (as the reference does): record how far that is from the true operator
+            asym = np.linalg.norm(beta - beta.T) / max(np.linalg.norm(beta), 1e-300)
+            self.stats["sdcp_max_asymmetry"] = max(self.stats["sdcp_max_asymmetry"], float(asym))
         X0 = self._X_prev if (self._X_prev is not None and self._X_prev.shape == (kc, kc)) else None
         t0 = time.perf_counter()
         res = solve_sdcp(alpha, beta, tol=self.sdcp_tol, X0=X0)
@@ -470,15 +616,31 @@ class CentralFlow(FlowModel):
         ]
 
     def readout(self, k, y_k, y_prev_half, discrete) -> dict:
+        got = self._stash.pop(k, None)
+        if got is not None and got[0] == self._key(float(k), y_k)[1]:
+            return got[1]
+        # the integrator did not stop exactly at k (or the state differs): fresh eigen-solve at y_k
+        self.stats["readout_fresh"] += 1
+        saved = (self.Y, self.k_track, self.lam_last, self._cache, self._X_prev)
+        try:
+            self._cache = {}
+            with torch.no_grad():
+                p = self.layout.unpack(y_k)
+                self._refresh(float(k), p["w"], p.get("nu"))
+                return self._predictions(float(k), y_k, discrete[0])
+        finally:
+            self.Y, self.k_track, self.lam_last, self._cache, self._X_prev = saved
+
+    def _predictions(self, t, y, wk) -> dict:
+        """Predictions at ``(t, y)`` (an integer time) and the empirical ``deltas`` against the discrete ``w_k``."""
         with torch.no_grad():
-            ev = self.evaluate(float(k), y_k)
+            ev = self.evaluate(t, y)
             w = ev.w
             L = float(self.problem.loss(w))
             gn2 = float(torch.dot(ev.g, ev.g))
             n = self.n_eig
             out = {"n_critical": float(ev.kc), "n_tracked": float(self.k_track),
                    "critical_sharpness": (ev.lam[:n] / 2.0).detach().cpu().numpy()}
-            wk = discrete[0]
             if ev.kc == 0:
                 out.update(predicted_loss=L, predicted_grad_norm_sq=gn2, sigma_trace=0.0,
                            sdcp_complementarity=0.0)
@@ -493,7 +655,8 @@ class CentralFlow(FlowModel):
             xe, Q = torch.linalg.eigh(X)
             xe, Q = xe.flip(0), Q.flip(1)
             out["predicted_variances"] = xe[:n].cpu().numpy()
-            Us = ev.U @ Q
-            out["deltas"] = (Us.T @ (ev.Pt * (wk - w) if ev.Pt.numel() > 1 else ev.Pt[0] * (wk - w)))[:n].cpu().numpy()
+            PUs = ev.U @ Q
+            PUs = (ev.Pt[:, None] * PUs) if ev.Pt.numel() > 1 else ev.Pt[0] * PUs
+            out["deltas"] = (PUs.T @ (wk - w))[:n].cpu().numpy()
             out["sdcp_complementarity"] = float(ev.sdcp.complementarity)
         return out

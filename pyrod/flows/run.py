@@ -25,7 +25,7 @@ __all__ = ["FlowRun"]
 
 class FlowRun:
     def __init__(self, model, measurer, *, backend="scipy", method=None, rtol=1e-6, atol=1e-9,
-                 max_step=math.inf, events=(), restart_at=None, divergence_factor=1e6):
+                 max_step=math.inf, events=(), restart_at=None, divergence_factor=1e6, substeps=None):
         self.model, self.measurer = model, measurer
         self.problem, self.opt = model.problem, model.opt
         self.name = model.name
@@ -35,6 +35,7 @@ class FlowRun:
         self.event_specs = list(events)
         self.k_start = int(restart_at or 0)
         self.divergence_factor = divergence_factor
+        self.substeps = substeps
         self.rhs_t = model.rhs_fn()
         self.y = None          # torch state at self.t
         self.t = None
@@ -62,7 +63,9 @@ class FlowRun:
         ] + self.model.extra_variables()
 
     def attrs(self) -> dict:
+        euler = str(self.method).lower() == "euler"
         return {"run": self.name, "backend": self.backend_name, "method": self.method or "default",
+                **({"substeps": int(self._integrator_options().get("substeps") or 4)} if euler else {}),
                 "rtol": self.rtol, "atol": self.atol, "bea": int(self.model.bea),
                 "restart_at": self.k_start, "compare_shift": self.model.compare_shift,
                 "bias_factor_time_shift": self.model.tshift,
@@ -107,7 +110,13 @@ class FlowRun:
 
         return FlowProblem(rhs=rhs, n=model.layout.size, jvp=jvp, events=self._events(), method=self.method,
                            rtol=self.rtol, atol=self.atol, max_step=self.max_step, on_accept=on_accept,
-                           options=dict(getattr(model, "integrator_options", dict)()))
+                           options=self._integrator_options())
+
+    def _integrator_options(self) -> dict:
+        opts = dict(getattr(self.model, "integrator_options", dict)())
+        if self.substeps is not None:
+            opts["substeps"] = int(self.substeps)
+        return opts
 
     def _events(self) -> list:
         from ..spectra import EigTracker
@@ -165,6 +174,8 @@ class FlowRun:
         self._mark = (self.problem.n_grad, self.problem.n_hvp)
         if self.y is None:
             self._initialise(chunk)
+        if getattr(self.model, "begin_chunk", None) is not None:  # model hook (central: deltas at integer t)
+            self.model.begin_chunk(chunk)
         t_target = last + self.model.compare_shift if self.model.compare_shift else float(last)
         if self.stopped is None and t_target > self.t:
             self._integrate_to(t_target)

@@ -19,7 +19,7 @@ import numpy as np
 from . import scipy_backend, sundials_backend
 from .base import BackendUnavailable, Event, EventRecord, FlowProblem, Segment
 
-__all__ = ["BACKENDS", "BACKEND_NAMES", "get_backend", "solve", "julia_available",
+__all__ = ["BACKENDS", "BACKEND_NAMES", "get_backend", "methods_of", "check_method", "solve", "julia_available",
            "BackendUnavailable", "Event", "EventRecord", "FlowProblem", "Segment"]
 
 BACKENDS = {"scipy": scipy_backend.integrate_segment, "sundials": sundials_backend.integrate_segment}
@@ -98,6 +98,31 @@ def get_backend(name: str = "scipy"):
         except BackendUnavailable:
             pass
     return BACKENDS[chosen] if chosen in BACKENDS else BACKENDS["scipy"]
+
+
+def methods_of(backend: str) -> tuple:
+    """Valid ``method`` names of ``backend`` (``"auto"``: those of the backend it would pick here)."""
+    name = (backend or "scipy").lower()
+    if name == "auto":
+        from . import julia_probe
+        name = julia_probe.select_backend("auto")
+    if name == "scipy":
+        return scipy_backend.METHODS + ("euler",)
+    if name == "sundials":
+        return sundials_backend.METHODS
+    if name == "julia":
+        from . import julia_backend
+        return julia_backend.METHODS
+    raise ValueError(f"backend={backend!r} is unknown; valid backends: {list(BACKEND_NAMES)}")
+
+
+def check_method(backend: str, method) -> None:
+    """Raise ValueError naming ``method`` when ``backend`` has no such method (None = the backend's default)."""
+    if method is None:
+        return
+    valid = methods_of(backend)
+    if not isinstance(method, str) or method.lower() not in {m.lower() for m in valid}:
+        raise ValueError(f"method={method!r} is not a method of backend {backend!r}; valid methods: {list(valid)}")
 
 
 def solve(problem: FlowProblem, t0: float, y0, t1: float, t_save=(), backend: str = "scipy") -> Segment:

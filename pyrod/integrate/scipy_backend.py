@@ -21,7 +21,7 @@ from ``t0`` to ``t1`` one accepted step at a time (``solver.step()``), so that p
   raised by the RHS) become ``status="failed"`` with the last good state; other exceptions propagate.
 
 Methods (``problem.method``, case-insensitive): ``"DOP853"`` (default), ``"RK45"``, ``"RK23"`` (explicit),
-``"Radau"``, ``"BDF"``, ``"LSODA"`` (implicit).  SciPy's implicit methods factorise a *dense* Jacobian
+``"euler"`` (fixed step, handed to :mod:`.fixed_step`), ``"Radau"``, ``"BDF"``, ``"LSODA"`` (implicit).  SciPy's implicit methods factorise a *dense* Jacobian
 (they cannot use a matrix-free J·v): by default it is built by SciPy's finite differences (``n`` RHS
 evaluations per Jacobian, counted in ``n_rhs``); ``problem.options["jac"] = "jvp"`` builds it from ``n``
 calls of ``problem.jvp`` (counted in ``n_jvp``), and a callable ``(t, y) -> (n, n)`` or a constant
@@ -351,8 +351,14 @@ class _ScipyStepper:
 
 
 def integrate_segment(problem: FlowProblem, t0: float, y0: np.ndarray, t1: float, t_save) -> Segment:
-    """Integrate ``problem`` from ``t0`` to ``t1`` with SciPy; see the module docstring."""
-    method = resolve_method(problem.method, METHODS, DEFAULT_METHOD)
+    """Integrate ``problem`` from ``t0`` to ``t1`` with SciPy; see the module docstring.
+
+    ``problem.method == "euler"`` is handed to :mod:`pyrod.integrate.fixed_step` (explicit Euler with
+    ``options["substeps"]`` steps per unit time, the central-flow reference's scheme)."""
+    if isinstance(problem.method, str) and problem.method.lower() == "euler":
+        from . import fixed_step
+        return fixed_step.integrate_segment(problem, t0, y0, t1, t_save)
+    method = resolve_method(problem.method, METHODS + ("euler",), DEFAULT_METHOD)
     t0, y0, t1, ts = prepare(problem, t0, y0, t1, t_save)
     counter = Counter()
     if t1 == t0 or not np.all(np.isfinite(y0)):

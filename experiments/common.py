@@ -1,0 +1,436 @@
+"""Shared machinery of the experiments: parameters (scales, ``--set``), the run context, plotting, summaries.
+
+An experiment is a module with
+
+* ``NAME`` (CLI name), ``TITLE`` (one line), ``PAPER`` (which figure/table it reproduces), ``RUNTIME`` (rough
+  wall time of ``--scale small`` on a 2-core CPU);
+* ``DEFAULTS = {"tiny": {...}, "small": {...}, "paper": {...}}``: every parameter with its default per scale (the
+  same keys at every scale; the type of the default decides how a ``--set key=value`` string is parsed);
+* ``run(ctx) -> dict``: does the work, writes its files through ``ctx`` and returns the ``results`` part of
+  ``summary.json``, computed from the files it wrote (:func:`pyrod.open` on them), never typed in.
+
+:func:`run_experiment` resolves the parameters, creates the output folder, calls ``run`` and writes
+``summary.json`` = ``{experiment, title, paper, scale, params, results, files, wall_time_s, ...}``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["ExperimentError", "COMMON_DEFAULTS", "SCALES", "Context", "parse_set", "resolve_params",
+           "run_experiment", "figure", "threshold_line", "colors", "savefig", "finite", "jsonable"]
+
+SCALES = ("tiny", "small", "paper")
+
+#: parameters every experiment has (the experiment's DEFAULTS may override their values)
+COMMON_DEFAULTS = {
+    "seed": 0,
+    "dtype": "float64",
+    "device": "cpu",       # "auto": CUDA when available
+    "threads": 1,          # torch CPU threads; 1 is fastest for these small problems on a busy machine
+    "data_path": None,     # local cifar-10-batches-py folder (paper scale)
+    "eig_tol": 1e-5,       # LOBPCG residual tolerance of the eigen-solves (eigenvalue error ~ tol²·λ)
+}
+
+
+class ExperimentError(ValueError):
+    """A bad experiment name, parameter or value, or a missing prerequisite (clear message, no traceback)."""
+
+
+# --------------------------------------------------------------------------------------------- parameters
+_TRUE = {"1", "true", "yes", "on", "y", "t"}
+_FALSE = {"0", "false", "no", "off", "n", "f"}
+
+
+def _parse_scalar(key: str, text: str, like):
+    text = text.strip()
+    if isinstance(like, bool):
+        low = text.lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        raise ExperimentError(f"--set {key}={text!r}: expected a boolean (true/false)")
+    if isinstance(like, int):
+        try:
+            return int(text)
+        except ValueError:
+            try:
+                f = float(text)
+            except ValueError:
+                f = math.nan
+            if math.isfinite(f) and f == int(f):
+                return int(f)
+            raise ExperimentError(f"--set {key}={text!r}: expected an integer") from None
+    if isinstance(like, float):
+        try:
+            return float(text)
+        except ValueError:
+            raise ExperimentError(f"--set {key}={text!r}: expected a number") from None
+    if isinstance(like, str):
+        return text
+    # None or anything else: JSON when it parses, the raw string otherwise; "none"/"null" -> None
+    if text.lower() in ("none", "null", ""):
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_set(key: str, text: str, like):
+    """Parse the ``--set key=text`` value like the default ``like`` (bool, int, float, str, list, dict, None).
+
+    Lists: a JSON list (``[1e-3, 3e-3]``) or comma-separated items (``1e-3,3e-3``), each parsed like the default's
+    first element. ``none``/``null`` gives None where the default is None."""
+    if isinstance(like, (list, tuple)):
+        t = text.strip()
+        if t.startswith("["):
+            try:
+                items = json.loads(t)
+            except json.JSONDecodeError as e:
+                raise ExperimentError(f"--set {key}={text!r}: not a valid JSON list ({e})") from None
+            if not isinstance(items, list):
+                raise ExperimentError(f"--set {key}={text!r}: expected a list")
+            items = [json.dumps(x) if not isinstance(x, str) else x for x in items]
+        else:
+            items = [s for s in t.split(",") if s.strip()] if t else []
+        elem = like[0] if len(like) else None
+        return [parse_set(f"{key}[{i}]", s, elem) if isinstance(elem, (list, tuple)) else
+                _parse_scalar(f"{key}[{i}]", s, elem) for i, s in enumerate(items)]
+    if isinstance(like, dict):
+        try:
+            v = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ExperimentError(f"--set {key}={text!r}: expected a JSON object ({e})") from None
+        if not isinstance(v, dict):
+            raise ExperimentError(f"--set {key}={text!r}: expected a JSON object")
+        return v
+    return _parse_scalar(key, text, like)
+
+
+def resolve_params(module, scale: str, overrides: dict | None = None) -> dict:
+    """Defaults of ``module`` at ``scale`` with ``overrides`` applied.
+
+    ``overrides``: ``{key: value}``; string values are parsed with :func:`parse_set` (the CLI's ``--set``),
+    other values are taken as given; a dict value updates a dict default key by key (recursively). Unknown keys
+    raise :class:`ExperimentError` listing the valid ones."""
+    if scale not in SCALES:
+        raise ExperimentError(f"--scale {scale!r} is unknown; valid scales: {', '.join(SCALES)}")
+    defaults = getattr(module, "DEFAULTS", {})
+    if scale not in defaults:
+        raise ExperimentError(f"experiment {module.NAME!r} has no {scale!r} scale")
+    params = {**COMMON_DEFAULTS, **defaults[scale]}
+    bad = []
+    for k, v in (overrides or {}).items():
+        if k not in params:
+            bad.append(k)
+            continue
+        new = parse_set(k, v, params[k]) if isinstance(v, str) else v
+        if isinstance(params[k], dict) and isinstance(new, dict):
+            new = _deep_merge(params[k], new)   # dict parameters are updated key by key (recursively)
+        params[k] = new
+    if bad:
+        raise ExperimentError(f"unknown parameter(s) {', '.join(repr(b) for b in bad)} for experiment "
+                              f"{module.NAME!r}; valid keys: {', '.join(sorted(params))}")
+    _validate_common(params)
+    check = getattr(module, "check_params", None)
+    if check is not None:
+        check(params)
+    return params
+
+
+def _deep_merge(base: dict, new: dict) -> dict:
+    out = dict(base)
+    for k, v in new.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(out.get(k), dict) and isinstance(v, dict) else v
+    return out
+
+
+def _validate_common(p: dict) -> None:
+    if not isinstance(p["threads"], int) or p["threads"] < 1:
+        raise ExperimentError(f"threads={p['threads']!r} must be an int >= 1")
+    if p["dtype"] not in ("float64", "float32"):
+        raise ExperimentError(f"dtype={p['dtype']!r} must be 'float64' or 'float32'")
+    if not (isinstance(p["eig_tol"], float) and 0 < p["eig_tol"] < 1):
+        raise ExperimentError(f"eig_tol={p['eig_tol']!r} must be a number in (0, 1)")
+    if not isinstance(p["seed"], int):
+        raise ExperimentError(f"seed={p['seed']!r} must be an int")
+    if p.get("data") == "cifar10":
+        dp = p.get("data_path")
+        if not dp:
+            raise ExperimentError("this setting trains on CIFAR-10, which pyrod never downloads: pass "
+                                  "--set data_path=/path/to/cifar-10-batches-py (the extracted python version "
+                                  "of CIFAR-10), or --set data=digits")
+        folder = os.path.expanduser(str(dp))
+        if not os.path.isdir(folder):
+            raise ExperimentError(f"data_path={dp!r} is not a folder; it must be the extracted "
+                                  "cifar-10-batches-py directory (data_batch_1..5, test_batch)")
+        if not any(os.path.isfile(os.path.join(f, "data_batch_1"))
+                   for f in (folder, os.path.join(folder, "cifar-10-batches-py"))):
+            raise ExperimentError(f"data_path={dp!r} holds no data_batch_1: it must be the extracted "
+                                  "cifar-10-batches-py directory of the python version of CIFAR-10")
+
+
+def require_positive(p: dict, *keys) -> None:
+    for k in keys:
+        v = p[k]
+        vals = v if isinstance(v, (list, tuple)) else [v]
+        for x in vals:
+            if not isinstance(x, (int, float)) or isinstance(x, bool) or not x > 0 or not math.isfinite(x):
+                raise ExperimentError(f"{k}={v!r}: every value must be a positive number")
+
+
+def require_choice(p: dict, key: str, valid) -> None:
+    v = p[key]
+    vals = v if isinstance(v, (list, tuple)) else [v]
+    bad = [x for x in vals if x not in valid]
+    if bad:
+        raise ExperimentError(f"{key}={v!r}: {bad} not valid; choose from {sorted(valid)}")
+
+
+# --------------------------------------------------------------------------------------------- context
+@dataclass
+class Context:
+    """What an experiment's ``run`` gets: parameters, output folder, progress flag, file bookkeeping."""
+
+    name: str
+    scale: str
+    params: dict
+    out: Path
+    progress: bool = False
+    files: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+
+    @property
+    def p(self) -> dict:
+        return self.params
+
+    def path(self, filename: str) -> Path:
+        """``out/filename`` (sub-folders created), recorded in the summary's ``files``."""
+        path = self.out / filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rel = str(path.relative_to(self.out))
+        if rel not in self.files:
+            self.files.append(rel)
+        return path
+
+    def log(self, msg: str) -> None:
+        if self.progress:
+            print(f"[{self.name}] {msg}", file=sys.stderr, flush=True)
+
+    def note(self, msg: str) -> None:
+        """A remark that goes into summary.json (e.g. a skipped optimizer and why)."""
+        self.notes.append(msg)
+        self.log(msg)
+
+    def problem(self, **kw):
+        """``pyrod.problem`` with this experiment's seed/dtype/device/data_path filled in."""
+        import pyrod
+
+        p = self.params
+        kw.setdefault("seed", p["seed"])
+        kw.setdefault("dtype", p["dtype"])
+        kw.setdefault("device", None if p["device"] == "auto" else p["device"])
+        if kw.get("data") == "cifar10":
+            kw.setdefault("data_path", p.get("data_path"))
+        try:
+            return pyrod.problem(**kw)
+        except (ValueError, FileNotFoundError) as e:     # bad sizes/options: say which, no traceback
+            raise ExperimentError(f"cannot build the problem {kw.get('model')}/{kw.get('data')}: {e}") from None
+
+    def simulate(self, problem, optimizer, filename: str, **kw):
+        """``pyrod.simulate`` writing ``out/filename`` (overwritten), with this run's progress setting."""
+        import pyrod
+
+        kw.setdefault("progress", self.progress)
+        kw.setdefault("eig_tol", float(self.params.get("eig_tol", 1e-8)))
+        return pyrod.simulate(problem, optimizer, path=self.path(filename), overwrite=True, **kw)
+
+    def iterate(self, items, desc: str):
+        """``items`` with a progress bar (tqdm) when progress is on."""
+        items = list(items)
+        if not self.progress:
+            return items
+        from tqdm.auto import tqdm
+        return tqdm(items, desc=f"[{self.name}] {desc}", unit="run", leave=True)
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    if isinstance(x, (str, int, float, bool)) or x is None:
+        return x
+    if isinstance(x, Path):
+        return str(x)
+    return repr(x)
+
+
+jsonable = _jsonable
+
+
+def run_experiment(name: str, scale: str = "small", out: str | os.PathLike | None = None,
+                   overrides: dict | None = None, progress: bool | None = None) -> dict:
+    """Run experiment ``name`` at ``scale`` into ``out`` (default ``results/experiments/<name>``).
+
+    ``overrides``: ``{key: value}`` (strings are parsed like ``--set``). Returns the summary dict that is also
+    written to ``out/summary.json``. Raises :class:`ExperimentError` for bad names, keys or values.
+    """
+    from . import get_experiment
+
+    module = get_experiment(name)
+    params = resolve_params(module, scale, overrides)
+    out = Path(out if out is not None else os.path.join("results", "experiments", module.NAME))
+    out.mkdir(parents=True, exist_ok=True)
+    if progress is None:
+        progress = sys.stderr.isatty()
+    import torch
+
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(params["threads"])
+    ctx = Context(name=module.NAME, scale=scale, params=params, out=out, progress=bool(progress))
+    t0 = time.perf_counter()
+    try:
+        import matplotlib
+        matplotlib.use("Agg", force=True)
+        results = module.run(ctx)
+    finally:
+        torch.set_num_threads(old_threads)
+    wall = time.perf_counter() - t0
+    import pyrod
+
+    summary = {
+        "experiment": module.NAME, "title": module.TITLE, "paper": module.PAPER, "scale": scale,
+        "params": params, "results": results, "notes": ctx.notes,
+        "files": sorted(ctx.files) + ["summary.json"], "wall_time_s": round(wall, 1),
+        "pyrod_version": pyrod.__version__, "torch_threads": params["threads"],
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    summary = _jsonable(summary)
+    with open(out / "summary.json", "w") as fh:
+        json.dump(summary, fh, indent=2)
+        fh.write("\n")
+    return summary
+
+
+# --------------------------------------------------------------------------------------------- plotting
+def figure(nrows: int = 1, ncols: int = 1, *, width: float = 4.2, height: float = 3.3, squeeze: bool = False,
+           **kw):
+    """A constrained-layout figure (Agg backend) and a 2-D array of axes."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), constrained_layout=True,
+                             squeeze=squeeze, **kw)
+    return fig, axes
+
+
+def threshold_line(ax, value: float, color="k", label: str | None = None, **kw):
+    """A dashed horizontal line at a stability threshold."""
+    if value is not None and math.isfinite(value):
+        ax.axhline(value, color=color, ls="--", lw=1.0, label=label, **kw)
+
+
+def colors(n: int, cmap: str = "viridis"):
+    """``n`` colours spread over a colormap (the papers' one-colour-per-setting style)."""
+    import matplotlib
+
+    cm = matplotlib.colormaps[cmap]
+    return [cm(x) for x in (np.linspace(0.05, 0.9, n) if n > 1 else [0.3])]
+
+
+def savefig(ctx: Context, fig, filename: str, dpi: int = 110) -> Path:
+    import matplotlib.pyplot as plt
+
+    path = ctx.path(filename)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def finite(da, time_dim: str = "t"):
+    """``(t, y)`` numpy arrays of the finite values of a 1-D DataArray."""
+    t = np.asarray(da[time_dim].values, dtype=float)
+    y = np.asarray(da.values, dtype=float)
+    keep = np.isfinite(y) & np.isfinite(t)
+    return t[keep], y[keep]
+
+
+def fmt(x: float) -> str:
+    """Short number for labels (3 significant digits)."""
+    return f"{x:.3g}"
+
+
+# --------------------------------------------------------------------------------------------- statistics
+def eos_stats(ds, late_fraction: float = 0.25, skip: int = 10, level: float = 0.95) -> dict:
+    """Edge-of-stability numbers of one run group (a Dataset with pyrod's standard variables).
+
+    ``eos_onset``: first step ≥ ``skip`` with effective sharpness ≥ ``level`` (None if never; the first ``skip``
+    steps are ignored because of bias-correction transients); ``late_ratio``: mean of λmax(P⁻¹H)/threshold over
+    the last ``late_fraction`` of the run (the AEoS papers' equilibrium value, 1 = at the threshold);
+    ``late_preconditioned_sharpness``, ``threshold``; raw sharpness λmax(H) at the onset and at the end and their
+    ratio ``raw_sharpness_growth`` (> 1: still rising at the AEoS); final loss; ``stop_reason``.
+    """
+    from pyrod.analysis import late_mean
+
+    es = ds["effective_sharpness"]
+    t, v = finite(es)
+    keep = t >= skip
+    t, v = t[keep], v[keep]
+    hit = np.flatnonzero(v >= level)
+    onset = float(t[hit[0]]) if len(hit) else None
+    thr_t, thr = finite(ds["threshold"])
+    out = {
+        "threshold": float(np.median(thr)) if len(thr) else math.nan,
+        "eos_onset": onset,
+        "late_ratio": late_mean(es, late_fraction),
+        "late_ratio_median": late_mean(es, late_fraction, stat="median"),
+        "late_preconditioned_sharpness": late_mean(ds["preconditioned_sharpness"], late_fraction),
+        "max_ratio_after_skip": float(v.max()) if len(v) else math.nan,
+    }
+    ts, s = finite(ds["sharpness"])
+    if len(s):
+        out["raw_sharpness_start"] = float(s[0])
+        out["raw_sharpness_end"] = late_mean(ds["sharpness"], 0.05)
+        if onset is not None:
+            i = int(np.searchsorted(ts, onset))
+            s_on = float(s[min(i, len(s) - 1)])
+            out["raw_sharpness_at_onset"] = s_on
+            out["raw_sharpness_growth"] = out["raw_sharpness_end"] / s_on if s_on > 0 else math.nan
+    tl, loss = finite(ds["loss"])
+    out["final_loss"] = float(loss[-1]) if len(loss) else math.nan
+    out["steps_completed"] = int(ds.attrs.get("steps_completed", len(tl)))
+    out["stop_reason"] = str(ds.attrs.get("stop_reason", ""))
+    out["diverged"] = out["stop_reason"].startswith("diverged")
+    return out
+
+
+def auto_ylim(ax, series, extra=(), skip: float = 10.0, pad: float = 1.6) -> None:
+    """Log-axis limits from the values after step ``skip`` (early transients, e.g. Adam's bias-correction spike
+    at step 0, would otherwise squash the plot) and the ``extra`` values (thresholds)."""
+    vals = []
+    for t, y in series:
+        t, y = np.asarray(t, float), np.asarray(y, float)
+        sel = (t >= skip) & np.isfinite(y) & (y > 0)
+        vals.extend(y[sel].tolist())
+    vals.extend(v for v in extra if v is not None and math.isfinite(v) and v > 0)
+    if vals:
+        ax.set_ylim(min(vals) / pad, max(vals) * pad)
