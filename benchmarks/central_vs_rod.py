@@ -15,47 +15,12 @@ and adaptive RK45 (rtol 1e-4); rod flow: DOP853 at rtol 1e-6 (the default), RK45
 from __future__ import annotations
 
 import argparse
-import time
-import warnings
 
 import numpy as np
 import torch
 
 import pyrod
-
-
-_FLOW_TIME = {}
-
-
-def _timed_advance():
-    """Time spent in each flow run's ``advance`` (integration + read-out), by run name."""
-    from pyrod.flows.run import FlowRun
-    if getattr(FlowRun.advance, "_timed", False):
-        return
-    orig = FlowRun.advance
-
-    def advance(self, chunk):
-        t0 = time.perf_counter()
-        try:
-            return orig(self, chunk)
-        finally:
-            _FLOW_TIME[self.name] = _FLOW_TIME.get(self.name, 0.0) + time.perf_counter() - t0
-    advance._timed = True
-    FlowRun.advance = advance
-
-
-def run(prob, opt, steps, runs, restart, **kw):
-    """Returns (tree, wall seconds of the whole simulate, seconds inside the flow run's advance)."""
-    _timed_advance()
-    _FLOW_TIME.clear()
-    t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        tree = pyrod.simulate(prob, opt, steps=steps, runs=runs, eigs=1, eig_every=10 ** 6, restart_at=restart,
-                              progress=False, **kw)
-    wall = time.perf_counter() - t0
-    flow = sum(_FLOW_TIME.values())
-    return tree, wall, flow
+from _timing import run
 
 
 def main(argv=None):

@@ -138,3 +138,19 @@ def test_rod_initial_condition_and_rhs_reproduce_one_step():
     p = flow.layout.unpack(f)
     torch.testing.assert_close(p["wp"], (w1 - 0.1 * prob.grad(w1)) - w0)
     torch.testing.assert_close(p["wm"], (w0 - 0.1 * prob.grad(w0)) - w1)
+
+
+def test_adam_rod_bea_finite_where_nu_is_exactly_zero():
+    """Digits has pixels that are 0 in every image: their first-layer weights have g = 0 and ν = 0 exactly. √ν has an
+    infinite derivative there, which made the BEA JVP through P(ν) NaN (and the run hang); P's derivative is taken as
+    0 there (ν̇ = 0 on those coordinates too)."""
+    prob = pyrod.problem(model="mlp", data="digits", classes=4, n=64, seed=0, model_kwargs={"width": 8, "depth": 1})
+    opt = pyrod.optimizers.Adam(lr=1e-2, beta2=0.99)
+    nu = opt.nu_target(prob.grad(prob.w0))
+    assert int((nu == 0).sum()) > 0                      # the case this test is about
+    P, dP = torch.func.jvp(lambda n: opt.preconditioner(n, 3.0), (nu,), (torch.ones_like(nu),))
+    assert torch.isfinite(dP).all() and (dP[nu == 0] == 0).all() and (dP[nu > 0] > 0).all()
+    tree = pyrod.simulate(prob, opt, steps=6, runs=["discrete", "rod"], eigs=1, eig_every=100, bea=True,
+                          progress=False)
+    assert tree["rod"].attrs["flow_status"] == "ok"
+    assert np.isfinite(tree["rod"].ds["centre_distance"].values).all()

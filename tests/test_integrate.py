@@ -391,3 +391,15 @@ def test_import_does_not_load_sksundae_or_juliacall():
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_non_finite_rhs_at_start_fails_cleanly_instead_of_hanging():
+    """A NaN right-hand side at t0 ends the segment with status "failed" and a message. (SciPy would take a NaN
+    initial step size from it and retry forever; a NaN inside a step is handled by step rejection:
+    test_nan_rhs_reports_failure.)"""
+    for backend in ("scipy", "euler"):
+        fp = FlowProblem(rhs=lambda t, y: np.full(2, np.nan), n=2, method=None if backend == "scipy" else "euler")
+        seg = solve(fp, 0.0, np.ones(2), 1.0, [1.0])
+        assert seg.status == "failed" and seg.t_end == 0.0 and np.array_equal(seg.y_end, np.ones(2)), backend
+    assert "not finite" in solve(FlowProblem(rhs=lambda t, y: np.full(2, np.nan), n=2), 0.0, np.ones(2), 1.0,
+                                 []).message

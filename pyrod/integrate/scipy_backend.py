@@ -288,6 +288,11 @@ class _ScipyStepper:
                 f = f.reshape(-1)
                 if f.shape != (n,):
                     raise ValueError(f"problem.rhs returned shape {f.shape}, expected ({n},)")
+            # A NaN RHS inside a step is fine (SciPy rejects the step and shrinks h, closing in on the bad region),
+            # but at the start of a solver it makes the initial step size NaN, and SciPy then retries forever.
+            if not math.isfinite(t) or (t == self._t_start and not np.all(np.isfinite(f))):
+                raise FloatingPointError(f"the right-hand side is not finite at t={self._t_start!r} "
+                                         f"({int(np.sum(~np.isfinite(f)))} of {n} entries)")
             return f
 
         self.fun = fun
@@ -317,6 +322,7 @@ class _ScipyStepper:
     def _make(self, t0, y0, first_step):
         kw = dict(self.kw)
         self.bound = next_stop(self.stops, t0, self.t1)
+        self._t_start = float(t0)
         if first_step is not None and first_step > 0:
             kw["first_step"] = float(min(first_step, self.bound - t0))
         self.solver = self.cls(self.fun, t0, np.array(y0, dtype=np.float64), self.bound, **kw)

@@ -157,7 +157,11 @@ class PreconditionedMomentum(Optimizer):
             return torch.ones(1, dtype=torch.float64)
         p = self._get("p", 0.5)
         base = nu / self._c2(t)
-        root = torch.sqrt(base) if p == 0.5 else base.clamp_min(0) ** p
+        # (ν/c2)^p with a zero derivative where ν = 0 (coordinates whose gradient is always 0, e.g. weights of a
+        # constant-zero input: there ν̇ = 0 too, and the true derivative ∞·0 would make JVPs through P NaN)
+        pos = base > 0
+        safe = torch.where(pos, base, torch.ones_like(base))
+        root = torch.where(pos, torch.sqrt(safe) if p == 0.5 else safe ** p, torch.zeros_like(base))
         P = root + self._get("eps", 0.0)
         if self.momentum == "ema_heavy_ball":
             P = P * self._c1(t)
