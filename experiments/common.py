@@ -94,12 +94,7 @@ def parse_set(key: str, text: str, like):
     if isinstance(like, (list, tuple)):
         t = text.strip()
         if t.startswith("["):
-            try:
-                items = json.loads(t)
-            except json.JSONDecodeError as e:
-                raise ExperimentError(f"--set {key}={text!r}: not a valid JSON list ({e})") from None
-            if not isinstance(items, list):
-                raise ExperimentError(f"--set {key}={text!r}: expected a list")
+            items = _json_value(key, text, list, "not a valid JSON list", "expected a list")
             items = [json.dumps(x) if not isinstance(x, str) else x for x in items]
         else:
             items = [s for s in t.split(",") if s.strip()] if t else []
@@ -107,14 +102,19 @@ def parse_set(key: str, text: str, like):
         return [parse_set(f"{key}[{i}]", s, elem) if isinstance(elem, (list, tuple)) else
                 _parse_scalar(f"{key}[{i}]", s, elem) for i, s in enumerate(items)]
     if isinstance(like, dict):
-        try:
-            v = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ExperimentError(f"--set {key}={text!r}: expected a JSON object ({e})") from None
-        if not isinstance(v, dict):
-            raise ExperimentError(f"--set {key}={text!r}: expected a JSON object")
-        return v
+        return _json_value(key, text, dict, "expected a JSON object", "expected a JSON object")
     return _parse_scalar(key, text, like)
+
+
+def _json_value(key: str, text: str, kind: type, bad_json: str, bad_kind: str):
+    """``json.loads(text)`` as a ``kind``; ExperimentError naming ``--set key=text`` otherwise."""
+    try:
+        v = json.loads(text.strip())
+    except json.JSONDecodeError as e:
+        raise ExperimentError(f"--set {key}={text!r}: {bad_json} ({e})") from None
+    if not isinstance(v, kind):
+        raise ExperimentError(f"--set {key}={text!r}: {bad_kind}")
+    return v
 
 
 def resolve_params(module, scale: str, overrides: dict | None = None) -> dict:

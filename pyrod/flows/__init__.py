@@ -54,6 +54,7 @@ def prepare_flows(problem, optimizer, flows, *, restart_at=None, backend: str = 
     flow has any (:data:`pyrod.flows.central.CENTRAL_OPTIONS`); they are refused when no central run is asked for.
     """
     from ..integrate import check_method, get_backend
+    from ..integrate.fixed_step import check_substeps
 
     if not optimizer.supports_flows:
         raise ValueError(f"optimizer={optimizer.name!r} has no smooth increment D (flows are defined for "
@@ -63,8 +64,8 @@ def prepare_flows(problem, optimizer, flows, *, restart_at=None, backend: str = 
             raise ValueError(f"{name}={v!r} must be a number in (0, 1)")
     if not (isinstance(max_step, (int, float)) and max_step > 0):
         raise ValueError(f"max_step={max_step!r} must be > 0")
-    if substeps is not None and (isinstance(substeps, bool) or not isinstance(substeps, int) or substeps < 1):
-        raise ValueError(f"substeps={substeps!r} must be an int >= 1 (Euler steps per unit time)")
+    if substeps is not None:
+        substeps = check_substeps(substeps)
     get_backend(backend)  # raises for unknown / unavailable backends
     check_method(backend, method)
     specs = parse_events(events)
@@ -75,13 +76,10 @@ def prepare_flows(problem, optimizer, flows, *, restart_at=None, backend: str = 
     for name in flows:
         cls = FLOW_RUNS[name]
         if name == "central":
-            if bea:
-                raise ValueError("bea=True is not available for the central flow (its right-hand side contains the "
-                                 "complementarity projection, which is not differentiable); use it for stable/rod")
-            opts = dict(model_options)
+            opts = dict(model_options, bea=bea)
             if substeps is not None:
                 opts["substeps"] = substeps
-            opts = cls.validate_options(**opts)  # TypeError / ValueError naming the option
+            opts = cls.validate_options(**opts)  # TypeError / ValueError naming the option (bea=True refused)
         else:
             opts = {"bea": bool(bea)}
         run_opts = dict(backend=backend, method=method, rtol=rtol, atol=atol, max_step=max_step, events=specs,

@@ -28,8 +28,8 @@ right-hand side does a Rayleigh–Ritz of the pencil (H, P̃) on it at its own `
 ``U``, ``λ̃``, ``HU`` belong to the evaluation point; after every accepted step (``FlowProblem.on_accept``) the Ritz
 residuals are checked and the basis improved by a Davidson expansion, or re-solved by warm LOBPCG
 (:func:`pyrod.spectra.top_eigs`) when the tracked set changes. Read-outs at integer times are computed in
-``on_accept`` (the backend lands on save times) with the basis current there. Tracked: every eigenvalue with effective sharpness ``λ/threshold ≥ track_threshold`` (0.75, the
-reference's 1.5) plus one below it; critical: ``≥ sdcp_threshold`` (0.975, the reference's 1.95). Events of kind
+``on_accept`` (the backend lands on save times) with the basis current there. Tracked: every eigenvalue with
+effective sharpness ``λ/threshold ≥ track_threshold`` (0.75, the reference's 1.5) plus one below it; critical: ``≥ sdcp_threshold`` (0.975, the reference's 1.95). Events of kind
 ``critical_set`` record each entry / exit of an eigenvalue (``critical_enter_j`` / ``critical_leave_j``: the j-th
 largest crossed ``sdcp_threshold`` up / down).
 
@@ -51,6 +51,7 @@ import torch
 from torch.func import jvp, vmap
 
 from ..integrate.base import Event
+from ..integrate.fixed_step import check_substeps
 from .models import FlowModel, Layout
 
 __all__ = ["CentralFlow", "CentralFlowExperimentalWarning", "CENTRAL_OPTIONS"]
@@ -181,8 +182,7 @@ class CentralFlow(FlowModel):
         if not (num(tr) and 0 < tr < s):
             raise ValueError(f"track_threshold={tr!r} must be a number in (0, sdcp_threshold={s!r}) (the "
                              f"reference's 1.5 is 0.75)")
-        if not (integer(o["substeps"]) and o["substeps"] >= 1):
-            raise ValueError(f"substeps={o['substeps']!r} must be an int >= 1")
+        o["substeps"] = check_substeps(o["substeps"])
         if o["tau"] is None:
             o["tau"] = 1.0 / int(o["substeps"])
         if not (num(o["tau"]) and 0 < o["tau"] < math.inf):

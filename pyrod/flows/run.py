@@ -16,6 +16,7 @@ import torch
 
 from ..integrate import get_backend
 from ..integrate.base import Event, FlowProblem
+from ..integrate.fixed_step import DEFAULT_SUBSTEPS
 from ..output import Var
 from ..runs.measure import standard_variables
 from .events import EventSpec
@@ -65,7 +66,7 @@ class FlowRun:
     def attrs(self) -> dict:
         euler = str(self.method).lower() == "euler"
         return {"run": self.name, "backend": self.backend_name, "method": self.method or "default",
-                **({"substeps": int(self._integrator_options().get("substeps") or 4)} if euler else {}),
+                **({"substeps": int(self._integrator_options().get("substeps") or DEFAULT_SUBSTEPS)} if euler else {}),
                 "rtol": self.rtol, "atol": self.atol, "bea": int(self.model.bea),
                 "restart_at": self.k_start, "compare_shift": self.model.compare_shift,
                 "bias_factor_time_shift": self.model.tshift,

@@ -107,7 +107,7 @@ def methods_of(backend: str) -> tuple:
         from . import julia_probe
         name = julia_probe.select_backend("auto")
     if name == "scipy":
-        return scipy_backend.METHODS + ("euler",)
+        return scipy_backend.ALL_METHODS
     if name == "sundials":
         return sundials_backend.METHODS
     if name == "julia":

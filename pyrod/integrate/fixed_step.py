@@ -26,21 +26,24 @@ import numpy as np
 from .base import FlowProblem, Segment
 from .scipy_backend import Counter, StepFailure, _NUMERIC_ERRORS, drive, prepare
 
-__all__ = ["integrate_segment", "METHODS", "DEFAULT_METHOD", "DEFAULT_SUBSTEPS", "substeps_of"]
+__all__ = ["integrate_segment", "METHODS", "DEFAULT_METHOD", "DEFAULT_SUBSTEPS", "check_substeps", "substeps_of"]
 
 METHODS = ("euler",)
 DEFAULT_METHOD = "euler"
 DEFAULT_SUBSTEPS = 4
 
 
-def substeps_of(problem: FlowProblem) -> int:
-    """``problem.options["substeps"]`` validated (default 4)."""
-    n = problem.options.get("substeps", DEFAULT_SUBSTEPS)
-    if n is None:
-        n = DEFAULT_SUBSTEPS
+def check_substeps(n) -> int:
+    """``n`` as an int; ValueError naming it unless it is an int ≥ 1."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"substeps={n!r} must be an int >= 1 (Euler steps per unit time)")
     return int(n)
+
+
+def substeps_of(problem: FlowProblem) -> int:
+    """``problem.options["substeps"]`` validated (default 4)."""
+    n = problem.options.get("substeps", DEFAULT_SUBSTEPS)
+    return check_substeps(DEFAULT_SUBSTEPS if n is None else n)
 
 
 class _EulerStepper:

@@ -21,7 +21,8 @@ from ``t0`` to ``t1`` one accepted step at a time (``solver.step()``), so that p
   raised by the RHS) become ``status="failed"`` with the last good state; other exceptions propagate.
 
 Methods (``problem.method``, case-insensitive): ``"DOP853"`` (default), ``"RK45"``, ``"RK23"`` (explicit),
-``"euler"`` (fixed step, handed to :mod:`.fixed_step`), ``"Radau"``, ``"BDF"``, ``"LSODA"`` (implicit).  SciPy's implicit methods factorise a *dense* Jacobian
+``"euler"`` (fixed step, handed to :mod:`.fixed_step`), ``"Radau"``, ``"BDF"``, ``"LSODA"`` (implicit).
+SciPy's implicit methods factorise a *dense* Jacobian
 (they cannot use a matrix-free J·v): by default it is built by SciPy's finite differences (``n`` RHS
 evaluations per Jacobian, counted in ``n_rhs``); ``problem.options["jac"] = "jvp"`` builds it from ``n``
 calls of ``problem.jvp`` (counted in ``n_jvp``), and a callable ``(t, y) -> (n, n)`` or a constant
@@ -49,6 +50,8 @@ __all__ = ["integrate_segment", "METHODS", "DEFAULT_METHOD", "drive"]
 
 DEFAULT_METHOD = "DOP853"
 METHODS = ("DOP853", "RK45", "RK23", "Radau", "BDF", "LSODA")
+#: every ``method`` this backend accepts: SciPy's, plus ``"euler"`` (handed to :mod:`.fixed_step`)
+ALL_METHODS = METHODS + ("euler",)
 _IMPLICIT = ("Radau", "BDF", "LSODA")
 _EPS = np.finfo(float).eps
 
@@ -364,7 +367,7 @@ def integrate_segment(problem: FlowProblem, t0: float, y0: np.ndarray, t1: float
     if isinstance(problem.method, str) and problem.method.lower() == "euler":
         from . import fixed_step
         return fixed_step.integrate_segment(problem, t0, y0, t1, t_save)
-    method = resolve_method(problem.method, METHODS + ("euler",), DEFAULT_METHOD)
+    method = resolve_method(problem.method, ALL_METHODS, DEFAULT_METHOD)
     t0, y0, t1, ts = prepare(problem, t0, y0, t1, t_save)
     counter = Counter()
     if t1 == t0 or not np.all(np.isfinite(y0)):
