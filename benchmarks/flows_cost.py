@@ -4,8 +4,9 @@
 
 Problem: the digits MLP (4 classes, ``--n`` points, GELU 2×width, MSE), float64, at the edge of stability:
 GD η = 1.2 (sustained period-2 oscillation from step ~80; flows restarted at step 200) and Adam η = 1e-2, β2 = 0.99
-(at the EoS by step ~300; flows restarted at step 400). Each flow is restarted from the discrete state (rod_flows.md
-§6.3: the fair accuracy test inside the EoS) and integrated for ``--window`` steps. Per unit time we report gradient
+(at the EoS by step ~300; flows restarted at step 400). Each flow is restarted from the discrete state (the fair
+accuracy test inside the EoS; docs/theory/stable_and_rod_flows.md)
+and integrated for ``--window`` steps. Per unit time we report gradient
 evaluations and wall time, each as a ratio to the discrete run (flow wall time = time in its own ``FlowRun.advance``,
 integration + read-out; see _timing.py), RHS evaluations, and the median centre distance to the discrete centre
 (w_k + w_{k+1})/2, for DOP853 at the default tolerances (rtol 1e-6, atol 1e-9) and tight ones (1e-9, 1e-12).

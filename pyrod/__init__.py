@@ -7,6 +7,8 @@ Public API::
     tree = pyrod.simulate(prob, opt, steps=..., runs=[...])     # xarray.DataTree, one child per run
     tree = pyrod.open("run.nc")                                 # the same tree, from the file
     pyrod.simulate(**pyrod.config_of("run.nc"))                 # reproduce a run
+    pyrod.resume("run.nc", steps=2000)                          # continue it from its checkpoint
+    spec = pyrod.spec_of("run.nc")                              # the run as typed data (pyrod.RunSpec)
 
 One time unit = one optimizer step everywhere.
 """
@@ -16,20 +18,31 @@ from ._version import __version__
 from . import optimizers
 from .problems import Problem, problem
 
-__all__ = ["__version__", "optimizers", "Problem", "problem", "simulate", "open", "config_of"]
+__all__ = ["__version__", "optimizers", "Problem", "problem", "simulate", "resume", "open", "config_of", "spec_of",
+           "RunSpec", "spec", "sweep", "open_sweep"]
 
 
 def __getattr__(name):  # lazy: keep `import pyrod` light (no xarray/netCDF4/juliacall until needed)
-    if name == "simulate":
-        from .simulation import simulate
-        globals()["simulate"] = simulate
-        return simulate
-    if name in ("open", "config_of"):
-        from . import output
-        value = getattr(output, "open_tree" if name == "open" else "config_of")
+    if name in ("simulate", "resume", "config_of", "spec_of", "RunInterrupted"):
+        from . import simulation
+        value = getattr(simulation, name)
         globals()[name] = value
         return value
-    if name in ("spectra", "analysis", "flows", "integrate", "output", "plotting"):
+    if name == "RunSpec":
+        from .spec import RunSpec
+        globals()["RunSpec"] = RunSpec
+        return RunSpec
+    if name in ("sweep", "open_sweep"):   # pyrod.sweep is a module that is also callable: pyrod.sweep(...)
+        import importlib
+        mod = importlib.import_module(".sweep", __name__)
+        value = mod if name == "sweep" else mod.open_sweep
+        globals()[name] = value
+        return value
+    if name == "open":
+        from . import output
+        globals()["open"] = output.open_tree
+        return output.open_tree
+    if name in ("spec", "checkpoint", "spectra", "analysis", "flows", "integrate", "output", "plotting"):
         import importlib
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'pyrod' has no attribute {name!r}")

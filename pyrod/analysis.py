@@ -1,6 +1,6 @@
 """Analysis helpers: the one-step curvature decomposition (NDS), distances between runs, multi-file loading.
 
-One-step decomposition (``/work/shared/science/nds.md``, seed 003). For an update ``Δw`` at ``w``::
+One-step decomposition (docs/theory/nds.md). For an update ``Δw`` at ``w``::
 
     L(w + Δw) − L(w) ≈ gᵀΔw + ½ ΔwᵀHΔw
 
@@ -43,7 +43,8 @@ __all__ = ["OneStep", "one_step_decomposition", "optimizer_update", "resolve_blo
 # --------------------------------------------------------------------------------------------- one step
 @dataclass
 class OneStep:
-    """The Taylor terms of one update ``Δw`` at ``w`` (nds.md). All floats; block fields empty without blocks.
+    """The Taylor terms of one update ``Δw`` at ``w`` (docs/theory/nds.md). All floats; block fields empty without
+    blocks.
 
     ``gain`` G = −gᵀΔw; ``curvature`` C = ½ΔwᵀHΔw; ``quad`` = ΔwᵀHΔw; ``nds`` = quad/‖Δw‖²;
     ``update_norm_sq`` = ‖Δw‖²; ``predicted_decrease`` = G − C; ``actual_decrease`` = L(w) − L(w+Δw);
@@ -144,7 +145,7 @@ def resolve_blocks(problem, blocks) -> list[tuple[str, torch.Tensor | slice]]:
 
 def one_step_decomposition(problem, w: torch.Tensor, update: torch.Tensor, blocks=None, *, loss=None,
                            grad=None, hvp_chunk: int = 64) -> OneStep:
-    """The one-step Taylor decomposition of ``update`` (= Δw) at ``w`` on ``problem`` (nds.md).
+    """The one-step Taylor decomposition of ``update`` (= Δw) at ``w`` on ``problem`` (docs/theory/nds.md).
 
     Costs one gradient (unless ``grad`` is given), one loss at ``w + Δw``, and one HVP per block (batched;
     ``hvp_chunk`` columns at a time), or a single HVP without blocks (``blocks=()``). ``blocks`` defaults to

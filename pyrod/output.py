@@ -24,6 +24,36 @@ Writing::
     cfg = config_of("run.nc")           # dict: pyrod.simulate(**cfg) reproduces the run
     events = json_attr(tree["discrete"], "events")
 
+    out = RunWriter.resume("run.nc", cut={"discrete": 500.0})   # keep rows t < 500, append from there
+
+One writer per path (issue 10; tested in tests/test_output_safety.py with real processes): before anything
+is touched, :class:`RunWriter` takes an exclusive ``fcntl.flock`` on the sidecar file ``<dir>/.<name>.lock``
+and writes its pid, host and start time into it. A second writer of the same path (another process, or
+another RunWriter in this process) is refused at once with :class:`FileBusyError` naming the holder. The
+lock is held for the writer's life and released (lock file removed) by :meth:`RunWriter.close`; the kernel
+releases it when the process dies, so a lock file left by a killed writer blocks nobody. (flock is local to
+one machine; on NFS, Linux maps it to NFS byte-range locks.)
+
+Atomic creation and overwrite: the writer creates the file under a temporary name in the same folder
+(``.<name>.pyrod-XXXXXXXX.tmp``), writes the root attributes, syncs, and only then ``os.replace``-s it onto
+``path``, inside the constructor. A writer killed before that point leaves the old file (or no file)
+untouched, plus a temporary file that the next writer of that path deletes; from the end of the
+constructor on, ``path`` is the new run (root attrs, ``pyrod_status = "running"``, no groups yet) and the
+old file is gone. Without an old file the user sees no difference.
+
+Reading a file while it is written: HDF5 itself locks a file open for writing, so a plain
+``xarray.open_datatree`` fails with "NetCDF: HDF error" (and the HDF5_USE_FILE_LOCKING environment variable
+only counts at library start-up). :func:`open_tree` and :func:`config_of` therefore look at the sidecar lock:
+when a live writer holds it they read the file's bytes into memory between two of the writer's writes (the
+writer bumps a sequence number in the lock file before and after every write+sync, a seqlock) and open that
+exact snapshot, with a ``RuntimeWarning`` saying so: every synced row, nothing half-written. If the file
+changes during every attempt for ``_READ_PATIENCE_S`` seconds they raise :class:`FileBusyError`.
+
+Resume: :meth:`RunWriter.resume` takes the lock, copies the rows of each group with ``t < cut[group]`` (and
+snapshot rows whose coordinate is ``< cut[group]``) with every dimension, variable, attribute and dtype
+unchanged into a temporary file, ``os.replace``-s it onto the path, and returns a writer that continues as
+if the original one had never stopped. The old file stays in place until that replace.
+
 Crash safety (tested in tests/test_output.py by SIGKILL of a writing process): rows are buffered in memory
 and written whenever a group's row count reaches a multiple of ``chunk``, each write followed by ``sync()``
 (HDF5 flush). A killed process leaves a valid file holding every synced chunk (whole chunks, consecutive
@@ -42,12 +72,13 @@ then only ever writes *new* HDF5 chunks and never rewrites a synced one. Measure
   unreadable: :func:`open_tree` then drops that trailing chunk with a warning (``_salvage``).
 * aligned, but ``flush()`` every 7 rows (chunk 10): 18 of 60 kills lost synced rows of the partial chunk
   being rewritten, 1 of them silently wrong values. So call :meth:`flush` mid-run only when needed: it
-  writes a partial HDF5 chunk that the next flush rewrites once (the next automatic flush re-aligns).
+  writes a partial HDF5 chunk that the next flush rewrites once (the next automatic flush re-aligns). A
+  resume whose cut is not on a chunk boundary leaves such a partial chunk too.
 
 Within a flush the ``t`` coordinate is written last; trailing rows with ``t`` = NaN (an interrupted flush)
 are dropped by :func:`open_tree` with a warning.
 
-Design notes (tested facts, /work/shared/science/ecosystem.md §5):
+Design notes (tested facts):
 
 * Every float variable has ``_FillValue = NaN`` (without it unwritten cells read as 9.97e36); integer
   variables get the netCDF default fill as an explicit ``_FillValue`` so xarray masks them to NaN.
@@ -59,13 +90,19 @@ Design notes (tested facts, /work/shared/science/ecosystem.md §5):
   bools as 0/1 ints and dict/list/tuple/None as JSON strings, and records the JSON-encoded names in the
   node attr ``pyrod_json_attrs``, so :func:`json_attr` decodes exactly those.
 * zlib complevel 4; HDF5 chunks along the unlimited dim are at most ~1 MiB.
-* HDF5 locks the file while a writer has it open: read it (open_tree) after close or after the writer died.
+* HDF5 locks the file while a writer has it open (see "Reading a file while it is written" above).
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import glob
 import json
 import math
 import os
+import secrets
+import socket
+import time
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -77,12 +114,24 @@ import numpy as np
 
 from ._version import __version__
 
-__all__ = ["Var", "RunWriter", "open_tree", "config_of", "json_attr", "TIME_UNITS"]
+__all__ = ["Var", "RunWriter", "FileBusyError", "open_tree", "config_of", "json_attr", "TIME_UNITS"]
 
 TIME_UNITS = "optimizer steps"
 _JSON_MARKER = "pyrod_json_attrs"
 _RESERVED_ROOT = ("pyrod_version", "created", "Conventions", "pyrod_config", "pyrod_status", _JSON_MARKER)
 _CHUNK_BYTES = 1 << 20  # target HDF5 chunk size
+_READ_PATIENCE_S = 10.0  # readers of a file being written retry this long for a write-free moment
+_BASE_ROOT = ("pyrod_version", "created", "Conventions", "pyrod_status", "history")
+
+
+class FileBusyError(RuntimeError):
+    """The output path is held by a live writer (sidecar lock ``<dir>/.<name>.lock``).
+
+    Attributes: ``path``, ``pid`` (int or None), ``host`` (str or None)."""
+
+    def __init__(self, message: str, path, pid=None, host=None):
+        super().__init__(message)
+        self.path, self.pid, self.host = path, pid, host
 
 
 @dataclass
@@ -176,6 +225,193 @@ def _fill_for(dtype: np.dtype):
     raise ValueError(f"dtype {dtype} not supported (use a float or integer NumPy code such as 'f8', 'i8')")
 
 
+# --------------------------------------------------------------------------------------------- locking
+def _target(path) -> Path:
+    """The file that ``path`` names, symlinks resolved (the lock, temp file and replace act on it)."""
+    return Path(os.path.realpath(os.fspath(path)))
+
+
+def _lock_path(target: Path) -> Path:
+    return target.with_name(f".{target.name}.lock")
+
+
+def _tmp_path(target: Path) -> Path:
+    return target.with_name(f".{target.name}.pyrod-{secrets.token_hex(4)}.tmp")
+
+
+def _parse_lock(text: bytes) -> dict[str, str]:
+    info = {}
+    for line in text.decode("utf-8", "replace").splitlines():
+        key, _, value = line.partition(" ")
+        if key:
+            info[key] = value
+    return info
+
+
+def _holder_text(path, info: dict[str, str]) -> str:
+    pid, host = info.get("pid", "?"), info.get("host", "?")
+    who = f"pid {pid} on host {host}"
+    if pid == str(os.getpid()) and host == socket.gethostname():
+        who += " (this process)"
+    since = f", since {info['since']}" if "since" in info else ""
+    return f"{os.fspath(path)} is being written by {who} (pyrod_status 'running'{since})"
+
+
+def _busy(path, info, tail: str) -> FileBusyError:
+    pid = info.get("pid")
+    return FileBusyError(f"{_holder_text(path, info)}; {tail}", os.fspath(path),
+                         int(pid) if pid and pid.isdigit() else None, info.get("host"))
+
+
+class _Lock:
+    """Exclusive ``flock`` on ``<dir>/.<name>.lock``, held by one writer of ``target``.
+
+    The lock file holds ``pid``, ``host``, ``since`` and a fixed-width sequence number ``seq`` that the writer
+    makes odd before and even after each write+sync of the data file (:meth:`writing`), so that
+    readers can tell a write-free moment (a seqlock)."""
+
+    def __init__(self, target: Path, fd: int):
+        self.target, self.path, self.fd = target, _lock_path(target), fd
+        self.seq, self._depth = 0, 0
+        self._head = (f"pyrod RunWriter lock of {target}\npid {os.getpid()}\nhost {socket.gethostname()}\n"
+                      f"since {_utc_now()}\n").encode()
+
+    @classmethod
+    def acquire(cls, target: Path, shown) -> "_Lock":
+        """Take the lock or raise :class:`FileBusyError` naming the holder. ``shown``: the path in messages."""
+        lock_path = _lock_path(target)
+        while True:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                try:
+                    info = _parse_lock(os.pread(fd, 4096, 0))
+                finally:
+                    os.close(fd)
+                raise _busy(shown, info, "a second writer is refused (it would destroy both results). Wait "
+                                         "for that run to finish (or close() its RunWriter), or write to "
+                                         "another path.") from None
+            except BaseException:
+                os.close(fd)
+                raise
+            try:  # the holder may have removed the lock file between our open and flock: then retry
+                same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        lock = cls(target, fd)
+        os.ftruncate(fd, 0)
+        lock._write()
+        for stale in target.parent.glob(f".{glob.escape(target.name)}.pyrod-*.tmp"):  # of killed writers
+            with contextlib.suppress(OSError):
+                stale.unlink()
+        return lock
+
+    def _write(self) -> None:
+        os.pwrite(self.fd, self._head + f"seq {self.seq:020d}\n".encode(), 0)
+
+    @contextlib.contextmanager
+    def writing(self):
+        """Mark a write of the data file (seq odd inside, even after; nestable)."""
+        if self._depth == 0 and self.fd is not None:
+            self.seq += 1
+            self._write()
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if self._depth == 0 and self.fd is not None:
+                self.seq += 1
+                self._write()
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        fd, self.fd = self.fd, None
+        try:  # remove our lock file while still holding it (acquire() re-checks the inode)
+            if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                self.path.unlink()
+        except OSError:
+            pass
+        finally:
+            os.close(fd)  # releases the flock
+
+    def __del__(self):  # a writer dropped without close(): do not hold the path until the process exits
+        with contextlib.suppress(Exception):
+            self.release()
+
+
+class _Watch:
+    """A reader's view of the sidecar lock of ``target`` while a live writer holds it (see :func:`_watch`)."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def info(self) -> dict[str, str] | None:
+        """The holder's lock record, or None once no live writer holds the lock."""
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _parse_lock(os.pread(self.fd, 4096, 0))
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        return None
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _watch(target: Path) -> _Watch | None:
+    """A :class:`_Watch` if a live writer holds the lock of ``target``, else None (no lock file, or one left
+    by a dead writer). Never creates the lock file."""
+    try:
+        fd = os.open(_lock_path(target), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    w = _Watch(fd)
+    if w.info() is None:
+        w.close()
+        return None
+    return w
+
+
+def _read_consistent(path, load):
+    """``load(src)`` with ``src`` = the path, or — while a live writer holds the path's lock — the bytes of the
+    file read at a moment without a write in progress (seq even and unchanged around the read); warns then.
+    Raises :class:`FileBusyError` if no such moment comes within ``_READ_PATIENCE_S`` seconds."""
+    path = os.fspath(path)
+    target = _target(path)
+    watch = _watch(target)
+    if watch is None:
+        return load(path)
+    try:
+        deadline, tries = time.monotonic() + _READ_PATIENCE_S, 0
+        while True:
+            info = watch.info()
+            if info is None:  # the writer finished meanwhile
+                return load(path)
+            seq = info.get("seq", "1")
+            if seq.isdigit() and int(seq) % 2 == 0:
+                data = target.read_bytes()
+                after = watch.info()
+                if after is None:
+                    return load(path)
+                if after.get("seq") == seq:
+                    warnings.warn(f"{_holder_text(path, info)}: read a snapshot of the rows synced so far",
+                                  RuntimeWarning, stacklevel=3)
+                    return load(data)
+            tries += 1
+            if time.monotonic() > deadline:
+                raise _busy(path, info, f"it changed during each of {tries} read attempts in "
+                                        f"{_READ_PATIENCE_S:g} s; wait for it or copy the file")
+            time.sleep(min(0.002 * 2 ** min(tries, 8), 0.2))
+    finally:
+        watch.close()
+
+
 @dataclass
 class _Group:
     nc: Any  # netCDF4.Group
@@ -190,11 +426,25 @@ class _Group:
         return [v for v in self.vars.values() if v.dims and v.dims[0] == dim and v.name != dim]
 
 
+def _flat_config(config: Mapping, root: Mapping, extra: Mapping) -> dict:
+    """Flat, browsable root copies of the top-level scalar config items (bools as 0/1), skipping names that
+    are reserved or already taken by ``root`` / ``extra`` attributes."""
+    out = {}
+    for k, v in config.items():
+        if isinstance(k, str) and k not in root and k not in _RESERVED_ROOT and k not in extra \
+                and isinstance(v, (str, int, float, bool, np.integer, np.floating, np.bool_)):
+            out[k] = int(v) if isinstance(v, (bool, np.bool_)) else v
+    return out
+
+
 # --------------------------------------------------------------------------------------------- writer
 class RunWriter:
     """Incremental writer of one NetCDF4 file with one group per run (see the module docstring).
 
-    path : the file; ``FileExistsError`` if it exists and ``overwrite`` is False. Parent dirs are created.
+    path : the file; ``FileExistsError`` if it exists and ``overwrite`` is False, ``ValueError`` if it is
+        empty or a directory, :class:`FileBusyError` (naming pid and host) while another writer holds it.
+        Parent dirs are created. The new file is built under a temporary name and replaces ``path`` at the
+        end of the constructor (an old file survives a crash before that; see the module docstring).
     config : the full run configuration; stored as root attr ``pyrod_config = json.dumps(config,
         sort_keys=True)`` (NumPy scalars/arrays and tensors become numbers/lists), plus flat copies of its
         top-level str/int/float/bool items (bools as 0/1) unless they clash with a reserved root attr.
@@ -210,48 +460,185 @@ class RunWriter:
             raise ValueError(f"chunk must be a positive number of rows, got {chunk!r}")
         if not isinstance(config, Mapping):
             raise TypeError(f"config must be a dict, got {type(config).__name__}")
-        self.path = Path(path)
+        self._init_state(path, chunk)
+        config_json = _dumps(dict(config), "config")  # fail before touching the file
+        extra = dict(attrs or {})
+        bad = sorted(set(extra) & set(_RESERVED_ROOT))
+        if bad:
+            raise ValueError(f"root attrs {bad} are reserved (set by RunWriter)")
+        for v in extra.values():
+            _attr_value(v)  # type errors before touching the file
+        target = self._target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = _Lock.acquire(target, self.path)  # refuses a second writer before anything is touched
+        tmp = None
+        try:
+            if target.exists() and not overwrite:
+                raise FileExistsError(f"{self.path} exists; pass overwrite=True to replace it")
+            with self._lock.writing():
+                tmp = _tmp_path(target)
+                self._nc = netCDF4.Dataset(tmp, "w", format="NETCDF4", clobber=False)
+                self._closed = False
+                created = _utc_now()
+                root = {"pyrod_version": __version__, "created": created, "Conventions": "CF-1.11",
+                        "pyrod_status": "running"}
+                history = f"{created}: written by pyrod {__version__} (pyrod.output.RunWriter)"
+                if "history" in extra:
+                    history = f"{extra.pop('history')}\n{history}"
+                root["history"] = history
+                root.update(_flat_config(config, root, extra))
+                self._nc.setncatts(root)
+                self._nc.setncattr("pyrod_config", config_json)
+                self._json_names[None].add("pyrod_config")
+                self._set_attrs_nosync(self._nc, None, extra)
+                self._write_marker(self._nc, None)
+                self._nc.sync()
+                os.replace(tmp, target)  # the old file (if any) stays complete until here
+                tmp = None
+        except BaseException:
+            if not self._closed:
+                self._closed = True
+                with contextlib.suppress(Exception):
+                    self._nc.close()
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+            self._lock.release()
+            raise
+
+    def _init_state(self, path, chunk) -> None:
+        shown = os.fspath(path)
+        if isinstance(shown, bytes):
+            shown = os.fsdecode(shown)
+        if not shown.strip():
+            raise ValueError(f"path {shown!r} is empty; give a file name such as 'run.nc'")
+        if shown.endswith(("/", os.sep)) or os.path.isdir(shown):
+            raise ValueError(f"path {shown!r} is a directory; give a file name such as "
+                             f"{os.path.join(shown, 'run.nc')!r}")
+        self.path = Path(shown)
+        self._target = _target(shown)
         self.chunk = int(chunk)
         self._groups: dict[str, _Group] = {}
         self._json_names: dict[str | None, set[str]] = {None: set()}
         self._closed = True
-        config_json = _dumps(dict(config), "config")  # fail before touching the file
-        if self.path.exists() and not overwrite:
-            raise FileExistsError(f"{self.path} exists; pass overwrite=True to replace it")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock: _Lock | None = None
+
+    @classmethod
+    def resume(cls, path, *, cut: Mapping[str, float], config: dict | None = None, attrs: dict | None = None,
+               chunk: int | None = None) -> "RunWriter":
+        """Reopen the pyrod file ``path`` to continue a run: keep each group's rows with ``t < cut[group]``
+        and return a writer in append mode.
+
+        cut : group -> time (optimizer steps). In that group, rows along ``t`` and along every snapshot dim
+            (e.g. ``t_snap``) are kept while their coordinate is ``< cut[group]``; groups not named are kept
+            whole. Rows that an interrupted flush left without a coordinate (NaN) or unreadable are dropped
+            too (the latter with a ``RuntimeWarning``).
+        config : replaces root ``pyrod_config`` and its flat copies (the old flat copies are removed).
+        attrs : root attributes to set (as :meth:`set_attrs`); a given ``history`` replaces the old one.
+            Root ``pyrod_status`` becomes ``"running"``, and a line "resumed ..." is added to ``history``.
+        chunk : rows between writes for the continued run; default: the file's (the HDF5 chunk length of
+            ``t``). The ``t``-variables are re-chunked to it.
+
+        Every kept dimension, variable (dtype, fill value, compression), variable attribute and group/root
+        attribute is copied exactly (raw values, bit for bit) into a temporary file in the same folder, which
+        then replaces ``path`` (``os.replace``): killed at any moment, the old file is still there, whole,
+        until that replace. The groups' records (variables, dims, rows written) are rebuilt from the file,
+        so :meth:`append`, :meth:`append_snapshot`, :meth:`set_attrs` and :meth:`close` continue as if the
+        original writer had never stopped. The lock is taken first (:class:`FileBusyError` if held). All
+        kept rows of one unlimited dim of one group are held in memory at once while copying.
+        """
+        if not isinstance(cut, Mapping):
+            raise TypeError(f"cut must be a mapping group -> time (optimizer steps), got {type(cut).__name__}")
+        cuts = {}
+        for name, c in cut.items():
+            try:
+                c = float(c)
+            except (TypeError, ValueError):
+                raise TypeError(f"cut[{name!r}] must be a time in optimizer steps, got {c!r}") from None
+            if math.isnan(c):
+                raise ValueError(f"cut[{name!r}] is NaN")
+            cuts[name] = c
+        if chunk is not None and int(chunk) < 1:
+            raise ValueError(f"chunk must be a positive number of rows, got {chunk!r}")
+        config_json = None
+        if config is not None:
+            if not isinstance(config, Mapping):
+                raise TypeError(f"config must be a dict, got {type(config).__name__}")
+            config_json = _dumps(dict(config), "config")
+        extra = dict(attrs or {})
+        bad = sorted(set(extra) & set(_RESERVED_ROOT))
+        if bad:
+            raise ValueError(f"root attrs {bad} are reserved (set by RunWriter)")
+        for v in extra.values():
+            _attr_value(v)
+        self = cls.__new__(cls)
+        self._init_state(path, chunk or 1)
+        target = self._target
+        if not target.exists():
+            raise FileNotFoundError(f"{self.path}: no such file to resume")
+        self._lock = _Lock.acquire(target, self.path)
+        tmp = None
         try:
-            self._nc = netCDF4.Dataset(self.path, "w", format="NETCDF4", clobber=bool(overwrite))
-        except OSError as e:
-            if not overwrite and self.path.exists():
-                raise FileExistsError(f"{self.path} exists; pass overwrite=True to replace it") from e
-            raise
-        self._closed = False
-        try:
-            created = _utc_now()
-            root = {"pyrod_version": __version__, "created": created, "Conventions": "CF-1.11",
-                    "pyrod_status": "running"}
-            extra = dict(attrs or {})
-            bad = sorted(set(extra) & set(_RESERVED_ROOT))
-            if bad:
-                raise ValueError(f"root attrs {bad} are reserved (set by RunWriter)")
-            history = f"{created}: written by pyrod {__version__} (pyrod.output.RunWriter)"
-            if "history" in extra:
-                history = f"{extra.pop('history')}\n{history}"
-            root["history"] = history
-            for k, v in config.items():  # flat, browsable copies of scalar config items
-                if isinstance(k, str) and k not in root and k not in _RESERVED_ROOT and k not in extra \
-                        and isinstance(v, (str, int, float, bool, np.integer, np.floating, np.bool_)):
-                    root[k] = int(v) if isinstance(v, (bool, np.bool_)) else v
-            self._nc.setncatts(root)
-            self._nc.setncattr("pyrod_config", config_json)
-            self._json_names[None].add("pyrod_config")
-            self._set_attrs_nosync(self._nc, None, extra)
-            self._write_marker(self._nc, None)
-            self._nc.sync()
+            with self._lock.writing(), _open_nc(os.fspath(target), os.fspath(self.path)) as src:
+                _check_pyrod(src, self.path)
+                unknown = sorted(set(cuts) - set(src.groups))
+                if unknown:
+                    raise ValueError(f"cut names groups {unknown} that {self.path} does not have "
+                                     f"(groups: {sorted(src.groups)})")
+                if chunk is None:  # the writer's chunk = the HDF5 chunk length of t
+                    lengths = [g.variables["t"].chunking() for g in src.groups.values() if "t" in g.variables]
+                    chunk = next((c[0] for c in lengths if isinstance(c, list)), 50)
+                self.chunk = int(chunk)
+                tmp = _tmp_path(target)
+                self._nc = netCDF4.Dataset(tmp, "w", format="NETCDF4", clobber=False)
+                self._closed = False
+                self._resume_root_attrs(src, config, config_json, extra, cuts)
+                _copy_node(src, self._nc, math.inf, None, os.fspath(self.path), whole=False)
+                for name, sg in src.groups.items():
+                    dg = self._nc.createGroup(name)
+                    self._groups[name] = _copy_node(sg, dg, cuts.get(name, math.inf), self.chunk,
+                                                    os.fspath(self.path))
+                    marker = sg.getncattr(_JSON_MARKER) if _JSON_MARKER in sg.ncattrs() else "[]"
+                    self._json_names[name] = set(json.loads(marker))
+                self._nc.sync()
+            os.replace(tmp, target)  # the old file stays whole until here
+            tmp = None
         except BaseException:
-            self._nc.close()
-            self._closed = True
+            if not self._closed:
+                self._closed = True
+                with contextlib.suppress(Exception):
+                    self._nc.close()
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+            self._lock.release()
             raise
+        return self
+
+    def _resume_root_attrs(self, src, config, config_json, extra, cuts) -> None:
+        ra = {k: src.getncattr(k) for k in src.ncattrs()}
+        marker = ra.pop(_JSON_MARKER, "[]")
+        self._json_names[None] = set(json.loads(marker)) | {"pyrod_config"}
+        ra["pyrod_status"] = "running"
+        if config is not None:
+            try:
+                old = json.loads(ra.get("pyrod_config", "{}"))
+            except ValueError:
+                old = {}
+            for k, v in _flat_config(old if isinstance(old, dict) else {}, {}, {}).items():
+                if k in ra and k not in _BASE_ROOT and isinstance(ra[k], str) == isinstance(v, str) \
+                        and np.array_equal(np.asarray(ra[k]), np.asarray(v)):
+                    del ra[k]  # a flat copy of the old config
+            ra["pyrod_config"] = config_json
+            ra.update(_flat_config(config, ra, extra))
+        history = extra.pop("history", ra.get("history", ""))
+        line = (f"{_utc_now()}: resumed by pyrod {__version__} (pyrod.output.RunWriter.resume, "
+                f"cut={json.dumps(cuts, sort_keys=True)})")
+        ra["history"] = f"{history}\n{line}" if history else line
+        for k, v in ra.items():
+            self._nc.setncattr(k, v)
+        self._set_attrs_nosync(self._nc, None, extra)
+        self._write_marker(self._nc, None)
 
     # ------------------------------------------------------------------ structure
     def add_group(self, group: str, variables: list[Var], *, dims: dict[str, int | None] | None = None,
@@ -305,7 +692,10 @@ class RunWriter:
                                      "dims may be overridden this way, with dims=(name,)")
             _fill_for(np.dtype(v.dtype))  # validates dtype
         snap_dims = [d for d, n in dims.items() if n is None and d != "t"]
+        with self._lock.writing():
+            self._create_group(group, variables, dims, coord_over, snap_dims, attrs)
 
+    def _create_group(self, group, variables, dims, coord_over, snap_dims, attrs) -> None:
         g = self._nc.createGroup(group)
         for d, n in dims.items():
             g.createDimension(d, n)
@@ -355,8 +745,9 @@ class RunWriter:
         g.rows.append(row)
         g.times.append(t)
         if (g.n_t + len(g.rows)) % self.chunk == 0:  # at a chunk boundary (re-aligns after a flush())
-            self._flush_group(g)
-            self._sync()
+            with self._lock.writing():
+                self._flush_group(g)
+                self._sync()
 
     def append_snapshot(self, group: str, dim: str, coord_value: float, values: Mapping[str, Any]) -> int:
         """Write one row along the unlimited snapshot dim ``dim`` (e.g. ``"t_snap"``) at once, and sync.
@@ -381,11 +772,12 @@ class RunWriter:
                 raise KeyError(f"group {group!r}: {name!r} is not a variable along {dim!r} (known: {known})")
             arrays[name] = self._value(group, v, x, g.dims, leading=True)
         i = g.n_snap[dim]
-        for name, a in arrays.items():
-            g.nc[name][(i, *(slice(0, n) for n in a.shape))] = a
-        g.nc[dim][i] = c
-        g.n_snap[dim] = i + 1
-        self._sync()
+        with self._lock.writing():
+            for name, a in arrays.items():
+                g.nc[name][(i, *(slice(0, n) for n in a.shape))] = a
+            g.nc[dim][i] = c
+            g.n_snap[dim] = i + 1
+            self._sync()
         return i
 
     def write_static(self, group: str, name: str, values: Any) -> None:
@@ -397,8 +789,9 @@ class RunWriter:
             raise KeyError(f"group {group!r}: {name!r} is not a static (all fixed dims) variable "
                            f"(known: {known})")
         a = self._value(group, v, values, g.dims, leading=False)
-        g.nc[name][tuple(slice(0, n) for n in a.shape)] = a
-        self._sync()
+        with self._lock.writing():
+            g.nc[name][tuple(slice(0, n) for n in a.shape)] = a
+            self._sync()
 
     def n_written(self, group: str, dim: str = "t") -> int:
         """Rows of ``group`` along ``dim`` already written and synced to the file (excludes the buffer)."""
@@ -420,8 +813,11 @@ class RunWriter:
             node = self._nc
         else:
             node = self._group(group).nc
-        self._set_attrs_nosync(node, group, attrs)
-        self._sync()
+        for v in attrs.values():
+            _attr_value(v)  # type errors before writing anything
+        with self._lock.writing():
+            self._set_attrs_nosync(node, group, attrs)
+            self._sync()
 
     def _set_attrs_nosync(self, node, group, attrs: Mapping[str, Any], marker: bool = True) -> None:
         names = self._json_names.setdefault(group, set())
@@ -451,23 +847,29 @@ class RunWriter:
         rewrite can lose those rows (see the module docstring); automatic flushes never rewrite.
         """
         self._check_open()
-        for g in self._groups.values():
-            self._flush_group(g)
-        self._sync()
+        with self._lock.writing():
+            for g in self._groups.values():
+                self._flush_group(g)
+            self._sync()
 
     def close(self, status: str = "complete") -> None:
-        """Flush, set root attr ``pyrod_status`` (default ``"complete"``), close. Idempotent."""
+        """Flush, set root attr ``pyrod_status`` (default ``"complete"``), close, release the lock.
+        Idempotent."""
         if self._closed:
             return
         try:
-            try:
-                for g in self._groups.values():
-                    self._flush_group(g)
-            finally:
-                self._nc.setncattr("pyrod_status", status)
+            with self._lock.writing():
+                try:
+                    try:
+                        for g in self._groups.values():
+                            self._flush_group(g)
+                    finally:
+                        self._nc.setncattr("pyrod_status", status)
+                finally:
+                    self._closed = True
+                    self._nc.close()
         finally:
-            self._closed = True
-            self._nc.close()
+            self._lock.release()
 
     def __enter__(self) -> "RunWriter":
         return self
@@ -504,7 +906,7 @@ class RunWriter:
         shape = tuple(dims[d] for d in (v.dims[1:] if leading else v.dims))
         if a.ndim != len(shape) and a.size == 1 and not shape:
             a = a.reshape(())
-        if a.ndim != len(shape) or any(m > n for m, n in zip(a.shape, shape)):
+        if a.ndim != len(shape) or any(m > n for m, n in zip(a.shape, shape, strict=True)):
             raise ValueError(f"group {group!r}, variable {v.name!r}: got shape {a.shape}, expected "
                              f"{shape} (or smaller along each axis) for dims {v.dims}")
         dt = np.dtype(v.dtype)
@@ -539,6 +941,91 @@ class RunWriter:
         return f"RunWriter({str(self.path)!r}, groups={sorted(self._groups)}, chunk={self.chunk}, {state})"
 
 
+# --------------------------------------------------------------------------------------------- resume copy
+def _read_rows(variables, n: int) -> tuple[int, dict[str, np.ndarray]]:
+    """Raw rows ``[:n]`` of ``variables`` (all along one unlimited dim); on an unreadable HDF5 chunk (a writer
+    killed in a flush) step back one chunk at a time until all read."""
+    steps = [v.chunking()[0] for v in variables if isinstance(v.chunking(), list)]
+    step = max(1, min(steps, default=1))
+    while True:
+        try:
+            return n, {v.name: np.asarray(v[:n]) for v in variables}
+        except (RuntimeError, OSError):
+            if n == 0:
+                raise
+            n = ((n - 1) // step) * step
+
+
+def _copy_node(src, dst, cut: float, chunk: int | None, shown: str, whole: bool = True) -> _Group:
+    """Copy dims, variables (raw values; along an unlimited dim only the rows whose coordinate is ``< cut``)
+    of the netCDF group ``src`` into the empty group ``dst``, and (``whole``) its attributes and subgroups,
+    recursively. ``chunk``: re-chunk variables along ``t`` to ``chunk`` rows (None: keep the HDF5 chunks).
+    Returns the writer's record of ``dst``."""
+    for v in src.variables.values():
+        v.set_auto_maskandscale(False)
+        if not isinstance(v.dtype, np.dtype) or v.dtype.kind not in "iuf":
+            raise ValueError(f"{shown}: variable {v.name!r} of type {v.dtype} cannot be resumed (numeric only)")
+        if any(src.dimensions[d].isunlimited() for d in v.dimensions[1:]):
+            raise ValueError(f"{shown}: variable {v.name!r} {v.dimensions}: unlimited dim not leading")
+    kept, rows = {}, {}
+    for d, dim in src.dimensions.items():
+        if not dim.isunlimited():
+            continue
+        along = [v for v in src.variables.values() if v.dimensions and v.dimensions[0] == d]
+        want = n_all = len(dim)
+        lost = False
+        coord = src.variables.get(d)
+        if coord is not None and coord.dimensions == (d,) and coord.dtype.kind == "f":
+            n_read, c = _read_rows([coord], n_all)
+            stop = ~(c[d] < cut)  # NaN (an interrupted flush) stops too
+            want = int(np.argmax(stop)) if stop.any() else n_read
+            lost = not stop.any() and n_read < n_all  # unreadable rows, maybe before the cut
+        n, rows[d] = _read_rows(along, want)
+        if lost or n < want:
+            warnings.warn(f"{shown}: group {src.path!r}: unreadable trailing rows along {d!r} not copied (a "
+                          f"writer was killed during a flush); kept {n}", RuntimeWarning, stacklevel=4)
+        kept[d] = n
+    for d, dim in src.dimensions.items():
+        dst.createDimension(d, None if dim.isunlimited() else len(dim))
+    dims = {d: (None if dim.isunlimited() else len(dim)) for d, dim in src.dimensions.items()}
+    record = _Group(nc=dst, vars={}, dims=dims, n_t=kept.get("t", 0),
+                    n_snap={d: n for d, n in kept.items() if d != "t"})
+    for v in src.variables.values():
+        f = v.filters() or {}
+        comp = [c for c in ("zlib", "zstd", "bzip2", "szip") if f.get(c)]
+        if any(k.startswith("blosc") and f.get(k) for k in f):
+            raise ValueError(f"{shown}: variable {v.name!r}: blosc compression cannot be resumed")
+        chunks = v.chunking()
+        if chunk is not None and v.dimensions and v.dimensions[0] == "t":
+            chunks = list(_chunksizes(v.shape[1:], v.dtype.itemsize, chunk))
+        attrs = {k: v.getncattr(k) for k in v.ncattrs()}
+        fill = attrs.pop("_FillValue", None)
+        out = dst.createVariable(v.name, v.dtype, v.dimensions, compression=comp[0] if comp else None,
+                                 complevel=f.get("complevel") or 4, shuffle=bool(f.get("shuffle")),
+                                 fletcher32=bool(f.get("fletcher32")), endian=v.endian(),
+                                 chunksizes=None if chunks == "contiguous" else chunks,
+                                 contiguous=chunks == "contiguous", fill_value=fill)
+        out.set_auto_maskandscale(False)
+        for k, val in attrs.items():
+            out.setncattr(k, val)
+        lead = v.dimensions[0] if v.dimensions else None
+        if lead in rows:
+            a = rows[lead][v.name]
+            if a.shape[0]:
+                out[:a.shape[0]] = a
+        else:
+            out[...] = v[...]
+        extra = {k: val for k, val in attrs.items() if k not in ("long_name", "units")}
+        record.vars[v.name] = Var(v.name, tuple(v.dimensions), str(attrs.get("long_name", "")),
+                                  str(attrs.get("units", "")), f"{v.dtype.kind}{v.dtype.itemsize}", extra)
+    if whole:
+        for k in src.ncattrs():
+            dst.setncattr(k, src.getncattr(k))
+        for name, sg in src.groups.items():
+            _copy_node(sg, dst.createGroup(name), cut, chunk, shown)
+    return record
+
+
 # --------------------------------------------------------------------------------------------- readers
 def open_tree(path) -> "xarray.DataTree":  # noqa: F821
     """Load the whole file into memory as an ``xarray.DataTree`` (one child per run group) and close it.
@@ -547,18 +1034,52 @@ def open_tree(path) -> "xarray.DataTree":  # noqa: F821
     JSON-encoded attrs stay strings; decode them with :func:`json_attr`. After a crash inside a flush, the
     rows of that flush are dropped with a ``RuntimeWarning``: trailing rows whose ``t`` (or snapshot
     coordinate) is NaN, and trailing HDF5 chunks that cannot be read ("NetCDF: HDF error").
-    Fails (HDF5 file lock) while a live writer has the file open.
+    While a live RunWriter writes the file: reads a snapshot of every synced row, with a ``RuntimeWarning``
+    (:class:`FileBusyError` if the file never stays still for a read; see the module docstring).
+    ``ValueError`` for a file that is not NetCDF4 or not written by pyrod (no root ``pyrod_config``).
     """
+    shown = os.fspath(path)
+    return _read_consistent(shown, lambda src: _load_tree(src, shown))
+
+
+def _open_nc(src, shown) -> "netCDF4.Dataset":
+    """Open ``src`` (a path, or the bytes of a file) for reading, with errors that name ``shown``."""
+    try:
+        if isinstance(src, bytes):
+            return netCDF4.Dataset(shown, "r", memory=src)
+        return netCDF4.Dataset(src, "r")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{shown}: no such file") from None
+    except OSError as err:
+        if os.path.isdir(shown):
+            raise ValueError(f"{shown!r} is a directory, not a NetCDF file") from None
+        if "Unknown file format" in str(err):
+            raise ValueError(f"{shown} is not a NetCDF4/HDF5 file ({err})") from None
+        if "HDF error" in str(err):
+            err.add_note(f"If another program has {shown} open for writing (HDF5 locks it), wait for it to "
+                         "finish or read a copy of the file.")
+        raise
+
+
+def _check_pyrod(nc, shown) -> None:
+    if "pyrod_config" not in nc.ncattrs():
+        raise ValueError(f"{shown} is not a pyrod output file: no root attribute 'pyrod_config' (found groups "
+                         f"{sorted(nc.groups)}, root variables {sorted(nc.variables)}, root attributes "
+                         f"{sorted(nc.ncattrs())}); read it with xarray.open_datatree instead")
+
+
+def _load_tree(src, shown):
     import xarray as xr
 
-    path = os.fspath(path)
+    with _open_nc(src, shown) as nc:
+        _check_pyrod(nc, shown)
     try:
-        tree = xr.load_datatree(path, engine="netcdf4")
+        tree = xr.load_datatree(src, engine="netcdf4")
     except (RuntimeError, OSError) as err:  # "NetCDF: HDF error": a chunk of an interrupted flush
-        if not os.path.exists(path) or "HDF error" not in str(err):
+        if "HDF error" not in str(err):
             raise
         try:
-            tree = _salvage(path)
+            tree = _salvage(src, shown)
         except Exception as err2:
             raise err from err2
     for node in tree.subtree:
@@ -572,20 +1093,21 @@ def open_tree(path) -> "xarray.DataTree":  # noqa: F821
                 if keep < c.size:
                     trim[d] = slice(0, keep)
         if trim:
-            warnings.warn(f"{path}: group {node.path!r}: dropped incomplete trailing rows "
+            warnings.warn(f"{shown}: group {node.path!r}: dropped incomplete trailing rows "
                           f"{ {d: ds.sizes[d] - s.stop for d, s in trim.items()} } (NaN coordinate: "
-                          "the writer was stopped during a flush)", RuntimeWarning, stacklevel=2)
+                          "the writer was stopped during a flush)", RuntimeWarning, stacklevel=5)
             node.dataset = ds.isel(trim)
     return tree
 
 
-def _salvage(path: str):
-    """Load a file whose last rows along an unlimited dim cannot be read (a writer killed inside a flush):
-    per group and unlimited dim, step back one HDF5 chunk at a time until all its variables read."""
+def _salvage(src, shown: str):
+    """Load a file (path or bytes) whose last rows along an unlimited dim cannot be read (a writer killed
+    inside a flush): per group and unlimited dim, step back one HDF5 chunk at a time until all its variables
+    read."""
     import xarray as xr
 
     # no default indexes: building the index of `t` would read all of it, unreadable chunk included
-    lazy = xr.open_datatree(path, engine="netcdf4", create_default_indexes=False)
+    lazy = xr.open_datatree(src, engine="netcdf4", create_default_indexes=False)
     try:
         out, dropped = {}, {}
         for node in lazy.subtree:
@@ -613,25 +1135,32 @@ def _salvage(path: str):
         tree = xr.DataTree.from_dict(out)
     finally:
         lazy.close()
-    warnings.warn(f"{path}: unreadable trailing rows dropped {dropped} (the writer was killed during a "
-                  "flush; every earlier synced chunk was read)", RuntimeWarning, stacklevel=3)
+    warnings.warn(f"{shown}: unreadable trailing rows dropped {dropped} (the writer was killed during a "
+                  "flush; every earlier synced chunk was read)", RuntimeWarning, stacklevel=6)
     return tree
 
 
 def config_of(path_or_tree) -> dict:
     """The run configuration (root attr ``pyrod_config``) as a dict: ``pyrod.simulate(**config_of(p))``.
 
-    Accepts a file path, or an already opened DataTree / Dataset."""
+    Accepts a file path (read as :func:`open_tree` does, also while a writer has it open), or an already
+    opened DataTree / Dataset. ``ValueError`` if there is no ``pyrod_config`` (not written by pyrod)."""
     if hasattr(path_or_tree, "attrs"):
         attrs = path_or_tree.attrs
         if hasattr(path_or_tree, "root"):
             attrs = path_or_tree.root.attrs
-    else:
-        with netCDF4.Dataset(os.fspath(path_or_tree), "r") as nc:
-            attrs = {"pyrod_config": nc.getncattr("pyrod_config")} if "pyrod_config" in nc.ncattrs() else {}
-    if "pyrod_config" not in attrs:
-        raise KeyError(f"{path_or_tree!r}: no root attribute 'pyrod_config' (not written by pyrod?)")
-    return json.loads(attrs["pyrod_config"])
+        if "pyrod_config" not in attrs:
+            raise ValueError(f"{type(path_or_tree).__name__} has no root attribute 'pyrod_config' (not written "
+                             f"by pyrod?; attributes: {sorted(attrs)})")
+        return json.loads(attrs["pyrod_config"])
+    shown = os.fspath(path_or_tree)
+
+    def read(src):
+        with _open_nc(src, shown) as nc:
+            _check_pyrod(nc, shown)
+            return nc.getncattr("pyrod_config")
+
+    return json.loads(_read_consistent(shown, read))
 
 
 def json_attr(ds_or_node, name: str):

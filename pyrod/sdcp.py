@@ -7,7 +7,7 @@ exactly the KKT system of the convex QP ::
 
     minimize_X  ½⟨X, B[X]⟩ + ⟨A, X⟩    subject to  X ⪰ 0,           (Z = A + B[X] is the dual slack)
 
-(see ``docs``/science notes, central flows §2.3–§4). The central flow solves it at every right-hand-side
+(docs/theory/central_flows.md, "How X is chosen"). The central flow solves it at every right-hand-side
 evaluation with ``A = α`` (k×k) and ``B = β`` (k×k×k×k), k = number of critical eigenvalues (1–3 usually).
 
 Coordinates

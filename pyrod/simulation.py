@@ -1,251 +1,482 @@
-"""``pyrod.simulate``: run the discrete optimizer and any flows side by side, write one NetCDF file.
+"""``pyrod.simulate`` and ``pyrod.resume``: run the discrete optimizer and any flows side by side, write one
+NetCDF file, checkpoint the complete run state, continue a run bit-identically.
 
-All runs start from the same initialisation and are advanced together in chunks of steps, so every run
-is compared with the same discrete trajectory and a killed run leaves a valid file with every completed
-chunk. The result is an ``xarray.DataTree`` with one child per run; ``t`` is in optimizer steps.
+All runs start from the same initialisation and are advanced together in chunks of steps, so every run is
+compared with the same discrete trajectory. After each chunk the rows are written (and synced every ``chunk``
+rows) and, when due, the complete state of every run is saved to ``PATH.ckpt`` (:mod:`pyrod.checkpoint`).
+The result is an ``xarray.DataTree`` with one child per run; ``t`` is in optimizer steps.
+
+What a run is: a :class:`pyrod.spec.RunSpec` (typed, JSON-able, stored in the file). The keyword form of
+:func:`simulate` builds one. What a run has done: the file (rows) + the checkpoint (state). :func:`resume`
+continues from the checkpoint and gives, for the same spec, the same bits as a run that was never stopped
+(same machine, same torch build and thread count; see the README's "Resume" section for the exact scope).
 """
 from __future__ import annotations
 
-import math
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 
 import torch
 
 from . import optimizers as _optimizers
-from ._version import __version__
 from .output import RunWriter, Var, open_tree
-from .problems import Problem, problem as _make_problem
+from .problems import Problem
 from .runs.discrete import DiscreteRun, MidpointRun
 from .runs.measure import Measurer
+from .spec import RunSpec, check_placement, spec_from_kwargs
 
-__all__ = ["simulate", "RUNS"]
+__all__ = ["simulate", "resume", "spec_of", "config_of", "RunInterrupted", "RUNS", "build_problem",
+           "NotReproducible"]
 
-#: run name -> factory(problem, optimizer, measurer, options) ; flows register themselves in pyrod.flows
+#: run name -> factory; flows register themselves in pyrod.flows
 RUNS: dict = {}
 _DISCRETE_RUNS = ("discrete", "midpoint")
+#: default wall-time spacing of automatic checkpoints (``checkpoint_every=None``)
+AUTO_CHECKPOINT_SECONDS = 60.0
+#: eigen measurement beyond this many eigenpairs is refused (a full spectrum belongs to ``Problem.hessian``)
+MAX_EIGS = 1024
 
 
-def _flow_runs() -> dict:
-    try:
-        from .flows import FLOW_RUNS
-    except ImportError:  # pragma: no cover - flows not available
-        return {}
-    return FLOW_RUNS
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a run. The message says at which step and where the (valid) file and checkpoint are."""
 
 
-def _valid_runs() -> list:
-    return sorted(set(_DISCRETE_RUNS) | set(_flow_runs()))
+class NotReproducible(ValueError):
+    """The run's problem has no replay config (built with ``Problem.from_module``)."""
 
 
-def _check_int(name, v, lo=1):
-    if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-        raise ValueError(f"{name}={v!r} must be an int >= {lo}")
+_NOT_REPRODUCIBLE = ("the problem was built with Problem.from_module, which records no way to rebuild it; use "
+                     "pyrod.Problem.from_factory('package.module:function', **kwargs) (a function that returns the "
+                     "problem, or (model, X, Y, loss)) to make the run reproducible, or pass problem=... to resume")
 
 
-def simulate(problem, optimizer, steps: int, runs=("discrete",), *, eigs: int = 1, eig_every: int = 10,
-             path: str | os.PathLike | None = None, overwrite: bool = False, loss_target: float | None = None,
-             divergence_factor: float = 1e6, chunk: int = 50, progress: bool | None = None,
-             snapshot_every: int | None = None, eig_tol: float = 1e-6, eig_max_iter: int = 200,
-             restart_at: int | None = None, **flow_options):
-    """Run ``optimizer`` on ``problem`` for ``steps`` steps, with the requested runs side by side.
+# ----------------------------------------------------------------------------------------- public API
+def simulate(problem=None, optimizer=None, steps=None, runs=None, *, progress: bool | None = None, **options):
+    """Run ``optimizer`` on ``problem`` for ``steps`` steps with the requested runs side by side.
 
-    Parameters
-    ----------
-    problem : a :class:`pyrod.Problem` or its ``config`` dict (``pyrod.problem(**config)``).
-    optimizer : a :mod:`pyrod.optimizers` instance or its ``config()`` dict.
-    steps : number of optimizer steps (= time units).
-    runs : any of ``"discrete"``, ``"midpoint"``, ``"stable"``, ``"rod"``, ``"central"``.
-    eigs : number of top eigenvalues of P⁻¹H recorded (``eigs``); eig_every : every this many steps.
-    path : NetCDF file written incrementally (one group per run); refused if it exists unless ``overwrite``.
-    loss_target : stop when the discrete loss falls below it. divergence_factor : stop when the loss exceeds
-        this multiple of the initial loss, or is not finite (``stop_reason`` records why).
-    chunk : steps per write (and per integration segment of the flows).
-    eig_tol : relative residual ‖Su − λu‖/|λ| at which eigenpairs are accepted (eigenvalue errors are of the
-        order of its square); eig_max_iter : LOBPCG iteration cap (non-convergence is reported in
-        ``eig_residual``, never silent).
-    progress : show a progress bar (default: only when stderr is a terminal).
-    snapshot_every : also store the discrete parameters every this many steps (variable ``w``).
-    restart_at : flows start from the discrete state at this step (the local accuracy test, rod_flows.md §6.3).
-    flow_options : options of the flows (``backend``, ``rtol``, ``atol``, ``method``, ``events``, …).
+    Two forms:
 
-    Returns
-    -------
-    xarray.DataTree with children named as ``runs``; root attributes hold ``pyrod_config`` (JSON), so
-    ``pyrod.simulate(**pyrod.config_of(path))`` reproduces the run.
+    * ``simulate(spec)`` with a :class:`pyrod.spec.RunSpec` (or its dict form);
+    * the keyword form ``simulate(problem, optimizer, steps, runs=("discrete",), **options)`` — ``problem`` a
+      :class:`pyrod.Problem` or its config dict, ``optimizer`` a :mod:`pyrod.optimizers` instance or its
+      ``config()`` dict; ``options`` are the flat keywords of :data:`pyrod.spec.FLAT_KEYWORDS` (``eigs``,
+      ``eig_every``, ``eig_tol``, ``eig_max_iter``, ``path``, ``overwrite``, ``chunk``, ``checkpoint_every``,
+      ``snapshot_every``, ``loss_target``, ``divergence_factor``, ``restart_at``, ``events``, ``backend``,
+      ``method``, ``rtol``, ``atol``, ``max_step``, ``substeps``, ``min_step``, ``max_rhs_per_unit``, ``bea``,
+      the central flow's ``sdcp_threshold``, ``track_threshold``, ``tau``, ``max_track``, ``sdcp_tol``,
+      ``refresh_tol``), backend options (``jac``, ``max_steps``, ``linsolver``, …) and whole sections
+      (``eig=``, ``integrator=``, ``stable=``, ``rod=``, ``central=``, ``stop=``, ``output=``; a spec section
+      or a dict). An unknown keyword fails at once with the closest valid name.
+
+    ``progress``: show a progress bar (default: when stderr is a terminal); not part of the spec.
+
+    Returns an ``xarray.DataTree`` with one child per run. The file's root attribute ``pyrod_config`` holds
+    the spec (``pyrod.spec_of(path)``); ``PATH.ckpt`` holds the latest checkpoint (``pyrod.resume(path)``).
+    Ctrl-C once finishes the current chunk, saves a checkpoint and raises :class:`RunInterrupted` (twice: stop
+    now; the previous checkpoint stays).
     """
-    # ------------------------------------------------------------------ validation (before any work)
-    if isinstance(problem, dict):
-        problem = _make_problem(**problem)
-    if not isinstance(problem, Problem):
-        raise TypeError(f"problem must be a pyrod.Problem or a config dict, got {type(problem).__name__}")
-    if isinstance(optimizer, dict):
-        optimizer = _optimizers.from_config(optimizer)
-    if not isinstance(optimizer, _optimizers.Optimizer):
-        raise TypeError(f"optimizer must be a pyrod.optimizers.Optimizer or a config dict, "
-                        f"got {type(optimizer).__name__}")
-    optimizer = optimizer.bind(problem)  # block shapes for Muon / Adafactor; a no-op for the others
-    _check_int("steps", steps)
-    _check_int("eigs", eigs)
-    _check_int("eig_every", eig_every)
-    _check_int("chunk", chunk)
-    if snapshot_every is not None:
-        _check_int("snapshot_every", snapshot_every)
-    if isinstance(runs, str):
-        runs = [runs]
-    runs = list(runs)
-    if not runs:
-        raise ValueError("runs=[] is empty; valid names: %s" % _valid_runs())
-    for r in runs:
-        if r not in _valid_runs():
-            raise ValueError(f"run {r!r} is unknown; valid names: {_valid_runs()}")
-    if len(set(runs)) != len(runs):
-        raise ValueError(f"runs={runs!r} lists a run twice")
-    if loss_target is not None and not (isinstance(loss_target, (int, float)) and math.isfinite(loss_target)):
-        raise ValueError(f"loss_target={loss_target!r} must be a finite number")
-    if not (isinstance(divergence_factor, (int, float)) and divergence_factor > 1):
-        raise ValueError(f"divergence_factor={divergence_factor!r} must be a number > 1")
-    if not (isinstance(eig_tol, float) and 0 < eig_tol < 1):
-        raise ValueError(f"eig_tol={eig_tol!r} must be a float in (0, 1)")
-    if restart_at is not None:
-        _check_int("restart_at", restart_at, lo=0)
-        if restart_at >= steps:
-            raise ValueError(f"restart_at={restart_at} must be < steps={steps}")
-    eigs = min(eigs, problem.dim)
-    flows = [r for r in runs if r not in _DISCRETE_RUNS]
-    flow_specs = {}
-    if flows:
-        from .flows import prepare_flows
-        flow_specs = prepare_flows(problem, optimizer, flows, restart_at=restart_at, **flow_options)
-    elif flow_options:
-        raise TypeError(f"unexpected keyword arguments {sorted(flow_options)} (they apply to flow runs: "
-                        f"{sorted(_flow_runs())})")
+    if isinstance(problem, (RunSpec, dict)) and optimizer is None and steps is None and runs is None \
+            and not options and (isinstance(problem, RunSpec) or "optimizer" in problem and "problem" in problem
+                                 and "stop" in problem):
+        spec = RunSpec.from_dict(problem)
+        prob = build_problem(spec.problem)
+        opt = _optimizers.from_config(spec.optimizer)
+        return _execute(spec, prob, opt, progress)
+    if problem is None:
+        raise TypeError("simulate() needs a RunSpec, or a problem and an optimizer")
+    if optimizer is None:
+        raise TypeError("simulate(problem, optimizer, steps, ...): optimizer is missing")
+    prob = build_problem(problem) if isinstance(problem, dict) else problem
+    if not isinstance(prob, Problem):
+        raise TypeError(f"problem must be a pyrod.Problem, its config dict or a RunSpec, got {type(problem).__name__}")
+    opt = _optimizers.from_config(optimizer) if isinstance(optimizer, dict) else optimizer
+    if not isinstance(opt, _optimizers.Optimizer):
+        raise TypeError(f"optimizer must be a pyrod.optimizers.Optimizer or a config dict, got "
+                        f"{type(optimizer).__name__}")
+    kw = dict(options)
+    if steps is not None:
+        kw["steps"] = steps
+    elif "steps" not in (kw.get("stop") or {}) and not hasattr(kw.get("stop"), "steps"):
+        raise TypeError("simulate(problem, optimizer, steps, ...): steps is missing")
+    if runs is not None:
+        kw["runs"] = runs
+    spec = spec_from_kwargs(problem_config(prob), opt.config(), kw)
+    return _execute(spec, prob, opt, progress)
+
+
+def resume(path, steps: int | None = None, *, progress: bool | None = None, problem=None):
+    """Continue the run written to ``path`` from its checkpoint ``PATH.ckpt``.
+
+    Works for a run that was killed (even SIGKILL: rows written after the checkpoint are dropped and
+    recomputed), interrupted (Ctrl-C) or finished. ``steps``: the new total number of steps (default: the
+    spec's); a finished run is extended by giving more. ``problem``: the Problem, needed only when the run's
+    problem has no replay config (``Problem.from_module``). For the same spec the resumed file is
+    bit-identical, variable by variable, to a run that was never stopped (flows of a finished run extended
+    past a step count that is not a multiple of ``chunk`` are the exception: their integration segments are
+    cut elsewhere, same accuracy, not the same bits).
+    """
+    from . import checkpoint as _ckpt
+
+    path = os.fspath(path)
+    payload = _ckpt.load(_ckpt.path_for(path))
+    spec = RunSpec.from_dict(payload["spec"])
+    done = int(payload["k"])
+    if steps is not None:
+        if isinstance(steps, bool) or not isinstance(steps, int) and not hasattr(steps, "__index__"):
+            raise ValueError(f"steps={steps!r} must be an int (the new total number of steps)")
+        steps = int(steps)
+        if steps < done:
+            raise ValueError(f"steps={steps} is fewer than the {done} steps already done in {path!r} "
+                             f"(steps is the new total)")
+        spec = spec.replace({"stop.steps": steps})
+    spec = spec.replace({"output.path": path, "output.overwrite": True})
+    if problem is None:
+        if spec.problem is None:
+            raise NotReproducible(f"cannot resume {path!r}: {_NOT_REPRODUCIBLE}")
+        problem = build_problem(spec.problem)
+    opt = _optimizers.from_config(spec.optimizer)
+    return _execute(spec, problem, opt, progress, payload=payload)
+
+
+def spec_of(path_or_tree) -> RunSpec:
+    """The :class:`RunSpec` of a pyrod file (``pyrod.simulate(pyrod.spec_of(path).replace({"output.path":
+    "copy.nc"}))`` reproduces it)."""
+    from .output import config_of as _raw_config
+
+    cfg = _raw_config(path_or_tree)
+    if "spec_version" not in cfg:
+        raise ValueError(f"{path_or_tree!r} was written by a pyrod without run specs; "
+                         f"use pyrod.config_of() and the keyword form")
+    return RunSpec.from_dict(cfg)
+
+
+def config_of(path_or_tree) -> dict:
+    """Keyword arguments that reproduce the run in memory: ``pyrod.simulate(**pyrod.config_of(path))`` (add
+    ``path=`` to write a file). Refuses runs whose problem has no replay config (``Problem.from_module``)."""
+    from .output import config_of as _raw_config
+
+    cfg = _raw_config(path_or_tree)
+    if "spec_version" not in cfg:  # files from before run specs: the flat keyword form as stored
+        return cfg
+    if cfg.get("problem") is None:
+        raise NotReproducible(f"{path_or_tree!r}: {_NOT_REPRODUCIBLE}")
+    cfg = dict(cfg)
+    cfg.pop("spec_version")
+    out = dict(cfg.get("output") or {})
+    out.pop("path", None)
+    out.pop("overwrite", None)
+    cfg["output"] = out
+    stop = dict(cfg.get("stop") or {})
+    cfg["steps"] = stop.pop("steps")
+    cfg["stop"] = stop
+    return cfg
+
+
+def problem_config(problem) -> dict | None:
+    """The replay config of ``problem`` (``None`` when it has none: ``Problem.from_module``)."""
+    replay = getattr(problem, "replay_config", None)
+    if replay is not None:
+        try:
+            return replay()
+        except ValueError:
+            return None
+    return dict(problem.config) if problem.config else None
+
+
+def build_problem(config):
+    """A Problem from its replay config (``pyrod.problem(**config)``, or a factory config)."""
+    if config is None:
+        raise NotReproducible(_NOT_REPRODUCIBLE)
+    if isinstance(config, Problem):
+        return config
+    from_config = getattr(Problem, "from_config", None)
+    if from_config is not None:
+        return from_config(config)
+    from .problems import problem as _make_problem
+    return _make_problem(**config)
+
+
+# ----------------------------------------------------------------------------------------- validation
+def _validate(spec: RunSpec, problem, optimizer):
+    check_placement(spec)
+    if spec.eig.k > problem.dim:
+        raise ValueError(f"eigs={spec.eig.k} is more than the problem's dimension d={problem.dim}")
+    if spec.eig.k > MAX_EIGS:
+        raise ValueError(f"eigs={spec.eig.k} is more than {MAX_EIGS} eigenpairs per measurement; use "
+                         f"Problem.hessian(w) for a full spectrum of a small problem")
+    if spec.flows:
+        if not optimizer.supports_flows:
+            ok = sorted(n for n, c in _optimizers.REGISTRY.items() if c.supports_flows)
+            raise ValueError(f"optimizer={optimizer.name!r} has no smooth increment D (flows are defined for {ok})")
+        spec.integrator.validate()
+        if "central" in spec.flows:
+            from .flows import FLOW_RUNS
+            FLOW_RUNS["central"].validate_options(**spec.central.model_options(spec.integrator.substeps))
+    path = spec.output.path
     if path is not None:
-        path = os.fspath(path)
-        if os.path.exists(path) and not overwrite:
-            raise FileExistsError(f"path={path!r} exists; pass overwrite=True to replace it")
+        if os.path.isdir(path):
+            raise IsADirectoryError(f"path={path!r} is a directory; give a file name such as "
+                                    f"{os.path.join(path, 'run.nc')!r}")
+        if os.path.exists(path) and not spec.output.overwrite:
+            raise FileExistsError(f"path={path!r} exists; pass overwrite=True to replace it "
+                                  f"(or pyrod.resume({path!r}) to continue it)")
         parent = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(parent):
             raise FileNotFoundError(f"path={path!r}: directory {parent!r} does not exist")
 
-    config = {
-        "problem": problem.config or None, "optimizer": optimizer.config(), "steps": steps, "runs": runs,
-        "eigs": eigs, "eig_every": eig_every, "loss_target": loss_target, "divergence_factor": divergence_factor,
-        "chunk": chunk, "snapshot_every": snapshot_every, "eig_tol": eig_tol, "eig_max_iter": eig_max_iter,
-        "restart_at": restart_at, **{k: _jsonable(v) for k, v in flow_options.items()},
-    }
-    attrs = {"problem": problem.name, "optimizer": optimizer.name, "lr": optimizer.lr, "dim": problem.dim,
-             "dtype": str(problem.dtype).replace("torch.", ""), "device": str(problem.device),
-             "threshold": float(optimizer.threshold())}
 
-    tmpdir = None
-    if path is None:
-        tmpdir = tempfile.TemporaryDirectory(prefix="pyrod-")
-        out_path = os.path.join(tmpdir.name, "run.nc")
+def _flow_run(name, spec: RunSpec, problem, optimizer, measurer):
+    from .flows import FLOW_RUNS, FlowRun
+
+    cls = FLOW_RUNS[name]
+    if name == "central":
+        model = cls(problem, optimizer, **spec.central.model_options(spec.integrator.substeps))
     else:
-        out_path = path
+        model = cls(problem, optimizer, bea=getattr(spec, name).bea)
+    ig = spec.integrator
+    kw = dict(backend=ig.backend, method=ig.method, rtol=ig.rtol, atol=ig.atol, max_step=ig.max_step,
+              events=list(spec.events), restart_at=spec.restart_at, divergence_factor=spec.stop.divergence_factor,
+              substeps=ig.substeps)
+    import inspect
+    accepted = inspect.signature(FlowRun.__init__).parameters
+    for extra in ("min_step", "max_rhs_per_unit", "options"):
+        if extra in accepted:
+            kw[extra] = getattr(ig, extra)
+    return FlowRun(model, measurer, **kw)
+
+
+# ----------------------------------------------------------------------------------------- execution
+class _InterruptFlag:
+    """First Ctrl-C: finish the chunk, checkpoint, stop. Second: stop now (KeyboardInterrupt)."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            try:
+                self._old = signal.signal(signal.SIGINT, self._handle)
+            except ValueError:  # not the main interpreter
+                self._old = None
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\npyrod: Ctrl-C: finishing the current chunk to save a checkpoint (Ctrl-C again to stop now)",
+              file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return False
+
+
+def _execute(spec: RunSpec, problem, optimizer, progress, payload=None):
+    optimizer = optimizer.bind(problem)   # block shapes for Muon / Adafactor; a no-op for the others
+    _validate(spec, problem, optimizer)
+    tmpdir = None
+    if spec.output.path is None:
+        tmpdir = tempfile.TemporaryDirectory(prefix="pyrod-")
+        out_path, checkpoints = os.path.join(tmpdir.name, "run.nc"), False
+    else:
+        out_path, checkpoints = spec.output.path, spec.output.checkpoint_every != 0
     try:
-        _run(problem, optimizer, steps, runs, flows, flow_specs, eigs, eig_every, out_path, overwrite,
-             loss_target, divergence_factor, chunk, progress, snapshot_every, eig_tol, eig_max_iter,
-             restart_at, config, attrs)
+        _loop(spec, problem, optimizer, out_path, checkpoints, progress, payload)
         return open_tree(out_path)
     finally:
         if tmpdir is not None:
             tmpdir.cleanup()
 
 
-def _jsonable(v):
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (str, int, float, bool)) or v is None:
-        return v
-    return repr(v)
-
-
-def _run(problem, optimizer, steps, runs, flows, flow_specs, eigs, eig_every, out_path, overwrite,
-         loss_target, divergence_factor, chunk, progress, snapshot_every, eig_tol, eig_max_iter, restart_at,
-         config, attrs):
+def _build_runs(spec, problem, optimizer):
     def measurer():
-        return Measurer(problem, optimizer, eigs, eig_every, eig_tol=eig_tol, eig_max_iter=eig_max_iter)
+        return Measurer(problem, optimizer, spec.eig.k, spec.eig.every, eig_tol=spec.eig.tol,
+                        eig_max_iter=spec.eig.max_iter)
 
-    discrete = DiscreteRun(problem, optimizer, measurer(), loss_target=loss_target,
-                           divergence_factor=divergence_factor)
-    others = []
-    if "midpoint" in runs:
-        others.append(MidpointRun(problem, optimizer, measurer()))
-    for name in flows:
-        others.append(flow_specs[name].build(measurer()))
+    runs = {"discrete": DiscreteRun(problem, optimizer, measurer(), loss_target=spec.stop.loss_target,
+                                    divergence_factor=spec.stop.divergence_factor)}
+    if "midpoint" in spec.runs:
+        runs["midpoint"] = MidpointRun(problem, optimizer, measurer())
+    for name in spec.flows:
+        runs[name] = _flow_run(name, spec, problem, optimizer, measurer())
+    return runs
 
+
+def _root_attrs(spec, problem, optimizer) -> dict:
+    return {"problem": problem.name, "optimizer": optimizer.name, "lr": optimizer.lr, "dim": problem.dim,
+            "dtype": str(problem.dtype).replace("torch.", ""), "device": str(problem.device),
+            "threshold": float(optimizer.threshold())}
+
+
+def _add_groups(writer, spec, runs, problem):
+    k = spec.eig.k
+    if "discrete" in spec.runs:
+        dvars = runs["discrete"].variables()
+        dims = {"eig": k}
+        if spec.output.snapshot_every:
+            dvars = dvars + [Var("w", ("t_snap", "param"), "discrete parameters w_k", "1")]
+            dims.update({"t_snap": None, "param": problem.dim})
+        writer.add_group("discrete", dvars, dims=dims, attrs={"run": "discrete"})
+    for name, run in runs.items():
+        if name == "discrete":
+            continue
+        attrs = run.attrs() if hasattr(run, "attrs") else {"run": name}
+        writer.add_group(name, run.variables(), dims={"eig": k}, attrs=attrs)
+
+
+def _pending_rows(writer) -> dict:
+    """Rows appended but not yet written, per group (they go into the checkpoint)."""
+    out = {}
+    for name, g in writer._groups.items():
+        out[name] = {"times": list(g.times), "rows": [dict(r) for r in g.rows], "n_t": int(g.n_t)}
+    return out
+
+
+def _loop(spec, problem, optimizer, out_path, checkpoints, progress, payload):
+    from . import checkpoint as _ckpt
+
+    runs = _build_runs(spec, problem, optimizer)
+    groups = [n for n in runs if n != "discrete" or "discrete" in spec.runs]
+    steps, chunk = spec.stop.steps, spec.output.chunk
+    config, attrs = spec.to_dict(), _root_attrs(spec, problem, optimizer)
+    counters = {name: [0, 0] for name in runs}
+    counters["discrete"][0] = 1  # the gradient at w_0 taken to initialise the state
+    k, wall_before, stop_reason = 0, 0.0, None
+    ckpt_path = _ckpt.path_for(out_path)
+
+    if payload is None:
+        writer = RunWriter(out_path, config=config, attrs=attrs, overwrite=spec.output.overwrite, chunk=chunk)
+        try:
+            _add_groups(writer, spec, runs, problem)
+        except BaseException:
+            writer.close(status="failed: could not create the groups")
+            raise
+    else:
+        k = int(payload["k"])
+        for name, run in runs.items():
+            run.load_state_dict(payload["runs"][name])
+        counters = {n: list(v) for n, v in payload["counters"].items()}
+        wall_before = float(payload.get("wall_time_s", 0.0))
+        if payload.get("rng") is not None:
+            torch.set_rng_state(payload["rng"])
+        pending = payload["pending"]
+        cut = {g: (pending[g]["times"][0] if pending.get(g, {}).get("times") else float(k)) for g in groups}
+        writer = RunWriter.resume(out_path, cut=cut, config=config, attrs=attrs, chunk=chunk)
+        for g in groups:
+            for t, row in zip(pending[g]["times"], pending[g]["rows"]):
+                writer.append(g, t, row)
+        # a run that had stopped early (divergence, loss target) stays stopped
+        stop_reason = payload.get("stop_reason")
+
+    discrete = runs["discrete"]
+    if stop_reason is None and discrete.stop_reason:
+        stop_reason = discrete.stop_reason
+    others = [r for n, r in runs.items() if n != "discrete"]
     wall0 = time.perf_counter()
+    last_ckpt = time.perf_counter()
     show = sys.stderr.isatty() if progress is None else bool(progress)
     bar = None
     if show:
         from tqdm.auto import tqdm
-        bar = tqdm(total=steps, desc=f"pyrod {optimizer.name}", unit="step", leave=False)
+        bar = tqdm(total=steps, initial=k, desc=f"pyrod {optimizer.name}", unit="step", leave=False)
 
-    with RunWriter(out_path, config=config, attrs=attrs, overwrite=overwrite, chunk=chunk) as writer:
-        groups = {}
-        if "discrete" in runs:
-            dvars = discrete.variables()
-            if snapshot_every:
-                dvars = dvars + [Var("w", ("t_snap", "param"), "discrete parameters w_k", "1")]
-            writer.add_group("discrete", dvars, dims={"eig": eigs, **({"t_snap": None, "param": problem.dim}
-                                                                      if snapshot_every else {})},
-                             attrs={"run": "discrete"})
-            groups["discrete"] = discrete
-        for run in others:
-            writer.add_group(run.name, run.variables(), dims={"eig": eigs}, attrs=getattr(run, "attrs", dict)())
-            groups[run.name] = run
-        counters = {name: [0, 0] for name in groups}
-        if "discrete" in counters:
-            counters["discrete"][0] = 1  # the gradient at w_0 taken to initialise the state
-        k = 0
-        stop_reason = f"steps: completed {steps} steps"
-        try:
-            while k < steps:
-                n = min(chunk, steps - k)
-                g0, h0 = problem.n_grad, problem.n_hvp
-                records, ck = discrete.run_chunk(n)
-                _count(counters, "discrete", problem, g0, h0)
-                if "discrete" in runs:
-                    for t, values in records:
-                        writer.append("discrete", t, values)
-                    if snapshot_every:
-                        for s in ck.states[:ck.n_steps]:
-                            if s.k % snapshot_every == 0:
-                                writer.append_snapshot("discrete", "t_snap", float(s.k), {"w": s.w})
-                for run in others:
+    def save_checkpoint(reason=None):
+        _ckpt.save(ckpt_path, {
+            "spec": config, "k": k, "runs": {n: r.state_dict() for n, r in runs.items()},
+            "pending": _pending_rows(writer), "counters": counters, "rng": torch.get_rng_state(),
+            "wall_time_s": wall_before + time.perf_counter() - wall0, "stop_reason": reason})
+
+    def due() -> bool:
+        every = spec.output.checkpoint_every
+        if not checkpoints:
+            return False
+        if every is None:
+            return time.perf_counter() - last_ckpt >= AUTO_CHECKPOINT_SECONDS
+        return (k // every) > (k_prev // every)
+
+    status = "complete"
+    interrupted = None
+    k_prev = k
+    try:
+        with _InterruptFlag() as flag:
+            try:
+                while k < steps and stop_reason is None:
+                    n = min(chunk, steps - k)
+                    k_prev = k
                     g0, h0 = problem.n_grad, problem.n_hvp
-                    for t, values in run.advance(ck):
-                        writer.append(run.name, t, values)
-                    _count(counters, run.name, problem, g0, h0)
-                # rows are written and synced by the writer every `chunk` rows per group (whole storage
-                # chunks); an extra mid-run flush could leave partial chunks that a later kill corrupts
-                k += ck.n_steps
-                if bar is not None:
-                    bar.update(ck.n_steps)
-                if discrete.stop_reason:
-                    stop_reason = discrete.stop_reason
-                    break
-        except KeyboardInterrupt:
-            stop_reason = f"interrupted at step {k}"
-            raise
-        finally:
-            if bar is not None:
-                bar.close()
-            wall = time.perf_counter() - wall0
-            for name, run in groups.items():
-                extra = run.final_attrs() if hasattr(run, "final_attrs") else {}
-                writer.set_attrs(name, {"stop_reason": stop_reason, "steps_completed": k,
-                                        "n_grad": counters[name][0], "n_hvp": counters[name][1], **extra})
-            writer.set_attrs(None, {"stop_reason": stop_reason, "steps_completed": k, "wall_time_s": wall})
+                    records, ck = discrete.run_chunk(n)
+                    _count(counters, "discrete", problem, g0, h0)
+                    if "discrete" in spec.runs:
+                        for t, values in records:
+                            writer.append("discrete", t, values)
+                        if spec.output.snapshot_every:
+                            for s in ck.states[:ck.n_steps]:
+                                if s.k % spec.output.snapshot_every == 0:
+                                    writer.append_snapshot("discrete", "t_snap", float(s.k), {"w": s.w})
+                        if discrete.stop_reason:   # its rows are on disk before any flow runs on
+                            writer.flush()
+                    for run in others:
+                        g0, h0 = problem.n_grad, problem.n_hvp
+                        for t, values in run.advance(ck):
+                            writer.append(run.name, t, values)
+                        _count(counters, run.name, problem, g0, h0)
+                    k += ck.n_steps
+                    if bar is not None:
+                        bar.update(ck.n_steps)
+                    if discrete.stop_reason:
+                        stop_reason = discrete.stop_reason
+                    if flag.requested:
+                        interrupted = f"interrupted at step {k}"
+                        break
+                    if stop_reason is None and k < steps and due():
+                        save_checkpoint()
+                        last_ckpt = time.perf_counter()
+            except KeyboardInterrupt:
+                interrupted = f"interrupted at step {k} (the last checkpoint is kept)"
+                status = "interrupted"
+                raise
+        if checkpoints:   # at the end, at a stop and after a first Ctrl-C: the state after the last chunk
+            save_checkpoint(stop_reason)
+    except KeyboardInterrupt:
+        pass
+    except BaseException as e:
+        status = f"failed: {type(e).__name__}: {e}"[:1000]
+        _finish(writer, runs, groups, counters, stop_reason or status, k, wall_before + time.perf_counter() - wall0,
+                status, bar)
+        raise
+    final = interrupted or stop_reason or f"steps: completed {k} steps"
+    _finish(writer, runs, groups, counters, final, k, wall_before + time.perf_counter() - wall0,
+            "interrupted" if interrupted else "complete", bar)
+    if interrupted:
+        where = f"; continue with pyrod.resume({out_path!r})" if checkpoints else ""
+        raise RunInterrupted(f"pyrod: run {interrupted}; the file {out_path!r} is valid{where}")
+
+
+def _finish(writer, runs, groups, counters, reason, k, wall, status, bar):
+    if bar is not None:
+        bar.close()
+    try:
+        for name in groups:
+            run = runs[name]
+            extra = run.final_attrs() if hasattr(run, "final_attrs") else {}
+            own = extra.get("flow_status")
+            run_reason = reason if own in (None, "ok") else f"{own} (discrete: {reason})"
+            writer.set_attrs(name, {"stop_reason": run_reason, "steps_completed": k,
+                                    "n_grad": counters[name][0], "n_hvp": counters[name][1], **extra})
+        writer.set_attrs(None, {"stop_reason": reason, "steps_completed": k, "wall_time_s": wall})
+    finally:
+        writer.close(status=status)
 
 
 def _count(counters, name, problem, g0, h0):
     if name in counters:
         counters[name][0] += problem.n_grad - g0
         counters[name][1] += problem.n_hvp - h0
+

@@ -18,7 +18,7 @@ Hetmaniuk & Lehoucq (2006) / Duersch et al. (2018), written here on plain torch 
 **Cost**: ``b`` HVPs to start, then **at most b HVPs per iteration** (fewer as columns converge and lock),
 plus ``k`` HVPs for a final check of the residuals with a freshly computed ``AX`` (the reported residuals are
 always true residuals, never the recurrence's). Dense work per iteration is ``O(d·b²)`` plus ``O(b³)``.
-For comparison, the reference LOBPCG costs ``4k`` HVPs per iteration (central_flows.md §6.2).
+For comparison, the reference LOBPCG costs ``4k`` HVPs per iteration.
 
 Warm starts: ``init`` (any number of columns) seeds ``X``; :class:`EigTracker` keeps the whole last block
 (guard columns included) between calls, so a slightly moved ``w`` (or ``P``) converges in a few iterations.
@@ -423,6 +423,16 @@ class EigTracker:
         self.last_report: EigReport | None = None
         self.n_hvp = 0
         self.calls = 0
+
+    def state_dict(self) -> dict:
+        """Everything that affects the next call: the warm block, the previous eigenvectors (sign alignment),
+        the call count (it seeds the random filler columns) and the HVP total. Tensors are not copied."""
+        return {"block": self._block, "prev": self._prev, "calls": int(self.calls), "n_hvp": int(self.n_hvp)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` (the next call is then bit-identical to the uninterrupted tracker's)."""
+        self._block, self._prev = state["block"], state["prev"]
+        self.calls, self.n_hvp = int(state["calls"]), int(state["n_hvp"])
 
     def __call__(self, problem, w: torch.Tensor, P=None):
         """``(evals (k,) descending, evecs (d, k) orthonormal eigenvectors of S, EigReport)``."""

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Set up pyrod: a virtual environment in ./.venv (unless one is active), the right torch, pyrod itself.
 #   bash scripts/setup.sh            # runtime only
-#   bash scripts/setup.sh test       # + test dependencies (pytest, cvxpy, fatou, scikit-sundae)
+#   bash scripts/setup.sh test       # + test dependencies (pytest, ruff, cvxpy, fatou, scikit-sundae)
+#   bash scripts/setup.sh test,julia # extras are pyproject.toml's optional-dependencies, comma-separated
+# Runtime dependencies (torch, numpy, scipy, xarray, netCDF4, matplotlib, scikit-learn, tqdm, threadpoolctl,
+# dask[distributed], tyro) come from pyproject.toml through `pip install -e`.
 # torch: kept if already installed; a machine with an NVIDIA GPU gets PyPI's CUDA build; a CPU machine
 # gets torch==2.13.0 (on our machines a local CPU wheel; elsewhere set PYROD_TORCH_INDEX to a CPU wheel
 # index, e.g. PyTorch's /whl/cpu index, to avoid the multi-GB CUDA download).

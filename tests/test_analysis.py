@@ -1,4 +1,5 @@
-"""pyrod.analysis: the one-step decomposition (nds.md) against closed forms, distances, multi-file loading."""
+"""pyrod.analysis: the one-step decomposition (docs/theory/nds.md) against closed forms, distances, multi-file
+loading."""
 from __future__ import annotations
 
 import math

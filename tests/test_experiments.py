@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 import pyrod
-from experiments import EXPERIMENTS, ExperimentError, get_experiment, run_experiment
-from experiments.common import parse_set, resolve_params
+from pyrod.experiments import EXPERIMENTS, ExperimentError, get_experiment, run_experiment
+from pyrod.experiments.common import parse_set, resolve_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,7 +78,7 @@ def test_cli_run_nds_quadratic(tmp_path):
     # measured NDS of the GD and Muon directions equal the closed forms Σh³/Σh² and mean(h)
     import xarray as xr
 
-    from experiments.nds_quadratic import curvatures
+    from pyrod.experiments.nds_quadratic import curvatures
     ds = xr.load_dataset(out / "nds_quadratic.nc")
     p = summary["params"]
     for kappa in (1.0, 4.0, 16.0):
@@ -210,7 +210,7 @@ def test_muon_experiments_tiny(tmp_path):
 
 
 def test_central_flow_tiny_or_clear_error(tmp_path):
-    from experiments.central_flow import central_available
+    from pyrod.experiments.central_flow import central_available
 
     if not central_available():
         with pytest.raises(ExperimentError, match="central"):

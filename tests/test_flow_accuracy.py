@@ -1,4 +1,5 @@
-"""Side-by-side accuracy of rod vs stable flows (rod_flows.md §6.3–6.4), events, backends through simulate."""
+"""Side-by-side accuracy of rod vs stable flows (docs/theory/stable_and_rod_flows.md), events, backends through
+simulate."""
 from __future__ import annotations
 
 import json
@@ -23,7 +24,7 @@ def _median(ds, name, sl=slice(None)):
 
 
 def test_quartic_toy_rod_beats_stable():
-    """½(ab−1)², GD η = 0.75 from (2.0, 0.2) (rod_flows.md §6.4): GD oscillates, slides along ab = 1 to a flatter
+    """½(ab−1)², GD η = 0.75 from (2.0, 0.2): GD oscillates, slides along ab = 1 to a flatter
     minimum; the stable flow ends at the sharp one. Spec: median centre error rod 0.31 vs stable 1.2 (3.8×) at
     rtol 1e-10 over 600 steps."""
     prob = scalar_factorization()
@@ -44,7 +45,8 @@ def test_quartic_toy_rod_beats_stable():
 
 
 def test_restart_inside_eos_rod_beats_stable():
-    """Restart both flows from the discrete state inside the EoS (rod_flows.md §6.3): GD on the digits MLP."""
+    """Restart both flows from the discrete state inside the EoS (docs/theory/stable_and_rod_flows.md, restarts): GD on
+    the digits MLP."""
     prob = pyrod.problem(model="mlp", data="digits", classes=4, n=300, seed=0,
                          model_kwargs={"width": 32, "depth": 2})
     k0, n = 300, 100
@@ -120,8 +122,8 @@ def test_flow_options_validated():
 
 
 def test_bea_correction_improves_quartic_rod():
-    """rod_flows.md §6.4: BEA-1 is ~100× better than the plain rod flow on the quartic toy at EoS (spec, 600 steps:
-    0.31 vs 0.0029). Measured here over 100 steps: 0.308 vs 0.0029."""
+    """BEA-1 (docs/theory/stable_and_rod_flows.md) is ~100× better than the plain rod flow on the quartic toy at
+    EoS (spec, 600 steps: 0.31 vs 0.0029). Measured here over 100 steps: 0.308 vs 0.0029."""
     prob = scalar_factorization()
     kw = dict(steps=100, runs=["discrete", "rod"], eigs=1, eig_every=50, rtol=1e-10, atol=1e-12)
     plain = pyrod.simulate(prob, pyrod.optimizers.GD(lr=0.75), **kw)

@@ -1,4 +1,4 @@
-"""Stable and rod flows derived from the optimizer definitions (rod_flows.md §4, §6)."""
+"""Stable and rod flows derived from the optimizer definitions (docs/theory/stable_and_rod_flows.md)."""
 from __future__ import annotations
 
 import math
@@ -93,7 +93,8 @@ def _trajectory(opt, prob, steps):
 @pytest.mark.parametrize("name", ["GD", "HeavyBall", "Nesterov", "ScalarRMSProp", "RMSProp", "ScalarAdam", "Adam",
                                   "ScalarNAdam", "NAdam"])
 def test_exact_rod_recurrence_along_trajectory(name):
-    """rod_flows.md §4.1: z̄_{k+1} − z̄_k = ½[D₊ + D₋], δ_{k+1} − δ_k = −2δ_k − ½[D₊ − D₋], with each endpoint's
+    """docs/theory/stable_and_rod_flows.md, "The rod recurrence":
+    z̄_{k+1} − z̄_k = ½[D₊ + D₋], δ_{k+1} − δ_k = −2δ_k − ½[D₊ − D₋], with each endpoint's
     D evaluated with its own step index and ν (exact, round-off only)."""
     prob = pyrod.problem(model="mlp", data="digits", classes=3, n=100, seed=1, model_kwargs={"width": 8, "depth": 1})
     opt = {"GD": GD(lr=0.5), "HeavyBall": HeavyBall(lr=0.5), "Nesterov": Nesterov(lr=0.3),

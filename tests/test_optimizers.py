@@ -1,4 +1,4 @@
-"""pyrod's optimizers against torch.optim, hand-written loops and the rod_flows.md §3 increment.
+"""pyrod's optimizers against torch.optim, hand-written loops and the increment D of docs/theory/optimizers.md.
 
 Trajectory comparisons run pyrod and torch.optim side by side for STEPS steps on a real model (an MLP on
 4 digits classes, float64, tensors (80,64), (80,), (80,80), (80,), (4,80), (4,): square, tall and wide
@@ -166,7 +166,7 @@ def test_newton_schulz_is_torchs():
 
 @pytest.mark.parametrize("nesterov", [True, False])
 def test_muon_notes_form_equals_torch_form(nesterov):
-    """optimizers.md (and torch's Muon docstring) write M ← μM + G and B̃ = G + μM; torch's *code* uses the EMA
+    """The textbook form (and torch's Muon docstring) write M ← μM + G and B̃ = G + μM; torch's *code* uses the EMA
     M ← μM + (1−μ)G and B̃ = (1−μ)G + μM, i.e. (1−μ)× the former. Newton–Schulz starts with B̃/‖B̃‖_F, so the two
     are the same optimizer (unless ‖B̃‖_F < eps): checked in float64 NS on a matrix-only problem (tall + wide
     blocks) against a hand loop in the notes' form, to 1e-12·scale."""
@@ -448,7 +448,7 @@ FLOW9 = {
 
 
 def _hand_increment(opt, w, m, g, nu, k):
-    """rod_flows.md §3 table, written out."""
+    """The increment table of docs/theory/optimizers.md, written out."""
     eta = opt.lr
     b1 = getattr(opt, "beta1", 0.0)
     if opt.has_nu:

@@ -407,7 +407,7 @@ def _check_killed_file(path, chunk, d, whole_chunks=True):
     n = ds.sizes["t"]
     assert n % chunk == 0 or not whole_chunks, f"{n} rows is not a whole number of {chunk}-row chunks"
     np.testing.assert_array_equal(ds.t.values, np.arange(n, dtype=float))  # consecutive from 0
-    for name, col in zip(("loss", "eigs", "grad", "sharpness"), range(4)):
+    for name, col in zip(("loss", "eigs", "grad", "sharpness"), range(4), strict=True):
         expected = np.array([_expected_row(i, d)[col] for i in range(n)])
         np.testing.assert_allclose(ds[name].values, expected, rtol=0, atol=0, err_msg=name)
     assert np.isnan(ds.sharpness.values[np.arange(n) % 3 != 0]).all()  # unwritten -> NaN, not 9.97e36

@@ -239,7 +239,7 @@ def test_killed_simulation_leaves_valid_file(tmp_path):
     assert n >= 40 and n % 20 == 0
     assert ds["t"].values.tolist() == list(range(n))
     assert np.isfinite(ds["loss"].values).all()
-    assert json.loads(tree.attrs["pyrod_config"])["steps"] == 10**6
+    assert json.loads(tree.attrs["pyrod_config"])["stop"]["steps"] == 10**6
 
 
 def test_block_optimizers_run_through_simulate():
@@ -255,9 +255,9 @@ def test_block_optimizers_run_through_simulate():
 def test_demo_entry_point_writes_files(tmp_path):
     from pyrod.__main__ import demo
 
-    summary = demo(out=str(tmp_path), steps=30, progress=False)
+    summary = demo(out=str(tmp_path), steps=30, n=80, width=8, progress=False)
     assert (tmp_path / "demo.nc").stat().st_size > 0 and (tmp_path / "demo.png").stat().st_size > 0
     ds = pyrod.open(tmp_path / "demo.nc")["discrete"].ds
     es = ds["effective_sharpness"].values
     assert summary["max_effective_sharpness"] == pytest.approx(float(np.nanmax(es)))
-    assert summary["initial_effective_sharpness"] == pytest.approx(0.6 * ds["sharpness"].values[0] / 2)
+    assert summary["initial_effective_sharpness"] == pytest.approx(summary["lr"] * ds["sharpness"].values[0] / 2)

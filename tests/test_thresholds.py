@@ -1,6 +1,6 @@
-"""Stability thresholds: the optimizers.md table, and the flip of the *implemented* step on a quadratic.
+"""Stability thresholds: the table of docs/theory/optimizers.md, and the flip of the *implemented* step on a quadratic.
 
-(a) ``threshold()`` equals the optimizers.md table (Cohen et al. 2022, Table 1) to 1e-14 relative.
+(a) ``threshold()`` equals that table (Cohen et al. 2022, Table 1) to 1e-14 relative.
 (b) On L = ½λw² (d = 1) with frozen ν (P = √0.25 + ε = 0.501, or ν^p + ε for Padam) and bias correction
     off, one step is linear in z = (w, m). Its matrix J(λ) is built by calling ``opt.step`` on the basis
     states (w, m) = (1, 0), (0, 1) — the Jacobian of the implemented step, no hand formula. Scanning

@@ -46,14 +46,19 @@ class FlowSpec:
 
 def prepare_flows(problem, optimizer, flows, *, restart_at=None, backend: str = "scipy", method=None,
                   rtol: float = 1e-6, atol: float = 1e-9, max_step: float = math.inf, events=None,
-                  bea: bool = False, divergence_factor: float = 1e6, substeps=None, **model_options) -> dict:
+                  bea: bool = False, divergence_factor: float = 1e6, substeps=None, min_step: float = 1e-9,
+                  max_rhs_per_unit: float | None = 2000.0, options: dict | None = None, **model_options) -> dict:
     """Validate flow options (before any work) and return ``{name: FlowSpec}``.
 
     ``substeps``: Euler steps per unit time for ``method="euler"`` (default 4); for the central flow it also sets
-    the default relaxation time ``τ = 1/substeps``. Other keyword options are model options: only the central
-    flow has any (:data:`pyrod.flows.central.CENTRAL_OPTIONS`); they are refused when no central run is asked for.
+    the default relaxation time ``τ = 1/substeps``. ``options``: backend-specific integrator keys (TypeError for a
+    key the backend does not accept, :func:`pyrod.integrate.check_options`). Bounds on the work spent on a
+    diverging flow: ``min_step`` (relative step-size floor), ``max_rhs_per_unit`` (right-hand sides per optimizer
+    step of progress; None disables) and ``divergence_factor`` (see :class:`FlowRun`). Other keyword options are
+    model options: only the central flow has any (:data:`pyrod.flows.central.CENTRAL_OPTIONS`); they are refused
+    when no central run is asked for.
     """
-    from ..integrate import check_method, get_backend
+    from ..integrate import check_method, check_options, get_backend
     from ..integrate.fixed_step import check_substeps
 
     if not optimizer.supports_flows:
@@ -66,8 +71,14 @@ def prepare_flows(problem, optimizer, flows, *, restart_at=None, backend: str = 
         raise ValueError(f"max_step={max_step!r} must be > 0")
     if substeps is not None:
         substeps = check_substeps(substeps)
+    if not (isinstance(min_step, (int, float)) and not isinstance(min_step, bool) and 0 <= min_step < 1):
+        raise ValueError(f"min_step={min_step!r} must be a number in [0, 1) (relative step-size floor)")
+    if max_rhs_per_unit is not None and not (isinstance(max_rhs_per_unit, (int, float))
+                                             and not isinstance(max_rhs_per_unit, bool) and max_rhs_per_unit > 0):
+        raise ValueError(f"max_rhs_per_unit={max_rhs_per_unit!r} must be a positive number or None")
     get_backend(backend)  # raises for unknown / unavailable backends
     check_method(backend, method)
+    check_options(backend, options, method)
     specs = parse_events(events)
     if model_options and "central" not in flows:
         raise TypeError(f"unexpected flow options {sorted(model_options)} (central-flow options; runs={list(flows)} "
@@ -83,7 +94,8 @@ def prepare_flows(problem, optimizer, flows, *, restart_at=None, backend: str = 
         else:
             opts = {"bea": bool(bea)}
         run_opts = dict(backend=backend, method=method, rtol=rtol, atol=atol, max_step=max_step, events=specs,
-                        restart_at=restart_at, divergence_factor=divergence_factor)
+                        restart_at=restart_at, divergence_factor=divergence_factor, min_step=min_step,
+                        max_rhs_per_unit=max_rhs_per_unit, options=dict(options or {}))
         if substeps is not None:
             run_opts["substeps"] = substeps
         out[name] = FlowSpec(cls, problem, optimizer, run_opts, opts)

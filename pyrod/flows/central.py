@@ -37,22 +37,26 @@ Momentum methods (EMA heavy ball, Adam, …): the same averaged increment in the
 the threshold ``opt.threshold()`` (``(2+2β1)/((1−β1)η)`` for EMA heavy ball / Adam); see
 docs/momentum_central_flow.md. **Experimental** (warning + group attribute ``experimental = 1``).
 
+Code layout: this module holds the model (options, right-hand side, read-out, events, state); the SDCP
+projection (building α, β and solving) is :mod:`pyrod.flows.central_projection`; the subspace tracking
+(Rayleigh–Ritz, Davidson expansion, LOBPCG refresh, residual checks) is :mod:`pyrod.flows.central_tracking`; the
+state layout ``(w[, m][, ν])`` is shared with the stable flow (:class:`pyrod.flows.models.PhaseSpaceState`).
+
 See docs/central_flows.md for the derivation, the options and the validation numbers.
 """
 from __future__ import annotations
 
-import hashlib
 import math
-import time
 import warnings
 
 import numpy as np
 import torch
-from torch.func import jvp, vmap
 
 from ..integrate.base import Event
 from ..integrate.fixed_step import check_substeps
-from .models import FlowModel, Layout
+from .central_projection import Eval, project
+from .central_tracking import SubspaceTracking
+from .models import FlowModel, PhaseSpaceState
 
 __all__ = ["CentralFlow", "CentralFlowExperimentalWarning", "CENTRAL_OPTIONS"]
 
@@ -60,21 +64,14 @@ __all__ = ["CentralFlow", "CentralFlowExperimentalWarning", "CENTRAL_OPTIONS"]
 CENTRAL_OPTIONS = ("sdcp_threshold", "track_threshold", "substeps", "tau", "eig_tol", "eig_max_iter",
                    "max_track", "sdcp_tol", "refresh_tol", "bea")
 
-_SQRT2 = math.sqrt(2.0)
-
-
 class CentralFlowExperimentalWarning(UserWarning):
     """The central flow of a momentum method is experimental (docs/momentum_central_flow.md)."""
 
 
-class _Eval:
-    """Everything one evaluation of the central flow computes at ``(t, y)``."""
-
-    __slots__ = ("t", "w", "m", "nu", "g", "Pt", "lam", "U", "HU", "kc", "X", "x", "That", "Ghat",
-                 "sdcp", "dy", "rr_hvp", "alpha", "beta")
+_Eval = Eval   # backwards-compatible name
 
 
-class CentralFlow(FlowModel):
+class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
     """Central flow of an optimizer with a smooth increment affine in the gradient (GD, (scalar) RMSProp; momentum
     methods experimentally). State ``y = (w[, m][, ν])`` as the stable flow; IC ``w(0) = w_0``, ``m(0) = 0``,
     ``ν(0) = ν_used(0)``; compared with the discrete centre ``(w_k + w_{k+1})/2`` at ``k + ½``.
@@ -126,24 +123,16 @@ class CentralFlow(FlowModel):
         self.sdcp_tol = float(sdcp_tol)
         self.refresh_tol = float(refresh_tol)
         self.n_eig = self.max_track                         # length of the "eig" dim (FlowRun sets measurer.k)
-        parts = [("w", self.d)]
-        if self.has_m:
-            parts.append(("m", self.d))
-        if self.has_nu:
-            parts.append(("nu", self.nu_size))
-        self.layout = Layout(tuple(parts))
+        self.layout = self._phase_layout()                  # y = (w[, m][, ν]), as the stable flow
         self.experimental = bool(self.has_m)
         if self.experimental:
             warnings.warn(f"the central flow of {optimizer.name} (momentum) is experimental: derived in "
                           f"docs/momentum_central_flow.md, validated less than GD/RMSProp",
                           CentralFlowExperimentalWarning, stacklevel=2)
         self._check_affine()
-        # --- tracking state
-        self.k_track = 1
-        self.Y = None               # (d, k_track) tracked basis in w-coordinates (P̃-orthonormal at its refresh)
-        self.lam_last = None        # λ̃ at the last accepted step (Rayleigh–Ritz) or refresh
-        self._cache = {}            # y-digest -> Ritz data (invalidated at each refresh)
-        self._X_prev = None
+        # --- tracking state (Y, k_track, lam_last, _cache: central_tracking)
+        self._init_tracking()
+        self._X_prev = None         # the last SDCP solution (warm start)
         self._warned = set()
         self._chunk = None          # discrete states of the chunk being integrated (FlowRun.begin_chunk)
         self._stash = {}            # k -> (state digest, read-out values) computed during integration
@@ -196,21 +185,7 @@ class CentralFlow(FlowModel):
         return o
 
     # ------------------------------------------------------------------ FlowModel interface
-    def initial_state(self, s0, s1, nu_next) -> torch.Tensor:
-        parts = {"w": s0.w}
-        if self.has_m:
-            parts["m"] = s0.m
-        if self.has_nu:
-            parts["nu"] = s0.nu_used
-        return self.layout.pack(**parts)
-
-    def centre(self, y):
-        p = self.layout.unpack(y)
-        return p["w"], p.get("m")
-
-    def nu_of(self, y):
-        return self.layout.unpack(y).get("nu")
-
+    # initial_state, centre, nu_of, _velocity: PhaseSpaceState (shared with the stable flow)
     def rhs(self, t, y):
         with torch.no_grad():
             ev = self.evaluate(t, y, count=False)   # FlowRun counts the RHS gradient
@@ -222,44 +197,35 @@ class CentralFlow(FlowModel):
         return {"substeps": self.substeps, "exact_saves": True}
 
     def on_accept(self, t, y):
-        """After each accepted step: check the tracked subspace at the new state (Rayleigh–Ritz, usually cached
-        from the step's last stage). When a Ritz residual of a critical pair (or of the next candidate) exceeds
-        ``refresh_tol`` the basis is improved by one Davidson expansion with the residuals (``k_track`` HVPs); a
-        full warm LOBPCG solve is used when the tracked set must grow or shrink, or the residual is large."""
-        p = self.layout.unpack(y)
-        t = float(t)
-        w, nu = p["w"], p.get("nu")
+        """After each accepted step: check / improve the tracked subspace at the new state
+        (:meth:`~pyrod.flows.central_tracking.SubspaceTracking.track`), then compute the read-out if ``t`` is an
+        integer time of the chunk (with the basis current there)."""
         with torch.no_grad():
-            if self.Y is None:
-                self._refresh(t, w, nu)
-                return
-            Pt = self.P_tilde(nu, t)
-            lam, U, HU, rel = self._ritz(t, w, nu, Pt, key=self._key(t, y))
-            self.lam_last = lam
-            k = lam.numel()
-            kc = int((lam > self.s_sdcp).sum())
-            j = min(kc + 1, k)
-            r = float(rel[:j].max())
-            reason = None
-            if not (bool(torch.isfinite(lam).all()) and math.isfinite(r)):
-                reason = "nonfinite"
-            elif float(lam[-1]) >= self.s_track and k < self.max_track:
-                reason = "grow"
-            elif k > 1 and float(lam[-2]) < 0.9 * self.s_track:
-                reason = "shrink"
-            elif r > 30 * self.refresh_tol:
-                reason = "residual"
-            if reason is not None:
-                self.stats["refresh_" + reason] += 1
-                self._refresh(t, w, nu)
-            elif r > self.refresh_tol:
-                self._expand(w, Pt, lam, U, HU)
-            self._stash_readout(t, y)
+            if self.track(t, y):
+                self._stash_readout(float(t), y)
 
     def begin_chunk(self, chunk):
-        """FlowRun hook: the discrete states of the chunk about to be integrated (for ``deltas`` at integer t)."""
+        """FlowRun hook: the discrete states of the chunk about to be integrated (for ``deltas`` at integer t).
+        The evaluation cache is cleared: it is a pure cache, and a resumed run (empty cache) must do exactly
+        the same HVPs as an uninterrupted one."""
         self._chunk = chunk
+        self._cache.clear()
         self._stash = {k: v for k, v in self._stash.items() if k >= chunk.k0}
+
+    def state_dict(self) -> dict:
+        """Tracking state between chunks: basis ``Y``, ``k_track``, ``lam_last``, the SDCP warm start ``X_prev``,
+        read-outs computed during integration (``stash``), ``stats`` (``n_refresh`` seeds LOBPCG) and the
+        warnings already given. The cache and the chunk are not state (cleared / set by ``begin_chunk``)."""
+        return {**self.tracking_state(), "X_prev": self._X_prev,
+                "stash": {int(k): [v[0], dict(v[1])] for k, v in self._stash.items()},
+                "stats": dict(self.stats), "warned": sorted(self._warned)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.load_tracking_state(state)
+        self._X_prev = None if state["X_prev"] is None else np.array(state["X_prev"])
+        self._stash = {int(k): (v[0], dict(v[1])) for k, v in state["stash"].items()}
+        self.stats = dict(state["stats"])
+        self._warned = set(state["warned"])
 
     def _stash_readout(self, t, y):
         """At an integer time reached exactly by an accepted step, compute the read-out now, with the basis that
@@ -314,127 +280,15 @@ class CentralFlow(FlowModel):
         z = torch.zeros_like(a)
         err = torch.linalg.vector_norm(D(a + b) - D(a) - D(b) + D(z))
         scale = torch.linalg.vector_norm(D(a)) + torch.linalg.vector_norm(D(b)) + 1e-300
-        bad = float(err / scale) > 1e-8
+        tol = max(1e-8, 100 * torch.finfo(dt).eps)   # relative: 1e-8 (float64), 1.2e-5 (float32) round-off
+        bad = float(err / scale) > tol
         if self.has_nu and not bad:
             q = self.opt.nu_target
             e2 = torch.linalg.vector_norm(q(a + b) + q(a - b) - 2 * q(a) - 2 * q(b))
-            bad = float(e2 / (torch.linalg.vector_norm(q(a)) + torch.linalg.vector_norm(q(b)))) > 1e-8
+            bad = float(e2 / (torch.linalg.vector_norm(q(a)) + torch.linalg.vector_norm(q(b)))) > tol
         if bad:
             raise ValueError(f"optimizer {self.opt.name}: the central flow needs an increment D affine in the "
                              f"gradient and a quadratic second-moment target")
-
-    def _refresh(self, t, w, nu):
-        """Warm LOBPCG (:func:`pyrod.spectra.top_eigs`) at ``(w, ν, t)`` started from the current basis; grow /
-        shrink the tracked set; store the basis ``Y = P̃^{-1/2}V`` (P̃-orthonormal)."""
-        from ..spectra import hessian_operator, top_eigs
-
-        Pt = self.P_tilde(nu, t)
-        t0 = time.perf_counter()
-        op = hessian_operator(self.problem, w, Pt)
-        sq = Pt.sqrt()[:, None]
-        init = None if self.Y is None else sq * self.Y
-        for _ in range(self.max_track + 2):
-            k = self.k_track
-            evals, V, rep = top_eigs(op, self.d, k, dtype=self.problem.dtype, device=self.problem.device,
-                                     init=init, tol=self.eig_tol, max_iter=self.eig_max_iter,
-                                     seed=self.stats["n_refresh"])
-            self.stats["refresh_hvp"] += rep.n_hvp
-            self.stats["n_refresh"] += 1
-            if not rep.converged:
-                self.stats["refresh_unconverged"] += 1
-            init = V
-            if not bool(torch.isfinite(evals).all()):
-                break
-            if float(evals[-1]) >= self.s_track and k < self.max_track:
-                self.k_track = k + 1         # the smallest tracked is still above the track threshold: grow
-                continue
-            if float(evals[-1]) >= self.s_track and "max_track" not in self._warned:
-                self._warned.add("max_track")
-                warnings.warn(f"central flow: more than max_track={self.max_track} eigenvalues above "
-                              f"track_threshold={self.track_threshold}; raise max_track", RuntimeWarning,
-                              stacklevel=3)
-            if k > 1 and float(evals[-2]) < 0.9 * self.s_track:
-                self.k_track = k - 1         # two below the threshold (with hysteresis): shrink
-                evals, V = evals[:-1], V[:, :-1]
-            break
-        self.Y = (V / sq).detach()
-        self.lam_last = evals.detach()
-        self._cache.clear()
-        self.stats["t_eig"] += time.perf_counter() - t0
-        self.stats["max_tracked"] = max(self.stats["max_tracked"], self.k_track)
-
-    @staticmethod
-    def _pencil_rr(S, HS, Pt):
-        """Rayleigh–Ritz of the pencil (H, P̃) on span(S) (columns may be dependent): ``(λ desc, C)`` with
-        ``(SC)ᵀP̃(SC) = I``."""
-        GP = S.T @ (Pt[:, None] * S) if Pt.numel() > 1 else Pt[0] * (S.T @ S)
-        GP = 0.5 * (GP + GP.T)
-        e, Q = torch.linalg.eigh(GP)
-        keep = e > 1e-12 * e.max()
-        W = Q[:, keep] * e[keep].rsqrt()                  # whitening: Wᵀ GP W = I
-        GH = S.T @ HS
-        M = W.T @ (0.5 * (GH + GH.T)) @ W
-        lam, Z = torch.linalg.eigh(0.5 * (M + M.T))
-        return lam.flip(0), W @ Z.flip(1)
-
-    def _expand(self, w, Pt, lam, U, HU):
-        """One Davidson step: Rayleigh–Ritz on ``[U, P̃⁻¹R]`` (R the Ritz residuals); keeps the top ``k_track``."""
-        t0 = time.perf_counter()
-        R = HU - (Pt[:, None] * U) * lam
-        Z = R / Pt[:, None]
-        for _ in range(2):                                  # P̃-orthogonalise against U (twice)
-            Z = Z - U @ (U.T @ (Pt[:, None] * Z))
-        nz = torch.sqrt((Z * (Pt[:, None] * Z)).sum(0))
-        ok = nz > 1e-12 * nz.max().clamp_min(1e-300)
-        Z = Z[:, ok] / nz[ok]
-        if Z.shape[1]:
-            HZ = self.problem.hvp(w, Z)
-            self.stats["expand_hvp"] += Z.shape[1]
-            S, HS = torch.cat([U, Z], dim=1), torch.cat([HU, HZ], dim=1)
-            lam2, C = self._pencil_rr(S, HS, Pt)
-            k = min(self.k_track, C.shape[1])
-            self.Y = (S @ C[:, :k]).detach()
-            self.lam_last = lam2[:k]
-            self._cache.clear()
-        self.stats["n_expand"] += 1
-        self.stats["t_eig"] += time.perf_counter() - t0
-
-    def _ritz(self, t, w, nu, Pt, key=None):
-        """Rayleigh–Ritz of the pencil (H, P̃) on the tracked basis: ``(λ̃ desc, U (P̃-orthonormal), HU, rel)``
-        with ``rel`` the relative residuals of the Ritz pairs."""
-        if key is not None and ("rr", key) in self._cache:
-            return self._cache[("rr", key)]
-        if self.Y is None:
-            self._refresh(t, w, nu)
-        t0 = time.perf_counter()
-        Y = self.Y
-        HY = self.problem.hvp(w, Y)
-        self.stats["rr_hvp"] += Y.shape[1]
-        lam, C = self._pencil_rr(Y, HY, Pt)
-        U, HU = Y @ C, HY @ C
-        # relative residuals in the symmetric form: ‖P̃^{-1/2}(Hu − λP̃u)‖ / |λ|
-        R = HU - (Pt[:, None] * U) * lam
-        rel = torch.linalg.vector_norm(R * Pt.rsqrt()[:, None], dim=0) / lam.abs().clamp_min(1e-300)
-        out = (lam, U, HU, rel)
-        self.stats["t_eig"] += time.perf_counter() - t0
-        if key is not None:
-            self._remember(("rr", key), out)
-        return out
-
-    def _remember(self, key, value):
-        if len(self._cache) > 16:
-            self._cache.clear()
-        self._cache[key] = value
-
-    def _far(self) -> bool:
-        """All tracked eigenvalues were below the track threshold at the last accepted step: no eigenvalue can
-        reach the critical one within a step, the right-hand side is the stable flow's (no HVPs)."""
-        return self.lam_last is not None and float(self.lam_last[0]) < self.s_track
-
-    @staticmethod
-    def _key(t, y):
-        h = hashlib.blake2b(y.detach().cpu().numpy().tobytes(), digest_size=16).hexdigest()
-        return (float(t), h)
 
     def _event_value(self, t, y, j):
         p = self.layout.unpack(y)
@@ -448,17 +302,7 @@ class CentralFlow(FlowModel):
             return float(lam[j]) - self.s_sdcp
         return min(float(lam[-1]), self.s_track) - self.s_sdcp
 
-    @staticmethod
-    def _cols(fn, M):
-        """Apply a vector function to each column of ``M`` (vmap; a loop if the function does not vmap)."""
-        if M.shape[1] == 0:
-            return M
-        try:
-            return vmap(fn, in_dims=1, out_dims=1)(M)
-        except Exception:  # noqa: BLE001 - any vmap limitation: fall back to a loop over (few) columns
-            return torch.stack([fn(M[:, i]) for i in range(M.shape[1])], dim=1)
-
-    def evaluate(self, t, y, count: bool = True) -> _Eval:
+    def evaluate(self, t, y, count: bool = True) -> Eval:
         """All central-flow quantities at ``(t, y)``: Ritz pairs, X (SDCP) and ``dy/dt`` (cached per state and
         basis). ``count``: add the gradient to ``problem.n_grad`` (FlowRun counts the RHS calls itself)."""
         key = self._key(t, y)
@@ -471,13 +315,12 @@ class CentralFlow(FlowModel):
             self.problem.n_grad += 1
         return ev
 
-    def _evaluate(self, t, y, key) -> _Eval:
-        from ..sdcp import solve_sdcp
-
-        opt, prob = self.opt, self.problem
+    def _evaluate(self, t, y, key) -> Eval:
+        """Ritz pairs at ``(t, y)``; with critical pairs, the SDCP projection (:func:`.central_projection.project`)."""
+        opt = self.opt
         p = self.layout.unpack(y)
         w, m, nu = p["w"], p.get("m"), p.get("nu")
-        ev = _Eval()
+        ev = Eval()
         ev.t, ev.w, ev.m, ev.nu = t, w, m, nu
         g = self.grad(w).detach()
         ev.g = g
@@ -504,94 +347,7 @@ class CentralFlow(FlowModel):
             self._X_prev = None
             ev.dy = self._velocity(w, m, nu, t, g, tgt0)
             return ev
-        Uc, HUc = ev.U, ev.HU
-        iu, ju = torch.triu_indices(kc, kc, device=g.device)
-        s = torch.where(iu == ju, 1.0, _SQRT2).to(dtype=g.dtype, device=g.device)
-        # --- third derivatives T_p = ∇(u_iᵀ H u_j), all pairs in one batched call
-        t0 = time.perf_counter()
-        T = prob.d3(w, Uc[:, iu], Uc[:, ju])
-        self.stats["t_t3"] += time.perf_counter() - t0
-        self.stats["n_t3"] += int(iu.numel())
-        self.stats["n_t3_calls"] += 1
-        That = T * s                                           # (d, m): Σ_ij X_ij T_ij = That @ svec(X)
-        ev.That = That
-        # --- velocities: stable parts and the linear maps of svec(X)
-        Dw0 = lambda gg: opt.direction(w, m, gg, nu, t + self.tshift)[0]  # noqa: E731
-        zero = torch.zeros_like(g)
-        Dw_zero = Dw0(zero)
-        a_w = Dw0(g)
-        B_w = self._cols(lambda v: Dw0(v) - Dw_zero, 0.5 * That)        # (d, m): X-part of dw/dt
-        dA_stable = -(That.T @ a_w)                                      # svec(−Uᵀ dH/dt U), stable part
-        dA_X = -(That.T @ B_w)                                           # (m, m)
-        if self.has_nu:
-            hp, hq = HUc[:, iu], HUc[:, ju]
-            q = opt.nu_target
-            Ghat = self._cols(lambda a: q(a), hp + hq) - self._cols(lambda a: q(a), hp - hq)
-            Ghat = 0.25 * Ghat * s                             # (ν, m): E[tgt(Hδ)] = Ghat @ svec(X)
-            ev.Ghat = Ghat
-            rho = opt.nu_velocity(nu, nu + 1.0) - opt.nu_velocity(nu, nu)     # d(ν-velocity)/d(target)
-            a_nu = opt.nu_velocity(nu, tgt0)
-            P, dP = jvp(lambda n: opt.preconditioner(n, t + self.tshift), (nu,), (torch.ones_like(nu),))
-            bad = ~torch.isfinite(dP)          # ν = 0 (e.g. weights of always-zero inputs): √ν has no derivative;
-            if bool(bad.any()):                # there ν̇ = 0 too (zero gradient row), so the term is dropped
-                dP = torch.where(bad, torch.zeros_like(dP), dP)
-            h = 1e-4
-            dPdt = (opt.preconditioner(nu, t + self.tshift + h) - opt.preconditioner(nu, t + self.tshift - h)) / (2 * h)
-            dPt_stable = (self.c * (dP * a_nu + dPdt)).reshape(-1)
-            dPt_X = self.c * (dP * rho).reshape(-1, 1) * Ghat    # (|P|, m)
-            if Pt.numel() > 1:
-                What = (Uc[:, iu] * Uc[:, ju]) * s               # (d, m): svec(Uᵀ diag(p) U) = Whatᵀ p
-            else:
-                What = ((Uc[:, iu] * Uc[:, ju]).sum(0) * s)[None, :]
-            dA_stable = dA_stable + 2.0 * (What.T @ dPt_stable)
-            dA_X = dA_X + 2.0 * (What.T @ dPt_X)
-        else:
-            ev.Ghat = None
-        # --- SDCP: X ⪰ 0, α + β[X] ⪰ 0, complementary
-        from ..sdcp import smat
-        lam_c = lam[:kc]
-        alpha = np.diag((2.0 - lam_c).double().cpu().numpy()) + self.tau * smat(dA_stable.double().cpu().numpy(), kc)
-        beta = self.tau * dA_X.double().cpu().numpy()
-        ev.alpha, ev.beta = alpha, beta
-        if kc > 1:   # the ν-feedback part of β is not exactly symmetric (Hu_i ≠ 2P̃u_i off the threshold); the
-            # solver uses its symmetric part (as the reference does): record how far that is from the true operator
-            asym = np.linalg.norm(beta - beta.T) / max(np.linalg.norm(beta), 1e-300)
-            self.stats["sdcp_max_asymmetry"] = max(self.stats["sdcp_max_asymmetry"], float(asym))
-        X0 = self._X_prev if (self._X_prev is not None and self._X_prev.shape == (kc, kc)) else None
-        t0 = time.perf_counter()
-        res = solve_sdcp(alpha, beta, tol=self.sdcp_tol, X0=X0)
-        self.stats["t_sdcp"] += time.perf_counter() - t0
-        self.stats["n_sdcp"] += 1
-        self.stats["sdcp_iterations"] += int(res.iterations)
-        merit = max(res.complementarity, res.primal_infeas / max(np.linalg.norm(res.X), 1e-300),
-                    res.dual_infeas / max(np.linalg.norm(alpha) + np.linalg.norm(res.Z - alpha), 1e-300))
-        self.stats["sdcp_max_merit"] = max(self.stats["sdcp_max_merit"], float(merit))
-        if not res.converged:
-            self.stats["sdcp_unconverged"] += 1
-            if merit > 1e-6 and "sdcp" not in self._warned:
-                self._warned.add("sdcp")
-                warnings.warn(f"central flow: SDCP not converged at t={t:.6g} (k={kc}): {res.message}",
-                              RuntimeWarning, stacklevel=2)
-        X = 0.5 * (res.X + res.X.T)
-        self._X_prev = X
-        ev.X, ev.sdcp = X, res
-        from ..sdcp import svec
-        x = torch.as_tensor(svec(X), dtype=g.dtype, device=g.device)
-        ev.x = x
-        tgt = None
-        if self.has_nu:
-            tgt = tgt0 + (ev.Ghat @ x).reshape(tgt0.shape)
-        ev.dy = self._velocity(w, m, nu, t, g + 0.5 * (That @ x), tgt)
-        return ev
-
-    def _velocity(self, w, m, nu, t, g_eff, tgt):
-        dw, dm = self.opt.direction(w, m, g_eff, nu, t + self.tshift)
-        out = {"w": dw}
-        if self.has_m:
-            out["m"] = dm
-        if self.has_nu:
-            out["nu"] = self.opt.nu_velocity(nu, tgt)
-        return self.layout.pack(**out)
+        return project(self, ev, tgt0)
 
     # ------------------------------------------------------------------ read-out
     def extra_variables(self) -> list:

@@ -1,4 +1,4 @@
-"""Flow models derived from one optimizer definition (rod_flows.md §4, §7).
+"""Flow models derived from one optimizer definition (docs/theory/stable_and_rod_flows.md).
 
 A :class:`FlowModel` knows its state layout, initial condition (from the discrete run), right-hand side
 (a pure torch function of ``(t, y)``, differentiable with ``torch.func.jvp`` for stiff solvers and the
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch.func import jvp
 
-__all__ = ["Layout", "FlowModel", "StableFlow", "RodFlow", "bea_correction"]
+__all__ = ["Layout", "FlowModel", "PhaseSpaceState", "StableFlow", "RodFlow", "bea_correction"]
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,8 @@ class Layout:
 
 
 def bea_correction(f):
-    """Second-order backward-error correction ``Ẏ = F(Y) − ½ J_F(Y) F(Y)`` (rod_flows.md §4.7).
+    """Second-order backward-error correction ``Ẏ = F(Y) − ½ J_F(Y) F(Y)``
+    (docs/theory/stable_and_rod_flows.md, "Backward-error (BEA-1) correction").
 
     The Jacobian-vector product is exact (forward-over-reverse through ``f``), not a finite difference.
     """
@@ -51,7 +52,24 @@ def bea_correction(f):
 
 
 class FlowModel:
-    """Base class. Subclasses define ``layout``, ``initial_state``, ``rhs``, ``centre``, ``nu_of``."""
+    """Base class. Subclasses define ``layout``, ``initial_state``, ``rhs``, ``centre``, ``nu_of``.
+
+    Hooks :class:`~pyrod.flows.run.FlowRun` calls (all have defaults here; override what a model needs):
+
+    * ``extra_variables()`` / ``readout(k, y_k, y_prev_half, discrete)``: model-specific output variables and
+      their values at integer step ``k``;
+    * ``integrator_options()``: option *hints* for the integrator (e.g. ``exact_saves``); FlowRun passes only
+      the keys the chosen backend accepts;
+    * ``on_accept(t, y)``: after every accepted integrator step (torch state); only called when overridden;
+    * ``begin_chunk(chunk)``: before integrating through a chunk of discrete states (``pyrod.runs.discrete.Chunk``);
+      models with a pure cache clear it here, so that a resumed run does exactly the same work;
+    * ``flow_events()``: extra :class:`~pyrod.integrate.base.Event` s whose ``fn(t, y)`` takes the torch state;
+    * ``run_attrs()`` / ``final_attrs()``: group attributes at the start / end of the run;
+    * ``n_eig``: length of the ``eig`` dimension of model-specific ``(t, eig)`` variables (FlowRun sets it to the
+      measurer's ``k``);
+    * ``state_dict()`` / ``load_state_dict(d)``: everything mutable that affects what comes next (default: no
+      state). Called only between chunks; values are tensors, arrays, scalars, strings, None and lists / dicts.
+    """
 
     name = "flow"
     #: time shift of the bias-correction factors inside D (rod: ½, stable: 0)
@@ -60,6 +78,8 @@ class FlowModel:
     compare_shift = 0.0
     #: gradients per right-hand-side evaluation (for cost counters)
     grads_per_rhs = 1
+    #: length of the "eig" dim of (t, eig) model variables (set by FlowRun)
+    n_eig = 0
 
     def __init__(self, problem, optimizer, *, bea: bool = False):
         self.problem, self.opt = problem, optimizer
@@ -80,14 +100,83 @@ class FlowModel:
         dw, dm = self.opt.direction(w, m, g, nu, t)
         return dw, dm
 
+    # ------------------------------------------------------------------ hooks (defaults)
     def extra_variables(self) -> list:
         return []
 
     def readout(self, k: int, y_k: torch.Tensor, y_prev_half: torch.Tensor | None, discrete) -> dict:
         return {}
 
+    def integrator_options(self) -> dict:
+        return {}
 
-class StableFlow(FlowModel):
+    def on_accept(self, t: float, y: torch.Tensor) -> None:
+        return None
+
+    def begin_chunk(self, chunk) -> None:
+        return None
+
+    def flow_events(self) -> list:
+        return []
+
+    def run_attrs(self) -> dict:
+        return {}
+
+    def final_attrs(self) -> dict:
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            raise ValueError(f"{type(self).__name__} has no state; got keys {sorted(state)}")
+
+    def has_on_accept(self) -> bool:
+        """Whether :meth:`on_accept` is overridden (FlowRun skips the per-step conversion otherwise)."""
+        return type(self).on_accept is not FlowModel.on_accept
+
+
+class PhaseSpaceState:
+    """State layout ``y = (w[, m][, ν])`` shared by the stable and central flows (a mixin for
+    :class:`FlowModel`): IC ``w(0) = w_0``, ``m(0) = m_0``, ``ν(0) = ν_used(0)``; centre ``(w, m)``; and the
+    velocity ``(D_w, D_m, ν-velocity)`` for a given gradient and ν target."""
+
+    def _phase_layout(self) -> Layout:
+        parts = [("w", self.d)]
+        if self.has_m:
+            parts.append(("m", self.d))
+        if self.has_nu:
+            parts.append(("nu", self.nu_size))
+        return Layout(tuple(parts))
+
+    def initial_state(self, s0, s1, nu_next) -> torch.Tensor:
+        parts = {"w": s0.w}
+        if self.has_m:
+            parts["m"] = s0.m
+        if self.has_nu:
+            parts["nu"] = s0.nu_used
+        return self.layout.pack(**parts)
+
+    def centre(self, y):
+        p = self.layout.unpack(y)
+        return p["w"], p.get("m")
+
+    def nu_of(self, y):
+        return self.layout.unpack(y).get("nu")
+
+    def _velocity(self, w, m, nu, t, g_eff, tgt):
+        """``dy/dt`` with gradient ``g_eff`` in the increment ``D`` and ν target ``tgt``."""
+        dw, dm = self.opt.direction(w, m, g_eff, nu, t + self.tshift)
+        out = {"w": dw}
+        if self.has_m:
+            out["m"] = dm
+        if self.has_nu:
+            out["nu"] = self.opt.nu_velocity(nu, tgt)
+        return self.layout.pack(**out)
+
+
+class StableFlow(PhaseSpaceState, FlowModel):
     """``dz/dt = D(z; ν, t)``, ``dν/dt = ν-velocity(ν, tgt(g(w)))``: the Euler-inverse of the map.
 
     IC: ``w(0) = w_0``, ``m(0) = 0``, ``ν(0) = ν_used(0)``. Compared with the discrete centre at ``k + ½``.
@@ -100,43 +189,17 @@ class StableFlow(FlowModel):
 
     def __init__(self, problem, optimizer, **kw):
         super().__init__(problem, optimizer, **kw)
-        parts = [("w", self.d)]
-        if self.has_m:
-            parts.append(("m", self.d))
-        if self.has_nu:
-            parts.append(("nu", self.nu_size))
-        self.layout = Layout(tuple(parts))
-
-    def initial_state(self, s0, s1, nu_next) -> torch.Tensor:
-        parts = {"w": s0.w}
-        if self.has_m:
-            parts["m"] = s0.m
-        if self.has_nu:
-            parts["nu"] = s0.nu_used
-        return self.layout.pack(**parts)
+        self.layout = self._phase_layout()
 
     def rhs(self, t, y):
         p = self.layout.unpack(y)
         w, m, nu = p["w"], p.get("m"), p.get("nu")
         g = self.grad(w)
-        dw, dm = self.opt.direction(w, m, g, nu, t + self.tshift)
-        out = {"w": dw}
-        if self.has_m:
-            out["m"] = dm
-        if self.has_nu:
-            out["nu"] = self.opt.nu_velocity(nu, self.opt.nu_target(g))
-        return self.layout.pack(**out)
-
-    def centre(self, y):
-        p = self.layout.unpack(y)
-        return p["w"], p.get("m")
-
-    def nu_of(self, y):
-        return self.layout.unpack(y).get("nu")
+        return self._velocity(w, m, nu, t, g, self.opt.nu_target(g) if self.has_nu else None)
 
 
 class RodFlow(FlowModel):
-    """Rod flow in endpoint form (rod_flows.md §4.2, §4.6, §7)::
+    """Rod flow in endpoint form (docs/theory/stable_and_rod_flows.md, "Rod flow in endpoint form")::
 
         dz₊/dt = Φ(z₋; ν, t+½) − z₊,   dz₋/dt = Φ(z₊; ν, t+½) − z₋,
         dν/dt  = ν-velocity(ν, ½[tgt(g₊) + tgt(g₋)])
@@ -160,7 +223,8 @@ class RodFlow(FlowModel):
         self.layout = Layout(tuple(parts))
 
     def initial_state(self, s0, s1, nu_next) -> torch.Tensor:
-        # endpoint "+" holds the iterate with even index (rod_flows.md §4.6; z_k = z̄ + (-1)^k δ)
+        # endpoint "+" holds the iterate with even index, so that z_k = z̄ + (-1)^k δ
+        # (docs/theory/stable_and_rod_flows.md, "Initial conditions and restarts")
         even, odd = (s0, s1) if s0.k % 2 == 0 else (s1, s0)
         parts = {"wp": even.w, "wm": odd.w}
         if self.has_m:

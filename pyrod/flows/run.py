@@ -8,6 +8,7 @@ relative version, model-specific extras (rod: iterate distance, half-length, rod
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -15,20 +16,43 @@ import numpy as np
 import torch
 
 from ..integrate import get_backend
-from ..integrate.base import Event, FlowProblem
+from ..integrate.base import Event, EventRecord, FlowProblem
 from ..integrate.fixed_step import DEFAULT_SUBSTEPS
 from ..output import Var
 from ..runs.measure import standard_variables
-from .events import EventSpec
+from .cost import CountingProblem
 
 __all__ = ["FlowRun"]
 
+_STATE_VERSION = 1
+
 
 class FlowRun:
+    """One flow run: a :class:`~pyrod.flows.models.FlowModel` integrated chunk by chunk (see the module docstring).
+
+    ``backend``/``method``/``rtol``/``atol``/``max_step``/``substeps``/``options``: the integrator (``options``:
+    backend keys, checked by :func:`pyrod.integrate.check_options`). ``events``: :class:`EventSpec` list.
+    ``restart_at``: the flow starts from the discrete state at this step. Bounded work on a diverging flow
+    (each ends the flow with ``flow_status`` saying why): ``divergence_factor`` (the loss at the flow centre above
+    this multiple of its initial value, or ``‖y‖`` above this multiple of ``max(1, ‖y0‖)``), ``min_step``
+    (relative step-size floor) and ``max_rhs_per_unit`` (right-hand sides per optimizer step of progress, per
+    segment); see :class:`pyrod.integrate.FlowProblem`.
+
+    Cost counters belong to the run: the model and the measurer see the problem through a
+    :class:`~pyrod.flows.cost.CountingProblem`, so runs sharing a ``Problem`` never mix their counts.
+    :meth:`state_dict` / :meth:`load_state_dict` (between chunks) make a run resumable bit for bit.
+    """
+
     def __init__(self, model, measurer, *, backend="scipy", method=None, rtol=1e-6, atol=1e-9,
-                 max_step=math.inf, events=(), restart_at=None, divergence_factor=1e6, substeps=None):
+                 max_step=math.inf, events=(), restart_at=None, divergence_factor=1e6, substeps=None,
+                 min_step=1e-9, max_rhs_per_unit=2000.0, options=None):
+        from ..integrate import check_options
+
+        self.problem = CountingProblem(model.problem)   # this run's own gradient / HVP counters
+        model.problem = self.problem
+        measurer.problem = self.problem
         self.model, self.measurer = model, measurer
-        self.problem, self.opt = model.problem, model.opt
+        self.opt = model.opt
         self.name = model.name
         self.backend_name = backend
         self.integrate = get_backend(backend)
@@ -37,6 +61,9 @@ class FlowRun:
         self.k_start = int(restart_at or 0)
         self.divergence_factor = divergence_factor
         self.substeps = substeps
+        self.min_step, self.max_rhs_per_unit = min_step, max_rhs_per_unit
+        self.user_options = dict(options or {})
+        check_options(backend, self.user_options, method)
         self.rhs_t = model.rhs_fn()
         self.y = None          # torch state at self.t
         self.t = None
@@ -47,11 +74,65 @@ class FlowRun:
         self.event_records = []
         self.stopped = None    # reason the flow stopped early
         self.loss0 = None
+        self.max_norm = None   # ‖y‖ bound (divergence), set from the initial state
         self.fp = None
-        self.cum = [0, 0]      # this run's gradient / HVP evaluations before the current chunk
-        self._mark = (0, 0)
-        if hasattr(model, "n_eig"):  # length of the "eig" dim of model-specific (t, eig) variables
-            model.n_eig = measurer.k
+        # the "eos" event's warm-started eigen tracker (state, restored by load_state_dict)
+        self._eos_tracker = None
+        if any(e.kind == "eos" for e in self.event_specs):
+            from ..spectra import EigTracker
+            self._eos_tracker = EigTracker(1, tol=1e-10, max_iter=50, warn=False)
+        model.n_eig = measurer.k  # length of the "eig" dim of model-specific (t, eig) variables
+
+    @property
+    def cum(self) -> list:
+        """``[n_grad, n_hvp]`` of this run so far."""
+        return [self.problem.n_grad, self.problem.n_hvp]
+
+    # ------------------------------------------------------------------ state (between chunks)
+    def state_dict(self) -> dict:
+        """Everything that affects what comes next, as tensors / arrays / scalars / str / None in lists and dicts
+        (``torch.save``-able). Call between chunks (after :meth:`advance` returned). A fresh ``FlowRun`` built with
+        the same model class, options, problem and optimizer continues bit-identically after
+        :meth:`load_state_dict`."""
+        st = {
+            "version": _STATE_VERSION, "name": self.name,
+            "y": self.y, "t": self.t, "saved": dict(self.saved), "h_last": self.h_last,
+            "loss0": self.loss0, "max_norm": self.max_norm, "stopped": self.stopped,
+            "event_records": [e.as_dict() for e in self.event_records],
+            "n_rhs": self.n_rhs, "n_jvp": self.n_jvp,
+            "n_grad": self.problem.n_grad, "n_hvp": self.problem.n_hvp,
+            "eos_tracker": None if self._eos_tracker is None else self._eos_tracker.state_dict(),
+            "measurer": self.measurer.state_dict(),
+            "model": self.model.state_dict(),
+        }
+        return copy.deepcopy(st)
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` into this run (freshly constructed, same configuration)."""
+        if state.get("version") != _STATE_VERSION:
+            raise ValueError(f"flow state version {state.get('version')!r} is not {_STATE_VERSION}")
+        if state.get("name") != self.name:
+            raise ValueError(f"flow state of run {state.get('name')!r} cannot be loaded into run {self.name!r}")
+        if (state["eos_tracker"] is None) != (self._eos_tracker is None):
+            raise ValueError("flow state and this run disagree on the 'eos' event")
+        state = copy.deepcopy(state)
+        dev, dt = self.problem.device, self.problem.dtype
+
+        def tensor(v):
+            return None if v is None else v.to(device=dev, dtype=dt)
+
+        self.y, self.t = tensor(state["y"]), (None if state["t"] is None else float(state["t"]))
+        self.saved = {int(i): tensor(v) for i, v in state["saved"].items()}
+        self.h_last, self.loss0, self.max_norm = state["h_last"], state["loss0"], state["max_norm"]
+        self.stopped = state["stopped"]
+        self.event_records = [EventRecord(**e) for e in state["event_records"]]
+        self.n_rhs, self.n_jvp = int(state["n_rhs"]), int(state["n_jvp"])
+        self.problem.set_counts(state["n_grad"], state["n_hvp"])
+        if self._eos_tracker is not None:
+            self._eos_tracker.load_state_dict(state["eos_tracker"])
+        self.measurer.load_state_dict(state["measurer"])
+        self.model.load_state_dict(state["model"])
+        self.fp = self._flow_problem() if self.y is not None else None
 
     # ------------------------------------------------------------------ output schema
     def variables(self) -> list:
@@ -71,12 +152,12 @@ class FlowRun:
                 "restart_at": self.k_start, "compare_shift": self.model.compare_shift,
                 "bias_factor_time_shift": self.model.tshift,
                 "events_requested": json.dumps([e.name for e in self.event_specs]),
-                **getattr(self.model, "run_attrs", dict)()}
+                **self.model.run_attrs()}
 
     def final_attrs(self) -> dict:
         return {"events": json.dumps([e.as_dict() for e in self.event_records]), "n_rhs": self.n_rhs,
                 "n_jvp": self.n_jvp, "flow_status": self.stopped or "ok",
-                **getattr(self.model, "final_attrs", dict)()}
+                **self.model.final_attrs()}
 
     # ------------------------------------------------------------------ numpy <-> torch
     def _to_torch(self, y):
@@ -89,43 +170,58 @@ class FlowRun:
 
     def _flow_problem(self) -> FlowProblem:
         model, prob = self.model, self.problem
+        n_grad_rhs = model.grads_per_rhs * (2 if model.bea else 1)
+        n_hvp_rhs = model.grads_per_rhs if model.bea else 0
 
         def rhs(t, y):
             self.n_rhs += 1
-            prob.n_grad += model.grads_per_rhs * (2 if model.bea else 1)
-            if model.bea:
-                prob.n_hvp += model.grads_per_rhs
+            prob.count(grad=n_grad_rhs, hvp=n_hvp_rhs)
             return self._to_numpy(self.rhs_t(float(t), self._to_torch(y)))
 
         def jvp(t, y, v):
             from torch.func import jvp as tjvp
             self.n_jvp += 1
-            prob.n_hvp += model.grads_per_rhs
+            prob.count(hvp=model.grads_per_rhs)
             out = tjvp(lambda yy: self.rhs_t(float(t), yy), (self._to_torch(y),), (self._to_torch(v),))[1]
             return self._to_numpy(out)
 
         on_accept = None
-        if getattr(model, "on_accept", None) is not None:  # model hook, e.g. eigen-subspace refresh (central)
+        if model.has_on_accept():  # model hook, e.g. eigen-subspace refresh (central)
             def on_accept(t, y):
                 model.on_accept(float(t), self._to_torch(y))
 
         return FlowProblem(rhs=rhs, n=model.layout.size, jvp=jvp, events=self._events(), method=self.method,
                            rtol=self.rtol, atol=self.atol, max_step=self.max_step, on_accept=on_accept,
-                           options=self._integrator_options())
+                           options=self._integrator_options(), max_norm=self.max_norm, diverged=self._diverged,
+                           min_step=self.min_step, max_rhs_per_unit=self.max_rhs_per_unit)
+
+    def _diverged(self, t, y):
+        """Divergence check after each accepted step: the loss at the flow centre (one forward pass)."""
+        w, _ = self.model.centre(self._to_torch(y))
+        L = float(self.problem.loss(w))
+        if not math.isfinite(L):
+            return f"non-finite loss {L} at the flow centre"
+        bound = self.divergence_factor * max(self.loss0 or 0.0, 1e-300)
+        if L > bound:
+            return (f"loss {L:.3g} at the flow centre exceeded divergence_factor={self.divergence_factor:g} x "
+                    f"initial loss {self.loss0:.3g}")
+        return None
 
     def _integrator_options(self) -> dict:
-        opts = dict(getattr(self.model, "integrator_options", dict)())
-        if self.substeps is not None:
+        """Model hints the backend accepts, then ``substeps`` (where accepted), then the user's options."""
+        from ..integrate import options_of
+        valid = options_of(self.backend_name, self.method)
+        opts = {k: v for k, v in self.model.integrator_options().items() if k in valid}
+        if self.substeps is not None and "substeps" in valid:
             opts["substeps"] = int(self.substeps)
+        opts.update(self.user_options)
         return opts
 
     def _events(self) -> list:
-        from ..spectra import EigTracker
-
         out = []
         for spec in self.event_specs:
             if spec.kind == "eos":
-                tracker = EigTracker(1, tol=1e-10, max_iter=50, warn=False)
+                tracker = self._eos_tracker
                 thr = float(self.opt.threshold())
 
                 def fn(t, y, tracker=tracker, thr=thr):
@@ -148,7 +244,7 @@ class FlowRun:
                     return (L - bound) if math.isfinite(L) else 1.0
                 out.append(Event(spec.name, fn, +1, True, "divergence"))
         # model events (central: critical-set entries / exits); their fn takes the torch state
-        for ev in getattr(self.model, "flow_events", list)():
+        for ev in self.model.flow_events():
             out.append(Event(ev.name, (lambda t, y, f=ev.fn: f(float(t), self._to_torch(y))), ev.direction,
                              ev.terminal, ev.kind))
         return out
@@ -165,6 +261,8 @@ class FlowRun:
         self.t = float(k0)
         self.saved = {2 * k0: self.y}
         self.loss0 = float(self.problem.loss(self.model.centre(self.y)[0]))
+        y0n = float(torch.linalg.vector_norm(self.y.to(torch.float64)))
+        self.max_norm = float(self.divergence_factor) * max(1.0, y0n) if math.isfinite(y0n) else None
         self.fp = self._flow_problem()
 
     def advance(self, chunk) -> list:
@@ -172,11 +270,9 @@ class FlowRun:
         last = chunk.k0 + chunk.n_steps - 1
         if last < self.k_start or chunk.n_steps == 0:
             return []
-        self._mark = (self.problem.n_grad, self.problem.n_hvp)
         if self.y is None:
             self._initialise(chunk)
-        if getattr(self.model, "begin_chunk", None) is not None:  # model hook (central: deltas at integer t)
-            self.model.begin_chunk(chunk)
+        self.model.begin_chunk(chunk)   # e.g. central: discrete states for deltas; clears its pure cache
         t_target = last + self.model.compare_shift if self.model.compare_shift else float(last)
         if self.stopped is None and t_target > self.t:
             self._integrate_to(t_target)
@@ -189,19 +285,17 @@ class FlowRun:
             records.append((float(k), self._readout(k, yk, y_cmp, chunk)))
         # keep only what the next chunk can still need (the state at the last half step)
         self.saved = {i: v for i, v in self.saved.items() if i >= 2 * last - 1}
-        self.cum = self._counts()
         return records
 
     def _counts(self):
-        return [self.cum[0] + self.problem.n_grad - self._mark[0], self.cum[1] + self.problem.n_hvp - self._mark[1]]
+        return self.cum
 
     def _integrate_to(self, t1):
         half = np.arange(math.floor(2 * self.t) + 1, math.floor(2 * t1 + 1e-9) + 1) / 2.0
         t_save = half[(half > self.t) & (half <= t1)]
-        if self.h_last is not None:
-            self.fp.first_step = min(self.h_last, max(t1 - self.t, 1e-6))
+        self.fp.first_step = None if self.h_last is None else min(self.h_last, max(t1 - self.t, 1e-6))
         seg = self.integrate(self.fp, self.t, self._to_numpy(self.y), float(t1), t_save)
-        for ts, ys in zip(seg.t_save, seg.y_save):
+        for ts, ys in zip(seg.t_save, seg.y_save, strict=True):
             self.saved[int(round(2 * ts))] = self._to_torch(ys)
         self.event_records.extend(seg.events)
         self.h_last = getattr(seg, "h_last", None)

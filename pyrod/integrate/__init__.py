@@ -19,7 +19,8 @@ import numpy as np
 from . import scipy_backend, sundials_backend
 from .base import BackendUnavailable, Event, EventRecord, FlowProblem, Segment
 
-__all__ = ["BACKENDS", "BACKEND_NAMES", "get_backend", "methods_of", "check_method", "solve", "julia_available",
+__all__ = ["BACKENDS", "BACKEND_NAMES", "get_backend", "methods_of", "check_method", "check_options", "options_of",
+           "solve", "julia_available",
            "BackendUnavailable", "Event", "EventRecord", "FlowProblem", "Segment"]
 
 BACKENDS = {"scipy": scipy_backend.integrate_segment, "sundials": sundials_backend.integrate_segment}
@@ -123,6 +124,40 @@ def check_method(backend: str, method) -> None:
     valid = methods_of(backend)
     if not isinstance(method, str) or method.lower() not in {m.lower() for m in valid}:
         raise ValueError(f"method={method!r} is not a method of backend {backend!r}; valid methods: {list(valid)}")
+
+
+def options_of(backend: str, method=None) -> dict:
+    """``{key: description}`` of the ``FlowProblem.options`` keys ``backend`` accepts (``method="euler"`` of the
+    SciPy backend, or ``backend="euler"``: the fixed-step integrator's keys; ``"auto"``: the backend it would pick)."""
+    name = (backend or "scipy").lower()
+    if name == "auto":
+        from . import julia_probe
+        name = julia_probe.select_backend("auto")
+    if name == "euler" or (name == "scipy" and isinstance(method, str) and method.lower() == "euler"):
+        from . import fixed_step
+        return dict(fixed_step.OPTIONS)
+    if name == "scipy":
+        return dict(scipy_backend.OPTIONS)
+    if name == "sundials":
+        return dict(sundials_backend.OPTIONS)
+    if name == "julia":
+        from . import julia_backend
+        return dict(julia_backend.OPTIONS)
+    raise ValueError(f"backend={backend!r} is unknown; valid backends: {list(BACKEND_NAMES)}")
+
+
+def check_options(backend: str, options, method=None) -> None:
+    """Raise TypeError naming each key of ``options`` that ``backend`` (with ``method``) does not accept, listing
+    the valid keys (:func:`options_of`). ``options=None`` or ``{}`` is always valid."""
+    if not options:
+        return
+    if not isinstance(options, dict):
+        raise TypeError(f"options={options!r} must be a dict")
+    valid = options_of(backend, method)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        what = f"backend {backend!r}" + (f" with method={method!r}" if method is not None else "")
+        raise TypeError(f"integrator option(s) {unknown} are not accepted by {what}; valid options: {sorted(valid)}")
 
 
 def solve(problem: FlowProblem, t0: float, y0, t1: float, t_save=(), backend: str = "scipy") -> Segment:

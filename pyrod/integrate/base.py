@@ -60,6 +60,19 @@ class FlowProblem:
     method : backend-specific integrator name (``None`` = the backend's default).
     rtol, atol : tolerances. max_step : largest step (steps), ``inf`` = unlimited.
     on_accept : optional ``(t, y) -> None`` called after each accepted step (eigen-tracking warm starts).
+    options : backend-specific keys; each backend declares the keys it accepts in its ``OPTIONS`` and refuses
+        others (:func:`pyrod.integrate.check_options`).
+
+    Bounds on the work spent on a diverging or stiff flow, checked by the step driver after every accepted step
+    (:mod:`pyrod.integrate.driver`; the Julia backend honours only ``options["max_steps"]``); each ends the
+    segment with ``status="failed"`` and a message naming the bound:
+
+    max_norm : ``‖y‖₂`` above this is divergence (``None``: no bound; non-finite states always fail).
+    diverged : optional ``(t, y) -> str | None``; a returned string is the divergence reason.
+    min_step : relative step-size floor: the next step ``h < min_step · max(1, |t|)`` is "step size collapsed"
+        (default 1e-9; 0 disables).
+    max_rhs_per_unit : evaluation budget: more than ``max_rhs_per_unit · max(1, t − t0)`` right-hand-side
+        evaluations in one segment ``[t0, t]`` fail (default 2000 per optimizer step; ``None`` disables).
     """
 
     rhs: Callable[[float, np.ndarray], np.ndarray]
@@ -74,6 +87,20 @@ class FlowProblem:
     first_step: float | None = None
     on_accept: Callable[[float, np.ndarray], None] | None = None
     options: dict = field(default_factory=dict)
+    max_norm: float | None = None
+    diverged: Callable[[float, np.ndarray], str | None] | None = None
+    min_step: float = 1e-9
+    max_rhs_per_unit: float | None = 2000.0
+
+    def __post_init__(self):
+        if not (isinstance(self.min_step, (int, float)) and not isinstance(self.min_step, bool)
+                and 0 <= self.min_step < 1):
+            raise ValueError(f"min_step={self.min_step!r} must be a number in [0, 1) (relative step-size floor)")
+        m = self.max_rhs_per_unit
+        if m is not None and not (isinstance(m, (int, float)) and not isinstance(m, bool) and m > 0):
+            raise ValueError(f"max_rhs_per_unit={m!r} must be a positive number or None")
+        if self.max_norm is not None and not (isinstance(self.max_norm, (int, float)) and self.max_norm > 0):
+            raise ValueError(f"max_norm={self.max_norm!r} must be a positive number or None")
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Fixed-step explicit Euler with ``substeps`` steps per unit time (the central-flow reference's scheme).
 
 ``integrate_segment(problem, t0, y0, t1, t_save) -> Segment`` — the same contract as the other backends
-(:mod:`pyrod.integrate.base`), driven by the shared step loop :func:`pyrod.integrate.scipy_backend.drive`, so
+(:mod:`pyrod.integrate.base`), driven by the shared step loop :func:`pyrod.integrate.driver.drive`, so
 saving, event location, projection, ``on_accept`` and failure reporting behave as in the SciPy backend.
 
 * Steps land on the global grid ``t = j / substeps`` (anchored at 0, not at ``t0``): a run split into segments
@@ -14,7 +14,9 @@ saving, event location, projection, ``on_accept`` and failure reporting behave a
   reference does at the start of each substep).
 
 ``problem.method``: ``"euler"`` (the only method; ``None`` means it too). ``problem.options`` keys read here:
-``substeps`` (int ≥ 1, default 4; the step is ``1/substeps``), ``max_steps`` (accepted steps per segment).
+``substeps`` (int ≥ 1, default 4; the step is ``1/substeps``), ``max_steps`` (accepted steps per segment),
+``exact_saves`` (a no-op); any other key raises TypeError. The evaluation budget
+``problem.max_rhs_per_unit`` is raised to at least ``2·substeps`` here (the cost per unit time is fixed).
 ``rtol``/``atol``/``max_step``/``first_step`` are ignored: the step is fixed.
 """
 from __future__ import annotations
@@ -24,9 +26,17 @@ import math
 import numpy as np
 
 from .base import FlowProblem, Segment
-from .scipy_backend import Counter, StepFailure, _NUMERIC_ERRORS, drive, prepare
+from .driver import _NUMERIC_ERRORS, Counter, StepFailure, drive, prepare
 
-__all__ = ["integrate_segment", "METHODS", "DEFAULT_METHOD", "DEFAULT_SUBSTEPS", "check_substeps", "substeps_of"]
+__all__ = ["integrate_segment", "METHODS", "DEFAULT_METHOD", "DEFAULT_SUBSTEPS", "OPTIONS", "check_substeps",
+           "substeps_of"]
+
+#: ``FlowProblem.options`` keys accepted (any other key is a TypeError)
+OPTIONS = {
+    "substeps": "Euler steps per unit time (int >= 1, default 4); the step is 1/substeps",
+    "max_steps": "accepted steps per segment (default unlimited)",
+    "exact_saves": "accepted for compatibility with the SciPy backend; a no-op (saves on the grid are step ends)",
+}
 
 METHODS = ("euler",)
 DEFAULT_METHOD = "euler"
@@ -97,6 +107,8 @@ def integrate_segment(problem: FlowProblem, t0: float, y0: np.ndarray, t1: float
     m = problem.method
     if m is not None and str(m).lower() not in METHODS:
         raise ValueError(f"method={m!r} is not supported by the fixed-step backend; valid methods: {list(METHODS)}")
+    from . import check_options
+    check_options("euler", problem.options)
     substeps = substeps_of(problem)
     t0, y0, t1, ts = prepare(problem, t0, y0, t1, t_save)
     counter = Counter()
@@ -104,7 +116,11 @@ def integrate_segment(problem: FlowProblem, t0: float, y0: np.ndarray, t1: float
         return drive(None, problem, t0, y0, t1, ts, counter)
     stepper = _EulerStepper(problem, t0, y0, t1, counter, substeps)
     try:
-        return drive(stepper, problem, t0, y0, t1, ts, counter, max_steps=problem.options.get("max_steps"))
+        budget = problem.max_rhs_per_unit
+        if budget is not None:
+            budget = max(float(budget), 2.0 * substeps)
+        return drive(stepper, problem, t0, y0, t1, ts, counter, max_steps=problem.options.get("max_steps"),
+                     max_rhs_per_unit=budget)
     except _NUMERIC_ERRORS as e:  # pragma: no cover - drive already converts these
         seg = drive(None, problem, t0, y0, t0, ts, counter)
         seg.status, seg.message = "failed", f"right-hand side raised {type(e).__name__}: {e}"

@@ -18,7 +18,7 @@ functions, projection and ``on_accept`` call back into Python:
 * ``problem.on_accept`` after every accepted (projected) step (``DiffEqCallbacks.FunctionCallingCallback``);
 * saving: ``saveat=t_save`` (dense output; exact step ends are not forced);
 * ``max_step`` -> ``dtmax``; ``first_step`` -> ``dt``; ``problem.options["max_steps"]`` -> ``maxiters``
-  (OrdinaryDiffEq counts rejected steps too); other option keys are ignored;
+  (OrdinaryDiffEq counts rejected steps too); other option keys raise TypeError (:data:`OPTIONS`);
 * failures: an exception in a callback ends the solve; numerical ones (``FloatingPointError``,
   ``ZeroDivisionError``, ``OverflowError``, ``LinAlgError``) become ``status="failed"`` with the last
   accepted state, others are re-raised; a non-success OrdinaryDiffEq return code is ``status="failed"``.
@@ -42,13 +42,19 @@ import numpy as np
 
 from . import julia_probe
 from .base import BackendUnavailable, EventRecord, FlowProblem, Segment
-from .scipy_backend import _NUMERIC_ERRORS, first_step_for, prepare, resolve_method
+from .driver import _NUMERIC_ERRORS, first_step_for, prepare, resolve_method
 
 __all__ = ["integrate_segment", "init_julia", "check_available", "available", "METHODS", "DEFAULT_METHOD"]
 
 DEFAULT_METHOD = "Tsit5"
 METHODS = ("Tsit5", "Vern7", "Vern9", "FBDF", "KenCarp47")
 LINSOLVERS = ("gmres", "dense")
+#: ``FlowProblem.options`` keys accepted (any other key is a TypeError)
+OPTIONS = {
+    "julia_linsolve": 'stiff methods: "gmres" (Jacobian-free Newton-Krylov, default) or "dense"',
+    "max_steps": "OrdinaryDiffEq maxiters (counts rejected steps too; default unlimited)",
+    "exact_saves": "accepted for compatibility; a no-op (saves come from the dense output)",
+}
 
 _LOCK = threading.Lock()
 _STATE: dict = {"module": None, "error": None}
@@ -214,6 +220,8 @@ def integrate_segment(problem: FlowProblem, t0: float, y0: np.ndarray, t1: float
     Raises :class:`BackendUnavailable` (within milliseconds, without network) when no local Julia is
     configured; the message gives the environment variables that point pyrod at an existing Julia.
     """
+    from . import check_options
+    check_options("julia", problem.options)
     method = resolve_method(problem.method, METHODS, DEFAULT_METHOD)
     linsolve = str(problem.options.get("julia_linsolve", "gmres")).lower()
     if linsolve not in LINSOLVERS:

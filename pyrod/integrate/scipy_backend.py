@@ -34,9 +34,10 @@ land on the save times, restarting the solver there — one extra RHS per save f
 reset for BDF/LSODA).  DOP853's dense output is not error-controlled: for a stiff component integrated
 near the explicit stability limit it can be off by ~100×rtol (measured 2e-4 at rtol 1e-6, λh ≈ -3,
 same as ``solve_ivp(t_eval=...)``) while step-end values are accurate; ``exact_saves`` removes that.
-Other keys are ignored (they belong to other backends).
+Any other key raises TypeError (:data:`OPTIONS`); ``method="euler"`` takes :data:`pyrod.integrate.fixed_step.OPTIONS`.
 
-The generic step driver :func:`drive` is shared with the SUNDIALS backend.
+The accepted-step loop (saving, events, projection, divergence / step-size / budget bounds) is
+:func:`pyrod.integrate.driver.drive`, shared with the Euler and SUNDIALS backends.
 """
 from __future__ import annotations
 
@@ -44,236 +45,37 @@ import math
 
 import numpy as np
 
-from .base import EventRecord, FlowProblem, Segment
+from .base import FlowProblem, Segment
+from .driver import (  # noqa: F401
+    _NUMERIC_ERRORS,
+    Counter,
+    StepFailure,
+    crossed,
+    drive,
+    first_step_for,
+    locate,
+    next_stop,
+    prepare,
+    resolve_method,
+)
 
-__all__ = ["integrate_segment", "METHODS", "DEFAULT_METHOD", "drive"]
+__all__ = ["integrate_segment", "METHODS", "DEFAULT_METHOD", "OPTIONS", "drive"]
 
 DEFAULT_METHOD = "DOP853"
 METHODS = ("DOP853", "RK45", "RK23", "Radau", "BDF", "LSODA")
 #: every ``method`` this backend accepts: SciPy's, plus ``"euler"`` (handed to :mod:`.fixed_step`)
 ALL_METHODS = METHODS + ("euler",)
 _IMPLICIT = ("Radau", "BDF", "LSODA")
-_EPS = np.finfo(float).eps
 
-# exceptions from the user's RHS that mean "this trajectory cannot go on" rather than a bug
-_NUMERIC_ERRORS = (FloatingPointError, ZeroDivisionError, OverflowError, np.linalg.LinAlgError)
-
-
-class StepFailure(Exception):
-    """Raised by a stepper when the solver cannot take a step (message says why)."""
-
-
-class Counter:
-    def __init__(self):
-        self.rhs = 0
-        self.jvp = 0
-
-
-# ---------------------------------------------------------------------------------------------- helpers
-def resolve_method(name, valid, default):
-    if name is None:
-        return default
-    for m in valid:
-        if str(name).lower() == m.lower():
-            return m
-    raise ValueError(f"method={name!r} is not supported by this backend; valid methods: {list(valid)}")
-
-
-def prepare(problem: FlowProblem, t0, y0, t1, t_save):
-    """Validate the common arguments; return ``(t0, y0, t1, t_save)`` as floats / float64 arrays."""
-    t0, t1 = float(t0), float(t1)
-    if not (math.isfinite(t0) and math.isfinite(t1)):
-        raise ValueError(f"t0={t0!r} and t1={t1!r} must be finite")
-    if t1 < t0:
-        raise ValueError(f"t1={t1!r} < t0={t0!r}: only forward integration is supported")
-    y0 = np.array(y0, dtype=np.float64).reshape(-1)
-    if y0.shape[0] != problem.n:
-        raise ValueError(f"y0 has length {y0.shape[0]}, problem.n={problem.n}")
-    ts = np.sort(np.asarray(t_save if t_save is not None else [], dtype=np.float64).reshape(-1))
-    ts = ts[(ts > t0) & (ts <= t1)]
-    for ev in problem.events:
-        if ev.direction not in (-1, 0, 1):
-            raise ValueError(f"event {ev.name!r}: direction={ev.direction!r} must be -1, 0 or +1")
-    return t0, y0, t1, ts
-
-
-def first_step_for(problem: FlowProblem, t0, t1):
-    h = problem.first_step
-    if h is None or not (h > 0) or not math.isfinite(h):
-        return None
-    return float(min(h, t1 - t0))
-
-
-def next_stop(stops, t, t1) -> float:
-    """The first of ``stops`` (sorted) after ``t``, else ``t1``: where a step must land exactly."""
-    i = int(np.searchsorted(stops, t, side="right"))
-    return float(stops[i]) if i < len(stops) and stops[i] < t1 else t1
-
-
-def crossed(g0, g1, direction) -> bool:
-    """Sign change of an event function across a step, direction-aware (NaNs never cross)."""
-    if direction >= 0 and g0 < 0 <= g1:
-        return True
-    if direction <= 0 and g0 > 0 >= g1:
-        return True
-    return False
-
-
-def _event_value(ev, t, y) -> float:
-    return float(ev.fn(t, y))
-
-
-def locate(ev, Y, ta, tb, ga, gb):
-    """Crossing time of ``ev`` in ``[ta, tb]`` (``ga``, ``gb`` of opposite signs), on the interpolant ``Y``.
-
-    Returns ``(t, g(t))`` with ``t`` on the far side of the crossing (``g`` has its new sign or is 0).
-    """
-    from scipy.optimize import brentq
-
-    upward = ga < 0
-    pre = (lambda g: g < 0) if upward else (lambda g: g > 0)
-    tol = 1e-12 * max(1.0, abs(ta), abs(tb))
-    f = lambda t: _event_value(ev, t, Y(t))  # noqa: E731
-    try:
-        r = brentq(f, ta, tb, xtol=tol, rtol=4 * _EPS, maxiter=200)
-    except (ValueError, RuntimeError):
-        return tb, gb
-    gr = f(r)
-    step = tol
-    while (pre(gr) or not math.isfinite(gr)) and r < tb:
-        r = min(r + step, tb)
-        gr = gb if r == tb else f(r)
-        step *= 2.0
-    return r, gr
-
-
-# ----------------------------------------------------------------------------------------------- driver
-def drive(stepper, problem: FlowProblem, t0, y0, t1, ts, counter: Counter, max_steps=None) -> Segment:
-    """Generic accepted-step loop: saving, events, projection, ``on_accept``, failure reporting.
-
-    ``stepper`` provides ``step()`` (one accepted step; sets ``t_old``, ``t``, ``y``; raises
-    :class:`StepFailure`), ``interp(t)`` (state for ``t`` in the last step), ``h_next()``,
-    ``restart(t, y, first_step)`` and ``finished``.
-    """
-    n = problem.n
-    events = list(problem.events)
-    project, on_accept = problem.project, problem.on_accept
-    t_out, y_out, records = [], [], []
-    si = 0
-    t, y = t0, y0
-    h_last = problem.first_step if (problem.first_step or 0) > 0 else None
-    n_steps = 0
-
-    def seg(status, message="", t_end=None, y_end=None):
-        return Segment(t_save=np.asarray(t_out, dtype=np.float64),
-                       y_save=np.asarray(y_out, dtype=np.float64).reshape(len(t_out), n),
-                       t_end=float(t if t_end is None else t_end), y_end=np.array(y if y_end is None else y_end),
-                       events=records, n_rhs=counter.rhs, n_jvp=counter.jvp, status=status, message=message,
-                       h_last=None if h_last is None else float(h_last), n_steps=n_steps)
-
-    if not np.all(np.isfinite(y0)):
-        return seg("failed", f"non-finite initial state at t={t0:.10g}")
-    if t1 == t0:
-        return seg("ok")
-    try:
-        g_prev = [_event_value(ev, t0, y0) for ev in events]
-    except _NUMERIC_ERRORS as e:
-        return seg("failed", f"event function raised {type(e).__name__}: {e}")
-
-    while not stepper.finished:
-        if max_steps is not None and n_steps >= max_steps:
-            return seg("failed", f"max_steps={max_steps} accepted steps reached at t={t:.10g} before t1={t1:.10g}")
-        try:
-            stepper.step()
-        except StepFailure as e:
-            return seg("failed", f"{e} (at t={t:.10g})")
-        except _NUMERIC_ERRORS as e:
-            return seg("failed", f"right-hand side raised {type(e).__name__} near t={t:.10g}: {e}")
-        t_old, t_new, y_new = stepper.t_old, stepper.t, stepper.y
-        if not np.all(np.isfinite(y_new)):
-            return seg("failed", f"non-finite state after the step {t_old:.10g} -> {t_new:.10g}")
-        n_steps += 1
-        h = stepper.h_next()
-        if h is not None and h > 0 and math.isfinite(h):
-            h_last = h
-
-        def Y(s, _t_old=t_old, _t_new=t_new, _y_old=y, _y_new=y_new):
-            if s >= _t_new:
-                return _y_new
-            if s <= _t_old:
-                return _y_old
-            return stepper.interp(s)
-
-        try:
-            # --- events on the step's own trajectory
-            g_new = [_event_value(ev, t_new, y_new) for ev in events]
-            hits = []
-            for i, ev in enumerate(events):
-                if crossed(g_prev[i], g_new[i], ev.direction):
-                    r, gr = locate(ev, Y, t_old, t_new, g_prev[i], g_new[i])
-                    hits.append((r, i, gr))
-            hits.sort()
-            term = next((h_ for h_ in hits if events[h_[1]].terminal), None)
-            t_stop = term[0] if term is not None else t_new
-
-            # --- projection of the step end
-            y_acc, changed = y_new, False
-            if project is not None and term is None:
-                yp = np.asarray(project(t_new, y_new), dtype=np.float64).reshape(-1)
-                if not np.array_equal(yp, y_new):
-                    y_acc, changed = yp, True
-
-            # --- saves up to t_stop
-            while si < len(ts) and ts[si] <= t_stop:
-                s = ts[si]
-                if s == t_new and term is None:
-                    ys = y_acc
-                else:
-                    ys = Y(s)
-                    if project is not None:
-                        ys = np.asarray(project(s, ys), dtype=np.float64).reshape(-1)
-                t_out.append(s)
-                y_out.append(np.array(ys))
-                si += 1
-
-            for r, i, gr in hits:
-                if r <= t_stop:
-                    ev = events[i]
-                    records.append(EventRecord(t=float(r), name=ev.name, kind=ev.kind, value=float(gr)))
-
-            if term is not None:
-                r = term[0]
-                y_end = np.array(Y(r))
-                if project is not None:
-                    y_end = np.asarray(project(r, y_end), dtype=np.float64).reshape(-1)
-                t, y = r, y_end
-                if on_accept is not None:
-                    on_accept(t, y)
-                return seg("event", f"terminal event {events[term[1]].name!r} at t={r:.12g}")
-
-            # --- events whose sign flips only through the projection
-            if changed:
-                g_p = [_event_value(ev, t_new, y_acc) for ev in events]
-                for i, ev in enumerate(events):
-                    if crossed(g_new[i], g_p[i], ev.direction):
-                        records.append(EventRecord(t=float(t_new), name=ev.name, kind=ev.kind, value=float(g_p[i])))
-                        if ev.terminal:
-                            t, y = t_new, y_acc
-                            if on_accept is not None:
-                                on_accept(t, y)
-                            return seg("event", f"terminal event {ev.name!r} (by projection) at t={t_new:.12g}")
-                g_new = g_p
-        except _NUMERIC_ERRORS as e:
-            return seg("failed", f"{type(e).__name__} in event/save/projection near t={t_new:.10g}: {e}")
-
-        t, y, g_prev = t_new, y_acc, g_new
-        if on_accept is not None:
-            on_accept(t, y)
-        if changed and not stepper.finished:
-            stepper.restart(t, y, min(h_last, t1 - t) if h_last else None)
-
-    return seg("ok")
-
+#: ``FlowProblem.options`` keys this backend accepts (any other key is a TypeError, see
+#: :func:`pyrod.integrate.check_options`)
+OPTIONS = {
+    "jac": 'implicit methods: "fd" (SciPy finite differences, default), "jvp" (n calls of problem.jvp), '
+           "a callable (t, y) -> (n, n) or a constant matrix",
+    "max_steps": "accepted steps per segment (default unlimited)",
+    "exact_saves": "bool (default False): steps land on the save times instead of interpolating",
+}
+# method="euler" is handed to .fixed_step, which accepts its own keys (fixed_step.OPTIONS)
 
 # ----------------------------------------------------------------------------------------------- scipy
 class _ScipyStepper:
@@ -367,6 +169,8 @@ def integrate_segment(problem: FlowProblem, t0: float, y0: np.ndarray, t1: float
     if isinstance(problem.method, str) and problem.method.lower() == "euler":
         from . import fixed_step
         return fixed_step.integrate_segment(problem, t0, y0, t1, t_save)
+    from . import check_options
+    check_options("scipy", problem.options)
     method = resolve_method(problem.method, ALL_METHODS, DEFAULT_METHOD)
     t0, y0, t1, ts = prepare(problem, t0, y0, t1, t_save)
     counter = Counter()

@@ -2,7 +2,7 @@
 
 ``integrate_segment(problem, t0, y0, t1, t_save) -> Segment`` drives ``sksundae.cvode.CVODE`` one internal
 step at a time (``init_step`` then ``step(t1, method="onestep", tstop=t1)``) through the same step driver
-as the SciPy backend (:func:`pyrod.integrate.scipy_backend.drive`), so saving, event location (brentq on
+as the SciPy backend (:func:`pyrod.integrate.driver.drive`), so saving, event location (brentq on
 CVODE's own interpolant, queried with ``step(t)`` inside the last step), projection, ``on_accept`` and
 failure reporting have identical semantics on both backends.  CVODE's rootfinder is not used: its state
 does not survive interpolation queries after a root return.
@@ -15,7 +15,9 @@ quotients, one RHS evaluation per J·v (counted in ``n_rhs``).
 ``problem.method``: ``"BDF"`` (default) or ``"Adams"``.  ``problem.options`` keys read here:
 ``linsolver``, ``krylov_dim``, ``max_order``, ``max_nonlin_iters``, ``max_conv_fails``, ``min_step``,
 ``max_steps`` (accepted steps per segment, default unlimited), ``exact_saves`` (steps land on the save
-times through CVODE's ``tstop`` instead of interpolating; no restart needed).  Other keys are ignored.
+times through CVODE's ``tstop`` instead of interpolating; no restart needed); any other key raises TypeError
+(:data:`OPTIONS`). Note ``options["min_step"]`` is CVODE's own absolute step floor; the driver's relative floor
+is ``FlowProblem.min_step``.
 
 Projection: when ``problem.project`` changes the state CVODE is re-initialised there, which restarts BDF
 at order 1.  A projection that is active at *every* step (e.g. a clamp held against the flow) therefore
@@ -38,10 +40,21 @@ import math
 import numpy as np
 
 from .base import BackendUnavailable, FlowProblem, Segment
-from .scipy_backend import (Counter, StepFailure, _NUMERIC_ERRORS, drive, first_step_for, next_stop, prepare,
-                            resolve_method)
+from .driver import _NUMERIC_ERRORS, Counter, StepFailure, drive, first_step_for, next_stop, prepare, resolve_method
 
-__all__ = ["integrate_segment", "available", "METHODS", "DEFAULT_METHOD"]
+__all__ = ["integrate_segment", "available", "METHODS", "DEFAULT_METHOD", "OPTIONS"]
+
+#: ``FlowProblem.options`` keys accepted (any other key is a TypeError)
+OPTIONS = {
+    "linsolver": 'linear solver: "gmres" (default), "bicgstab", "tfqmr" or "dense"',
+    "krylov_dim": "Krylov subspace dimension (default 20)",
+    "max_order": "largest BDF / Adams order",
+    "max_nonlin_iters": "Newton iterations per step",
+    "max_conv_fails": "Newton convergence failures per step",
+    "min_step": "CVODE's absolute step floor (steps)",
+    "max_steps": "accepted steps per segment (default unlimited)",
+    "exact_saves": "bool: steps land on the save times through CVODE's tstop",
+}
 
 DEFAULT_METHOD = "BDF"
 METHODS = ("BDF", "Adams")
@@ -169,6 +182,8 @@ class _CvodeStepper:
 
 def integrate_segment(problem: FlowProblem, t0: float, y0: np.ndarray, t1: float, t_save) -> Segment:
     """Integrate ``problem`` from ``t0`` to ``t1`` with CVODE; see the module docstring."""
+    from . import check_options
+    check_options("sundials", problem.options)
     _import_cvode()
     method = resolve_method(problem.method, METHODS, DEFAULT_METHOD)
     t0, y0, t1, ts = prepare(problem, t0, y0, t1, t_save)

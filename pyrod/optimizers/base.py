@@ -1,6 +1,6 @@
 """One definition per optimizer, from which discrete steps and every flow are derived.
 
-Conventions (``../shared/science/optimizers.md``, ``rod_flows.md`` §1–3):
+Conventions (docs/theory/optimizers.md):
 
 * one time unit = one optimizer step; step ``k = 0, 1, …``; ``t`` is continuous time.
 * phase-space state ``z = (w, m)`` (``m`` absent without momentum); the second moment ``ν`` is an
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -83,6 +84,42 @@ def _check_range(name, value, lo, hi, lo_open=False, hi_open=True):
         raise ValueError(f"{name}={value!r} must lie in {lb}{lo}, {hi}{rb}")
 
 
+def _annotation_kinds(f: dataclasses.Field) -> set:
+    """The names in a field's annotation: ``"float | None"`` -> ``{"float", "None"}``."""
+    ann = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    return {a.strip() for a in str(ann).split("|")}
+
+
+def coerce_fields(opt) -> None:
+    """Check and normalise an optimizer's hyper-parameters by their declared types (in place on the frozen
+    dataclass): ``bool`` fields must be ``True``/``False`` (NumPy bools accepted; ``"no"``, ``0``, ``1`` refused);
+    ``int`` fields take Python or NumPy integers (not bools, not floats); ``float`` fields take any real number
+    except bools (NumPy floats and integers included) and are stored as Python ``float``. ``None`` passes where
+    the annotation allows it. Other fields (str, tuples, tensors) are left to ``validate``. ValueError names the
+    field and the value."""
+    for f in dataclasses.fields(opt):
+        v = getattr(opt, f.name)
+        kinds = _annotation_kinds(f)
+        if v is None and "None" in kinds:
+            continue
+        if "bool" in kinds:
+            if type(v).__module__ == "numpy" and type(v).__name__.startswith("bool"):
+                v = bool(v)
+            if not isinstance(v, bool):
+                raise ValueError(f"{f.name}={v!r} must be True or False (a bool), got {type(v).__name__}")
+        elif "int" in kinds:
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+                raise ValueError(f"{f.name}={v!r} must be an int, got {type(v).__name__}")
+            v = int(v)
+        elif "float" in kinds:
+            if isinstance(v, bool) or not isinstance(v, numbers.Real):
+                raise ValueError(f"{f.name}={v!r} must be a real number, got {type(v).__name__}")
+            v = float(v)
+        else:
+            continue
+        object.__setattr__(opt, f.name, v)
+
+
 @dataclass(frozen=True)
 class Optimizer:
     """Base class: hyper-parameters + the pieces every run and flow is derived from.
@@ -104,6 +141,7 @@ class Optimizer:
     uses_blocks: ClassVar[bool] = False
 
     def __post_init__(self):
+        coerce_fields(self)
         _check_range("lr", self.lr, 0.0, math.inf, lo_open=True)
         self.validate()
 
@@ -175,9 +213,9 @@ class Optimizer:
         """The increment ``D(z; ν, t) = (D_w, D_m)`` for ``z = (w, m)`` and ``g = ∇L(w)``."""
         raise NotImplementedError
 
-    # the name used in the science notes
+    # the name used in docs/theory
     def increment(self, w, m, g, nu, t):
-        """Alias of :meth:`direction`: ``D(z; ν, t)`` (rod_flows.md §3)."""
+        """Alias of :meth:`direction`: ``D(z; ν, t)`` (docs/theory/optimizers.md)."""
         return self.direction(w, m, g, nu, t)
 
     def effective_nu(self, state: OptState, nu_used: torch.Tensor) -> tuple[torch.Tensor, dict]:

@@ -7,7 +7,8 @@ One generic class, :class:`PreconditionedMomentum`, composes
 * ``P(ν, t) = c1-factor · ((ν / c2(t))^p + ε)`` with ``p = ½`` (Padam: any ``p``),
 * decoupled weight decay (AdamW).
 
-The named optimizers below only choose these components. ``D_w`` and ``D_m`` follow rod_flows.md §3.
+The named optimizers below only choose these components. ``D_w`` and ``D_m`` are tabulated in
+docs/theory/optimizers.md, "Momentum rules".
 """
 from __future__ import annotations
 
@@ -79,7 +80,7 @@ class PreconditionedMomentum(Optimizer):
 
     # ---------------------------------------------------------- threshold
     def threshold(self) -> float:
-        """Cohen et al. 2022 Table 1 (optimizers.md)."""
+        """Cohen et al. 2022 Table 1 (docs/theory/optimizers.md, "Where the thresholds come from")."""
         eta, b = self.lr, self.beta1
         base = {
             None: 2.0,
@@ -126,7 +127,8 @@ class PreconditionedMomentum(Optimizer):
         return b2 * nu + (1 - b2) * self.nu_target(g)
 
     def relaxation_rate(self) -> float:
-        """``r`` in ``dν/dt = r (tgt − ν)``: ``1−β2`` (default, rod_flows.md §4.4) or ``(1−β2)/β2``."""
+        """``r`` in ``dν/dt = r (tgt − ν)``: ``1−β2`` (default) or ``(1−β2)/β2``
+        (docs/theory/optimizers.md, "Second-moment rules")."""
         b2 = self.beta2
         return (1 - b2) / b2 if self._get("nu_rate", "1-beta2") == "(1-beta2)/beta2" else 1 - b2
 
@@ -253,7 +255,7 @@ class Nesterov(_Momentum):
 class RMSProp(PreconditionedMomentum):
     """RMSProp: ``ν ← β2ν + (1−β2)g⊙g; w ← w − ηg/(√ν̂+ε)``. Threshold ``2/η``.
 
-    ``nu0="auto"`` starts at ``ν_0 = g_0⊙g_0`` without bias correction (rod_flows.md §1), ``"zero"``
+    ``nu0="auto"`` starts at ``ν_0 = g_0⊙g_0`` without bias correction (docs/theory/optimizers.md), ``"zero"``
     reproduces ``torch.optim.RMSprop(alpha=β2)``.
     """
 

@@ -20,6 +20,12 @@ weight_decay=adam_weight_decay)``, bias correction on, ``ν_0 = 0``; ``adam_weig
 ``flatten_nd=True`` treats every ``≥ 2``-D block as the matrix ``(shape[0], prod(shape[1:]))`` (Keller
 Jordan's handling of conv kernels; torch's Muon refuses non-2-D tensors).
 
+**The Muon/Adam split.** By default every 2-D block goes to Muon. ``adam_params`` (fnmatch patterns of the
+problem's parameter names, e.g. :data:`pyrod.problems.gpt.MUON_ADAM_PARAMS` = embeddings and output head, the
+common practice for transformers) keeps matching 2-D blocks on Adam; ``bind(problem)`` resolves them to block
+indices in ``adam_blocks`` (a pattern that matches no parameter raises ValueError). Both fields are part of
+``config()``, so the split is recorded; :meth:`Muon.split` lists it by name.
+
 Block shapes come from the ``blocks`` field, set by ``opt = opt.bind(problem)`` (see
 :meth:`pyrod.optimizers.Optimizer.bind`); ``init_state`` raises if it is empty.
 
@@ -34,6 +40,8 @@ linearisation is not a ``P⁻¹H``-type map with a flip at a fixed eigenvalue; `
 """
 from __future__ import annotations
 
+import dataclasses
+import fnmatch
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -89,6 +97,8 @@ class Muon(Optimizer):
     adam_eps: float = 1e-8
     adam_weight_decay: float = 0.0
     blocks: tuple = ()
+    adam_params: tuple = ()
+    adam_blocks: tuple = ()
 
     name: ClassVar[str] = "Muon"
     has_momentum: ClassVar[bool] = True
@@ -118,6 +128,37 @@ class Muon(Optimizer):
             _check_range("adam_lr", self.adam_lr, 0.0, math.inf, lo_open=True)
         self.adam_part()  # validates adam_beta1, adam_beta2, adam_eps, adam_weight_decay
         object.__setattr__(self, "blocks", normalize_blocks(self.blocks))
+        pats = (self.adam_params,) if isinstance(self.adam_params, str) else tuple(self.adam_params or ())
+        if not all(isinstance(x, str) and x for x in pats):
+            raise ValueError(f"adam_params={self.adam_params!r} must be parameter-name patterns (strings)")
+        object.__setattr__(self, "adam_params", pats)
+        idx = tuple(self.adam_blocks or ())
+        if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in idx):
+            raise ValueError(f"adam_blocks={self.adam_blocks!r} must be block indices (ints >= 0)")
+        if self.blocks and any(i >= len(self.blocks) for i in idx):
+            raise ValueError(f"adam_blocks={self.adam_blocks!r}: only {len(self.blocks)} blocks")
+        object.__setattr__(self, "adam_blocks", tuple(sorted(set(idx))))
+
+    def bind(self, problem) -> "Muon":
+        """A copy with ``blocks`` = the problem's tensor layout and ``adam_params`` resolved into ``adam_blocks``."""
+        opt = super().bind(problem)
+        names = [b.name for b in problem.blocks]
+        idx = set(opt.adam_blocks)
+        for pat in opt.adam_params:
+            hit = [i for i, nm in enumerate(names) if fnmatch.fnmatchcase(nm, pat)]
+            if not hit:
+                raise ValueError(f"adam_params pattern {pat!r} matches no parameter of the problem; names: {names}")
+            idx.update(hit)
+        return dataclasses.replace(opt, adam_blocks=tuple(sorted(idx)))
+
+    def split(self, names=None) -> dict:
+        """``{"muon": [...], "adam": [...]}``: which blocks (names when ``names`` lists them, else indices) each
+        rule updates (needs ``blocks``)."""
+        out = {"muon": [], "adam": []}
+        for i, (_, _, shape) in enumerate(self.blocks):
+            key = "adam" if (i in self.adam_blocks or self.matrix_shape(shape) is None) else "muon"
+            out[key].append(names[i] if names is not None else i)
+        return out
 
     def adam_part(self) -> AdamW:
         """The pyrod optimizer used on the non-matrix blocks."""
@@ -165,8 +206,8 @@ class Muon(Optimizer):
         w, m = state.w.clone(), state.m.clone()
         mu, dtype = self.momentum, _NS_DTYPES[self.ns_dtype]
         adam_idx = []
-        for a, b, shape in blocks:
-            mshape = self.matrix_shape(shape)
+        for i, (a, b, shape) in enumerate(blocks):
+            mshape = None if i in self.adam_blocks else self.matrix_shape(shape)
             if mshape is None:
                 adam_idx.append(torch.arange(a, b, device=w.device))
                 continue

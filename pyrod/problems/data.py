@@ -321,10 +321,13 @@ def zipf(*, classes=None, n=None, seed=0, path=None, alpha=1.0, base="blobs", di
     return torch.from_numpy(np.ascontiguousarray(X)), torch.from_numpy(np.ascontiguousarray(y))
 
 
+from .pcfg import zipf_pcfg as _zipf_pcfg  # noqa: E402
+
 DATASETS = {
     "digits": digits,
     "cifar10": cifar10,
     "synthetic_regression": synthetic_regression,
     "synthetic_classification": synthetic_classification,
     "zipf": zipf,
+    "zipf_pcfg": _zipf_pcfg,   # token sequences from a Zipf(α) PCFG (pyrod/problems/pcfg.py)
 }

@@ -233,4 +233,6 @@ def vit(in_shape, out_dim, patch_size: int = 4, dim: int = 32, depth: int = 1, h
                activation=activation, pool=pool)
 
 
-MODELS = {"mlp": mlp, "cnn": cnn, "vit": vit}
+from .gpt import gpt  # noqa: E402  (causal transformer LM over token ids, pyrod/problems/gpt.py)
+
+MODELS = {"mlp": mlp, "cnn": cnn, "vit": vit, "gpt": gpt}

@@ -19,17 +19,40 @@ method                 returns                                      shape
 
 HVPs are forward-over-reverse (``jvp`` of ``grad``); a batch of ``k`` vectors is one
 ``vmap`` call. The device defaults to CUDA when available, the dtype to float64.
+
+Micro-batching (``batch_size``): the loss is a mean over the ``n`` samples, so
+``L(w) = Σ_b (n_b / n) L_b(w)`` over consecutive micro-batches ``b`` of ``n_b ≤ batch_size`` samples, and
+the same holds for every derivative. A problem built with ``batch_size`` evaluates each micro-batch in turn
+and sums the weighted results, so ``loss``, ``grad``, ``loss_and_grad``, ``hvp`` (``(d,)`` and ``(d, k)``),
+``d3`` and ``accuracy`` are the exact full-batch values (up to float rounding of the sum) while the
+activations held at any time are those of one micro-batch (times ``k`` for blocked HVPs).
+
+Reproducibility: ``Problem.config`` is the dict that rebuilds the problem (``pyrod.problem(**config)``);
+:meth:`Problem.replay_config` returns it or raises a ValueError saying why the problem cannot be rebuilt
+(built by :meth:`Problem.from_module`; use :meth:`Problem.from_factory` instead).
 """
 from __future__ import annotations
 
+import copy
+import importlib
+import json
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
 from torch.func import functional_call, grad, grad_and_value, jvp, vmap
 
-__all__ = ["Problem", "Block", "resolve_device", "resolve_dtype"]
+__all__ = ["Problem", "Block", "resolve_device", "resolve_dtype", "check_batch_size", "UNREPRODUCIBLE_KEY",
+           "FROM_MODULE_MESSAGE"]
+
+#: key of ``Problem.config`` marking a problem that no config can rebuild (its value says why)
+UNREPRODUCIBLE_KEY = "unreproducible"
+FROM_MODULE_MESSAGE = ("built with Problem.from_module: use Problem.from_factory('module:function', ...) to make it "
+                       "reproducible")
+_DIRECT_MESSAGE = ("built directly from a loss function (Problem(loss_fn=..., w0=...)): use "
+                   "Problem.from_factory('module:function', ...) to make it reproducible")
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32, "double": torch.float64, "float": torch.float32}
 
@@ -87,8 +110,13 @@ class Problem:
     output_fn : optional ``w -> model outputs (n, c)`` for accuracy (classification).
     labels : optional integer labels ``(n,)`` for accuracy.
     blocks : the named tensors making up ``w`` (for Muon and layer-wise analyses).
-    config : JSON-able dict such that ``pyrod.problem(**config)`` rebuilds the problem.
+    config : JSON-able dict such that ``pyrod.problem(**config)`` rebuilds the problem (see
+        :meth:`replay_config`).
     name : short description used in outputs.
+    batches : optional micro-batch decomposition ``((c_b, loss_b), …)`` with ``loss_fn(w) = Σ_b c_b loss_b(w)``
+        (``c_b = n_b / n`` for a mean over samples). When given, every derivative is accumulated term by
+        term, so at most one term's intermediate tensors are alive at a time (module docstring).
+    batch_size : the micro-batch size the terms were made with (information; ``None`` = one full batch).
     """
 
     loss_fn: Callable[[torch.Tensor], torch.Tensor]
@@ -98,6 +126,8 @@ class Problem:
     blocks: Sequence[Block] = ()
     config: dict = field(default_factory=dict)
     name: str = "problem"
+    batches: Sequence[tuple] = ()
+    batch_size: int | None = None
 
     def __post_init__(self):
         if not isinstance(self.w0, torch.Tensor) or self.w0.ndim != 1:
@@ -107,8 +137,33 @@ class Problem:
             raise TypeError(f"w0.dtype={self.w0.dtype}: pyrod supports float32 and float64")
         if not self.blocks:
             self.blocks = (Block("w", 0, self.dim, (self.dim,)),)
-        self._grad = grad(self.loss_fn)
-        self._grad_and_value = grad_and_value(self.loss_fn)
+        self.batches = tuple((float(c), f) for c, f in self.batches)
+        if self.batches:
+            # one (weight, ∇L_b, (∇L_b, L_b)) per micro-batch; sums of pure torch.func functions stay pure
+            terms = tuple((c, grad(f), grad_and_value(f)) for c, f in self.batches)
+            self._terms = tuple((c, g) for c, g, _ in terms)
+
+            def grad_sum(w):
+                total = None
+                for c, g, _ in terms:
+                    t = c * g(w)
+                    total = t if total is None else total + t
+                return total
+
+            def grad_and_value_sum(w):
+                gt = vt = None
+                for c, _, gv in terms:
+                    g, v = gv(w)
+                    gt = c * g if gt is None else gt + c * g
+                    vt = c * v if vt is None else vt + c * v
+                return gt, vt
+
+            self._grad = grad_sum
+            self._grad_and_value = grad_and_value_sum
+        else:
+            self._grad = grad(self.loss_fn)
+            self._grad_and_value = grad_and_value(self.loss_fn)
+            self._terms = ((None, self._grad),)
         self.n_grad = 0  # counters, for cost reports
         self.n_hvp = 0
 
@@ -161,7 +216,10 @@ class Problem:
         return value.detach(), g.detach()
 
     def hvp(self, w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """H(w) v for ``v`` of shape ``(d,)``, or H(w) V for ``V`` of shape ``(d, k)`` (one vmap)."""
+        """H(w) v for ``v`` of shape ``(d,)``, or H(w) V for ``V`` of shape ``(d, k)`` (one vmap).
+
+        With micro-batches the ``jvp`` runs through the weighted sum of per-batch gradients, so the activations
+        alive at a time are those of one micro-batch (``k`` of them for ``(d, k)``)."""
         if v.ndim == 1:
             self.n_hvp += 1
             return jvp(self._grad, (w,), (v,))[1].detach().to(self.dtype)
@@ -178,17 +236,24 @@ class Problem:
     def d3(self, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """∇_w (uᵀ H(w) v), shape ``(d,)``: the third derivative contracted twice.
 
-        ``u, v`` may be ``(d, m)`` (paired columns), returning ``(d, m)`` in one vmap.
+        ``u, v`` may be ``(d, m)`` (paired columns), returning ``(d, m)`` in one vmap (per micro-batch).
         """
-        def quad(w_, a, b):
-            return torch.dot(a, jvp(self._grad, (w_,), (b,))[1])
-
-        g3 = grad(quad)
         if u.ndim == 1:
             self.n_hvp += 2
-            return g3(w, u, v).detach().to(self.dtype)
-        self.n_hvp += 2 * u.shape[1]
-        return vmap(g3, in_dims=(None, 1, 1), out_dims=1)(w, u, v).detach().to(self.dtype)
+        else:
+            self.n_hvp += 2 * u.shape[1]
+        total = None
+        for c, grad_b in self._terms:      # one term per micro-batch (reverse mode would keep them all)
+            def quad(w_, a, b, grad_b=grad_b):
+                return torch.dot(a, jvp(grad_b, (w_,), (b,))[1])
+
+            g3 = grad(quad)
+            t = g3(w, u, v) if u.ndim == 1 else vmap(g3, in_dims=(None, 1, 1), out_dims=1)(w, u, v)
+            t = t.detach()
+            if c is not None:
+                t = c * t
+            total = t if total is None else total + t
+        return total.to(self.dtype)
 
     def hessian(self, w: torch.Tensor) -> torch.Tensor:
         """Dense Hessian ``(d, d)``; for small problems and tests only."""
@@ -217,34 +282,72 @@ class Problem:
         """Not supported in place: rebuild with ``pyrod.problem(..., device=, dtype=)``."""
         raise NotImplementedError("rebuild the problem with pyrod.problem(..., device=..., dtype=...)")
 
+    def replay_config(self) -> dict:
+        """The config dict that rebuilds this problem: ``pyrod.problem(**prob.replay_config())`` (a deep copy).
+
+        Raises ValueError when no config can rebuild the problem: it was built by :meth:`from_module` (the message
+        says to use :meth:`from_factory` instead) or directly from a loss function (``Problem(loss_fn=…)``).
+        """
+        cfg = dict(self.config or {})
+        if UNREPRODUCIBLE_KEY in cfg:
+            raise ValueError(f"problem {self.name!r} cannot be replayed: {cfg[UNREPRODUCIBLE_KEY]}")
+        if not cfg:
+            raise ValueError(f"problem {self.name!r} cannot be replayed: {_DIRECT_MESSAGE}")
+        return json.loads(json.dumps(cfg))
+
     # ---------------------------------------------------------- construction
     @classmethod
     def from_module(cls, model: torch.nn.Module, X: torch.Tensor, Y: torch.Tensor, loss: str | Callable = "mse",
                     *, dtype="float64", device=None, name: str | None = None, config: dict | None = None,
-                    ) -> "Problem":
-        """Build a problem from any ``torch.nn.Module`` and full-batch tensors.
+                    batch_size: int | None = None) -> "Problem":
+        """Build a problem from any ``torch.nn.Module`` and full-batch tensors ``X (n, …)``, ``Y (n, …)``.
 
         ``loss`` is ``"mse"`` (targets one-hot for integer labels; ½·mean over points of the squared
         error summed over outputs, the EoS papers' convention), ``"ce"`` (mean cross-entropy), or a
-        callable ``(outputs, Y) -> scalar``. The model's parameters (in ``named_parameters`` order)
-        become the flat vector; buffers are held fixed.
+        callable ``(outputs, Y) -> scalar`` that is a mean over the samples. The model's parameters (in
+        ``named_parameters`` order) become the flat vector; buffers are held fixed.
+
+        * The model is copied (``copy.deepcopy``) before being cast to ``dtype``/``device``: the caller's module
+          is never modified.
+        * Every sample's output must depend on that sample only, deterministically. A submodule in training mode
+          whose output depends on the batch or on random numbers (``BatchNorm*``, ``Dropout*``/``AlphaDropout``,
+          ``RReLU``, ``InstanceNorm*`` tracking running statistics, ``MultiheadAttention`` with dropout) raises
+          ValueError naming it: call ``model.eval()`` first. In eval mode BatchNorm normalises with its running
+          statistics (buffers, held fixed), so it is a fixed per-sample affine map — batch-independent, which is
+          also what makes micro-batching exact.
+        * ``batch_size``: ``None`` (one full batch) or an int ≥ 1; values, gradients, HVPs, third derivatives
+          and accuracy are then accumulated over consecutive micro-batches of at most ``batch_size`` samples,
+          each weighted by its share ``n_b / n`` of the mean (module docstring). A callable ``loss`` must be a
+          mean over samples for this to be exact; this is checked on the first micro-batch (ValueError if not).
+        * ``config``: recorded as ``Problem.config`` (the registry passes the dict that rebuilds the problem),
+          with ``batch_size`` added. Without it the config is ``{"unreproducible": "built with
+          Problem.from_module: …"}`` and :meth:`replay_config` refuses; use :meth:`from_factory` for custom
+          problems that can be replayed.
         """
         dt = resolve_dtype(dtype)
         dev = resolve_device(device)
+        batch_size = check_batch_size(batch_size)
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(X, torch.Tensor) or not isinstance(Y, torch.Tensor):
-            raise TypeError("X and Y must be torch tensors")
+            raise TypeError(f"X and Y must be torch tensors, got {type(X).__name__} and {type(Y).__name__}")
+        if X.ndim == 0 or Y.ndim == 0:
+            raise ValueError(f"X and Y need a leading sample dimension, got shapes {tuple(X.shape)} and {tuple(Y.shape)}")
         if X.shape[0] != Y.shape[0]:
             raise ValueError(f"X has {X.shape[0]} rows but Y has {Y.shape[0]}")
-        model = model.to(device=dev, dtype=dt)
+        if X.shape[0] == 0:
+            raise ValueError("X and Y have no samples (0 rows)")
+        offenders = _training_mode_offenders(model)
+        if offenders:
+            raise ValueError(f"model {type(model).__name__} has modules in training mode whose output depends on the "
+                             f"batch or on random numbers: {', '.join(offenders)}; call model.eval() (or pass the model "
+                             f"in eval mode) — pyrod needs a deterministic, per-sample loss")
+        model = copy.deepcopy(model).to(device=dev, dtype=dt)
         X = X.to(device=dev, dtype=dt)
         classification = not torch.is_floating_point(Y)
         Y = Y.to(device=dev) if classification else Y.to(device=dev, dtype=dt)
-        names, shapes, blocks, start = [], [], [], 0
+        blocks, start = [], 0
         for pname, p in model.named_parameters():
-            names.append(pname)
-            shapes.append(tuple(p.shape))
             blocks.append(Block(pname, start, start + p.numel(), tuple(p.shape)))
             start += p.numel()
         buffers = {k: b for k, b in model.named_buffers()}
@@ -253,17 +356,189 @@ class Problem:
         def unflat(w):
             return {b.name: w[b.start:b.stop].view(b.shape) for b in blocks}
 
-        def output_fn(w):
-            return functional_call(model, ({**unflat(w), **buffers},), (X,))
+        def forward(w, x):
+            return functional_call(model, ({**unflat(w), **buffers},), (x,))
 
         loss_of = make_loss(loss, classification)
+        n = X.shape[0]
+        batches = ()
+        if batch_size is None or batch_size >= n:
+            def output_fn(w):
+                return forward(w, X)
 
-        def loss_fn(w):
-            return loss_of(output_fn(w), Y)
+            def loss_fn(w):
+                return loss_of(output_fn(w), Y)
+        else:
+            parts = list(zip(X.split(batch_size), Y.split(batch_size), strict=True))
+            if callable(loss):
+                _check_mean_loss(loss_of, forward, w0, *parts[0])
 
+            def term(xb, yb):
+                return lambda w: loss_of(forward(w, xb), yb)
+
+            batches = tuple((len(yb) / n, term(xb, yb)) for xb, yb in parts)
+
+            def output_fn(w):
+                return torch.cat([forward(w, xb) for xb, _ in parts])
+
+            def loss_fn(w):
+                total = None
+                for c, f in batches:
+                    t = c * f(w)
+                    total = t if total is None else total + t
+                return total
+
+        cfg = dict(config) if config is not None else {UNREPRODUCIBLE_KEY: FROM_MODULE_MESSAGE}
+        cfg["batch_size"] = batch_size
         return cls(loss_fn=loss_fn, w0=w0, output_fn=output_fn if classification else None,
                    labels=Y if classification else None, blocks=tuple(blocks),
-                   config=dict(config or {}), name=name or type(model).__name__)
+                   config=cfg, name=name or type(model).__name__, batches=batches,
+                   batch_size=None if not batches else batch_size)
+
+    @classmethod
+    def from_factory(cls, factory: str, *, factory_kwargs: dict | None = None, dtype=None, device=None,
+                     batch_size: int | None = None, name: str | None = None, **kwargs) -> "Problem":
+        """Build a custom problem from an importable function, recording how so that it can be rebuilt.
+
+        ``factory`` is ``"package.module:function"`` (the part after the colon may be dotted,
+        ``"module:Class.method"``). The module is imported with :func:`importlib.import_module` (it must be on
+        ``sys.path``) and the function is called as ``function(**kwargs)``; the keyword arguments are given as
+        ``**kwargs`` and/or as the dict ``factory_kwargs`` (use it for arguments named ``dtype``, ``device``,
+        ``batch_size`` or ``name``, which are this method's own). They must be JSON-able (None, bool, int,
+        float, str, lists/tuples, dicts with str keys; NumPy scalars are converted); anything else raises
+        TypeError naming the key. The function receives their JSON form (tuples as lists) so that the first
+        build and every replay make the very same call. It must return either
+
+        * a :class:`Problem` — built as wanted inside the function; ``dtype``/``device``/``batch_size`` given
+          here must then be None or equal to the problem's (ValueError otherwise); or
+        * a tuple ``(model, X, Y, loss)`` — passed to :meth:`from_module` with ``dtype`` (None = float64),
+          ``device`` and ``batch_size``.
+
+        The function must be deterministic in its arguments (seed torch inside it, e.g. with a ``seed``
+        argument, and draw data from a fixed generator). The result's ``config`` is
+        ``{"factory": factory, "kwargs": {…}, "dtype": "float64"|"float32", "batch_size": …}`` and
+        ``pyrod.problem(**config)`` rebuilds the identical problem (same ``w0``, data and values). The device
+        is not recorded: like every pyrod config, a replay uses CUDA when available unless ``device=`` is given.
+        """
+        fn = _import_factory(factory)
+        given = dict(factory_kwargs or {})
+        if not isinstance(factory_kwargs, (dict, type(None))):
+            raise TypeError(f"factory_kwargs must be a dict, got {type(factory_kwargs).__name__}")
+        clash = sorted(set(given) & set(kwargs))
+        if clash:
+            raise ValueError(f"factory argument(s) {clash} given both in factory_kwargs and as keywords")
+        given.update(kwargs)
+        fkw = _json_kwargs(given)
+        batch_size = check_batch_size(batch_size)
+        made = fn(**fkw)
+        if isinstance(made, Problem):
+            prob = made
+            if dtype is not None and resolve_dtype(dtype) != prob.dtype:
+                raise ValueError(f"dtype={dtype!r}, but factory {factory!r} returned a {prob.dtype} problem; leave "
+                                 f"dtype=None or build the problem with that dtype inside the factory")
+            if device is not None and resolve_device(device) != prob.device:
+                raise ValueError(f"device={device!r}, but factory {factory!r} returned a problem on {prob.device}")
+            if batch_size is not None and batch_size != prob.batch_size:
+                raise ValueError(f"batch_size={batch_size!r}, but factory {factory!r} returned a problem with "
+                                 f"batch_size={prob.batch_size!r}; set it inside the factory")
+            if name is not None:
+                prob.name = name
+        elif isinstance(made, tuple) and len(made) == 4:
+            model, X, Y, loss = made
+            prob = cls.from_module(model, X, Y, loss, dtype="float64" if dtype is None else dtype, device=device,
+                                   batch_size=batch_size, name=name or factory.rpartition(":")[2])
+        else:
+            raise TypeError(f"factory {factory!r} returned {type(made).__name__}"
+                            + (f" of length {len(made)}" if isinstance(made, tuple) else "")
+                            + "; expected a pyrod Problem or a tuple (model, X, Y, loss)")
+        prob.config = {"factory": factory, "kwargs": fkw, "dtype": str(prob.dtype).replace("torch.", ""),
+                       "batch_size": prob.batch_size}
+        return prob
+
+
+def check_batch_size(batch_size) -> int | None:
+    """``None`` or an int ≥ 1 (NumPy integers accepted) -> ``None``/``int``; ValueError naming the value."""
+    if batch_size is None:
+        return None
+    if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} must be a positive int or None")
+    return int(batch_size)
+
+
+def _training_mode_offenders(model: torch.nn.Module) -> list[str]:
+    """Names (with types) of submodules in training mode whose output depends on the batch or on randomness."""
+    nn = torch.nn
+    out = []
+    for mname, m in model.named_modules():
+        if not m.training:
+            continue
+        bad = isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd, nn.RReLU))
+        bad = bad or (isinstance(m, nn.modules.instancenorm._InstanceNorm) and m.track_running_stats)
+        bad = bad or (isinstance(m, nn.MultiheadAttention) and m.dropout > 0)
+        if bad:
+            out.append(f"{mname or '(the model itself)'} ({type(m).__name__})")
+    return out
+
+
+def _check_mean_loss(loss_of, forward, w0, xb, yb):
+    """A callable loss must satisfy L(batch) = Σ (n_h/n) L(half h): check it on one micro-batch."""
+    m = len(yb)
+    if m < 2:
+        return
+    with torch.no_grad():
+        out = forward(w0, xb)
+        whole = float(loss_of(out, yb))
+        h = m // 2
+        split = float((h / m) * loss_of(out[:h], yb[:h]) + ((m - h) / m) * loss_of(out[h:], yb[h:]))
+    tol = (1e-9 if w0.dtype == torch.float64 else 1e-4) * max(abs(whole), abs(split), 1e-30)
+    if not abs(whole - split) <= tol:
+        raise ValueError(f"batch_size needs a loss that is a mean over samples, but the loss callable gives "
+                         f"{whole!r} on {m} samples and {split!r} as the size-weighted mean over its two halves; "
+                         f"make it a mean (e.g. reduction='mean') or use batch_size=None")
+
+
+def _import_factory(factory):
+    if not isinstance(factory, str) or factory.count(":") != 1 or not all(factory.split(":")):
+        raise ValueError(f"factory={factory!r} must be a string 'package.module:function'")
+    modname, attr = factory.split(":")
+    try:
+        obj = importlib.import_module(modname)
+    except ImportError as exc:
+        raise ValueError(f"factory={factory!r}: cannot import module {modname!r} ({exc}); it must be importable "
+                         f"(on sys.path) wherever the problem is rebuilt") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"factory={factory!r}: {modname!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise TypeError(f"factory={factory!r} is a {type(obj).__name__}, not a callable")
+    return obj
+
+
+def _json_kwargs(kwargs: dict) -> dict:
+    """NumPy scalars -> Python, then a strict JSON round trip (tuples -> lists); TypeError naming the bad key."""
+    def norm(v, where):
+        if v is None or isinstance(v, (bool, str)):
+            return v
+        if type(v).__module__ == "numpy" and hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
+            return norm(v.item(), where)
+        if isinstance(v, numbers.Integral):
+            return int(v)
+        if isinstance(v, numbers.Real):
+            if not math.isfinite(v):
+                raise ValueError(f"factory argument {where}={v!r} is not finite: not representable in JSON")
+            return float(v)
+        if isinstance(v, (list, tuple)):
+            return [norm(x, f"{where}[{i}]") for i, x in enumerate(v)]
+        if isinstance(v, dict):
+            bad = [k for k in v if not isinstance(k, str)]
+            if bad:
+                raise TypeError(f"factory argument {where} has a non-str key {bad[0]!r}: not JSON-able")
+            return {k: norm(x, f"{where}[{k!r}]") for k, x in v.items()}
+        raise TypeError(f"factory argument {where}={type(v).__name__} is not JSON-able (use None, bool, int, float, "
+                        f"str, lists and dicts): the config must be able to rebuild the problem")
+
+    return json.loads(json.dumps({k: norm(v, k) for k, v in kwargs.items()}, allow_nan=False))
 
 
 def make_loss(loss, classification: bool):
@@ -281,5 +556,6 @@ def make_loss(loss, classification: bool):
     if loss == "ce":
         if not classification:
             raise ValueError("loss='ce' needs integer class labels")
-        return lambda out, Y: torch.nn.functional.cross_entropy(out, Y)
+        # classes on the last axis: (n, C) vs (n,), or sequence models' (n, T, C) vs (n, T) (mean over n·T)
+        return lambda out, Y: torch.nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), Y.reshape(-1))
     raise ValueError(f"loss={loss!r}: expected one of ['ce', 'mse'] or a callable (outputs, Y) -> scalar")

@@ -1,12 +1,14 @@
-"""``pyrod.problem(...)``: build a Problem by name (model × data × loss, or an analytic toy)."""
+"""``pyrod.problem(...)``: build a Problem by name (model × data × loss, an analytic toy, or a factory)."""
 from __future__ import annotations
+
+import numbers
 
 import torch
 
-from .problem import Problem, resolve_device, resolve_dtype
 from . import data as _data
 from . import models as _models
 from . import toys as _toys
+from .problem import UNREPRODUCIBLE_KEY, Problem, check_batch_size, resolve_device, resolve_dtype
 
 MODELS = _models.MODELS
 DATASETS = _data.DATASETS
@@ -14,8 +16,9 @@ TOYS = _toys.TOYS
 
 
 def problem(model: str = "mlp", data: str = "digits", *, classes: int | None = 4, n: int | None = 1000,
-            loss: str = "mse", dtype="float64", device=None, seed: int = 0, toy: str | None = None,
+            loss: str = "mse", dtype=None, device=None, seed: int = 0, toy: str | None = None,
             data_path: str | None = None, model_kwargs: dict | None = None, data_kwargs: dict | None = None,
+            batch_size: int | None = None, factory: str | None = None, kwargs: dict | None = None,
             **toy_kwargs) -> Problem:
     """Build a named problem.
 
@@ -24,23 +27,44 @@ def problem(model: str = "mlp", data: str = "digits", *, classes: int | None = 4
     model : one of ``pyrod.problems.MODELS`` (``"mlp"``, ``"cnn"``, ``"vit"``, …).
     data : one of ``pyrod.problems.DATASETS`` (``"digits"`` ships with scikit-learn; ``"cifar10"`` needs
         ``data_path`` pointing at a local ``cifar-10-batches-py`` folder; synthetic and Zipf sets are generated).
-    classes, n : keep the first ``classes`` classes and the first ``n`` points (None = all).
+    classes, n : keep the first ``classes`` classes and the first ``n`` points (None = all). When the data has
+        fewer than ``n`` points (digits has 720 of classes 0–3, so ``n=1000`` gives 720), all of them are used
+        and ``config["n"]`` records the number used, so that replaying the config loads the same points.
     loss : ``"mse"`` (one-hot targets) or ``"ce"``.
-    dtype : ``"float64"`` (default) or ``"float32"``; device : ``None``/``"auto"`` = CUDA when available.
+    dtype : ``"float64"`` (the default, also for ``None``) or ``"float32"``; device : ``None``/``"auto"`` = CUDA
+        when available.
     seed : seeds the model initialisation and any synthetic data.
     toy : name of an analytic toy (``pyrod.problems.TOYS``); then ``model``/``data`` are ignored and
         ``toy_kwargs`` go to the toy.
     model_kwargs, data_kwargs : extra options (e.g. ``{"width": 64, "depth": 2, "activation": "tanh"}``).
+    batch_size : ``None`` (one full batch) or an int ≥ 1: exact full-batch values accumulated over micro-batches
+        of at most ``batch_size`` samples (bounded memory; :meth:`Problem.from_module`). Recorded in the config.
+    factory, kwargs : a custom problem from ``Problem.from_factory(factory, factory_kwargs=kwargs, dtype=,
+        device=, batch_size=)`` (``factory="package.module:function"``); the other arguments are then unused.
+        This is how the config of a factory-built problem replays.
+
+    NumPy integers are accepted wherever an int is (``n``, ``classes``, ``seed``, ``batch_size``, values in
+    ``model_kwargs``/``data_kwargs``/toy options) and are recorded as Python ints.
 
     Returns a :class:`Problem` whose ``config`` rebuilds it: ``pyrod.problem(**prob.config)``.
     """
-    dt = resolve_dtype(dtype)
+    if UNREPRODUCIBLE_KEY in toy_kwargs:
+        raise ValueError(f"this config cannot be replayed: {toy_kwargs[UNREPRODUCIBLE_KEY]}")
+    if factory is not None:
+        return Problem.from_factory(factory, factory_kwargs=kwargs, dtype=dtype, device=device,
+                                    batch_size=batch_size)
+    if kwargs is not None:
+        raise TypeError(f"kwargs={kwargs!r} is only used with factory='module:function'")
+    dt = resolve_dtype("float64" if dtype is None else dtype)
     dev = resolve_device(device)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise TypeError(f"seed={seed!r} must be an int")
+    seed = _as_int("seed", seed)
+    batch_size = check_batch_size(batch_size)
     if toy is not None:
         if toy not in TOYS:
             raise ValueError(f"toy={toy!r} is unknown; valid names: {sorted(TOYS)}")
+        if batch_size is not None:
+            raise ValueError(f"batch_size={batch_size!r}: analytic toys have no samples to split")
+        toy_kwargs = _py(toy_kwargs)
         prob = TOYS[toy](dtype=dt, device=dev, seed=seed, **toy_kwargs)
         prob.config = {"toy": toy, "dtype": str(dt).replace("torch.", ""), "seed": seed, **_jsonable(toy_kwargs)}
         return prob
@@ -52,17 +76,45 @@ def problem(model: str = "mlp", data: str = "digits", *, classes: int | None = 4
         raise ValueError(f"data={data!r} is unknown; valid names: {sorted(DATASETS)}")
     if loss not in ("mse", "ce"):
         raise ValueError(f"loss={loss!r} is unknown; valid names: ['ce', 'mse']")
-    for nm, v in (("classes", classes), ("n", n)):
-        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-            raise ValueError(f"{nm}={v!r} must be a positive int or None")
-    X, Y = DATASETS[data](classes=classes, n=n, seed=seed, path=data_path, **(data_kwargs or {}))
+    classes = _as_count("classes", classes)
+    n = _as_count("n", n)
+    model_kwargs, data_kwargs = _py(model_kwargs or {}), _py(data_kwargs or {})
+    X, Y = DATASETS[data](classes=classes, n=n, seed=seed, path=data_path, **data_kwargs)
+    if n is not None and Y.shape[0] < n:
+        n = int(Y.shape[0])      # record what was used: replaying n=len(Y) gives the same points
     out_dim = int(Y.max()) + 1 if not torch.is_floating_point(Y) else (Y.shape[1] if Y.ndim > 1 else 1)
     torch.manual_seed(seed)
-    net = MODELS[model](in_shape=tuple(X.shape[1:]), out_dim=out_dim, **(model_kwargs or {}))
+    net = MODELS[model](in_shape=tuple(X.shape[1:]), out_dim=out_dim, **model_kwargs)
     cfg = {"model": model, "data": data, "classes": classes, "n": n, "loss": loss,
            "dtype": str(dt).replace("torch.", ""), "seed": seed, "data_path": data_path,
-           "model_kwargs": _jsonable(model_kwargs or {}), "data_kwargs": _jsonable(data_kwargs or {})}
-    return Problem.from_module(net, X, Y, loss, dtype=dt, device=dev, name=f"{model}-{data}", config=cfg)
+           "model_kwargs": _jsonable(model_kwargs), "data_kwargs": _jsonable(data_kwargs), "batch_size": batch_size}
+    return Problem.from_module(net, X, Y, loss, dtype=dt, device=dev, name=f"{model}-{data}", config=cfg,
+                               batch_size=batch_size)
+
+
+def _as_int(name, v) -> int:
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{name}={v!r} must be an int")
+    return int(v)
+
+
+def _as_count(name, v):
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+        raise ValueError(f"{name}={v!r} must be a positive int or None")
+    return int(v)
+
+
+def _py(v):
+    """NumPy scalars -> Python scalars, recursively through dicts, lists and tuples (other values unchanged)."""
+    if isinstance(v, dict):
+        return {k: _py(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return type(v)(_py(x) for x in v)
+    if type(v).__module__ == "numpy" and getattr(v, "ndim", None) == 0 and hasattr(v, "item"):
+        return v.item()
+    return v
 
 
 def _jsonable(d: dict) -> dict:
@@ -70,6 +122,8 @@ def _jsonable(d: dict) -> dict:
     for k, v in d.items():
         if isinstance(v, torch.Tensor):
             v = v.detach().cpu().tolist()
+        elif type(v).__module__ == "numpy" and hasattr(v, "tolist"):
+            v = v.tolist()
         elif isinstance(v, tuple):
             v = list(v)
         out[k] = v

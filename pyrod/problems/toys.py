@@ -109,7 +109,8 @@ def quadratic(*, dtype=torch.float64, device="cpu", seed=0, spectrum=(10.0, 1.0,
 def quartic(*, dtype=torch.float64, device="cpu", seed=0, kappa=0.05, ystar=2.0, x0=0.1, y0=0.5, c=0.0):
     """Self-stabilisation toy ``L(x, y) = ½ y² x² + κ/2 (y − y*)² + c x³ / 3``, ``w = (x, y)``, ``w0 = (x0, y0)``.
 
-    Why this one (rod_flows.md §5): along ``x`` at ``x = 0`` the sharpness is ``y²`` (``H = diag(y², κ)``), and the
+    Why this one (docs/theory/stable_and_rod_flows.md, "sharpness penalty"): along ``x`` at ``x = 0`` the
+    sharpness is ``y²`` (``H = diag(y², κ)``), and the
     ``κ`` term pulls ``y → y*`` (progressive sharpening when ``y* > y``). Once ``y² > 2/η`` GD oscillates in ``x``
     with amplitude ``δ``; the averaged gradient gains ``½∇³L[δ,δ] = (0, y δ²)``, which lowers ``y`` and with it the
     sharpness (self-stabilisation, Damian et al. 2022). The EoS 2-cycle of GD is an exact equilibrium of the rod

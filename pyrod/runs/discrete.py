@@ -66,6 +66,25 @@ class DiscreteRun:
     def variables(self) -> list:
         return standard_variables(self.measurer.k, self.opt.has_nu)
 
+    # ------------------------------------------------------------------ explicit state
+    def state_dict(self) -> dict:
+        """Everything the next chunk depends on (see :meth:`load_state_dict`): the optimizer state
+        ``(w, m, ν, k, extra)``, the gradient taken at ``w_0`` before the first step, the initial loss
+        (divergence test), the stop reason and the measurer's eigen warm starts. Tensors are not copied."""
+        st = self.state
+        return {"opt_state": {"w": st.w, "m": st.m, "nu": st.nu, "k": int(st.k), "extra": dict(st.extra)},
+                "pending": self._pending, "loss0": self.loss0, "stop_reason": self.stop_reason,
+                "measurer": self.measurer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`: the next :meth:`run_chunk` is bit-identical to the uninterrupted run's."""
+        o = state["opt_state"]
+        self.state = OptState(o["w"], o["m"], o["nu"], int(o["k"]), dict(o["extra"]))
+        self._pending = state["pending"]
+        self.loss0 = state["loss0"]
+        self.stop_reason = state["stop_reason"]
+        self.measurer.load_state_dict(state["measurer"])
+
     def _loss_grad(self):
         if self._pending is not None:
             out, self._pending = self._pending, None
@@ -122,6 +141,13 @@ class MidpointRun:
     def variables(self) -> list:
         return standard_variables(self.measurer.k, self.opt.has_nu) + [
             Var("distance_to_discrete", ("t",), "Euclidean distance between w*_k and the discrete w_k", "1")]
+
+    def state_dict(self) -> dict:
+        return {"prev_w": self.prev_w, "measurer": self.measurer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.prev_w = state["prev_w"]
+        self.measurer.load_state_dict(state["measurer"])
 
     def advance(self, chunk: Chunk) -> list:
         records = []

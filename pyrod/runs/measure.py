@@ -59,6 +59,18 @@ class Measurer:
         self.raw_tracker = EigTracker(1, tol=self.eig_tol, max_iter=self.eig_max_iter) if self.adaptive else None
         self.last_evecs = None  # eigenvectors of the symmetric form at the last eigen-solve
 
+    def state_dict(self) -> dict:
+        """The eigen-trackers' warm starts (see :meth:`pyrod.spectra.EigTracker.state_dict`)."""
+        return {"tracker": self.tracker.state_dict(),
+                "raw_tracker": None if self.raw_tracker is None else self.raw_tracker.state_dict(),
+                "last_evecs": self.last_evecs}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.tracker.load_state_dict(state["tracker"])
+        if self.raw_tracker is not None:
+            self.raw_tracker.load_state_dict(state["raw_tracker"])
+        self.last_evecs = state["last_evecs"]
+
     def wants_eigs(self, step: int) -> bool:
         return self.k > 0 and step % self.eig_every == 0
 

@@ -1,17 +1,25 @@
-"""Why Muon beats Adam, a curvature view (seed 003 Figs. 1, 2, 4): one-step decomposition along training.
+"""Why Muon beats Adam, a curvature view (seed 003 Figs. 1, 2, 4, 9): one-step decomposition along training.
 
-Adam and Muon train the same network (full batch) on Zipf-imbalanced classes. Every ``analyze_every`` steps the
-update actually taken, Δw, is decomposed with :func:`pyrod.analysis.one_step_decomposition` (nds.md):
-first-order gain G = −gᵀΔw, curvature penalty C = ½ΔwᵀHΔw = ½‖Δw‖²·NDS, the normalized directional sharpness
-NDS, ‖Δw‖², the predicted decrease G − C against the actual decrease, and the within-layer / cross-layer split
-of ΔwᵀHΔw over the model's tensors (one batched HVP per analysed step).
+Adam and Muon train the same network full batch. Default setting (the paper's): a small causal transformer
+(``model="gpt"``) on next-token prediction over Zipf-PCFG token sequences (``data="zipf_pcfg"``, grammar
+probabilities Zipf(α)); ``--set model=mlp data=zipf`` gives the earlier MLP on Zipf-imbalanced digits.
+Every ``analyze_every`` steps the update actually taken, Δw, is decomposed with
+:func:`pyrod.analysis.one_step_decomposition` (nds.md): first-order gain G = −gᵀΔw, curvature penalty
+C = ½ΔwᵀHΔw = ½‖Δw‖²·NDS, the normalized directional sharpness NDS, ‖Δw‖², the predicted decrease G − C against
+the actual decrease, and the within-layer / cross-layer split of ΔwᵀHΔw over the model's tensors (one batched
+HVP per analysed step), with the within-layer part of every tensor kept (``block_within_nds``).
 
 The two runs are compared at matched training-loss levels (the first analysed step at which each run's loss
 falls below the level; the paper matches validation loss): Adam-to-Muon ratios of C, NDS and ‖Δw‖² (Fig. 2c), the
-decomposition itself (Fig. 1), and within- vs cross-layer NDS (Fig. 4).
+decomposition itself (Fig. 1), within- vs cross-layer NDS by training stage (Fig. 4; stages = the first, middle
+and last third of the log-spaced matched loss levels), and the per-tensor localisation of the within-layer gap
+(Fig. 9).
 
-Muon here: pyrod's ``Muon`` (torch's update; Newton–Schulz in ``muon_ns_dtype``) on the 2-D weights, AdamW(λ=0)
-on biases; weight decay 0 for both optimizers, so that only the update directions differ.
+Muon: pyrod's ``Muon`` (torch's update; Newton–Schulz in ``muon_ns_dtype``); with ``muon_split="hidden"``
+(default) the transformer's hidden matrices (attention q/k/v/o, MLP fc/proj) are Muon's and the embeddings,
+output head, LayerNorm gains (and biases) are Adam's (the paper's and common practice); ``"all2d"`` gives every
+2-D tensor to Muon. The MLP always uses ``"all2d"``. Weight decay 0 for both optimizers, so that only the update
+directions differ. The split (tensor names) is stored in the file and the summary.
 
 Files: ``muon_curvature.nc`` (groups ``adam``, ``muon``; coordinate ``t``; variables ``loss``, ``gain``,
 ``curvature``, ``nds``, ``update_norm_sq``, ``predicted_decrease``, ``actual_decrease``, ``gap``, ``within_nds``,
@@ -27,8 +35,8 @@ from .common import ExperimentError, figure, require_positive, savefig
 
 NAME = "muon-curvature"
 TITLE = "Muon vs Adam: one-step gain / curvature penalty / NDS / ‖Δw‖² at matched loss, within vs cross layer"
-PAPER = "Muon vs Adam curvature paper (seed 003) Figs. 1, 2, 4"
-RUNTIME = "~1 min"
+PAPER = "Muon vs Adam curvature paper (seed 003) Figs. 1, 2, 4, 9"
+RUNTIME = "~2 min"
 
 SCALARS = ("loss", "gain", "curvature", "nds", "update_norm_sq", "grad_norm", "predicted_decrease",
            "actual_decrease", "gap", "within", "cross", "within_nds", "cross_nds")
@@ -40,50 +48,90 @@ _UNITS = {"loss": "training loss L(w)", "gain": "first-order gain G = -g.dw", "c
           "cross": "cross-layer part of dw.H.dw", "within_nds": "within-layer part / |dw|^2",
           "cross_nds": "cross-layer part / |dw|^2"}
 
-_BASE = dict(model="mlp", data="zipf", data_base="digits", alpha=1.0, classes=10, loss="ce", width=64, depth=2,
-             activation="tanh", adam_lr=0.01, adam_beta1=0.9, adam_beta2=0.999, muon_lr=0.01, muon_momentum=0.95,
-             muon_ns_dtype="float32", analyze_every=2, levels=24, match_window=3)
+#: Zipf-PCFG grammar (pyrod/problems/pcfg.py); every entry goes into the problem's data_kwargs (replayable)
+GRAMMAR = dict(n_terminals=32, n_nonterminals=8, depth=3, n_rules=4, rhs_min=2, rhs_max=3, n_emit=8, context=32,
+               grammar_seed=None)
+
+_BASE = dict(model="gpt", data="zipf_pcfg", alpha=1.0, n=32, grammar=GRAMMAR, loss="ce",
+             width=32, depth=2, heads=2, mlp_ratio=4, activation="gelu",
+             data_base="digits", classes=10,                       # model=mlp data=zipf only
+             adam_lr=3e-3, adam_beta1=0.9, adam_beta2=0.999, muon_lr=0.02, muon_momentum=0.95,
+             muon_ns_dtype="float32", muon_split="hidden", analyze_every=5, levels=24, match_window=3)
 
 DEFAULTS = {
-    "tiny": {**_BASE, "n": 100, "width": 8, "depth": 1, "steps": 12, "analyze_every": 2, "levels": 4},
-    "small": {**_BASE, "n": 500, "steps": 400},
-    # the paper trains LLMs on Zipf-PCFG data; here: the same MLP analysis on the largest Zipf digits set
-    "paper": {**_BASE, "n": None, "width": 256, "depth": 3, "steps": 3000, "analyze_every": 10, "levels": 40},
+    "tiny": {**_BASE, "n": 4, "grammar": {**GRAMMAR, "context": 8, "n_terminals": 12}, "width": 8, "depth": 1,
+             "mlp_ratio": 2, "steps": 12, "analyze_every": 2, "levels": 4},
+    "small": {**_BASE, "steps": 150},
+    # the paper: GPT-2-size models on a large Zipf-PCFG corpus; here the largest that is still full batch
+    "paper": {**_BASE, "n": 256, "grammar": {**GRAMMAR, "context": 64, "n_terminals": 128, "n_nonterminals": 16,
+                                             "n_emit": 16}, "width": 128, "depth": 4, "heads": 4, "steps": 3000,
+              "analyze_every": 20, "levels": 40},
 }
+
+_PAIRS = {"gpt": "zipf_pcfg", "mlp": "zipf"}
 
 
 def check_params(p):
-    require_positive(p, "steps", "analyze_every", "adam_lr", "muon_lr", "levels", "width")
+    require_positive(p, "steps", "analyze_every", "adam_lr", "muon_lr", "levels", "width", "n")
+    if p["model"] not in _PAIRS:
+        raise ExperimentError(f"model={p['model']!r}: choose 'gpt' (with data=zipf_pcfg) or 'mlp' (with data=zipf)")
+    if p["data"] != _PAIRS[p["model"]]:
+        raise ExperimentError(f"data={p['data']!r} does not fit model={p['model']!r}: use data={_PAIRS[p['model']]!r} "
+                              f"(token sequences need the gpt, images the mlp)")
     if p["alpha"] < 0:
         raise ExperimentError(f"alpha={p['alpha']!r} must be >= 0")
     if p["muon_ns_dtype"] not in ("bfloat16", "float32", "float64"):
         raise ExperimentError(f"muon_ns_dtype={p['muon_ns_dtype']!r}: choose bfloat16, float32 or float64")
+    if p["muon_split"] not in ("hidden", "all2d"):
+        raise ExperimentError(f"muon_split={p['muon_split']!r}: choose 'hidden' (embeddings/head on Adam) or 'all2d'")
+    bad = sorted(set(p["grammar"]) - set(GRAMMAR))
+    if bad:
+        raise ExperimentError(f"grammar keys {bad} unknown; valid: {sorted(GRAMMAR)}")
 
 
-def make_problem(ctx, alpha=None, n="default"):
+def make_problem(ctx, alpha=None, n="default", seed=None):
     p = ctx.p
+    a = p["alpha"] if alpha is None else alpha
+    kw = {} if seed is None else {"seed": seed}
+    if p["model"] == "gpt":
+        g = {**GRAMMAR, **p["grammar"]}
+        return ctx.problem(model="gpt", data="zipf_pcfg", n=p["n"] if n == "default" else n, loss=p["loss"],
+                           classes=None, data_kwargs={"alpha": a, **g},
+                           model_kwargs={"dim": p["width"], "depth": p["depth"], "heads": p["heads"],
+                                         "mlp_ratio": p["mlp_ratio"], "activation": p["activation"],
+                                         "vocab": g["n_terminals"] + 1}, **kw)
     return ctx.problem(model=p["model"], data=p["data"], classes=p["classes"], n=p["n"] if n == "default" else n,
                        loss=p["loss"], model_kwargs={"width": p["width"], "depth": p["depth"],
                                                      "activation": p["activation"]},
-                       data_kwargs={"alpha": p["alpha"] if alpha is None else alpha, "base": p["data_base"]})
+                       data_kwargs={"alpha": a, "base": p["data_base"]}, **kw)
 
 
 def make_optimizers(p, problem) -> dict:
     import pyrod
+    from pyrod.problems.gpt import MUON_ADAM_PARAMS
 
     adam = pyrod.optimizers.Adam(lr=p["adam_lr"], beta1=p["adam_beta1"], beta2=p["adam_beta2"], eps=1e-8,
                                  bias_correction=True, nu0="zero")
+    hidden = p["model"] == "gpt" and p["muon_split"] == "hidden"
     muon = pyrod.optimizers.Muon(lr=p["muon_lr"], momentum=p["muon_momentum"], weight_decay=0.0,
                                  ns_dtype=p["muon_ns_dtype"], adam_lr=p["adam_lr"], adam_beta1=p["adam_beta1"],
-                                 adam_beta2=p["adam_beta2"]).bind(problem)
+                                 adam_beta2=p["adam_beta2"],
+                                 adam_params=MUON_ADAM_PARAMS if hidden else ()).bind(problem)
     return {"adam": adam, "muon": muon}
 
 
-def train_and_analyze(problem, opt, steps: int, every: int, progress_desc=None):
+def muon_split_names(muon, problem) -> dict:
+    """``{"muon": [tensor names], "adam": [...]}`` of a bound Muon."""
+    return muon.split([b.name for b in problem.blocks])
+
+
+def train_and_analyze(problem, opt, steps: int, every: int, progress_desc=None, blocks=None):
     """Train with ``opt`` for ``steps`` full-batch steps; decompose the update every ``every`` steps.
 
-    Returns ``(t, rows, block_names, block_nds)``: analysed steps, list of scalar dicts, tensor names,
-    array (n_analysed, n_blocks) of the per-block within-layer NDS contributions Δw_lᵀH_llΔw_l/‖Δw‖²."""
+    ``blocks=None``: the problem's tensors (within/cross split, one batched HVP of one column per tensor);
+    ``blocks=()``: NDS only (one HVP). Returns ``(t, rows, block_names, block_nds)``: analysed steps, list of
+    scalar dicts, tensor names, array (n_analysed, n_blocks) of the per-block within-layer NDS contributions
+    Δw_lᵀH_llΔw_l/‖Δw‖² (NaN without the split)."""
     from pyrod.analysis import one_step_decomposition, optimizer_update
 
     loss, g = problem.loss_and_grad(problem.w0)
@@ -97,12 +145,12 @@ def train_and_analyze(problem, opt, steps: int, every: int, progress_desc=None):
     for k in it:
         dw, new_state = optimizer_update(opt, state, g)
         if k % every == 0:
-            r = one_step_decomposition(problem, state.w, dw, loss=loss, grad=g)
+            r = one_step_decomposition(problem, state.w, dw, blocks=blocks, loss=loss, grad=g)
             if not math.isfinite(r.loss):
                 break
             ts.append(k)
             rows.append(r.scalars())
-            bnds.append([r.block_within[nm] / r.update_norm_sq for nm in names])
+            bnds.append([r.block_within.get(nm, math.nan) / r.update_norm_sq for nm in names])
         state = new_state
         loss, g = problem.loss_and_grad(state.w)
         if not math.isfinite(float(loss)):
@@ -183,7 +231,83 @@ def summarize_file(path, n_levels: int, window: int) -> dict:
         "adam_median_gain_minus_curvature_at_levels": _med(mt["a_predicted_decrease"]),
         "muon_median_gain_minus_curvature_at_levels": _med(mt["b_predicted_decrease"]),
     })
+    r["stages"] = stage_split(mt)
+    r["block_localisation"] = block_localisation(A, M, mt["levels"], window)
     return r
+
+
+STAGES = ("early", "middle", "late")
+
+
+def _stage_slices(n: int) -> dict:
+    """The first, middle and last third of ``n`` matched levels (highest losses first)."""
+    e = np.linspace(0, n, 4).round().astype(int)
+    return {s: slice(e[i], e[i + 1]) for i, s in enumerate(STAGES)}
+
+
+def stage_split(mt) -> dict:
+    """Per training stage (thirds of the matched loss levels): median Adam − Muon gaps of NDS and of its within-
+    and cross-layer parts, the within share of the total gap (median of within-gap / total-gap), and the median
+    Adam/Muon NDS ratio."""
+    out = {}
+    tot = mt["a_nds"] - mt["b_nds"]
+    gw = mt["a_within_nds"] - mt["b_within_nds"]
+    gc = mt["a_cross_nds"] - mt["b_cross_nds"]
+    for s, sl in _stage_slices(len(mt["levels"])).items():
+        lv = mt["levels"][sl]
+        out[s] = {"loss_range": [float(lv[0]), float(lv[-1])] if len(lv) else None,
+                  "nds_gap": _med(tot[sl]), "within_gap": _med(gw[sl]), "cross_gap": _med(gc[sl]),
+                  "within_share_of_gap": _med(gw[sl] / tot[sl]),
+                  "adam_over_muon_nds": _med(mt["a_nds"][sl] / mt["b_nds"][sl]),
+                  "within_gap_dominates": bool(_med(np.abs(gw[sl]) - np.abs(gc[sl])) is not None
+                                               and _med(np.abs(gw[sl]) - np.abs(gc[sl])) > 0)}
+    return out
+
+
+def block_names(ds) -> list:
+    """The tensor names of a run group (stored as a JSON list attribute)."""
+    import json
+
+    v = ds.attrs.get("block_names", [])
+    if isinstance(v, str):
+        v = json.loads(v) if v.startswith("[") else [v]
+    return [str(x) for x in v]
+
+
+def block_within_at_levels(ds, levels, window) -> np.ndarray:
+    """``(n_levels, n_blocks)``: each tensor's within-layer NDS contribution at the matched levels."""
+    from pyrod.analysis import value_at_levels
+
+    bw = ds["block_within_nds"].values
+    loss = ds["loss"].values
+    return np.stack([value_at_levels(loss, bw[:, j], levels, window=window) for j in range(bw.shape[1])], axis=1)
+
+
+def block_localisation(A, M, levels, window) -> dict:
+    """Fig. 9: where the within-layer gap Adam − Muon sits, per tensor and stage (medians over the stage's levels),
+    and the tensor holding the largest share of the late-stage gap."""
+    names = block_names(A)
+    if not len(levels) or not names:
+        return {}
+    ga = block_within_at_levels(A, levels, window) - block_within_at_levels(M, levels, window)
+    per = {}
+    for s, sl in _stage_slices(len(levels)).items():
+        per[s] = {nm: _med(ga[sl, j]) for j, nm in enumerate(names)}
+    late = np.array([per["late"][nm] if per["late"][nm] is not None else np.nan for nm in names])
+    ok = np.isfinite(late)
+    out = {"gap_per_block": per}
+    if ok.any():
+        j = int(np.nanargmax(np.where(ok, late, -np.inf)))
+        pos = np.clip(late[ok], 0, None).sum()
+        out.update({"late_top_block": names[j], "late_top_block_gap": float(late[j]),
+                    "late_top_block_share_of_positive_gap": float(late[j] / pos) if pos > 0 else None})
+        kinds = {}
+        for nm, v in zip(names, late, strict=True):
+            if np.isfinite(v):
+                kind = ".".join(x for x in nm.split(".") if not x.isdigit() and x != "blocks")
+                kinds[kind] = kinds.get(kind, 0.0) + float(v)
+        out["late_gap_by_tensor_kind"] = kinds
+    return out
 
 
 def run(ctx):
@@ -194,11 +318,14 @@ def run(ctx):
     for name in ctx.iterate(list(opts), "optimizers"):
         runs[name] = train_and_analyze(prob, opts[name], p["steps"], p["analyze_every"],
                                        progress_desc=f"{name}" if ctx.progress else None)
+    split = muon_split_names(opts["muon"], prob)
     config = {"problem": prob.config, "optimizers": {k: o.config() for k, o in opts.items()}, "steps": p["steps"],
-              "analyze_every": p["analyze_every"], "experiment": NAME}
+              "analyze_every": p["analyze_every"], "experiment": NAME, "muon_split": split}
     path = ctx.path("muon_curvature.nc")
-    write(path, config, runs, attrs={"title": TITLE, "dim": prob.dim})
+    write(path, config, runs, attrs={"title": TITLE, "dim": prob.dim, "muon_tensors": split["muon"],
+                                     "adam_tensors_under_muon": split["adam"]})
     results = summarize_file(path, p["levels"], p["match_window"])
+    results["muon_split"] = split
     plot(ctx, path)
     return results
 
@@ -217,14 +344,15 @@ def plot(ctx, path):
     for a, (k, lab) in zip(ax[0], [("gain", "first-order gain G = −gᵀΔw"),
                                    ("curvature", "curvature penalty C = ½ΔwᵀHΔw"),
                                    ("predicted_decrease", "predicted decrease G − C"),
-                                   ("actual_decrease", "actual decrease L(w) − L(w+Δw)")]):
+                                   ("actual_decrease", "actual decrease L(w) − L(w+Δw)")], strict=True):
         a.plot(lv, mt[f"a_{k}"], "o-", ms=3, color=ca, label="Adam")
         a.plot(lv, mt[f"b_{k}"], "s-", ms=3, color=cm, label="Muon")
         a.set(xscale="log", yscale="log", xlabel="training loss level (matched)", ylabel=lab,
               title=lab.split(" =")[0])
         a.invert_xaxis()
         a.legend(fontsize=7)
-    fig.suptitle("One-step decomposition along training at matched loss (MLP, Zipf α=%g)" % p["alpha"])
+    fig.suptitle("One-step decomposition along training at matched loss (%s on %s, Zipf α=%g)"
+                 % (p["model"], p["data"], p["alpha"]))
     savefig(ctx, fig, "muon_curvature_decomposition.png")
     # Fig. 2: NDS, update norm, ratios
     fig, ax = figure(1, 4, width=3.8, height=3.3)
@@ -267,3 +395,19 @@ def plot(ctx, path):
     a.invert_xaxis()
     a.legend(fontsize=7)
     savefig(ctx, fig, "muon_curvature_layers.png")
+    # Fig. 9: per-tensor localisation of the within-layer gap, by stage
+    names = block_names(A)
+    if len(lv) and names:
+        ga = block_within_at_levels(A, lv, p["match_window"]) - block_within_at_levels(M, lv, p["match_window"])
+        sl = _stage_slices(len(lv))
+        G = np.array([[_med(ga[sl[s], j]) if _med(ga[sl[s], j]) is not None else np.nan for s in STAGES]
+                      for j in range(len(names))])
+        fig, ax = figure(1, 1, width=5.2, height=0.25 * len(names) + 1.6)
+        lim = np.nanmax(np.abs(G)) if np.isfinite(G).any() else 1.0
+        im = ax[0, 0].imshow(G, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+        ax[0, 0].set_xticks(range(3), STAGES)
+        ax[0, 0].set_yticks(range(len(names)), names, fontsize=7)
+        ax[0, 0].set(xlabel="training stage (thirds of the matched loss levels)", ylabel="tensor",
+                     title="within-layer NDS gap Adam − Muon per tensor")
+        fig.colorbar(im, ax=ax[0, 0], label="Δw_lᵀH_llΔw_l/‖Δw‖², Adam − Muon")
+        savefig(ctx, fig, "muon_curvature_blocks.png")

@@ -1,4 +1,5 @@
-"""The stylized heterogeneous-curvature quadratic where Muon's NDS is provably below GD's (seed 003 §5, nds.md).
+"""The stylized heterogeneous-curvature quadratic where Muon's NDS is provably below GD's
+(seed 003 §5; docs/theory/nds.md).
 
 ``L(W) = ½ Σ_i h_i ⟨M_i, W⟩²`` over W ∈ R^{m×m} with orthonormal rank-one matrices ``M_i = u_i v_iᵀ``
 (i = 1..q; U, V random orthogonal), curvatures ``h_i`` spread geometrically over a ratio κ (heterogeneity), and

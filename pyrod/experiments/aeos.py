@@ -83,9 +83,13 @@ def run(ctx):
         for s in panel:
             if s not in todo:
                 todo.append(s)
-    for lr, b1, b2 in ctx.iterate(todo, "Adam runs"):
-        opt = pyrod.optimizers.Adam(lr=lr, beta1=b1, beta2=b2, eps=p["eps"], bias_correction=p["bias_correction"])
-        ctx.simulate(prob, opt, filename(lr, b1, b2), steps=p["steps"], eigs=p["eigs"], eig_every=p["eig_every"])
+    # one sweep over the settings (paired η, β1, β2): parallel with --jobs, resumed when rerun
+    lr0, b10, b20 = todo[0]
+    opt = pyrod.optimizers.Adam(lr=lr0, beta1=b10, beta2=b20, eps=p["eps"], bias_correction=p["bias_correction"])
+    base = ctx.spec(prob, opt, steps=p["steps"], eigs=p["eigs"], eig_every=p["eig_every"])
+    keys = ("optimizer.lr", "optimizer.beta1", "optimizer.beta2")
+    ctx.sweep(base, {keys: todo}, "runs",
+              name=lambda pt: filename(*(pt[k] for k in keys))[len("runs/"):-len(".nc")])
     results = summarize(ctx.out, p)
     plot(ctx, results)
     return results

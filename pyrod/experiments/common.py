@@ -207,6 +207,8 @@ class Context:
     params: dict
     out: Path
     progress: bool = False
+    jobs: int | None = 1            # sweeps: worker processes (None: one per core; 1: in this process)
+    scheduler: str | None = None    # sweeps: address of an existing Dask scheduler (then jobs is not used)
     files: list = field(default_factory=list)
     notes: list = field(default_factory=list)
 
@@ -255,6 +257,32 @@ class Context:
         kw.setdefault("eig_tol", float(self.params.get("eig_tol", 1e-8)))
         return pyrod.simulate(problem, optimizer, path=self.path(filename), overwrite=True, **kw)
 
+    def spec(self, problem, optimizer, **kw):
+        """The :class:`pyrod.RunSpec` of ``ctx.simulate(problem, optimizer, ..., **kw)`` (for :meth:`sweep`)."""
+        from pyrod.simulation import problem_config
+        from pyrod.spec import spec_from_kwargs
+
+        kw.setdefault("eig_tol", float(self.params.get("eig_tol", 1e-8)))
+        return spec_from_kwargs(problem_config(problem), optimizer.config(), kw)
+
+    def sweep(self, base, grid, folder: str, *, name=None, zip=None):  # noqa: A002
+        """``pyrod.sweep`` into ``out/folder`` with this run's ``--jobs``/``--scheduler``: finished points are
+        kept (a rerun resumes), points whose spec changed are recomputed; the files go into the summary.
+        Raises ExperimentError naming the failed points (the others are kept)."""
+        import pyrod
+
+        res = pyrod.sweep(base, grid, self.out / folder, zip=zip, name=name, client=self.scheduler,
+                          jobs=None if self.scheduler else self.jobs, rerun_changed=True, progress=self.progress)
+        for rel in [f"{folder}/{p['file']}" for p in res.points] + [f"{folder}/sweep.json"]:
+            if rel not in self.files:
+                self.files.append(rel)
+        if res.failed:
+            first = res.failed[0]
+            raise ExperimentError(f"{len(res.failed)} of {len(res.points)} runs failed (see "
+                                  f"{self.out / folder / 'sweep.json'}; rerunning resumes the others); first, "
+                                  f"{first['name']}:\n{first['error']}")
+        return res
+
     def iterate(self, items, desc: str):
         """``items`` with a progress bar (tqdm) when progress is on."""
         items = list(items)
@@ -286,10 +314,13 @@ jsonable = _jsonable
 
 
 def run_experiment(name: str, scale: str = "small", out: str | os.PathLike | None = None,
-                   overrides: dict | None = None, progress: bool | None = None) -> dict:
+                   overrides: dict | None = None, progress: bool | None = None, jobs: int | None = 1,
+                   scheduler: str | None = None) -> dict:
     """Run experiment ``name`` at ``scale`` into ``out`` (default ``results/experiments/<name>``).
 
-    ``overrides``: ``{key: value}`` (strings are parsed like ``--set``). Returns the summary dict that is also
+    ``overrides``: ``{key: value}`` (strings are parsed like ``--set``). ``jobs``: worker processes of the
+    experiment's sweeps (1, the default here: in this process; None: one per core); ``scheduler``: a Dask
+    scheduler address to run them on instead. Returns the summary dict that is also
     written to ``out/summary.json``. Raises :class:`ExperimentError` for bad names, keys or values.
     """
     from . import get_experiment
@@ -304,7 +335,10 @@ def run_experiment(name: str, scale: str = "small", out: str | os.PathLike | Non
 
     old_threads = torch.get_num_threads()
     torch.set_num_threads(params["threads"])
-    ctx = Context(name=module.NAME, scale=scale, params=params, out=out, progress=bool(progress))
+    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
+        raise ExperimentError(f"--jobs {jobs!r} must be an integer >= 1")
+    ctx = Context(name=module.NAME, scale=scale, params=params, out=out, progress=bool(progress), jobs=jobs,
+                  scheduler=scheduler)
     t0 = time.perf_counter()
     try:
         import matplotlib

@@ -1,12 +1,12 @@
 """Rod flow vs stable flow for GD and the eight optimizers of the rod-flow paper (Regis & Chewi, "A Rod Flow
-Model for Adam at the Edge of Stability", Figs. 3, 6–13; rod_flows.md §6.2–6.3).
+Model for Adam at the Edge of Stability", Figs. 3, 6–13; docs/theory/stable_and_rod_flows.md).
 
 For each architecture (MLP, CNN, ViT) and optimizer (GD, HeavyBall, Nesterov, ScalarRMSProp, RMSProp,
 ScalarAdam, Adam, ScalarNAdam, NAdam) one simulation runs the discrete optimizer, the stable flow and the rod
 flow side by side: training loss, effective sharpness λmax(P⁻¹H)/threshold (1 = EoS) and the distance of each
 flow's centre to the discrete centre (w_k + w_{k+1})/2 relative to its norm (the paper's bottom row).
 
-Restart-inside-EoS table (rod_flows.md §6.3): both flows are restarted from the discrete state at even steps k0
+Restart-inside-EoS table (docs/theory/stable_and_rod_flows.md, restarts): both flows are restarted from the discrete state at even steps k0
 inside the EoS (fractions ``restart_fracs`` of the way from the discrete EoS onset to the end) and compared over
 the next ``restart_window`` steps: median centre distance of each flow and the ratio stable/rod (> 1: the rod
 flow is closer).
@@ -28,7 +28,7 @@ from .common import ExperimentError, figure, finite, fmt, require_positive, save
 
 NAME = "rod-tracking"
 TITLE = "Rod flow vs stable flow tracking the discrete run (9 optimizers × MLP/CNN/ViT) + restart table"
-PAPER = "Regis & Chewi, rod flow for Adam, Figs. 3, 6-13; rod_flows.md §6.2-6.3"
+PAPER = "Regis & Chewi, rod flow for Adam, Figs. 3, 6-13"
 RUNTIME = "~35 min (27 flow runs + 27 restarts; ~10 min with --set archs=mlp)"
 
 OPTIMIZERS = ["GD", "HeavyBall", "Nesterov", "ScalarRMSProp", "RMSProp", "ScalarAdam", "Adam", "ScalarNAdam",
@@ -141,7 +141,7 @@ def make_optimizer(name, kwargs):
 
 
 def filename(arch, opt, k0=None):
-    return f"runs/{arch}_{opt}.nc" if k0 is None else f"runs/{arch}_{opt}_restart{k0}.nc"
+    return f"runs/{arch}_{opt}.nc" if k0 is None else f"restarts/{arch}_{opt}_restart{k0}.nc"
 
 
 def restart_points(ds, p) -> tuple[list, int | None]:
@@ -165,23 +165,40 @@ def restart_points(ds, p) -> tuple[list, int | None]:
 def run(ctx):
     p = ctx.p
     flow_kw = dict(backend=p["backend"], method=p["method"], rtol=p["rtol"], atol=p["atol"])
+    import pyrod
+
+    # sweep 1: every arch × optimizer (paired problem and optimizer configs); sweep 2: the restarts inside the
+    # EoS, which depend on sweep 1's discrete runs. Both run in parallel with --jobs and resume when rerun.
+    problems = {a: ctx.problem(model=a, data=p["data"], classes=p["classes"], n=p["n"], loss=p["loss"],
+                               model_kwargs=p["models"][a]) for a in p["archs"]}
     todo = [(a, o) for a in p["archs"] for o in p["optimizers"]]
-    for arch, name in ctx.iterate(todo, "arch × optimizer"):
-        prob = ctx.problem(model=arch, data=p["data"], classes=p["classes"], n=p["n"], loss=p["loss"],
-                           model_kwargs=p["models"][arch])
-        opt = make_optimizer(name, p["hyper"][arch][name])
-        tree = ctx.simulate(prob, opt, filename(arch, name), steps=p["steps"], runs=["discrete", "stable", "rod"],
-                            eigs=p["eigs"], eig_every=p["eig_every"], **flow_kw)
-        if p["restart"]:
-            ks, _ = restart_points(tree["discrete"].ds, p)
+    specs = {(a, o): ctx.spec(problems[a], make_optimizer(o, p["hyper"][a][o]), steps=p["steps"],
+                              runs=["discrete", "stable", "rod"], eigs=p["eigs"], eig_every=p["eig_every"], **flow_kw)
+             for a, o in todo}
+    keys = ("problem", "optimizer")
+    stems = {_point_key(specs[t].problem, specs[t].optimizer): filename(*t)[len("runs/"):-3] for t in todo}
+    ctx.sweep(specs[todo[0]], {keys: [(specs[t].problem, specs[t].optimizer) for t in todo]}, "runs",
+              name=lambda pt: stems[_point_key(pt["problem"], pt["optimizer"])])
+    if p["restart"]:
+        rows, rstems = [], {}
+        for arch, name in todo:
+            ks, _ = restart_points(pyrod.open(ctx.out / filename(arch, name))["discrete"].ds, p)
             for k0 in ks:
-                ctx.log(f"{arch} {name}: restart at k0={k0}")
-                ctx.simulate(prob, opt, filename(arch, name, k0), steps=k0 + p["restart_window"],
-                             runs=["discrete", "stable", "rod"], eigs=p["eigs"], eig_every=p["eig_every"],
-                             restart_at=k0, **flow_kw)
+                sp = specs[(arch, name)]
+                rows.append((sp.problem, sp.optimizer, k0, k0 + p["restart_window"]))
+                rstems[_point_key(sp.problem, sp.optimizer, k0)] = filename(arch, name, k0)[len("restarts/"):-3]
+        if rows:
+            ctx.sweep(specs[todo[0]], {("problem", "optimizer", "restart_at", "stop.steps"): rows}, "restarts",
+                      name=lambda pt: rstems[_point_key(pt["problem"], pt["optimizer"], pt["restart_at"])])
     results = summarize(ctx.out, p)
     plot(ctx, results)
     return results
+
+
+def _point_key(*parts) -> str:
+    import json
+
+    return json.dumps(parts, sort_keys=True, default=str)
 
 
 def _median_last(da, frac):

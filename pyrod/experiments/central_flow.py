@@ -1,5 +1,5 @@
 """Central flows for GD and RMSProp (Cohen, Damian et al., ICLR 2025; Damian's talk "Understanding Adaptive
-Optimizers with Central Flows"; central_flows.md §2.5).
+Optimizers with Central Flows"; docs/theory/central_flows.md, "Predictions").
 
 For GD and RMSProp the discrete run and the central flow (and optionally the stable flow) run side by side:
 
@@ -46,7 +46,7 @@ DEFAULTS = {
     "tiny": {**_BASE, "n": 64, "width": 8, "depth": 1, "steps": 12, "eigs": 2, "eig_every": 2, "nu_coords": 2,
              "smooth": 4, "gd_lr": 0.5, "rmsprop_lr": 0.001, "rmsprop_warm_start": 4},
     "small": {**_BASE, "steps": 300},
-    # central_flows.md §9: MLP on CIFAR-10 (4 classes, n = 1000, MSE); GD lr 0.02, RMSProp lr 2e-5, β2 0.99
+    # the paper's setting: MLP on CIFAR-10 (4 classes, n = 1000, MSE); GD lr 0.02, RMSProp lr 2e-5, β2 0.99
     "paper": {**_BASE, "data": "cifar10", "data_kwargs": {}, "n": 1000, "width": 256, "depth": 2, "activation": "gelu",
               "gd_lr": 0.02, "rmsprop_lr": 2e-5, "rmsprop_beta2": 0.99, "rmsprop_eps": 1e-7,
               "rmsprop_bias_correction": True, "rmsprop_warm_start": 5, "steps": 1000, "eig_every": 1},

@@ -1,0 +1,95 @@
+"""``python -m experiments list | run NAME [--scale tiny|small|paper] [--out DIR] [--set key=value ...]``.
+
+Also installed as the console script ``pyrod-experiments``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def _list(verbose: bool) -> int:
+    from . import EXPERIMENTS, get_experiment
+    from .common import COMMON_DEFAULTS
+
+    width = max(len(n) for n in EXPERIMENTS)
+    for name in EXPERIMENTS:
+        mod = get_experiment(name)
+        print(f"{name:<{width}}  {mod.TITLE}")
+        print(f"{'':<{width}}  reproduces: {mod.PAPER}; small scale: {mod.RUNTIME}")
+        if verbose:
+            keys = {k: v for k, v in mod.DEFAULTS["small"].items()}
+            for k, v in sorted({**COMMON_DEFAULTS, **keys}.items()):
+                print(f"{'':<{width}}    {k} = {json.dumps(v)}")
+    return 0
+
+
+def _parse_sets(items) -> dict:
+    from .common import ExperimentError
+
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ExperimentError(f"--set {item!r}: expected key=value")
+        k, v = item.split("=", 1)
+        k = k.strip()
+        if not k:
+            raise ExperimentError(f"--set {item!r}: empty key")
+        out[k] = v
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m experiments",
+        description="Reproduce the seeds' headline figures with pyrod (NetCDF + PNG + summary.json).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  python -m experiments list\n  python -m experiments run aeos\n"
+               "  python -m experiments run rod-tracking --scale tiny --out /tmp/rod\n"
+               "  python -m experiments run aeos --set steps=800 --set lrs=1e-3,2e-3\n"
+               "  python -m experiments run aeos --scale paper --set data_path=~/data/cifar-10-batches-py")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    ls = sub.add_parser("list", help="list the experiments")
+    ls.add_argument("-v", "--verbose", action="store_true", help="also print every parameter and its default")
+    r = sub.add_parser("run", help="run one experiment")
+    r.add_argument("name", help="experiment name (see `list`)")
+    r.add_argument("--scale", default="small", choices=["tiny", "small", "paper"],
+                   help="tiny: seconds (CI); small (default): minutes on a 2-core CPU; paper: the papers' sizes")
+    r.add_argument("--out", default=None, help="output folder (default: results/experiments/NAME)")
+    r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a parameter (repeatable); `list -v` shows the keys")
+    r.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="worker processes for the experiment's runs (default: one per core; 1: serially here)")
+    r.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run on an existing Dask cluster, e.g. tcp://host:8786 (see the README's Sweeps section)")
+    g = r.add_mutually_exclusive_group()
+    g.add_argument("--progress", dest="progress", action="store_true", default=None,
+                   help="show progress bars (default: when stderr is a terminal)")
+    g.add_argument("--no-progress", dest="progress", action="store_false")
+    args = p.parse_args(argv)
+
+    from .common import ExperimentError, run_experiment
+
+    try:
+        if args.cmd == "list":
+            return _list(args.verbose)
+        summary = run_experiment(args.name, scale=args.scale, out=args.out, overrides=_parse_sets(args.sets),
+                                 progress=args.progress, jobs=args.jobs if args.jobs is not None else (os.cpu_count() or 1),
+                                 scheduler=args.scheduler)
+    except ExperimentError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = args.out or f"results/experiments/{summary['experiment']}"
+    res = summary["results"]
+    headline = {k: v for k, v in res.items() if not isinstance(v, (dict, list))}
+    print(json.dumps({"experiment": summary["experiment"], "scale": summary["scale"],
+                      "wall_time_s": summary["wall_time_s"], "out": out, "files": summary["files"],
+                      "summary": os.path.join(out, "summary.json"),
+                      "results": headline or res}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,588 @@
+"""The run specification: everything a run needs, as typed, frozen, JSON-able data.
+
+A :class:`RunSpec` describes one call of :func:`pyrod.simulate` completely: the problem (its replay config),
+the optimizer (its ``config()``), the runs, the eigen measurement, the integrator, each flow's options, the
+events, the stopping rules and the output. It is what is stored in the NetCDF file (root attribute
+``pyrod_spec``, JSON), what :func:`pyrod.spec_of` gives back, what a sweep ships to a worker, and what
+:func:`pyrod.resume` continues. One time unit = one optimizer step everywhere.
+
+Every section is a frozen dataclass; unknown or misplaced options fail at once, naming the option and the
+valid names of the section where it was given (with the closest name when there is one)::
+
+    spec = pyrod.RunSpec(problem={"model": "mlp", "data": "digits", "n": 300},
+                         optimizer={"name": "GD", "lr": 0.5}, runs=("discrete", "rod"),
+                         stop=pyrod.spec.StopSpec(steps=200))
+    spec2 = spec.replace({"optimizer.lr": 0.6, "output.path": "run.nc"})   # dotted keys, a new spec
+    pyrod.simulate(spec2)
+
+The keyword form ``pyrod.simulate(problem, optimizer, steps=..., eigs=..., backend=..., bea=...)`` builds the
+same object (:func:`spec_from_kwargs`); the table of flat keywords and where each lands is
+:data:`FLAT_KEYWORDS`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import numbers
+from dataclasses import dataclass, field, fields
+
+__all__ = ["RunSpec", "EigSpec", "IntegratorSpec", "StableSpec", "RodSpec", "CentralSpec", "StopSpec",
+           "OutputSpec", "SpecError", "spec_from_kwargs", "FLAT_KEYWORDS", "RUN_NAMES", "SPEC_VERSION"]
+
+SPEC_VERSION = 1
+RUN_NAMES = ("discrete", "midpoint", "stable", "rod", "central")
+
+
+class SpecError(TypeError, ValueError):
+    """An unknown, misplaced or ill-typed option (the message names it and lists the valid names). Both a
+    TypeError (wrong keyword) and a ValueError (bad configuration), so either except clause catches it."""
+
+
+# ----------------------------------------------------------------------------------------- value checks
+def _suggest(name, valid) -> str:
+    close = difflib.get_close_matches(str(name), list(valid), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _unknown(names, valid, where: str):
+    names = sorted(names)
+    hint = _suggest(names[0], valid) if len(names) == 1 else ""
+    raise SpecError(f"unknown option{'s' if len(names) > 1 else ''} {names if len(names) > 1 else repr(names[0])} "
+                    f"in {where}{hint}; valid names: {sorted(valid)}")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _int(where, name, v, lo=None, none=False):
+    if v is None and none:
+        return None
+    if not _is_int(v) or (lo is not None and v < lo):
+        raise ValueError(f"{where}.{name}={v!r} must be an int" + (f" >= {lo}" if lo is not None else "")
+                         + (" or None" if none else ""))
+    return int(v)
+
+
+def _float(where, name, v, lo=None, hi=None, open_lo=True, open_hi=True, none=False, allow_inf=False):
+    if v is None and none:
+        return None
+    ok = _is_num(v) and (math.isfinite(v) or (allow_inf and v == math.inf))
+    if ok and lo is not None:
+        ok = v > lo if open_lo else v >= lo
+    if ok and hi is not None:
+        ok = v < hi if open_hi else v <= hi
+    if not ok:
+        rng = ""
+        if lo is not None or hi is not None:
+            rng = f" in {'(' if open_lo else '['}{lo if lo is not None else '-inf'}, " \
+                  f"{hi if hi is not None else 'inf'}{')' if open_hi else ']'}"
+        raise ValueError(f"{where}.{name}={v!r} must be a number{rng}" + (" or None" if none else ""))
+    return float(v)
+
+
+def _bool(where, name, v):
+    if not isinstance(v, bool):
+        raise ValueError(f"{where}.{name}={v!r} must be True or False")
+    return v
+
+
+def _set(obj, name, value):
+    object.__setattr__(obj, name, value)
+
+
+class _Section:
+    """Common behaviour of the spec sections: strict construction from dicts, JSON form."""
+
+    _where = "spec"
+
+    @classmethod
+    def from_dict(cls, d):
+        if isinstance(d, cls):
+            return d
+        if d is None:
+            return cls()
+        if not isinstance(d, dict):
+            raise SpecError(f"{cls._where} must be a {cls.__name__} or a dict, got {type(d).__name__}")
+        valid = [f.name for f in fields(cls)]
+        bad = set(d) - set(valid)
+        if bad:
+            _unknown(bad, valid, cls._where)
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = _plain(v)
+        return out
+
+
+def _plain(v):
+    if isinstance(v, _Section):
+        return v.to_dict()
+    if isinstance(v, tuple):
+        return [_plain(x) for x in v]
+    if isinstance(v, list):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, float) and v == math.inf:
+        return "inf"
+    return v
+
+
+# ----------------------------------------------------------------------------------------- sections
+@dataclass(frozen=True)
+class EigSpec(_Section):
+    """Eigen measurement of every run: top-``k`` eigenvalues of P⁻¹H every ``every`` steps, warm LOBPCG to a
+    relative residual ``tol`` in at most ``max_iter`` iterations (non-convergence is recorded, never silent)."""
+
+    k: int = 1
+    every: int = 10
+    tol: float = 1e-6
+    max_iter: int = 200
+
+    _where = "eig"
+
+    def __post_init__(self):
+        _set(self, "k", _int("eig", "k", self.k, lo=1))
+        _set(self, "every", _int("eig", "every", self.every, lo=1))
+        _set(self, "tol", _float("eig", "tol", self.tol, lo=0, hi=1))
+        _set(self, "max_iter", _int("eig", "max_iter", self.max_iter, lo=1))
+
+
+@dataclass(frozen=True)
+class IntegratorSpec(_Section):
+    """How flows are integrated (every flow run of the spec uses it).
+
+    backend : ``"scipy"`` (default), ``"sundials"``, ``"julia"``, ``"auto"``.
+    method : the backend's method (``None`` = its default; ``"euler"`` = fixed-step Euler, ``substeps`` per unit).
+    rtol, atol : tolerances of adaptive methods. max_step : largest step (optimizer steps).
+    substeps : Euler steps per unit time (``None`` = 4); for the central flow also the default relaxation time
+        ``τ = 1/substeps``.
+    min_step : a flow whose step size falls below ``min_step·max(1, |t|)`` stops (``flow_status`` says so).
+    max_rhs_per_unit : a flow stops when it needs more right-hand-side evaluations than this per unit time.
+    options : the backend's own options, checked against what that backend accepts
+        (``pyrod.integrate.check_options``), e.g. ``{"jac": "jvp"}`` for SciPy's implicit methods,
+        ``{"linsolver": "gmres", "krylov_dim": 30}`` for SUNDIALS.
+    """
+
+    backend: str = "scipy"
+    method: str | None = None
+    rtol: float = 1e-6
+    atol: float = 1e-9
+    max_step: float = math.inf
+    substeps: int | None = None
+    min_step: float = 1e-10
+    max_rhs_per_unit: int = 5000
+    options: dict = field(default_factory=dict)
+
+    _where = "integrator"
+
+    def __post_init__(self):
+        if not isinstance(self.backend, str):
+            raise ValueError(f"integrator.backend={self.backend!r} must be a string")
+        _set(self, "backend", self.backend.lower())
+        if self.method is not None and not isinstance(self.method, str):
+            raise ValueError(f"integrator.method={self.method!r} must be a string or None")
+        _set(self, "rtol", _float("integrator", "rtol", self.rtol, lo=0, hi=1))
+        _set(self, "atol", _float("integrator", "atol", self.atol, lo=0, hi=1))
+        ms = self.max_step
+        if isinstance(ms, str) and ms == "inf":
+            ms = math.inf
+        _set(self, "max_step", _float("integrator", "max_step", ms, lo=0, allow_inf=True))
+        _set(self, "substeps", _int("integrator", "substeps", self.substeps, lo=1, none=True))
+        _set(self, "min_step", _float("integrator", "min_step", self.min_step, lo=0, hi=1, open_lo=False))
+        _set(self, "max_rhs_per_unit", _int("integrator", "max_rhs_per_unit", self.max_rhs_per_unit, lo=1))
+        if not isinstance(self.options, dict):
+            raise ValueError(f"integrator.options={self.options!r} must be a dict of backend options")
+        _set(self, "options", dict(self.options))
+
+    def validate(self) -> None:
+        """Check the backend, method and backend options against what the backend accepts (imports it)."""
+        from . import integrate
+
+        integrate.get_backend(self.backend)
+        integrate.check_method(self.backend, self.method)
+        check = getattr(integrate, "check_options", None)
+        if check is not None:
+            check(self.backend, self.options)
+
+
+@dataclass(frozen=True)
+class StableSpec(_Section):
+    """Stable flow ``dz/dt = D(z; ν, t)``. ``bea``: add the second-order backward-error correction."""
+
+    bea: bool = False
+
+    _where = "stable"
+
+    def __post_init__(self):
+        _bool("stable", "bea", self.bea)
+
+
+@dataclass(frozen=True)
+class RodSpec(_Section):
+    """Rod flow (endpoint form). ``bea``: add the second-order backward-error correction (exact JVPs)."""
+
+    bea: bool = False
+
+    _where = "rod"
+
+    def __post_init__(self):
+        _bool("rod", "bea", self.bea)
+
+
+@dataclass(frozen=True)
+class CentralSpec(_Section):
+    """Central flow (docs/central_flows.md). Thresholds are fractions of the stability threshold (effective
+    sharpness): ``sdcp_threshold`` (0.975; the reference's 1.95) from which a direction enters the
+    complementarity problem, ``track_threshold`` (0.75; the reference's 1.5) from which it is tracked.
+    ``tau``: relaxation time of the complementarity condition (None → 1/substeps, optimizer steps).
+    ``eig_tol``/``eig_max_iter``: the tracked subspace's LOBPCG refreshes; ``max_track``: cap on tracked
+    eigenpairs; ``sdcp_tol``: SDCP solver tolerance; ``refresh_tol``: Ritz residual above which the subspace is
+    improved."""
+
+    sdcp_threshold: float = 0.975
+    track_threshold: float = 0.75
+    tau: float | None = None
+    eig_tol: float = 1e-6
+    eig_max_iter: int = 100
+    max_track: int = 8
+    sdcp_tol: float = 1e-10
+    refresh_tol: float = 1e-3
+
+    _where = "central"
+
+    def __post_init__(self):
+        _set(self, "sdcp_threshold", _float("central", "sdcp_threshold", self.sdcp_threshold, lo=0, hi=1,
+                                            open_hi=False))
+        _set(self, "track_threshold", _float("central", "track_threshold", self.track_threshold, lo=0,
+                                             hi=self.sdcp_threshold))
+        _set(self, "tau", _float("central", "tau", self.tau, lo=0, none=True))
+        _set(self, "eig_tol", _float("central", "eig_tol", self.eig_tol, lo=0, hi=1))
+        _set(self, "eig_max_iter", _int("central", "eig_max_iter", self.eig_max_iter, lo=1))
+        _set(self, "max_track", _int("central", "max_track", self.max_track, lo=1))
+        _set(self, "sdcp_tol", _float("central", "sdcp_tol", self.sdcp_tol, lo=0, hi=1))
+        _set(self, "refresh_tol", _float("central", "refresh_tol", self.refresh_tol, lo=0, hi=1))
+
+    def model_options(self, substeps: int | None) -> dict:
+        """Keyword options of :class:`pyrod.flows.central.CentralFlow`."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        if substeps is not None:
+            out["substeps"] = substeps
+        return out
+
+
+@dataclass(frozen=True)
+class StopSpec(_Section):
+    """When the run stops: after ``steps`` optimizer steps; when the discrete loss falls to ``loss_target``;
+    when it is not finite or exceeds ``divergence_factor`` × the initial loss (flows use the same factor on
+    their own loss and state norm)."""
+
+    steps: int = 100
+    loss_target: float | None = None
+    divergence_factor: float = 1e6
+
+    _where = "stop"
+
+    def __post_init__(self):
+        _set(self, "steps", _int("stop", "steps", self.steps, lo=1))
+        _set(self, "loss_target", _float("stop", "loss_target", self.loss_target, none=True))
+        _set(self, "divergence_factor", _float("stop", "divergence_factor", self.divergence_factor, lo=1))
+
+
+@dataclass(frozen=True)
+class OutputSpec(_Section):
+    """Where and how the run is written.
+
+    path : the NetCDF file (None: a temporary file, the result is returned in memory).
+    overwrite : replace an existing file (it is only replaced once the new run has written its header).
+    chunk : steps per write (and per integration segment of the flows); at most this many steps are lost
+        in a crash of a run without checkpoints.
+    checkpoint_every : write the complete run state to ``PATH.ckpt`` every this many steps (rounded up to a
+        chunk end). ``None`` (default): at chunk ends, at most once every 60 s of wall time, and always at the
+        end and on Ctrl-C. ``0``: never (no resume possible). Only the latest checkpoint is kept, replaced
+        atomically.
+    snapshot_every : also store the discrete parameters ``w`` every this many steps (variable ``w``).
+    """
+
+    path: str | None = None
+    overwrite: bool = False
+    chunk: int = 50
+    checkpoint_every: int | None = None
+    snapshot_every: int | None = None
+
+    _where = "output"
+
+    def __post_init__(self):
+        import os
+
+        if self.path is not None:
+            if not isinstance(self.path, (str, os.PathLike)):
+                raise ValueError(f"output.path={self.path!r} must be a path (str) or None")
+            p = os.fspath(self.path)
+            if p.strip() == "":
+                raise ValueError("output.path='' is empty; give a file name such as 'run.nc' (or None)")
+            _set(self, "path", p)
+        _bool("output", "overwrite", self.overwrite)
+        _set(self, "chunk", _int("output", "chunk", self.chunk, lo=1))
+        _set(self, "checkpoint_every", _int("output", "checkpoint_every", self.checkpoint_every, lo=0, none=True))
+        _set(self, "snapshot_every", _int("output", "snapshot_every", self.snapshot_every, lo=1, none=True))
+
+
+def _events_tuple(events) -> tuple:
+    from .flows.events import parse_events
+
+    return tuple(parse_events(events))
+
+
+@dataclass(frozen=True)
+class RunSpec(_Section):
+    """One run of :func:`pyrod.simulate`, as data.
+
+    problem : the problem's replay config (``pyrod.problem(**problem)``; ``Problem.replay_config()``), or
+        None for a problem given as an object that has no reproducible config (runnable, not replayable).
+    optimizer : ``optimizer.config()`` (``{"name": "Adam", "lr": ..., ...}``).
+    runs : names among ``discrete``, ``midpoint``, ``stable``, ``rod``, ``central``.
+    restart_at : flows start from the discrete state at this step (None: at 0).
+    events : flow events (``"eos"``, ``"loss<1e-3"``, ``"divergence"``; ``!`` = terminal; or EventSpec).
+    eig, integrator, stable, rod, central, stop, output : the sections above.
+    """
+
+    problem: dict | None = None
+    optimizer: dict = field(default_factory=lambda: {"name": "GD", "lr": 0.1})
+    runs: tuple = ("discrete",)
+    restart_at: int | None = None
+    events: tuple = ()
+    eig: EigSpec = field(default_factory=EigSpec)
+    integrator: IntegratorSpec = field(default_factory=IntegratorSpec)
+    stable: StableSpec = field(default_factory=StableSpec)
+    rod: RodSpec = field(default_factory=RodSpec)
+    central: CentralSpec = field(default_factory=CentralSpec)
+    stop: StopSpec = field(default_factory=StopSpec)
+    output: OutputSpec = field(default_factory=OutputSpec)
+
+    _where = "RunSpec"
+    _sections = {"eig": EigSpec, "integrator": IntegratorSpec, "stable": StableSpec, "rod": RodSpec,
+                 "central": CentralSpec, "stop": StopSpec, "output": OutputSpec}
+
+    def __post_init__(self):
+        for name, cls in self._sections.items():
+            _set(self, name, cls.from_dict(getattr(self, name)))
+        if self.problem is not None and not isinstance(self.problem, dict):
+            raise SpecError(f"RunSpec.problem must be a problem config dict or None, got "
+                            f"{type(self.problem).__name__} (pyrod.simulate(problem, ...) accepts a Problem)")
+        if not isinstance(self.optimizer, dict) or "name" not in self.optimizer:
+            raise SpecError(f"RunSpec.optimizer={self.optimizer!r} must be an optimizer config dict with a 'name' "
+                            f"(optimizer.config())")
+        runs = self.runs
+        if isinstance(runs, str):
+            runs = (runs,)
+        runs = tuple(runs)
+        if not runs:
+            raise ValueError(f"runs=() is empty; valid names: {list(RUN_NAMES)}")
+        for r in runs:
+            if r not in RUN_NAMES:
+                raise ValueError(f"run {r!r} is unknown{_suggest(r, RUN_NAMES)}; valid names: {list(RUN_NAMES)}")
+        if len(set(runs)) != len(runs):
+            raise ValueError(f"runs={list(runs)!r} lists a run twice")
+        _set(self, "runs", runs)
+        _set(self, "restart_at", _int("RunSpec", "restart_at", self.restart_at, lo=0, none=True))
+        if self.restart_at is not None and self.restart_at >= self.stop.steps:
+            raise ValueError(f"restart_at={self.restart_at} must be < steps={self.stop.steps}")
+        _set(self, "events", _events_tuple(self.events))
+        if self.events and not self.flows:
+            raise SpecError(f"events={[e.name for e in self.events]} apply to flow runs; runs={list(runs)} has none")
+
+    # ------------------------------------------------------------------ views
+    @property
+    def flows(self) -> tuple:
+        return tuple(r for r in self.runs if r in ("stable", "rod", "central"))
+
+    @property
+    def steps(self) -> int:
+        return self.stop.steps
+
+    def to_dict(self) -> dict:
+        out = super().to_dict()
+        out["events"] = [{"kind": e.kind, "value": e.value, "terminal": e.terminal} for e in self.events]
+        out["spec_version"] = SPEC_VERSION
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d):
+        if isinstance(d, cls):
+            return d
+        if not isinstance(d, dict):
+            raise SpecError(f"a RunSpec must be built from a dict, got {type(d).__name__}")
+        d = dict(d)
+        v = d.pop("spec_version", SPEC_VERSION)
+        if v != SPEC_VERSION:
+            raise SpecError(f"spec_version={v!r} is not supported by this pyrod (expects {SPEC_VERSION})")
+        return super().from_dict(d)
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunSpec":
+        return cls.from_dict(json.loads(text))
+
+    def replace(self, changes: dict | None = None, **top) -> "RunSpec":
+        """A new spec with ``changes`` applied: dotted keys into sections and into the problem/optimizer
+        configs (``{"optimizer.lr": 0.1, "problem.seed": 1, "output.path": "b.nc", "stop.steps": 500}``) or
+        top-level names as keywords (``runs=("discrete",)``). Unknown keys fail, naming them."""
+        d = self.to_dict()
+        d.pop("spec_version")
+        for key, value in {**(changes or {}), **top}.items():
+            parts = str(key).split(".")
+            node, where = d, "RunSpec"
+            for i, p in enumerate(parts[:-1]):
+                if p not in node or not isinstance(node[p], dict):
+                    valid = [k for k, x in node.items() if isinstance(x, dict)]
+                    raise SpecError(f"key {key!r}: {where} has no section {p!r}{_suggest(p, valid)}; "
+                                    f"sections: {sorted(valid)}")
+                node, where = node[p], p
+            last = parts[-1]
+            free = len(parts) == 2 and parts[0] in ("problem", "optimizer") or (
+                len(parts) >= 3 and parts[0] == "integrator" and parts[1] == "options") or (
+                len(parts) >= 3 and parts[0] == "problem")
+            if last not in node and not free:
+                raise SpecError(f"key {key!r}: {where} has no option {last!r}{_suggest(last, node)}; "
+                                f"valid names: {sorted(node)}")
+            if last == "name" and parts[0] == "optimizer" and len(parts) == 2:
+                node.clear()          # a different optimizer: its own defaults, not the old one's fields
+            node[last] = _plain(value) if not isinstance(value, _Section) else value.to_dict()
+        return RunSpec.from_dict(d)
+
+    def get(self, key: str):
+        """The value at a dotted key (``spec.get("optimizer.lr")``)."""
+        node = self.to_dict()
+        for p in str(key).split("."):
+            if not isinstance(node, dict) or p not in node:
+                raise SpecError(f"key {key!r} is not in the spec")
+            node = node[p]
+        return node
+
+
+# ----------------------------------------------------------------------------------------- keyword form
+#: flat keyword of ``pyrod.simulate`` -> dotted place in the spec (``bea`` sets both stable.bea and rod.bea)
+FLAT_KEYWORDS = {
+    "steps": "stop.steps", "loss_target": "stop.loss_target", "divergence_factor": "stop.divergence_factor",
+    "eigs": "eig.k", "eig_every": "eig.every", "eig_tol": "eig.tol", "eig_max_iter": "eig.max_iter",
+    "path": "output.path", "overwrite": "output.overwrite", "chunk": "output.chunk",
+    "checkpoint_every": "output.checkpoint_every", "snapshot_every": "output.snapshot_every",
+    "backend": "integrator.backend", "method": "integrator.method", "rtol": "integrator.rtol",
+    "atol": "integrator.atol", "max_step": "integrator.max_step", "substeps": "integrator.substeps",
+    "min_step": "integrator.min_step", "max_rhs_per_unit": "integrator.max_rhs_per_unit",
+    "bea": ("stable.bea", "rod.bea"),
+    "sdcp_threshold": "central.sdcp_threshold", "track_threshold": "central.track_threshold",
+    "tau": "central.tau", "max_track": "central.max_track", "sdcp_tol": "central.sdcp_tol",
+    "refresh_tol": "central.refresh_tol",
+    "runs": "runs", "restart_at": "restart_at", "events": "events",
+}
+#: backend options accepted as flat keywords too (they land in ``integrator.options``)
+_BACKEND_OPTION_KEYWORDS = ("jac", "max_steps", "exact_saves", "linsolver", "krylov_dim", "max_order",
+                            "max_nonlin_iters", "max_conv_fails", "julia_linsolve")
+_SECTION_KEYWORDS = ("eig", "integrator", "stable", "rod", "central", "stop", "output")
+
+
+def spec_from_kwargs(problem_config, optimizer_config, kwargs: dict) -> RunSpec:
+    """Build a :class:`RunSpec` from :func:`pyrod.simulate`'s keyword form.
+
+    ``kwargs`` may hold flat keywords (:data:`FLAT_KEYWORDS`, backend options such as ``jac``), whole sections
+    (``central=CentralSpec(...)`` or a dict, ``integrator={...}``), or both (a flat keyword wins over the same
+    field of a section given as a dict). Unknown keywords fail with the closest valid name.
+    """
+    sections: dict = {}
+    top: dict = {}
+    for name in _SECTION_KEYWORDS:
+        if name in kwargs:
+            v = kwargs[name]
+            sections[name] = v.to_dict() if isinstance(v, _Section) else dict(v or {})
+    opts = dict(sections.get("integrator", {}).get("options", {}) or {})
+    for key, value in kwargs.items():
+        if key in _SECTION_KEYWORDS:
+            continue
+        if key in _BACKEND_OPTION_KEYWORDS:
+            opts[key] = value
+            continue
+        if key not in FLAT_KEYWORDS:
+            valid = sorted(set(FLAT_KEYWORDS) | set(_SECTION_KEYWORDS) | set(_BACKEND_OPTION_KEYWORDS))
+            raise SpecError(f"unknown option {key!r}{_suggest(key, valid)}; valid keywords of pyrod.simulate: "
+                            f"{valid} (central-flow eig_tol/eig_max_iter: central=dict(eig_tol=...))")
+        places = FLAT_KEYWORDS[key]
+        for place in (places if isinstance(places, tuple) else (places,)):
+            if "." in place:
+                sec, fld = place.split(".")
+                sections.setdefault(sec, {})[fld] = value
+            else:
+                top[place] = value
+    if opts:
+        sections.setdefault("integrator", {})["options"] = opts
+    try:
+        return RunSpec(problem=problem_config, optimizer=optimizer_config, **top, **sections)
+    except ValueError as e:   # name the value as the caller wrote it (eigs=0, not eig.k=0)
+        msg = str(e)
+        for key in kwargs:
+            places = FLAT_KEYWORDS.get(key, ())
+            for place in (places if isinstance(places, tuple) else (places,)):
+                if "." in place and msg.startswith(f"{place}="):
+                    raise type(e)(f"{key}={msg[len(place) + 1:]} ({place} of the run spec)") from None
+        raise
+
+
+def sections_used(spec: RunSpec) -> dict:
+    """Which sections apply to the runs of ``spec`` (a section set away from its defaults for a run that is
+    not asked for is a misplaced option: refused by :func:`check_placement`)."""
+    flows = spec.flows
+    return {"integrator": bool(flows), "stable": "stable" in flows, "rod": "rod" in flows,
+            "central": "central" in flows}
+
+
+def check_placement(spec: RunSpec) -> None:
+    """Refuse options given for runs that are not requested (e.g. ``bea=True`` with ``runs=["discrete"]``)."""
+    used = sections_used(spec)
+    defaults = RunSpec(problem=spec.problem, optimizer=spec.optimizer)
+    if spec.stable.bea and spec.rod.bea and "stable" not in spec.flows and "rod" not in spec.flows:
+        raise SpecError(f"bea=True applies to the stable and rod flows; runs={list(spec.runs)} has neither "
+                        f"(the central flow has no backward-error correction)")
+    for name, is_used in used.items():
+        if is_used:
+            continue
+        if name == "integrator" and spec.integrator != defaults.integrator:
+            changed = _changed(spec.integrator, defaults.integrator)
+            raise SpecError(f"integrator options {changed} apply to flow runs (stable, rod, central); "
+                            f"runs={list(spec.runs)} has none")
+        if name in ("stable", "rod", "central") and getattr(spec, name) != getattr(defaults, name):
+            changed = _changed(getattr(spec, name), getattr(defaults, name))
+            # bea given as a flat keyword sets stable and rod together: fine when either is requested
+            if name in ("stable", "rod") and changed == ["bea"] and (
+                    "stable" in spec.flows or "rod" in spec.flows):
+                continue
+            raise SpecError(f"{name} options {changed} apply to the {name!r} run; runs={list(spec.runs)} has no "
+                            f"{name!r} run")
+    if spec.restart_at is not None and not spec.flows:
+        raise SpecError(f"restart_at={spec.restart_at} applies to flow runs; runs={list(spec.runs)} has none")
+
+
+def _changed(a, b) -> list:
+    return [f.name for f in fields(a) if getattr(a, f.name) != getattr(b, f.name)]
+
+
+def asdict_spec(spec: RunSpec) -> dict:
+    """``spec.to_dict()`` (kept for symmetry with :func:`dataclasses.asdict`)."""
+    return spec.to_dict()
+
+
+def replace_section(section, **changes):
+    """``dataclasses.replace`` for a spec section (validated again)."""
+    return dataclasses.replace(section, **changes)
