@@ -17,9 +17,9 @@ import argparse
 
 import numpy as np
 import torch
+from _timing import run
 
 import pyrod
-from _timing import run
 
 
 def main(argv=None):

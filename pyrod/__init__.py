@@ -14,8 +14,8 @@ One time unit = one optimizer step everywhere.
 """
 from __future__ import annotations
 
-from ._version import __version__
 from . import optimizers
+from ._version import __version__
 from .problems import Problem, problem
 
 __all__ = ["__version__", "optimizers", "Problem", "problem", "simulate", "resume", "open", "config_of", "spec_of",

@@ -132,9 +132,15 @@ def flows_summary(tree, window: int = 20, restart_at: int | None = None) -> dict
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ("run", "resume"):   # command lines generated from the typed run spec (tyro)
+        from .cli import resume_main, run_main
+        return (run_main if argv[0] == "run" else resume_main)(argv[1:])
     p = argparse.ArgumentParser(prog="python -m pyrod", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("run", help="run one simulation; every option of the run spec is a flag (see run --help)")
+    sub.add_parser("resume", help="continue a run from its checkpoint: resume PATH [--steps N]")
     d = sub.add_parser("demo", help="GD on the digits MLP at the edge of stability, with its stable, rod and "
                                     "central flows")
     d.add_argument("--out", default="results/demo", help="output folder (default: results/demo)")

@@ -168,7 +168,7 @@ def one_step_decomposition(problem, w: torch.Tensor, update: torch.Tensor, block
         L = len(blk)
         cols = []
         masked = []
-        for name, idx in blk:
+        for _name, idx in blk:
             v = torch.zeros_like(dw)
             v[idx] = dw[idx]
             masked.append(v)
@@ -342,7 +342,7 @@ def load_runs(paths: Iterable, dim: str = "lr", values: Sequence | None = None, 
     if values is None:
         k = key or dim
         values = []
-        for p, tr in zip(paths, trees):
+        for p, tr in zip(paths, trees, strict=False):
             try:
                 values.append(config_value(config_of(tr), k))
             except KeyError:
@@ -351,11 +351,11 @@ def load_runs(paths: Iterable, dim: str = "lr", values: Sequence | None = None, 
     if len(values) != len(paths):
         raise ValueError(f"load_runs: {len(paths)} paths but {len(values)} values")
     meta = json.dumps([{"path": p, **{k: _plain(v) for k, v in tr.attrs.items() if k != "pyrod_config"}}
-                       for p, tr in zip(paths, trees)], default=str)
+                       for p, tr in zip(paths, trees, strict=False)], default=str)
 
     def stack(name):
         dss = []
-        for p, tr in zip(paths, trees):
+        for p, tr in zip(paths, trees, strict=False):
             if name not in tr.children:
                 raise KeyError(f"{p}: no run group {name!r} (groups: {sorted(tr.children)})")
             dss.append(tr[name].to_dataset(inherit=False))

@@ -13,8 +13,9 @@ import json
 import sys
 from dataclasses import dataclass, field
 
-from .spec import (CentralSpec, EigSpec, IntegratorSpec, OutputSpec, RodSpec, RunSpec, SpecError, StableSpec,
-                   StopSpec)
+import tyro
+
+from .spec import CentralSpec, EigSpec, IntegratorSpec, OutputSpec, RodSpec, RunSpec, SpecError, StableSpec, StopSpec
 
 __all__ = ["RunCommand", "run_main", "resume_main"]
 
@@ -32,8 +33,8 @@ class IntegratorArgs:
     atol: float = 1e-9
     max_step: float = float("inf")
     substeps: int | None = None
-    min_step: float = 1e-10
-    max_rhs_per_unit: int = 5000
+    min_step: float = 1e-9
+    max_rhs_per_unit: int | None = 2000
     options: str = "{}"
     """the backend's own options as JSON, e.g. '{"jac": "jvp"}'"""
 
@@ -104,8 +105,6 @@ def _spec_file(argv):
 
 def parse_run(argv) -> tuple[RunSpec, bool]:
     """Parse ``python -m pyrod run`` arguments into ``(spec, progress)``."""
-    import tyro
-
     base, argv = _spec_file(argv)
     default = RunCommand.from_spec(base) if base is not None else RunCommand()
     cmd = tyro.cli(RunCommand, args=argv, default=default, prog="python -m pyrod run",
@@ -136,7 +135,7 @@ def run_main(argv=None) -> int:
 class ResumeCommand:
     """Continue a pyrod run from its checkpoint (PATH.ckpt), bit-identically."""
 
-    path: str
+    path: tyro.conf.Positional[str]
     """the run's NetCDF file"""
     steps: int | None = None
     """the new total number of steps (default: the run's own)"""
@@ -144,8 +143,6 @@ class ResumeCommand:
 
 
 def resume_main(argv=None) -> int:
-    import tyro
-
     import pyrod
 
     argv = sys.argv[1:] if argv is None else argv

@@ -420,7 +420,7 @@ def _face_newton(a: np.ndarray, Q: np.ndarray, k: int, P: np.ndarray, r: int, Y:
     fn = float(np.linalg.norm(F))
     best = (fn, X)
     steps = slow = 0
-    for steps in range(1, max_steps + 1):
+    for steps in range(1, max_steps + 1):  # noqa: B007 - the count is returned
         Ps = _symkron(P)
         Qh = Ps.T @ Q @ Ps
         JE = np.zeros((m, q * r))

@@ -370,7 +370,7 @@ def _loop(spec, problem, optimizer, out_path, checkpoints, progress, payload):
         cut = {g: (pending[g]["times"][0] if pending.get(g, {}).get("times") else float(k)) for g in groups}
         writer = RunWriter.resume(out_path, cut=cut, config=config, attrs=attrs, chunk=chunk)
         for g in groups:
-            for t, row in zip(pending[g]["times"], pending[g]["rows"]):
+            for t, row in zip(pending[g]["times"], pending[g]["rows"], strict=False):
                 writer.append(g, t, row)
         # a run that had stopped early (divergence, loss target) stays stopped
         stop_reason = payload.get("stop_reason")

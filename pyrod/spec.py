@@ -167,8 +167,10 @@ class IntegratorSpec(_Section):
     rtol, atol : tolerances of adaptive methods. max_step : largest step (optimizer steps).
     substeps : Euler steps per unit time (``None`` = 4); for the central flow also the default relaxation time
         ``τ = 1/substeps``.
-    min_step : a flow whose step size falls below ``min_step·max(1, |t|)`` stops (``flow_status`` says so).
-    max_rhs_per_unit : a flow stops when it needs more right-hand-side evaluations than this per unit time.
+    min_step : a flow whose step size stays below ``min_step·max(1, |t|)`` (ten steps in a row) stops
+        (``flow_status`` says so).
+    max_rhs_per_unit : a flow stops when it needs more right-hand-side evaluations than this per unit time
+        (``None``: no budget; raise it for genuinely stiff flows on explicit methods).
     options : the backend's own options, checked against what that backend accepts
         (``pyrod.integrate.check_options``), e.g. ``{"jac": "jvp"}`` for SciPy's implicit methods,
         ``{"linsolver": "gmres", "krylov_dim": 30}`` for SUNDIALS.
@@ -180,8 +182,8 @@ class IntegratorSpec(_Section):
     atol: float = 1e-9
     max_step: float = math.inf
     substeps: int | None = None
-    min_step: float = 1e-10
-    max_rhs_per_unit: int = 5000
+    min_step: float = 1e-9
+    max_rhs_per_unit: int | None = 2000
     options: dict = field(default_factory=dict)
 
     _where = "integrator"
@@ -200,7 +202,8 @@ class IntegratorSpec(_Section):
         _set(self, "max_step", _float("integrator", "max_step", ms, lo=0, allow_inf=True))
         _set(self, "substeps", _int("integrator", "substeps", self.substeps, lo=1, none=True))
         _set(self, "min_step", _float("integrator", "min_step", self.min_step, lo=0, hi=1, open_lo=False))
-        _set(self, "max_rhs_per_unit", _int("integrator", "max_rhs_per_unit", self.max_rhs_per_unit, lo=1))
+        _set(self, "max_rhs_per_unit", _int("integrator", "max_rhs_per_unit", self.max_rhs_per_unit, lo=1,
+                                            none=True))
         if not isinstance(self.options, dict):
             raise ValueError(f"integrator.options={self.options!r} must be a dict of backend options")
         _set(self, "options", dict(self.options))
@@ -445,7 +448,7 @@ class RunSpec(_Section):
         for key, value in {**(changes or {}), **top}.items():
             parts = str(key).split(".")
             node, where = d, "RunSpec"
-            for i, p in enumerate(parts[:-1]):
+            for p in parts[:-1]:
                 if p not in node or not isinstance(node[p], dict):
                     valid = [k for k, x in node.items() if isinstance(x, dict)]
                     raise SpecError(f"key {key!r}: {where} has no section {p!r}{_suggest(p, valid)}; "

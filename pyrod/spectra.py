@@ -163,7 +163,7 @@ def _rel_residuals(AX, X, theta, anorm, dtype):
 def _dense(matvec, dim, k, dtype, device, tol, warm):
     eye = torch.eye(dim, dtype=dtype, device=device)
     cols = [matvec(eye[:, i:i + _DENSE_CHUNK]) for i in range(0, dim, _DENSE_CHUNK)]
-    for c, i in zip(cols, range(0, dim, _DENSE_CHUNK)):
+    for c, i in zip(cols, range(0, dim, _DENSE_CHUNK), strict=False):
         _check_out(c, dim, min(_DENSE_CHUNK, dim - i))
     A = _sym(torch.cat(cols, dim=1))
     if not bool(torch.isfinite(A).all()):

@@ -59,7 +59,8 @@ import traceback
 import types
 from datetime import datetime, timezone
 
-__all__ = ["sweep", "open_sweep", "run_point", "expand_grid", "SweepError", "SweepResult", "MANIFEST"]
+__all__ = ["sweep", "open_sweep", "run_point", "expand_grid", "local_cluster", "read_manifest", "SweepError",
+           "SweepResult", "MANIFEST"]
 
 #: the manifest's file name inside the sweep folder
 MANIFEST = "sweep.json"
@@ -158,7 +159,7 @@ def _axes(grid, zip_) -> list:
             seen.add(k)
         canon = [_canon(r) for r in rows]
         if len(set(canon)) != len(canon):
-            dup = next(r for r, c in zip(rows, canon) if canon.count(c) > 1)
+            dup = next(r for r, c in zip(rows, canon, strict=True) if canon.count(c) > 1)
             raise SweepError(f"grid axis {keys!r} lists the value {dup!r} twice")
     return axes
 
@@ -473,16 +474,24 @@ def sweep(base, grid=None, out=None, *, zip=None, client=None, jobs: int | None 
             r[k] = summary.get(k)
         r["worker"] = f"{summary.get('host')}:{summary.get('pid')}" if summary.get("pid") else None
 
-    # points already finished are not shipped anywhere
+    # points already finished are not shipped anywhere (their earlier record is kept)
+    try:
+        before = {r["name"]: r for r in read_manifest(out).get("points", [])}
+    except (SweepError, ValueError, OSError, KeyError):
+        before = {}
     todo = []
     for p in points:
         try:
             state = _file_state(p["spec"].output.path)
             if _plan(p["spec"], state, rerun_changed) == "skip":
                 status, _ = _classify(state, p["spec"].stop.steps)
+                old = before.get(p["name"], {})
                 record(p["name"], {"status": status, "stop_reason": state.get("stop_reason"),
                                    "steps_completed": state.get("steps_completed"), "action": "skip",
                                    "wall_time_s": 0.0})
+                records[p["name"]]["worker"] = old.get("worker")
+                if old.get("wall_time_s"):
+                    records[p["name"]]["previous_wall_time_s"] = old.get("previous_wall_time_s") or old["wall_time_s"]
                 continue
         except SweepError:
             pass            # recorded by run_point (differing spec), where the user sees it per point
@@ -519,12 +528,7 @@ def _run_dask(todo, specs, records, record, save, bar, client, jobs, retries, re
 
     own_cluster = own_client = None
     if client is None:
-        from distributed import LocalCluster
-
-        n = jobs or os.cpu_count() or 1
-        env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-        own_cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, env=env,
-                                   dashboard_address=":0", silence_logs=40)
+        own_cluster = local_cluster(jobs)
         client = own_client = Client(own_cluster)
     elif isinstance(client, str):
         client = own_client = Client(client)
@@ -574,6 +578,18 @@ def _run_dask(todo, specs, records, record, save, bar, client, jobs, retries, re
             own_client.close()
         if own_cluster is not None:
             own_cluster.close()
+
+
+def local_cluster(jobs: int | None = None):
+    """The ``distributed.LocalCluster`` a sweep starts: ``jobs`` (default: one per core) worker processes of one
+    thread each, with OMP/MKL/OpenBLAS at one thread (``Client(local_cluster(4))`` to share one between sweeps;
+    close both when done)."""
+    from distributed import LocalCluster
+
+    n = jobs or os.cpu_count() or 1
+    env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, env=env, dashboard_address=":0",
+                        silence_logs=40)
 
 
 def _has_bokeh() -> bool:

@@ -9,9 +9,20 @@ import pytest
 import torch
 
 import pyrod
-from pyrod.analysis import (OneStep, config_value, distance, distances, first_crossing, late_mean, load_runs,
-                            matched_levels, one_step_decomposition, optimizer_update, resolve_blocks,
-                            value_at_levels)
+from pyrod.analysis import (
+    OneStep,
+    config_value,
+    distance,
+    distances,
+    first_crossing,
+    late_mean,
+    load_runs,
+    matched_levels,
+    one_step_decomposition,
+    optimizer_update,
+    resolve_blocks,
+    value_at_levels,
+)
 from pyrod.problems.problem import Block
 
 

@@ -204,6 +204,9 @@ def test_muon_experiments_tiny(tmp_path):
         np.testing.assert_allclose(ds["curvature"], 0.5 * ds["update_norm_sq"] * ds["nds"], rtol=1e-10)
         np.testing.assert_allclose(ds["within_nds"] + ds["cross_nds"], ds["nds"], rtol=1e-8, atol=1e-12)
         np.testing.assert_allclose(ds["block_within_nds"].sum("block"), ds["within_nds"], rtol=1e-8, atol=1e-12)
+        bm = ds["block_matrix_nds"].values                  # tensor pairs: diagonal = within, total = NDS
+        np.testing.assert_allclose(np.diagonal(bm, axis1=1, axis2=2), ds["block_within_nds"], rtol=1e-12)
+        np.testing.assert_allclose(bm.sum(axis=(1, 2)), ds["nds"], rtol=1e-8, atol=1e-12)
     z = run_experiment("muon-zipf", scale="tiny", out=tmp_path / "z", progress=False)
     _check_outputs(tmp_path / "z", z, "muon-zipf")
     assert set(z["results"]["per_alpha"]) == {f"{a:g}" for a in z["params"]["alphas"]}

@@ -1,8 +1,6 @@
 """Stable and rod flows derived from the optimizer definitions (docs/theory/stable_and_rod_flows.md)."""
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -10,8 +8,7 @@ from torch.func import jacfwd
 
 import pyrod
 from pyrod.flows import RodFlow, StableFlow
-from pyrod.optimizers import (GD, Adam, HeavyBall, NAdam, Nesterov, RMSProp, ScalarAdam, ScalarNAdam,
-                              ScalarRMSProp)
+from pyrod.optimizers import GD, Adam, HeavyBall, NAdam, Nesterov, RMSProp, ScalarAdam, ScalarNAdam, ScalarRMSProp
 from pyrod.problems import Problem
 
 NINE = {
@@ -74,7 +71,7 @@ def test_stable_flow_never_destabilises(name):
         y0 = torch.zeros(flow.layout.size, dtype=torch.float64)
         if opt.has_nu:
             y0[-1] = nu[0]
-        J = jacfwd(lambda y: flow.rhs(1e6, y))(y0)
+        J = jacfwd(lambda y, flow=flow: flow.rhs(1e6, y))(y0)
         n = flow.layout.size - flow.nu_size
         assert float(torch.linalg.eigvals(J[:n, :n]).real.max()) < 0, (name, scale)
 

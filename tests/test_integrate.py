@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from scipy.linalg import expm
 
-from pyrod.integrate import (BACKEND_NAMES, BackendUnavailable, Event, FlowProblem, get_backend,
-                             julia_available, solve)
+from pyrod.integrate import BACKEND_NAMES, BackendUnavailable, Event, FlowProblem, get_backend, julia_available, solve
 
 sksundae = pytest.importorskip("sksundae", reason="scikit-sundae (pip install pyrod[stiff]) not installed")
 BACKENDS = ["scipy", "sundials"]
@@ -337,7 +336,7 @@ def test_projection_and_on_accept(backend):
           f"max rel error y1 {np.abs(seg.y_save[:, 1] / np.exp(-ts) - 1).max():.1e}")
     # on_accept once per accepted step, increasing times, projected states, ending at t1
     assert len(calls) == seg.n_steps and calls[-1][0] == T
-    assert all(b[0] > a[0] for a, b in zip(calls, calls[1:]))
+    assert all(b[0] > a[0] for a, b in zip(calls, calls[1:], strict=False))
     assert all(y[0] >= 0.0 for _, y in calls)
 
 

@@ -15,11 +15,11 @@ import subprocess
 import sys
 import textwrap
 import time
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 
 from pyrod.integrate import julia_backend, julia_probe
 from pyrod.integrate.base import BackendUnavailable, Event, FlowProblem

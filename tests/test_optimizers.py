@@ -16,8 +16,24 @@ import pytest
 import torch
 
 import pyrod
-from pyrod.optimizers import (GD, AMSGrad, Adafactor, Adagrad, Adam, AdamW, HeavyBall, Muon, NAdam, Nesterov,
-                              Padam, RMSProp, ScalarAdam, ScalarNAdam, ScalarRMSProp, from_config)
+from pyrod.optimizers import (
+    GD,
+    Adafactor,
+    Adagrad,
+    Adam,
+    AdamW,
+    AMSGrad,
+    HeavyBall,
+    Muon,
+    NAdam,
+    Nesterov,
+    Padam,
+    RMSProp,
+    ScalarAdam,
+    ScalarNAdam,
+    ScalarRMSProp,
+    from_config,
+)
 from pyrod.optimizers.base import bias_factor
 from pyrod.optimizers.muon import newton_schulz
 from pyrod.problems.problem import Block, Problem
@@ -57,7 +73,7 @@ def side_by_side(prob, opt, make_torch, steps=STEPS, state=None):
         st, _ = opt.step(st, prob.grad(st.w))
         flat = torch.cat([p.detach().reshape(-1) for p in params])
         g = prob.grad(flat)
-        for p, b in zip(params, prob.blocks):
+        for p, b in zip(params, prob.blocks, strict=False):
             p.grad = g[b.slice].view(b.shape).clone()
         topt.step()
         flat = torch.cat([p.detach().reshape(-1) for p in params])
@@ -223,7 +239,7 @@ def test_muon_flatten_nd_and_nd_adafactor():
     for _ in range(30):
         st, _ = opt.step(st, p.grad(st.w))
         g = p.grad(torch.cat([q.detach().reshape(-1) for q in params]))
-        for q, b in zip(params, p.blocks):
+        for q, b in zip(params, p.blocks, strict=False):
             q.grad = g[b.slice].view(q.shape).clone()
         tor.step()
     flat = torch.cat([q.detach().reshape(-1) for q in params])

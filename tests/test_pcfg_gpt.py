@@ -212,3 +212,25 @@ def test_stage_split_medians_by_thirds():
     assert not st["early"]["within_gap_dominates"] and st["late"]["adam_over_muon_nds"] == 4
     assert st["late"]["within_share_of_gap"] == pytest.approx(4 / 6)
     assert st["early"]["loss_range"] == [pytest.approx(lv[0]), pytest.approx(lv[1])]
+
+
+def test_layer_groups_and_layer_split_from_pair_matrix():
+    import xarray as xr
+
+    from pyrod.experiments.muon_curvature import layer_groups, layer_split
+
+    names = ["tok_emb.weight", "blocks.0.attn.q.weight", "blocks.0.mlp.fc.weight", "blocks.1.attn.q.weight",
+             "head.weight"]
+    assert layer_groups(names) == ["tok_emb", "blocks.0", "blocks.0", "blocks.1", "head"]
+    assert layer_groups(["1.weight", "1.bias", "3.weight"]) == ["1", "1", "3"]
+    rng = np.random.default_rng(0)
+    B = rng.standard_normal((3, 5, 5))
+    B = B + B.transpose(0, 2, 1)
+    ds = xr.Dataset({"block_matrix_nds": (("t", "block", "block2"), B), "nds": ("t", B.sum(axis=(1, 2)))},
+                    attrs={"block_names": '["' + '", "'.join(names) + '"]'})
+    within, cross, groups, per = layer_split(ds)
+    assert groups == ["tok_emb", "blocks.0", "blocks.1", "head"]
+    want = np.trace(B, axis1=1, axis2=2) + 2 * B[:, 1, 2]              # layer blocks.0 = tensors 1 and 2
+    np.testing.assert_allclose(within, want, rtol=1e-12)
+    np.testing.assert_allclose(within + cross, ds["nds"].values, rtol=1e-12)
+    np.testing.assert_allclose(per[:, 1], B[:, 1, 1] + B[:, 2, 2] + 2 * B[:, 1, 2], rtol=1e-12)

@@ -319,7 +319,7 @@ def test_cifar10_subset_layout_and_centring(cifar_dir):
     rows, labs = [], []
     for name in [f"data_batch_{i}" for i in range(1, 6)]:
         data, labels = raw[name]
-        for r, l in zip(data, labels):
+        for r, l in zip(data, labels, strict=False):
             if l < classes and len(labs) < n:
                 rows.append(r)
                 labs.append(l)
@@ -544,3 +544,22 @@ def test_float32_models(model):
     hv32 = p32.hvp(p32.w0, v.float())
     assert hv32.dtype == torch.float32 and p32.d3(p32.w0, v.float(), v.float()).dtype == torch.float32
     assert rel(hv32.double(), p64.hvp(p64.w0, v)) <= 1e-3
+
+
+def test_vit_third_derivative_matches_finite_differences_of_hvps():
+    """``d3(w, u, v) = ∇_w (uᵀ H(w) v)``: compare with central differences of HVPs along a direction e,
+    ``eᵀ d3 = (uᵀH(w+he)v − uᵀH(w−he)v) / 2h`` (error O(h²)). torch.nn.LayerNorm failed this (518 vs 341)."""
+    import torch
+
+    import pyrod
+    prob = pyrod.problem(model="vit", data="digits", classes=3, n=8, seed=1,
+                         model_kwargs={"dim": 8, "depth": 1, "heads": 2, "patch_size": 4})
+    g = torch.Generator().manual_seed(0)
+    w = prob.w0
+    u, v, e = (torch.randn(prob.dim, generator=g, dtype=w.dtype) for _ in range(3))
+    T = prob.d3(w, u, v)
+    h = 1e-4
+    fd = (torch.dot(u, prob.hvp(w + h * e, v)) - torch.dot(u, prob.hvp(w - h * e, v))) / (2 * h)
+    assert float(torch.dot(e, T)) == pytest.approx(float(fd), rel=1e-5)
+    T2 = prob.d3(w, v, u)
+    torch.testing.assert_close(T, T2, rtol=1e-9, atol=1e-12)      # symmetric in (u, v)

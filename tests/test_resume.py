@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import xarray as xr
 
 import pyrod
 from pyrod.checkpoint import path_for
@@ -36,11 +35,11 @@ CASES = {
                                                           "method": "RK45", "rtol": 1e-5}),
     "stable-rod-f32-euler": ({**MLP, "dtype": "float32"}, {"name": "RMSProp", "lr": 0.01},
                              {"runs": ["discrete", "stable", "rod"], "method": "euler", "substeps": 2}),
-    "central-gd-f64-euler": (MLP, {"name": "GD", "lr": 2.0}, {"runs": ["discrete", "central"], "method": "euler",
+    "central-gd-f64-euler": (MLP, {"name": "GD", "lr": 1.0}, {"runs": ["discrete", "central"], "method": "euler",
                                                                "substeps": 2}),
-    "central-rmsprop-f64-RK45": (MLP, {"name": "RMSProp", "lr": 0.02}, {"runs": ["discrete", "central"],
+    "central-rmsprop-f64-RK45": (MLP, {"name": "RMSProp", "lr": 0.03}, {"runs": ["discrete", "central"],
                                                                          "method": "RK45", "rtol": 1e-4}),
-    "central-gd-f32-euler": ({**MLP, "dtype": "float32"}, {"name": "GD", "lr": 2.0},
+    "central-gd-f32-euler": ({**MLP, "dtype": "float32"}, {"name": "GD", "lr": 1.0},
                              {"runs": ["discrete", "central"], "method": "euler", "substeps": 2}),
 }
 STEPS, CHUNK = 40, 4
@@ -104,18 +103,21 @@ def test_kill9_then_resume_is_bit_identical(tmp_path, case):
     proc = _start(kw)
     try:
         _wait_for_checkpoint(proc, path)
-        time.sleep(rng.uniform(0.0, 1.5))          # a random moment after the first checkpoint
+        time.sleep(rng.uniform(0.0, 0.5))          # a random moment after the first checkpoint
+        assert proc.poll() is None, "the run finished before it could be killed: make it longer"
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
-    killed_at = pyrod.open(path).attrs.get("steps_completed")
+    killed = pyrod.open(path)
+    assert killed.attrs["pyrod_status"] == "running"          # it really died mid-run
+    killed_at = killed["discrete"].ds.sizes["t"]
     resumed = pyrod.resume(path)
     assert resumed.attrs["pyrod_status"] == "complete" and resumed.attrs["steps_completed"] == STEPS
     ref = pyrod.simulate(**{**kw, "path": str(tmp_path / "ref.nc")})
     assert_same_run(resumed, ref, CASES[case][2]["runs"])
-    assert killed_at is None or killed_at <= STEPS
+    assert killed_at < STEPS
 
 
 def test_ctrl_c_leaves_valid_file_and_checkpoint_then_resumes_bit_identically(tmp_path):
@@ -133,7 +135,7 @@ def test_ctrl_c_leaves_valid_file_and_checkpoint_then_resumes_bit_identically(tm
     assert proc.returncode != 0
     last = err.strip().splitlines()[-1]
     assert "interrupted at step" in last and str(path) in last and "pyrod.resume" in last
-    assert "Traceback" not in err.split("pyrod: Ctrl-C")[-1].split("RunInterrupted")[0] or True
+    assert "pyrod.simulation.RunInterrupted" in last      # not a raw KeyboardInterrupt from inside a solver
     tree = pyrod.open(path)
     assert tree.attrs["pyrod_status"] == "interrupted"
     k = tree.attrs["steps_completed"]

@@ -456,14 +456,14 @@ def test_timing_report():
     lines = []
     for k in (2, 4, 8):
         probs = [make_instance(rng, k, "full")[:3] for _ in range(10)]
-        for A, B, Q in probs:
+        for A, _B, Q in probs:
             solve_sdcp(A, Q)  # warm caches
         t0 = time.perf_counter()
         sols = [solve_sdcp(A, Q) for A, B, Q in probs]
         cold = (time.perf_counter() - t0) / len(probs)
         pert = [(A + 1e-3 * sym(rng.standard_normal(A.shape)), Q) for A, B, Q in probs]
         t0 = time.perf_counter()
-        warm = [solve_sdcp(A, Q, X0=s.X) for (A, Q), s in zip(pert, sols)]
+        warm = [solve_sdcp(A, Q, X0=s.X) for (A, Q), s in zip(pert, sols, strict=False)]
         tw = (time.perf_counter() - t0) / len(probs)
         assert all(s.converged for s in sols + warm)
         lines.append(f"k={k}: cold {cold * 1e3:.2f} ms ({np.mean([s.iterations for s in sols]):.1f} it), "

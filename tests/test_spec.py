@@ -8,8 +8,7 @@ import pytest
 import xarray as xr
 
 import pyrod
-from pyrod.spec import (CentralSpec, EigSpec, IntegratorSpec, OutputSpec, RunSpec, SpecError, StopSpec,
-                        spec_from_kwargs)
+from pyrod.spec import CentralSpec, EigSpec, IntegratorSpec, OutputSpec, RunSpec, SpecError, StopSpec, spec_from_kwargs
 
 
 def quad():

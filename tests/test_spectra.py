@@ -23,7 +23,7 @@ import pytest
 import torch
 
 import pyrod
-from pyrod.spectra import (EigenConvergenceWarning, EigReport, EigTracker, hessian_operator, top_eigs)
+from pyrod.spectra import EigenConvergenceWarning, EigReport, EigTracker, hessian_operator, top_eigs
 
 F64 = torch.float64
 CPU = torch.device("cpu")

@@ -19,8 +19,23 @@ import pytest
 import torch
 
 import pyrod
-from pyrod.optimizers import (GD, AMSGrad, Adafactor, Adagrad, Adam, AdamW, HeavyBall, Muon, NAdam, Nesterov,
-                              Padam, RMSProp, ScalarAdam, ScalarNAdam, ScalarRMSProp)
+from pyrod.optimizers import (
+    GD,
+    Adafactor,
+    Adagrad,
+    Adam,
+    AdamW,
+    AMSGrad,
+    HeavyBall,
+    Muon,
+    NAdam,
+    Nesterov,
+    Padam,
+    RMSProp,
+    ScalarAdam,
+    ScalarNAdam,
+    ScalarRMSProp,
+)
 
 BETAS = (0.0, 0.5, 0.9, 0.99)
 ETA = 0.01

@@ -14,8 +14,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import (ExperimentError, auto_ylim, colors, eos_stats, figure, finite, fmt, require_positive, savefig,
-                     threshold_line)
+from .common import (
+    ExperimentError,
+    auto_ylim,
+    colors,
+    eos_stats,
+    figure,
+    finite,
+    fmt,
+    require_positive,
+    savefig,
+    threshold_line,
+)
 
 NAME = "aeos"
 TITLE = "Adam at the adaptive EoS: λmax(P⁻¹H) equilibrates at (2+2β1)/((1−β1)η); raw λmax(H) alongside"
@@ -138,7 +148,7 @@ def plot(ctx, results):
         rows = results["panels"][panel]
         cs = colors(len(rows), "plasma")
         pre, raw = [], []
-        for c, r in zip(cs, rows):
+        for c, r in zip(cs, rows, strict=False):
             ds = pyrod.open(ctx.out / r["file"])["discrete"].ds
             lab = {"a": f"η={fmt(r['lr'])}", "b": f"β1={r['beta1']:g}", "c": f"β2={r['beta2']:g}"}[panel]
             t, y = finite(ds["preconditioned_sharpness"])

@@ -18,8 +18,18 @@ import math
 
 import numpy as np
 
-from .common import ExperimentError, auto_ylim, colors, eos_stats, figure, finite, fmt, require_positive, savefig, \
-    threshold_line
+from .common import (
+    ExperimentError,
+    auto_ylim,
+    colors,
+    eos_stats,
+    figure,
+    finite,
+    fmt,
+    require_positive,
+    savefig,
+    threshold_line,
+)
 
 NAME = "aeos-optimizers"
 TITLE = "Eight adaptive optimizers at the AEoS: λmax(P⁻¹H) equilibrates at each optimizer's threshold"
@@ -97,7 +107,6 @@ def filename(name: str, lr: float) -> str:
 
 
 def run(ctx):
-    import pyrod
 
     p = ctx.p
     prob = ctx.problem(model=p["model"], data=p["data"], classes=p["classes"], n=p["n"], loss=p["loss"],
@@ -152,7 +161,7 @@ def plot(ctx, results):
         cs = colors(len(rows), "plasma")
         thr_txt = None
         series = []
-        for c, r in zip(cs, rows):
+        for c, r in zip(cs, rows, strict=False):
             ds = pyrod.open(ctx.out / r["file"])["discrete"].ds
             t, y = finite(ds["preconditioned_sharpness"])
             series.append((t, y))

@@ -174,7 +174,7 @@ def summarize(out, p) -> dict:
         on = int(st["eos_onset"] or 0)
         sel = np.arange(T) >= on
 
-        def relerr(y):
+        def relerr(y, T=T, smooth=smooth, sel=sel):
             y = np.asarray(y, float)[:T]
             e = np.abs(y - smooth) / np.abs(smooth)
             e = e[sel & np.isfinite(e)]
@@ -266,7 +266,7 @@ def plot(ctx, results):
             if v is not None:
                 pred = c[v].values
                 idx = z["coords"] if pred.shape[1] > len(z["coords"]) else np.arange(pred.shape[1])
-                for j, col in zip(range(len(idx)), cs):
+                for j, col in zip(range(len(idx)), cs, strict=False):
                     a.plot(c["t"].values, pred[:, idx[j]], color=col, ls="--", lw=1.4,
                            label="predicted (central)" if j == 0 else None)
             else:

@@ -211,6 +211,7 @@ class Context:
     scheduler: str | None = None    # sweeps: address of an existing Dask scheduler (then jobs is not used)
     files: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+    _client: object = field(default=None, repr=False)     # one LocalCluster shared by the experiment's sweeps
 
     @property
     def p(self) -> dict:
@@ -271,8 +272,15 @@ class Context:
         Raises ExperimentError naming the failed points (the others are kept)."""
         import pyrod
 
-        res = pyrod.sweep(base, grid, self.out / folder, zip=zip, name=name, client=self.scheduler,
-                          jobs=None if self.scheduler else self.jobs, rerun_changed=True, progress=self.progress)
+        client = self.scheduler
+        if client is None and self.jobs != 1:
+            if self._client is None:
+                from distributed import Client
+
+                self._client = Client(pyrod.sweep.local_cluster(self.jobs))
+            client = self._client
+        res = pyrod.sweep(base, grid, self.out / folder, zip=zip, name=name, client=client, jobs=self.jobs,
+                          rerun_changed=True, progress=self.progress)
         for rel in [f"{folder}/{p['file']}" for p in res.points] + [f"{folder}/sweep.json"]:
             if rel not in self.files:
                 self.files.append(rel)
@@ -282,6 +290,15 @@ class Context:
                                   f"{self.out / folder / 'sweep.json'}; rerunning resumes the others); first, "
                                   f"{first['name']}:\n{first['error']}")
         return res
+
+    def close(self) -> None:
+        """Close the sweeps' LocalCluster, if one was started."""
+        if self._client is not None:
+            cluster = self._client.cluster
+            self._client.close()
+            if cluster is not None:
+                cluster.close()
+            self._client = None
 
     def iterate(self, items, desc: str):
         """``items`` with a progress bar (tqdm) when progress is on."""
@@ -345,6 +362,7 @@ def run_experiment(name: str, scale: str = "small", out: str | os.PathLike | Non
         matplotlib.use("Agg", force=True)
         results = module.run(ctx)
     finally:
+        ctx.close()
         torch.set_num_threads(old_threads)
     wall = time.perf_counter() - t0
     import pyrod

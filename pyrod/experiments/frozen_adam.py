@@ -44,8 +44,9 @@ def check_params(p):
 
 
 def run(ctx):
-    import pyrod
     import torch
+
+    import pyrod
 
     p = ctx.p
     prob = ctx.problem(model=p["model"], data=p["data"], classes=p["classes"], n=p["n"], loss=p["loss"],
@@ -112,7 +113,7 @@ def plot(ctx, results):
         rows = results[kind]["runs"]
         cs = colors(len(rows), "plasma")
         series = []
-        for c, r in zip(cs, rows):
+        for c, r in zip(cs, rows, strict=False):
             ds = pyrod.open(ctx.out / r["file"])["discrete"].ds
             lab = f"η={fmt(r['lr'])}"
             t, y = finite(ds["loss"])

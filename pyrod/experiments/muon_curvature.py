@@ -2,12 +2,14 @@
 
 Adam and Muon train the same network full batch. Default setting (the paper's): a small causal transformer
 (``model="gpt"``) on next-token prediction over Zipf-PCFG token sequences (``data="zipf_pcfg"``, grammar
-probabilities Zipf(α)); ``--set model=mlp data=zipf`` gives the earlier MLP on Zipf-imbalanced digits.
+probabilities Zipf(α)); ``--set model=mlp data=zipf n=500 width=64 activation=tanh`` gives the earlier MLP on Zipf-imbalanced digits.
 Every ``analyze_every`` steps the update actually taken, Δw, is decomposed with
 :func:`pyrod.analysis.one_step_decomposition` (nds.md): first-order gain G = −gᵀΔw, curvature penalty
 C = ½ΔwᵀHΔw = ½‖Δw‖²·NDS, the normalized directional sharpness NDS, ‖Δw‖², the predicted decrease G − C against
 the actual decrease, and the within-layer / cross-layer split of ΔwᵀHΔw over the model's tensors (one batched
-HVP per analysed step), with the within-layer part of every tensor kept (``block_within_nds``).
+HVP per analysed step), with every tensor pair's part kept (``block_matrix_nds``). "Layer" is read two ways:
+one tensor (``within_nds``/``cross_nds``, ``block_localisation``; the paper's per-matrix view of Muon) and one
+transformer layer, all tensors of ``blocks.{i}`` together (summary ``layer_level``; the paper's Fig. 9 axis).
 
 The two runs are compared at matched training-loss levels (the first analysed step at which each run's loss
 falls below the level; the paper matches validation loss): Adam-to-Muon ratios of C, NDS and ‖Δw‖² (Fig. 2c), the
@@ -23,7 +25,8 @@ directions differ. The split (tensor names) is stored in the file and the summar
 
 Files: ``muon_curvature.nc`` (groups ``adam``, ``muon``; coordinate ``t``; variables ``loss``, ``gain``,
 ``curvature``, ``nds``, ``update_norm_sq``, ``predicted_decrease``, ``actual_decrease``, ``gap``, ``within_nds``,
-``cross_nds``, ``block_within_nds (t, block)``), PNGs; summary from the file.
+``cross_nds``, ``block_within_nds (t, block)``, ``block_matrix_nds (t, block, block2)``), PNGs; summary from the
+file.
 """
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ from .common import ExperimentError, figure, require_positive, savefig
 NAME = "muon-curvature"
 TITLE = "Muon vs Adam: one-step gain / curvature penalty / NDS / ‖Δw‖² at matched loss, within vs cross layer"
 PAPER = "Muon vs Adam curvature paper (seed 003) Figs. 1, 2, 4, 9"
-RUNTIME = "~2 min"
+RUNTIME = "~3 min"
 
 SCALARS = ("loss", "gain", "curvature", "nds", "update_norm_sq", "grad_norm", "predicted_decrease",
            "actual_decrease", "gap", "within", "cross", "within_nds", "cross_nds")
@@ -131,12 +134,13 @@ def train_and_analyze(problem, opt, steps: int, every: int, progress_desc=None, 
     ``blocks=None``: the problem's tensors (within/cross split, one batched HVP of one column per tensor);
     ``blocks=()``: NDS only (one HVP). Returns ``(t, rows, block_names, block_nds)``: analysed steps, list of
     scalar dicts, tensor names, array (n_analysed, n_blocks) of the per-block within-layer NDS contributions
-    Δw_lᵀH_llΔw_l/‖Δw‖² (NaN without the split)."""
+    Δw_lᵀH_llΔw_l/‖Δw‖², and (n_analysed, n_blocks, n_blocks) of every pair's Δw_lᵀH_ll'Δw_l'/‖Δw‖² (NaN without
+    the split)."""
     from pyrod.analysis import one_step_decomposition, optimizer_update
 
     loss, g = problem.loss_and_grad(problem.w0)
     state = opt.init_state(problem.w0, g)
-    ts, rows, bnds = [], [], []
+    ts, rows, bnds, bmat = [], [], [], []
     names = [b.name for b in problem.blocks]
     it = range(steps)
     if progress_desc:
@@ -151,27 +155,63 @@ def train_and_analyze(problem, opt, steps: int, every: int, progress_desc=None, 
             ts.append(k)
             rows.append(r.scalars())
             bnds.append([r.block_within.get(nm, math.nan) / r.update_norm_sq for nm in names])
+            L = len(names)
+            bmat.append(np.asarray(r.block_matrix, float) / r.update_norm_sq
+                        if r.block_matrix is not None and r.block_matrix.shape == (L, L) else np.full((L, L), np.nan))
         state = new_state
         loss, g = problem.loss_and_grad(state.w)
         if not math.isfinite(float(loss)):
             break
-    return np.array(ts, float), rows, names, np.array(bnds, float).reshape(len(ts), len(names))
+    L = len(names)
+    return (np.array(ts, float), rows, names, np.array(bnds, float).reshape(len(ts), L),
+            np.array(bmat, float).reshape(len(ts), L, L))
+
+
+def layer_groups(names) -> list[str]:
+    """The transformer layer (or module) of each tensor: ``blocks.{i}.…`` → ``"blocks.{i}"``; any other name →
+    its module (``tok_emb.weight`` → ``"tok_emb"``; the MLP's ``3.weight``/``3.bias`` → ``"3"``)."""
+    out = []
+    for nm in names:
+        parts = nm.split(".")
+        out.append(".".join(parts[:2]) if parts[0] == "blocks" and len(parts) > 2 else ".".join(parts[:-1]) or nm)
+    return out
+
+
+def layer_split(ds) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
+    """From ``block_matrix_nds`` (per analysed step ``B[l, l'] = Δw_lᵀH_ll'Δw_l'/‖Δw‖²`` over tensors): the
+    within-*layer* NDS with layers = :func:`layer_groups` (all pairs of tensors in one transformer layer), the
+    cross-layer rest, the group names and the per-group within part ``(t, group)``."""
+    names = block_names(ds)
+    B = ds["block_matrix_nds"].values
+    groups = layer_groups(names)
+    uniq = list(dict.fromkeys(groups))
+    G = np.zeros((len(uniq), len(names)))
+    for j, gname in enumerate(groups):
+        G[uniq.index(gname), j] = 1.0
+    per = np.einsum("gl,tlm,gm->tg", G, B, G)
+    within = per.sum(axis=1)
+    return within, ds["nds"].values - within, uniq, per
 
 
 def write(path, config: dict, runs: dict, attrs: dict | None = None):
-    """Write ``{group: (t, rows, names, block_nds)}`` to one NetCDF file (pyrod's RunWriter)."""
+    """Write ``{group: (t, rows, names, block_nds, block_matrix_nds)}`` (the output of
+    :func:`train_and_analyze`) to one NetCDF file (pyrod's RunWriter)."""
     from pyrod.output import RunWriter, Var
 
     with RunWriter(path, config=config, attrs=attrs or {}, overwrite=True, chunk=64) as w:
-        for group, (t, rows, names, bn) in runs.items():
+        for group, (t, rows, names, bn, bm) in runs.items():
+            L = max(1, len(names))
             vars_ = [Var(k, ("t",), _UNITS.get(k, k), "1") for k in SCALARS]
             vars_.append(Var("block_within_nds", ("t", "block"), "per-tensor within-layer NDS contribution "
                              "dw_l.H_ll.dw_l/|dw|^2", "1"))
-            w.add_group(group, vars_, dims={"block": max(1, len(names))},
+            vars_.append(Var("block_matrix_nds", ("t", "block", "block2"), "tensor-pair NDS contributions "
+                             "dw_l.H_ll'.dw_l'/|dw|^2 (NaN without the split)", "1"))
+            w.add_group(group, vars_, dims={"block": L, "block2": L},
                         attrs={"block_names": names, "optimizer": config["optimizers"][group]})
             for i, tt in enumerate(t):
                 vals = {k: rows[i][k] for k in SCALARS}
                 vals["block_within_nds"] = bn[i]
+                vals["block_matrix_nds"] = bm[i]
                 w.append(group, tt, vals)
 
 
@@ -233,7 +273,26 @@ def summarize_file(path, n_levels: int, window: int) -> dict:
     })
     r["stages"] = stage_split(mt)
     r["block_localisation"] = block_localisation(A, M, mt["levels"], window)
+    r["layer_level"] = layer_level(A, M, mt["levels"], window)
     return r
+
+
+def layer_level(A, M, levels, window) -> dict:
+    """The same stage split and localisation with *layers* = transformer layers (:func:`layer_groups`): within
+    = all tensor pairs inside one layer, cross = pairs in different layers."""
+    from pyrod.analysis import value_at_levels
+
+    if "block_matrix_nds" not in A or not len(levels) or not np.isfinite(A["block_matrix_nds"].values).any():
+        return {}
+    wa, ca, groups, pa = layer_split(A)
+    wm, cm, _, pm = layer_split(M)
+    la, lm = A["loss"].values, M["loss"].values
+    at = lambda loss, v: value_at_levels(loss, v, levels, window=window)  # noqa: E731
+    mt = {"levels": levels, "a_nds": at(la, A["nds"].values), "b_nds": at(lm, M["nds"].values),
+          "a_within_nds": at(la, wa), "b_within_nds": at(lm, wm), "a_cross_nds": at(la, ca), "b_cross_nds": at(lm, cm)}
+    gap = np.stack([at(la, pa[:, j]) - at(lm, pm[:, j]) for j in range(len(groups))], axis=1)
+    loc = {s: {g: _med(gap[sl, j]) for j, g in enumerate(groups)} for s, sl in _stage_slices(len(levels)).items()}
+    return {"groups": groups, "stages": stage_split(mt), "within_gap_per_layer": loc}
 
 
 STAGES = ("early", "middle", "late")
@@ -377,7 +436,7 @@ def plot(ctx, path):
         a.legend(fontsize=7)
     savefig(ctx, fig, "muon_curvature_nds.png")
     # Fig. 4: within vs cross layer
-    fig, ax = figure(1, 3, width=4.0, height=3.3)
+    fig, ax = figure(1, 4, width=4.0, height=3.3)
     for a, k, title in ((ax[0, 0], "within_nds", "(a) within-layer ΣΔw_lᵀH_llΔw_l / ‖Δw‖²"),
                         (ax[0, 1], "cross_nds", "(b) cross-layer ΣΔw_lᵀH_ll'Δw_l' / ‖Δw‖²")):
         a.plot(lv, mt[f"a_{k}"], "o-", ms=3, color=ca, label="Adam")
@@ -391,9 +450,24 @@ def plot(ctx, path):
     a.plot(lv, mt["a_cross_nds"] - mt["b_cross_nds"], "s-", ms=3, color="tab:red", label="cross-layer gap")
     a.plot(lv, mt["a_nds"] - mt["b_nds"], "k--", lw=1, label="total NDS gap")
     a.axhline(0, color="k", lw=0.6)
-    a.set(xscale="log", xlabel="training loss level", ylabel="Adam − Muon", title="(c) where the NDS gap comes from")
+    a.set(xscale="log", xlabel="training loss level", ylabel="Adam − Muon", title="(c) NDS gap, layer = tensor")
     a.invert_xaxis()
     a.legend(fontsize=7)
+    a = ax[0, 3]
+    if "block_matrix_nds" in A and np.isfinite(A["block_matrix_nds"].values).any():
+        from pyrod.analysis import value_at_levels
+
+        wa, ca_, _, _ = layer_split(A)
+        wm, cm_, _, _ = layer_split(M)
+        at = lambda ds, v: value_at_levels(ds["loss"].values, v, lv, window=p["match_window"])  # noqa: E731
+        a.plot(lv, at(A, wa) - at(M, wm), "o-", ms=3, color="tab:blue", label="within-layer gap")
+        a.plot(lv, at(A, ca_) - at(M, cm_), "s-", ms=3, color="tab:red", label="cross-layer gap")
+        a.plot(lv, mt["a_nds"] - mt["b_nds"], "k--", lw=1, label="total NDS gap")
+        a.legend(fontsize=7)
+    a.axhline(0, color="k", lw=0.6)
+    a.set(xscale="log", xlabel="training loss level", ylabel="Adam − Muon",
+          title="(d) NDS gap, layer = transformer layer")
+    a.invert_xaxis()
     savefig(ctx, fig, "muon_curvature_layers.png")
     # Fig. 9: per-tensor localisation of the within-layer gap, by stage
     names = block_names(A)

@@ -336,7 +336,7 @@ def plot(ctx, results):
             v = [q["ratio_stable_over_rod"] for q in results["restarts"] if q["arch"] == arch and q["optimizer"] == n]
             rs.append(float(np.exp(np.nanmean(np.log(v)))) if v else np.nan)
         ax[0, 1].bar(x + j * wdt, rs, width=wdt, label=arch)
-    for a, title in zip(ax[0], ["whole run: median centre distance", "restarts inside the EoS (geo-mean)"]):
+    for a, title in zip(ax[0], ["whole run: median centre distance", "restarts inside the EoS (geo-mean)"], strict=False):
         a.axhline(1.0, color="k", lw=0.8)
         a.set(yscale="log", ylabel="stable / rod centre distance", title=f"{title} (>1: rod closer)")
         a.set_xticks(x + 0.4 - wdt / 2, names, rotation=45, ha="right", fontsize=8)

@@ -251,7 +251,7 @@ def integrate_segment(problem: FlowProblem, t0: float, y0: np.ndarray, t1: float
             maxiters=int(max_steps) if max_steps else 10**9, linsolve=linsolve)
     except Exception as e:  # noqa: BLE001 - a JuliaError outside the solve (argument conversion, …)
         if br.exc is not None:
-            raise br.exc
+            raise br.exc from e
         raise RuntimeError(f"PyrodFlows.integrate_segment failed: {type(e).__name__}: {e}") from e
 
     status, message = str(res.status), str(res.message)
@@ -272,7 +272,7 @@ def integrate_segment(problem: FlowProblem, t0: float, y0: np.ndarray, t1: float
     ev_t = np.array(res.ev_t, dtype=np.float64).reshape(-1)
     ev_i = np.array(res.ev_index, dtype=np.int64).reshape(-1)
     ev_v = np.array(res.ev_value, dtype=np.float64).reshape(-1)
-    for t_e, i, v in zip(ev_t, ev_i, ev_v):
+    for t_e, i, v in zip(ev_t, ev_i, ev_v, strict=False):
         ev = events[int(i) - 1]
         records.append(EventRecord(t=float(t_e), name=ev.name, kind=ev.kind, value=float(v)))
     term = int(res.terminal_index)

@@ -10,8 +10,22 @@ See :mod:`pyrod.optimizers.base` for the conventions every flow relies on.
 from __future__ import annotations
 
 from .base import Optimizer, OptState, bias_factor
-from .family import (GD, AMSGrad, Adagrad, Adam, AdamW, HeavyBall, NAdam, Nesterov, Padam,
-                     PreconditionedMomentum, RMSProp, ScalarAdam, ScalarNAdam, ScalarRMSProp)
+from .family import (
+    GD,
+    Adagrad,
+    Adam,
+    AdamW,
+    AMSGrad,
+    HeavyBall,
+    NAdam,
+    Nesterov,
+    Padam,
+    PreconditionedMomentum,
+    RMSProp,
+    ScalarAdam,
+    ScalarNAdam,
+    ScalarRMSProp,
+)
 
 __all__ = ["Optimizer", "OptState", "bias_factor", "PreconditionedMomentum", "GD", "HeavyBall", "Nesterov",
            "RMSProp", "ScalarRMSProp", "Adam", "ScalarAdam", "NAdam", "ScalarNAdam", "AdamW", "AMSGrad",

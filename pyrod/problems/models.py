@@ -22,6 +22,8 @@ import math
 import torch
 from torch import nn
 
+from .gpt import LayerNorm  # plain-op LayerNorm: torch's fused kernel has wrong third derivatives
+
 __all__ = ["MODELS", "ACTIVATIONS", "mlp", "cnn", "vit", "image_shape"]
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU, "elu": nn.ELU, "silu": nn.SiLU}
@@ -160,9 +162,9 @@ class TransformerBlock(nn.Module):
 
     def __init__(self, dim: int, heads: int, mlp_ratio: int, activation: str):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = LayerNorm(dim, bias=True)
         self.attn = Attention(dim, heads)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = LayerNorm(dim, bias=True)
         self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), _activation(activation),
                                  nn.Linear(mlp_ratio * dim, dim))
 
@@ -190,7 +192,7 @@ class ViT(nn.Module):
             n_tokens += 1
         self.pos_embed = nn.Parameter(0.02 * torch.randn(1, n_tokens, dim))
         self.blocks = nn.ModuleList([TransformerBlock(dim, heads, mlp_ratio, activation) for _ in range(depth)])
-        self.norm = nn.LayerNorm(dim)
+        self.norm = LayerNorm(dim, bias=True)
         self.head = nn.Linear(dim, out_dim)
 
     def patches(self, x):

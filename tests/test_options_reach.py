@@ -1,0 +1,101 @@
+"""Every documented option of the run specification reaches the component it names.
+
+Each option is set away from its default through ``pyrod.simulate``'s keyword form and read back from the
+object that uses it (measurer, flow run, flow model, integrator problem, writer) or from the file.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import pyrod
+from pyrod.simulation import _build_runs
+from pyrod.spec import spec_from_kwargs
+
+PROB = {"toy": "quartic"}
+
+
+def build(opt, problem=PROB, **kw):
+    spec = spec_from_kwargs(problem, opt, {"steps": 8, **kw})
+    prob = pyrod.problem(**problem)
+    return spec, _build_runs(spec, prob, pyrod.optimizers.from_config(opt).bind(prob))
+
+
+def test_measurement_options_reach_every_runs_measurer():
+    spec, runs = build({"name": "GD", "lr": 0.1}, runs=["discrete", "midpoint", "stable", "rod", "central"],
+                       eigs=2, eig_every=3, eig_tol=1e-7, eig_max_iter=33)
+    for name, run in runs.items():
+        m = run.measurer
+        assert (m.k, m.eig_every, m.eig_tol, m.eig_max_iter) == (2, 3, 1e-7, 33), name
+        assert (m.tracker.tol, m.tracker.max_iter) == (1e-7, 33), name
+
+
+def test_stop_options_reach_the_discrete_run_and_the_flows():
+    spec, runs = build({"name": "GD", "lr": 0.1}, runs=["discrete", "rod"], loss_target=1e-3,
+                       divergence_factor=50.0)
+    assert runs["discrete"].loss_target == 1e-3 and runs["discrete"].divergence_factor == 50.0
+    assert runs["rod"].divergence_factor == 50.0
+
+
+def test_integrator_options_reach_the_flow_and_its_integrator_problem():
+    spec, runs = build({"name": "GD", "lr": 0.1}, runs=["discrete", "stable"], method="Radau", rtol=1e-5,
+                       atol=1e-8, max_step=0.25, min_step=1e-7, max_rhs_per_unit=700, jac="jvp", max_steps=10**5,
+                       restart_at=2, events=["loss<1e-9"])
+    run = runs["stable"]
+    assert (run.backend_name, run.method, run.rtol, run.atol, run.max_step) == ("scipy", "Radau", 1e-5, 1e-8, 0.25)
+    assert (run.min_step, run.max_rhs_per_unit, run.k_start) == (1e-7, 700, 2)
+    assert [e.name for e in run.event_specs] == ["loss<1e-09"]
+    records, chunk = runs["discrete"].run_chunk(8)
+    run.advance(chunk)
+    fp = run.fp
+    assert (fp.method, fp.rtol, fp.atol, fp.max_step, fp.min_step, fp.max_rhs_per_unit) == \
+        ("Radau", 1e-5, 1e-8, 0.25, 1e-7, 700)
+    assert fp.options["jac"] == "jvp" and fp.options["max_steps"] == 10**5
+    assert run.n_jvp > 0          # jac="jvp": SciPy's Radau got its Jacobian from J·v products
+
+
+def test_substeps_reach_euler_and_the_central_relaxation_time():
+    spec, runs = build({"name": "GD", "lr": 0.1}, runs=["discrete", "rod", "central"], method="euler",
+                       substeps=8)
+    assert runs["rod"].substeps == 8
+    assert runs["central"].model.tau == pytest.approx(1 / 8)
+    records, chunk = runs["discrete"].run_chunk(4)
+    runs["rod"].advance(chunk)
+    assert runs["rod"].fp.options["substeps"] == 8
+    assert runs["rod"].n_rhs == 8 * 3      # 3 unit times (t = 0 … 3) at 8 Euler steps each
+
+
+def test_bea_reaches_stable_and_rod_models():
+    spec, runs = build({"name": "GD", "lr": 0.1}, runs=["discrete", "stable", "rod"], bea=True)
+    assert runs["stable"].model.bea and runs["rod"].model.bea
+    spec, runs = build({"name": "GD", "lr": 0.1}, runs=["discrete", "stable", "rod"], rod={"bea": True})
+    assert runs["rod"].model.bea and not runs["stable"].model.bea
+
+
+def test_central_options_reach_the_central_model():
+    opts = dict(sdcp_threshold=0.95, track_threshold=0.7, tau=0.125, max_track=5, sdcp_tol=1e-9, refresh_tol=1e-2)
+    spec, runs = build({"name": "GD", "lr": 0.1}, {"toy": "quadratic", "dim": 10, "spectrum": [10.0, 0.1]},
+                       runs=["discrete", "central"], central={"eig_tol": 1e-5,
+                                                                                          "eig_max_iter": 31},
+                       eig_tol=1e-7, **opts)
+    model = runs["central"].model
+    for k, v in opts.items():
+        assert getattr(model, k) == v, k
+    # the central flow's own eigen options are not the measurement's (they were conflated before)
+    assert (model.eig_tol, model.eig_max_iter) == (1e-5, 31)
+    assert runs["central"].measurer.eig_tol == 1e-7
+
+
+def test_output_options_reach_the_file(tmp_path):
+    path = tmp_path / "o.nc"
+    tree = pyrod.simulate(pyrod.problem(**PROB), pyrod.optimizers.GD(lr=0.1), steps=12, chunk=4,
+                          snapshot_every=5, checkpoint_every=8, path=path)
+    ds = tree["discrete"].ds
+    np.testing.assert_array_equal(ds["t_snap"].values, [0.0, 5.0, 10.0])
+    import netCDF4
+    with netCDF4.Dataset(path) as nc:
+        assert nc["discrete"]["loss"].chunking()[0] == 4          # chunk = rows per write = HDF5 chunk
+    from pyrod.checkpoint import load, path_for
+    assert load(path_for(path))["k"] == 12
+    spec = pyrod.spec_of(path)
+    assert (spec.output.chunk, spec.output.snapshot_every, spec.output.checkpoint_every) == (4, 5, 8)
