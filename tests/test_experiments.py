@@ -17,7 +17,8 @@ import pytest
 
 import pyrod
 from pyrod.experiments import EXPERIMENTS, ExperimentError, get_experiment, run_experiment
-from pyrod.experiments.common import parse_set, resolve_params
+from pyrod.experiments.cli import parse_flags, parse_value
+from pyrod.experiments.common import resolve_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,19 +95,26 @@ def test_cli_run_nds_quadratic(tmp_path):
 
 
 # ------------------------------------------------------------------ parameters
-def test_parse_set_and_resolve_params():
-    assert parse_set("steps", "12", 5) == 12 and parse_set("steps", "1e3", 5) == 1000
-    assert parse_set("lr", "3e-3", 0.1) == 0.003
-    assert parse_set("flag", "false", True) is False and parse_set("flag", "YES", False) is True
-    assert parse_set("lrs", "1e-3, 2e-3", [0.1]) == [0.001, 0.002]
-    assert parse_set("lrs", "[1e-3, 2e-3]", [0.1]) == [0.001, 0.002]
-    assert parse_set("names", "GD,Adam", ["x"]) == ["GD", "Adam"]
-    assert parse_set("d", '{"a": 1}', {}) == {"a": 1}
-    assert parse_set("path", "none", None) is None and parse_set("path", "/x", None) == "/x"
-    for key, text, like in (("steps", "1.5", 3), ("lr", "fast", 0.1), ("flag", "maybe", True),
-                            ("lrs", "1e-3,x", [0.1]), ("d", "[1]", {})):
-        with pytest.raises(ExperimentError, match=key):
-            parse_set(key, text, like)
+def test_typed_parameters_and_resolve_params():
+    """Overrides go through the typed command line generated from the defaults (pyrod.experiments.cli)."""
+    aeos = get_experiment("aeos")
+    assert parse_flags(aeos, "tiny", ["--steps", "12", "--lrs", "1e-3", "2e-3", "--eig_tol", "1e-6"]) == \
+        {"steps": 12, "lrs": [0.001, 0.002], "eig_tol": 1e-6}
+    assert parse_value(aeos, "tiny", "lrs", "1e-3, 2e-3", [0.1]) == [0.001, 0.002]
+    assert parse_value(aeos, "tiny", "lrs", "[1e-3, 2e-3]", [0.1]) == [0.001, 0.002]
+    assert parse_value(aeos, "tiny", "bias_correction", "true", False) is True
+    assert parse_value(aeos, "tiny", "data_path", "none", None) is None
+    assert parse_value(aeos, "tiny", "data_path", "/x", None) == "/x"
+    rod = get_experiment("rod_tracking")
+    assert parse_value(rod, "tiny", "hyper", '{"a": 1}', {}) == {"a": 1}
+    for key, text, like in (("steps", "1.5", 3), ("steps", "many", 3), ("lr_beta1", "fast", 0.1),
+                            ("bias_correction", "maybe", True), ("lrs", "1e-3,x", [0.1])):
+        with pytest.raises(ExperimentError, match=rf"--set {key}="):
+            parse_value(aeos, "tiny", key, text, like)
+    with pytest.raises(ExperimentError, match=r"hyper='\[1': expected JSON"):
+        parse_value(rod, "tiny", "hyper", "[1", {})
+    with pytest.raises(SystemExit):        # an unknown typed flag is refused by the parser
+        parse_flags(aeos, "tiny", ["--stesp", "3"])
     mod = get_experiment("aeos")
     p = resolve_params(mod, "tiny", {"steps": "30", "lrs": "0.01,0.02"})
     assert p["steps"] == 30 and p["lrs"] == [0.01, 0.02] and p["threads"] == 1

@@ -68,7 +68,8 @@ TABLE = {  # name -> (constructor(eta, beta), formula(eta, beta))
     "AMSGrad": (lambda e, b: AMSGrad(lr=e, beta1=b), hb_ema),
     "Padam": (lambda e, b: Padam(lr=e, beta1=b), hb_ema),
     "Adagrad": (lambda e, b: Adagrad(lr=e), lambda e, b: 2 / e),
-    "Adafactor": (lambda e, b: Adafactor(lr=e), lambda e, b: math.nan),
+    "Adafactor": (lambda e, b: Adafactor(lr=e), lambda e, b: 2 / e),
+    "Adafactor(momentum)": (lambda e, b: Adafactor(lr=e, beta1=b, style="flax"), hb_ema),
     "Muon": (lambda e, b: Muon(lr=e, momentum=b), lambda e, b: math.nan),
 }
 

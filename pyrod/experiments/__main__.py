@@ -1,6 +1,9 @@
-"""``python -m experiments list | run NAME [--scale tiny|small|paper] [--out DIR] [--set key=value ...]``.
+"""``python -m experiments list | run NAME [--scale tiny|small|paper] [--out DIR] [--jobs N] [--PARAM VALUE ...]``.
 
-Also installed as the console script ``pyrod-experiments``.
+Every parameter of an experiment is a typed flag generated from its defaults (:mod:`pyrod.experiments.cli`,
+tyro): ``python -m experiments run aeos --scale tiny --help`` lists them with their defaults at that scale;
+``--set KEY=VALUE`` is the same thing in key=value form. Also installed as the console script
+``pyrod-experiments``.
 """
 from __future__ import annotations
 
@@ -41,6 +44,29 @@ def _parse_sets(items) -> dict:
     return out
 
 
+def _param_help(argv) -> int:
+    """``run NAME [--scale S] --help``: the experiment's typed parameters with their defaults at that scale."""
+    from . import get_experiment
+    from .cli import parse_flags
+    from .common import ExperimentError
+
+    scale = "small"
+    if "--scale" in argv:
+        i = argv.index("--scale")
+        scale = argv[i + 1] if i + 1 < len(argv) else scale
+    try:
+        mod = get_experiment(argv[1])
+    except ExperimentError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        parse_flags(mod, scale, ["--help"], prog=f"python -m experiments run {argv[1]} --scale {scale} "
+                    "[--out DIR] [--jobs N] [--scheduler ADDRESS] [--set KEY=VALUE]")
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m experiments",
@@ -68,14 +94,27 @@ def main(argv=None) -> int:
     g.add_argument("--progress", dest="progress", action="store_true", default=None,
                    help="show progress bars (default: when stderr is a terminal)")
     g.add_argument("--no-progress", dest="progress", action="store_false")
-    args = p.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if len(argv) >= 2 and argv[0] == "run" and ("-h" in argv[2:] or "--help" in argv[2:]):
+        return _param_help(argv)
+    args, extra = p.parse_known_args(argv)
+    if extra and args.cmd != "run":
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
 
     from .common import ExperimentError, run_experiment
 
     try:
         if args.cmd == "list":
             return _list(args.verbose)
-        summary = run_experiment(args.name, scale=args.scale, out=args.out, overrides=_parse_sets(args.sets),
+        overrides = _parse_sets(args.sets)
+        flags = list(extra)   # the experiment's typed parameters (--steps 80 --lrs 0.01 0.02)
+        if flags:
+            from . import get_experiment
+            from .cli import parse_flags
+            typed = parse_flags(get_experiment(args.name), args.scale, flags,
+                                prog=f"python -m experiments run {args.name}")
+            overrides.update(typed)
+        summary = run_experiment(args.name, scale=args.scale, out=args.out, overrides=overrides,
                                  progress=args.progress, jobs=args.jobs if args.jobs is not None else (os.cpu_count() or 1),
                                  scheduler=args.scheduler)
     except ExperimentError as e:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ExperimentError", "COMMON_DEFAULTS", "SCALES", "Context", "parse_set", "resolve_params",
+__all__ = ["ExperimentError", "COMMON_DEFAULTS", "SCALES", "Context", "resolve_params",
            "run_experiment", "figure", "threshold_line", "colors", "savefig", "finite", "jsonable"]
 
 SCALES = ("tiny", "small", "paper")
@@ -46,82 +46,11 @@ class ExperimentError(ValueError):
 
 
 # --------------------------------------------------------------------------------------------- parameters
-_TRUE = {"1", "true", "yes", "on", "y", "t"}
-_FALSE = {"0", "false", "no", "off", "n", "f"}
-
-
-def _parse_scalar(key: str, text: str, like):
-    text = text.strip()
-    if isinstance(like, bool):
-        low = text.lower()
-        if low in _TRUE:
-            return True
-        if low in _FALSE:
-            return False
-        raise ExperimentError(f"--set {key}={text!r}: expected a boolean (true/false)")
-    if isinstance(like, int):
-        try:
-            return int(text)
-        except ValueError:
-            try:
-                f = float(text)
-            except ValueError:
-                f = math.nan
-            if math.isfinite(f) and f == int(f):
-                return int(f)
-            raise ExperimentError(f"--set {key}={text!r}: expected an integer") from None
-    if isinstance(like, float):
-        try:
-            return float(text)
-        except ValueError:
-            raise ExperimentError(f"--set {key}={text!r}: expected a number") from None
-    if isinstance(like, str):
-        return text
-    # None or anything else: JSON when it parses, the raw string otherwise; "none"/"null" -> None
-    if text.lower() in ("none", "null", ""):
-        return None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def parse_set(key: str, text: str, like):
-    """Parse the ``--set key=text`` value like the default ``like`` (bool, int, float, str, list, dict, None).
-
-    Lists: a JSON list (``[1e-3, 3e-3]``) or comma-separated items (``1e-3,3e-3``), each parsed like the default's
-    first element. ``none``/``null`` gives None where the default is None."""
-    if isinstance(like, (list, tuple)):
-        t = text.strip()
-        if t.startswith("["):
-            items = _json_value(key, text, list, "not a valid JSON list", "expected a list")
-            items = [json.dumps(x) if not isinstance(x, str) else x for x in items]
-        else:
-            items = [s for s in t.split(",") if s.strip()] if t else []
-        elem = like[0] if len(like) else None
-        return [parse_set(f"{key}[{i}]", s, elem) if isinstance(elem, (list, tuple)) else
-                _parse_scalar(f"{key}[{i}]", s, elem) for i, s in enumerate(items)]
-    if isinstance(like, dict):
-        return _json_value(key, text, dict, "expected a JSON object", "expected a JSON object")
-    return _parse_scalar(key, text, like)
-
-
-def _json_value(key: str, text: str, kind: type, bad_json: str, bad_kind: str):
-    """``json.loads(text)`` as a ``kind``; ExperimentError naming ``--set key=text`` otherwise."""
-    try:
-        v = json.loads(text.strip())
-    except json.JSONDecodeError as e:
-        raise ExperimentError(f"--set {key}={text!r}: {bad_json} ({e})") from None
-    if not isinstance(v, kind):
-        raise ExperimentError(f"--set {key}={text!r}: {bad_kind}")
-    return v
-
-
 def resolve_params(module, scale: str, overrides: dict | None = None) -> dict:
     """Defaults of ``module`` at ``scale`` with ``overrides`` applied.
 
-    ``overrides``: ``{key: value}``; string values are parsed with :func:`parse_set` (the CLI's ``--set``),
-    other values are taken as given; a dict value updates a dict default key by key (recursively). Unknown keys
+    ``overrides``: ``{key: value}``; string values are parsed by the typed parser of the experiments' command
+    line (:func:`pyrod.experiments.cli.parse_value`, the CLI's ``--set``), other values are taken as given; a dict value updates a dict default key by key (recursively). Unknown keys
     raise :class:`ExperimentError` listing the valid ones."""
     if scale not in SCALES:
         raise ExperimentError(f"--scale {scale!r} is unknown; valid scales: {', '.join(SCALES)}")
@@ -134,7 +63,11 @@ def resolve_params(module, scale: str, overrides: dict | None = None) -> dict:
         if k not in params:
             bad.append(k)
             continue
-        new = parse_set(k, v, params[k]) if isinstance(v, str) else v
+        if isinstance(v, str):
+            from .cli import parse_value
+            new = parse_value(module, scale, k, v, params[k])
+        else:
+            new = v
         if isinstance(params[k], dict) and isinstance(new, dict):
             new = _deep_merge(params[k], new)   # dict parameters are updated key by key (recursively)
         params[k] = new

@@ -1,0 +1,509 @@
+"""The ``"torch"`` backend: explicit Runge–Kutta integration that stays on the problem's device and dtype.
+
+``integrate_segment(problem, t0, y0, t1, t_save) -> Segment`` — the contract of :mod:`pyrod.integrate.base`, except
+that the state is a **torch tensor**: this backend declares :data:`TENSORS` ``= True``, so ``problem.rhs(t, y)``,
+``project``, ``on_accept``, ``diverged`` and every event function receive ``y`` as a 1-D tensor on ``y0``'s device
+and dtype, ``rhs`` returns one, and ``Segment.y_save`` (``(len(t_save), n)``) and ``Segment.y_end`` are tensors.
+A NumPy ``y0`` is taken as a float64 CPU tensor. ``t`` is a Python float in optimizer steps.
+
+Methods (``problem.method``, case-insensitive):
+
+* ``"dopri5"`` (default): Dormand–Prince 5(4), 7 stages with first-same-as-last (6 right-hand sides per accepted
+  step), error norm ``sqrt(mean((err / (atol + rtol·max(|y|, |y_new|)))²))`` and a PI step-size controller
+  (``h ← h · clamp(0.9 · err^−0.17 · err_prev^0.04, 0.2, 10)``; no growth right after a rejection). Dense output:
+  the method's own 4th-order continuous extension (exact at the step ends).
+* ``"rk4"``: the classical fourth-order method on the fixed grid ``j / substeps``; dense output its 3rd-order
+  continuous extension.
+* ``"euler"``: explicit Euler on the grid ``j / substeps`` (as :mod:`.fixed_step`); linear dense output.
+
+Fixed-step methods anchor their grid at 0 (a run split into segments takes the steps of one long run);
+``options["substeps"]`` (default 4) steps per unit time.
+
+**Host synchronisation.** The right-hand side is never copied to the host. Each step *attempt* makes exactly one
+device→host transfer: a single ``.tolist()`` of a small stacked tensor holding the error norm (adaptive methods),
+a finiteness flag and ``‖y_new‖₂`` (for ``max_norm``), and — when ``problem.diverged`` is a *tensor score* (a
+callable with attribute ``tensor_score = True`` returning a 0-dim tensor; ``> 0`` or non-finite is divergence, and
+its optional attribute ``explain(t, y)`` gives the message) — that score. So an accepted step costs one transfer
+(plus one per rejected attempt before it); ``dopri5`` starting without ``first_step`` adds two for its initial
+step-size estimate. Hooks the caller supplies may sync on their own: an event function returns a float (one
+transfer per event per step), ``project`` is compared with ``torch.equal``, a plain ``diverged`` returns a string.
+
+Everything else follows :func:`pyrod.integrate.driver.drive`: saves from the dense output (or the step end when a
+step lands there; ``options["exact_saves"]=True`` makes adaptive steps land on every save time), events located
+with ``brentq`` on the dense output (:func:`.driver.locate`, far side of the crossing), projection after each
+accepted step, ``on_accept`` after each accepted step and at a terminal event, and the bounds ``max_norm``,
+``diverged``, ``min_step`` (ten small steps in a row), ``max_rhs_per_unit`` (also checked between rejected attempts,
+so a stiff flow on which every attempt is rejected fails cleanly) and ``options["max_steps"]``, each ending the
+segment with ``status="failed"`` and a message naming the bound.
+
+Stepping state carried between segments: ``Segment.h_last`` (the step the controller proposes next); pass it back
+as ``problem.first_step``. The PI controller's memory restarts at each segment, so a run resumed at a segment
+boundary takes exactly the steps of an uninterrupted one (bit-identical on the same machine).
+
+Why not torchdiffeq / torchode: neither locates several directional, non-terminal events on the dense output with
+the driver's far-side convention, lands steps on save times, calls a per-accepted-step hook that can change the
+state (projection) or stop on pyrod's divergence / step-floor / evaluation-budget bounds, nor returns the proposed
+next step for a bit-identical restart; torchdiffeq also syncs in its step loop. The step loop below is ~150 lines.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .base import EventRecord, FlowProblem, Segment
+from .driver import _NUMERIC_ERRORS, _SMALL_STEPS, Counter, StepFailure, crossed, locate, next_stop
+
+__all__ = ["integrate_segment", "TENSORS", "METHODS", "DEFAULT_METHOD", "OPTIONS", "DEFAULT_SUBSTEPS"]
+
+#: this backend passes torch tensors (not NumPy arrays) to the problem's callables
+TENSORS = True
+METHODS = ("dopri5", "rk4", "euler")
+DEFAULT_METHOD = "dopri5"
+DEFAULT_SUBSTEPS = 4
+OPTIONS = {
+    "substeps": "rk4 / euler: steps per unit time (int >= 1, default 4); the step is 1/substeps",
+    "max_steps": "accepted steps per segment (default unlimited)",
+    "exact_saves": "dopri5: bool (default False): steps land on the save times instead of interpolating",
+}
+
+# ---------------------------------------------------------------------------------- Dormand–Prince 5(4)
+_C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
+_A = ((),
+      (1 / 5,),
+      (3 / 40, 9 / 40),
+      (44 / 45, -56 / 15, 32 / 9),
+      (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
+      (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
+      (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84))
+_B = _A[6] + (0.0,)
+# b − b̂ (5th minus embedded 4th order weights)
+_E = (71 / 57600, 0.0, -71 / 16695, 71 / 1920, -17253 / 339200, 22 / 525, -1 / 40)
+# continuous extension: y(t_old + θh) = y_old + h Σ_i K_i Σ_j P[i][j] θ^(j+1)
+_P = ((1.0, -8048581381 / 2820520608, 8663915743 / 2820520608, -12715105075 / 11282082432),
+      (0.0, 0.0, 0.0, 0.0),
+      (0.0, 131558114200 / 32700410799, -68118460800 / 10900136933, 87487479700 / 32700410799),
+      (0.0, -1754552775 / 470086768, 14199869525 / 1410260304, -10690763975 / 1880347072),
+      (0.0, 127303824393 / 49829197408, -318862633887 / 49829197408, 701980252875 / 199316789632),
+      (0.0, -282668133 / 205662961, 2019193451 / 616988883, -1453857185 / 822651844),
+      (0.0, 40617522 / 29380423, -110615467 / 29380423, 69997945 / 29380423))
+_SAFETY, _FAC_MIN, _FAC_MAX, _BETA = 0.9, 0.2, 10.0, 0.04
+_EXPO = 1 / 5 - 0.75 * _BETA
+
+
+def _comb(y, h, coeffs, K):
+    """``y + h Σ c_i K_i`` over the nonzero coefficients (device ops only)."""
+    out = y
+    for c, k in zip(coeffs, K):
+        if c != 0.0:
+            out = out + (h * c) * k
+    return out
+
+
+class _Stepper:
+    """Common state: ``t_old``, ``t``, ``y``; ``step()`` makes one accepted step; ``stats`` the synced values."""
+
+    def __init__(self, problem, t0, y0, t1, counter, score):
+        self.problem, self.t1, self.counter, self.score = problem, float(t1), counter, score
+        self.t, self.y = float(t0), y0
+        self.t_old, self.y_old = self.t, y0
+        self.t0 = float(t0)
+        self.budget = problem.max_rhs_per_unit
+        self.norm_y = self.score_val = 0.0
+
+    @property
+    def finished(self):
+        return self.t >= self.t1
+
+    def f(self, t, y):
+        self.counter.rhs += 1
+        out = self.problem.rhs(t, y)
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"problem.rhs returned {type(out).__name__}; the torch backend needs a tensor")
+        if out.shape != y.shape:
+            out = out.reshape(-1)
+            if out.shape != y.shape:
+                raise ValueError(f"problem.rhs returned shape {tuple(out.shape)}, expected {tuple(y.shape)}")
+        return out
+
+    def _sync(self, y_new, extra=()):
+        """One device→host transfer: ``extra`` values, finiteness of ``y_new``, ``‖y_new‖``, divergence score."""
+        parts = [torch.as_tensor(e, dtype=y_new.dtype, device=y_new.device).reshape(()) for e in extra]
+        parts.append(torch.isfinite(y_new).all().to(y_new.dtype))
+        parts.append(torch.linalg.vector_norm(y_new))
+        if self.score is not None:
+            parts.append(torch.as_tensor(self.score(self._t_new, y_new)).to(y_new).reshape(()))
+        vals = torch.stack(parts).tolist()
+        k = len(extra)
+        self.finite, self.norm_y = bool(vals[k]), vals[k + 1]
+        self.score_val = vals[k + 2] if self.score is not None else 0.0
+        return vals[:k]
+
+    def _check_budget(self):
+        if self.budget is not None and self.counter.rhs > self.budget * max(1.0, self.t - self.t0):
+            raise StepFailure(f"evaluation budget exceeded: {self.counter.rhs} right-hand sides for "
+                              f"{self.t - self.t0:.3g} time units from t={self.t0:.10g} "
+                              f"(max_rhs_per_unit={self.budget:g})")
+
+
+class _FixedStepper(_Stepper):
+    """Euler or classical RK4 on the grid ``j / substeps``."""
+
+    def __init__(self, problem, method, t0, y0, t1, counter, score, substeps):
+        super().__init__(problem, t0, y0, t1, counter, score)
+        self.method, self.n, self.h = method, substeps, 1.0 / substeps
+        self.K = None
+
+    def _next_time(self):
+        j = math.floor(self.t * self.n + 1e-9) + 1
+        tn = j / self.n
+        if tn > self.t1 or (self.t1 - tn) < 1e-9 * self.h:
+            tn = self.t1
+        return tn
+
+    def step(self):
+        tn = self._next_time()
+        if not tn > self.t:
+            raise StepFailure(f"{self.method}: no progress at t={self.t!r}")
+        t, y, h = self.t, self.y, tn - self.t
+        k1 = self.f(t, y)
+        if self.method == "euler":
+            y_new, self.K = y + h * k1, (k1,)
+        else:
+            k2 = self.f(t + h / 2, y + (h / 2) * k1)
+            k3 = self.f(t + h / 2, y + (h / 2) * k2)
+            k4 = self.f(t + h, y + h * k3)
+            y_new = y + (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4)
+            self.K = (k1, k2, k3, k4)
+        self._t_new = tn
+        self._sync(y_new)
+        self.t_old, self.y_old, self.t, self.y = t, y, tn, y_new
+
+    def interp(self, s):
+        h = self.t - self.t_old
+        if h == 0:
+            return self.y
+        th = (float(s) - self.t_old) / h
+        if self.method == "euler":
+            return self.y_old + (th * h) * self.K[0]
+        b1 = th - 1.5 * th ** 2 + (2 / 3) * th ** 3
+        b23 = th ** 2 - (2 / 3) * th ** 3
+        b4 = -0.5 * th ** 2 + (2 / 3) * th ** 3
+        return _comb(self.y_old, h, (b1, b23, b23, b4), self.K)
+
+    def h_next(self):
+        return self.h
+
+    def restart(self, t, y, first_step):
+        self.t, self.y = float(t), y
+        self.t_old, self.y_old = self.t, y
+
+
+class _Dopri5Stepper(_Stepper):
+    """Dormand–Prince 5(4) with PI step-size control (one host transfer per attempt)."""
+
+    def __init__(self, problem, t0, y0, t1, counter, score, first_step, stops):
+        super().__init__(problem, t0, y0, t1, counter, score)
+        self.rtol, self.atol = float(problem.rtol), float(problem.atol)
+        ms = problem.max_step
+        self.max_step = float(ms) if ms is not None and math.isfinite(ms) and ms > 0 else math.inf
+        self.stops = stops
+        self.K = None
+        self.restart(t0, y0, first_step)
+
+    def restart(self, t, y, first_step):
+        self.t, self.y = float(t), y
+        self.t_old, self.y_old = self.t, y
+        self.fy = self.f(self.t, y)
+        self.err_prev, self.rejected = 1e-4, False
+        if first_step is not None and first_step > 0:
+            self.h = min(float(first_step), self.max_step)
+            # one check that the start is finite (as the SciPy backend: a NaN RHS at the start cannot be stepped)
+            self._t_new = self.t
+            (fin,) = self._sync(y, (torch.isfinite(self.fy).all(),))
+            if not fin:
+                raise FloatingPointError(f"the right-hand side is not finite at t={self.t!r}")
+        else:
+            self.h = self._initial_step()
+
+    def _initial_step(self):
+        """Hairer–Nørsett–Wanner's starting step (two host transfers, one extra right-hand side)."""
+        y, f0, t = self.y, self.fy, self.t
+        scale = self.atol + self.rtol * y.abs()
+        d0, d1, fin = (torch.stack([torch.linalg.vector_norm(y / scale), torch.linalg.vector_norm(f0 / scale),
+                                    torch.isfinite(f0).all().to(y.dtype)]).tolist())
+        if not fin:
+            raise FloatingPointError(f"the right-hand side is not finite at t={t!r}")
+        rn = math.sqrt(y.numel())
+        d0, d1 = d0 / rn, d1 / rn
+        h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
+        h0 = min(h0, self.t1 - t, self.max_step)
+        f1 = self.f(t + h0, y + h0 * f0)
+        d2 = float(torch.linalg.vector_norm((f1 - f0) / scale).tolist()) / rn / h0
+        if not math.isfinite(d2):
+            d2 = 1e300
+        h1 = max(1e-6, h0 * 1e-3) if max(d1, d2) <= 1e-15 else (0.01 / max(d1, d2)) ** (1 / 5)
+        return min(100 * h0, h1, self.max_step)
+
+    def step(self):
+        t, y, f0 = self.t, self.y, self.fy
+        bound = next_stop(self.stops, t, self.t1) if len(self.stops) else self.t1
+        while True:
+            h = min(self.h, self.max_step)
+            t_new = t + h
+            if t_new >= bound or (bound - t_new) < 1e-12 * max(1.0, abs(bound)):
+                t_new = bound
+                h = bound - t
+            if not h > 10 * np.finfo(float).eps * max(1.0, abs(t)):
+                raise StepFailure(f"dopri5: step size {h:.3g} too small")
+            K = [f0]
+            for i in range(1, 7):
+                K.append(self.f(t + _C[i] * h, _comb(y, h, _A[i], K)))
+            y_new = _comb(y, h, _A[6], K[:6])
+            err = _comb(torch.zeros_like(y), h, _E, K)
+            scale = self.atol + self.rtol * torch.maximum(y.abs(), y_new.abs())
+            err_norm = torch.linalg.vector_norm(err / scale) / math.sqrt(y.numel())
+            self._t_new = t_new
+            (e,) = self._sync(y_new, (err_norm,))
+            if math.isfinite(e) and e <= 1.0:
+                fac11 = e ** _EXPO if e > 0 else 0.0
+                fac = fac11 / self.err_prev ** _BETA / _SAFETY
+                fac = min(1.0 / _FAC_MIN, max(1.0 / _FAC_MAX, fac)) if fac > 0 else 1.0 / _FAC_MAX
+                h_prop = h / fac
+                if self.rejected:
+                    h_prop = min(h_prop, h)
+                self.err_prev, self.rejected = max(e, 1e-4), False
+                self.h = h_prop
+                self.t_old, self.y_old, self.h_taken = t, y, h
+                self.t, self.y, self.fy, self.K = t_new, y_new, K[6], K
+                return
+            # rejected attempt (NaN / inf error counts as a large one)
+            shrink = _FAC_MIN if not math.isfinite(e) else max(_FAC_MIN, _SAFETY / e ** _EXPO)
+            self.h, self.rejected = h * min(1.0, shrink), True
+            self.n_rejected = getattr(self, "n_rejected", 0) + 1
+            self._check_budget()
+
+    def interp(self, s):
+        h = self.t - self.t_old
+        if h == 0:
+            return self.y
+        th = (float(s) - self.t_old) / h
+        pw = (th, th * th, th ** 3, th ** 4)
+        coeffs = [sum(p * q for p, q in zip(row, pw)) for row in _P]
+        return _comb(self.y_old, h, coeffs, self.K)
+
+    def h_next(self):
+        return self.h
+
+
+# ------------------------------------------------------------------------------------------------ loop
+def _resolve(method):
+    if method is None:
+        return DEFAULT_METHOD
+    for m in METHODS:
+        if str(method).lower() == m:
+            return m
+    raise ValueError(f"method={method!r} is not supported by the torch backend; valid methods: {list(METHODS)}")
+
+
+def _substeps(problem):
+    n = problem.options.get("substeps", DEFAULT_SUBSTEPS)
+    n = DEFAULT_SUBSTEPS if n is None else n
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"substeps={n!r} must be an int >= 1 (steps per unit time)")
+    return int(n)
+
+
+def integrate_segment(problem: FlowProblem, t0: float, y0, t1: float, t_save) -> Segment:
+    """Integrate ``problem`` from ``t0`` to ``t1`` on ``y0``'s device and dtype; see the module docstring."""
+    from . import check_options
+    check_options("torch", problem.options)
+    method = _resolve(problem.method)
+    t0, t1 = float(t0), float(t1)
+    if not (math.isfinite(t0) and math.isfinite(t1)):
+        raise ValueError(f"t0={t0!r} and t1={t1!r} must be finite")
+    if t1 < t0:
+        raise ValueError(f"t1={t1!r} < t0={t0!r}: only forward integration is supported")
+    y0 = torch.as_tensor(y0).reshape(-1) if isinstance(y0, torch.Tensor) else torch.as_tensor(
+        np.array(y0, dtype=np.float64)).reshape(-1)
+    if not y0.is_floating_point():
+        raise ValueError(f"y0 has dtype {y0.dtype}; a floating-point state is needed")
+    if y0.shape[0] != problem.n:
+        raise ValueError(f"y0 has length {y0.shape[0]}, problem.n={problem.n}")
+    ts = np.sort(np.asarray(t_save if t_save is not None else [], dtype=np.float64).reshape(-1))
+    ts = ts[(ts > t0) & (ts <= t1)]
+    for ev in problem.events:
+        if ev.direction not in (-1, 0, 1):
+            raise ValueError(f"event {ev.name!r}: direction={ev.direction!r} must be -1, 0 or +1")
+    counter = Counter()
+    score = problem.diverged if getattr(problem.diverged, "tensor_score", False) else None
+    first = problem.first_step
+    first = float(min(first, t1 - t0)) if first is not None and first > 0 and math.isfinite(first) else None
+    max_steps = problem.options.get("max_steps")
+    budget = problem.max_rhs_per_unit
+    stepper = None
+    if t1 > t0 and bool(torch.isfinite(y0).all()):
+        try:
+            if method == "dopri5":
+                stops = ts if problem.options.get("exact_saves") else np.empty(0)
+                stepper = _Dopri5Stepper(problem, t0, y0, t1, counter, score, first, stops)
+            else:
+                n = _substeps(problem)
+                if budget is not None:  # the cost per unit time is fixed
+                    budget = max(float(budget), 2.0 * n * (4 if method == "rk4" else 1))
+                stepper = _FixedStepper(problem, method, t0, y0, t1, counter, score, n)
+                stepper.budget = budget
+        except _NUMERIC_ERRORS as e:
+            seg = _drive(None, problem, t0, y0, t0, ts, counter, score, None, budget)
+            seg.status, seg.message = "failed", f"right-hand side raised {type(e).__name__} at t0: {e}"
+            return seg
+    return _drive(stepper, problem, t0, y0, t1, ts, counter, score, max_steps, budget)
+
+
+def _drive(stepper, problem, t0, y0, t1, ts, counter, score, max_steps, max_rhs) -> Segment:
+    """The accepted-step loop of :func:`pyrod.integrate.driver.drive`, on tensors (see the module docstring)."""
+    n = problem.n
+    events = list(problem.events)
+    project, on_accept = problem.project, problem.on_accept
+    diverged = problem.diverged if score is None else None
+    t_out, y_out, records = [], [], []
+    si, small, n_steps = 0, 0, 0
+    t, y = t0, y0
+    h_last = problem.first_step if (problem.first_step or 0) > 0 else None
+    min_step = float(problem.min_step or 0.0)
+
+    def seg(status, message="", t_end=None, y_end=None):
+        ys = torch.stack(y_out) if y_out else y0.new_zeros((0, n))
+        return Segment(t_save=np.asarray(t_out, dtype=np.float64), y_save=ys,
+                       t_end=float(t if t_end is None else t_end), y_end=(y if y_end is None else y_end),
+                       events=records, n_rhs=counter.rhs, n_jvp=counter.jvp, status=status, message=message,
+                       h_last=None if h_last is None else float(h_last), n_steps=n_steps)
+
+    if not bool(torch.isfinite(y0).all()):
+        return seg("failed", f"non-finite initial state at t={t0:.10g}")
+    if t1 == t0 or stepper is None:
+        return seg("ok")
+    try:
+        g_prev = [float(ev.fn(t0, y0)) for ev in events]
+    except _NUMERIC_ERRORS as e:
+        return seg("failed", f"event function raised {type(e).__name__}: {e}")
+
+    while not stepper.finished:
+        if max_steps is not None and n_steps >= max_steps:
+            return seg("failed", f"max_steps={max_steps} accepted steps reached at t={t:.10g} before t1={t1:.10g}")
+        try:
+            stepper.step()
+        except StepFailure as e:
+            return seg("failed", f"{e} (at t={t:.10g})")
+        except _NUMERIC_ERRORS as e:
+            return seg("failed", f"right-hand side raised {type(e).__name__} near t={t:.10g}: {e}")
+        t_old, t_new, y_new = stepper.t_old, stepper.t, stepper.y
+        if not stepper.finite:
+            return seg("failed", f"non-finite state after the step {t_old:.10g} -> {t_new:.10g}")
+        n_steps += 1
+        h = stepper.h_next()
+        if h is not None and h > 0 and math.isfinite(h):
+            h_last = h
+        if problem.max_norm is not None and stepper.norm_y > problem.max_norm:
+            return seg("failed", f"diverged: |y| = {stepper.norm_y:.3g} > max_norm = {problem.max_norm:.3g} "
+                                 f"at t={t_new:.10g}")
+        why = None
+        if score is not None and not (stepper.score_val <= 0):
+            explain = getattr(score, "explain", None)
+            why = (explain(t_new, y_new) if explain is not None else None) or \
+                f"divergence score {stepper.score_val:.3g} > 0"
+        elif diverged is not None:
+            try:
+                why = diverged(t_new, y_new)
+            except _NUMERIC_ERRORS as e:
+                why = f"divergence check raised {type(e).__name__}: {e}"
+        if why:
+            return seg("failed", f"diverged at t={t_new:.10g}: {why}")
+        if min_step > 0 and h is not None and t_new < t1:
+            small = small + 1 if h < min_step * max(1.0, abs(t_new)) else 0
+            if small >= _SMALL_STEPS:
+                return seg("failed", f"step size collapsed: {small} steps in a row with next step {h:.3g} < "
+                                     f"min_step={min_step:g} x max(1, |t|) at t={t_new:.10g}")
+        if max_rhs is not None and counter.rhs > max_rhs * max(1.0, t_new - t0):
+            return seg("failed", f"evaluation budget exceeded: {counter.rhs} right-hand sides for "
+                                 f"{t_new - t0:.3g} time units from t={t0:.10g} (max_rhs_per_unit={max_rhs:g})")
+
+        def Y(s, _t_old=t_old, _t_new=t_new, _y_old=y, _y_new=y_new):
+            if s >= _t_new:
+                return _y_new
+            if s <= _t_old:
+                return _y_old
+            return stepper.interp(s)
+
+        try:
+            g_new = [float(ev.fn(t_new, y_new)) for ev in events]
+            hits = []
+            for i, ev in enumerate(events):
+                if crossed(g_prev[i], g_new[i], ev.direction):
+                    r, gr = locate(ev, Y, t_old, t_new, g_prev[i], g_new[i])
+                    hits.append((r, i, gr))
+            hits.sort()
+            term = next((h_ for h_ in hits if events[h_[1]].terminal), None)
+            t_stop = term[0] if term is not None else t_new
+
+            y_acc, changed = y_new, False
+            if project is not None and term is None:
+                yp = torch.as_tensor(project(t_new, y_new)).to(y_new).reshape(-1)
+                if not torch.equal(yp, y_new):
+                    y_acc, changed = yp, True
+
+            while si < len(ts) and ts[si] <= t_stop:
+                s = float(ts[si])
+                if s == t_new and term is None:
+                    ys = y_acc
+                else:
+                    ys = Y(s)
+                    if project is not None:
+                        ys = torch.as_tensor(project(s, ys)).to(y_new).reshape(-1)
+                t_out.append(s)
+                y_out.append(ys)
+                si += 1
+
+            for r, i, gr in hits:
+                if r <= t_stop:
+                    ev = events[i]
+                    records.append(EventRecord(t=float(r), name=ev.name, kind=ev.kind, value=float(gr)))
+
+            if term is not None:
+                r = term[0]
+                y_end = Y(r)
+                if project is not None:
+                    y_end = torch.as_tensor(project(r, y_end)).to(y_new).reshape(-1)
+                t, y = r, y_end
+                if on_accept is not None:
+                    on_accept(t, y)
+                return seg("event", f"terminal event {events[term[1]].name!r} at t={r:.12g}")
+
+            if changed:
+                g_p = [float(ev.fn(t_new, y_acc)) for ev in events]
+                for i, ev in enumerate(events):
+                    if crossed(g_new[i], g_p[i], ev.direction):
+                        records.append(EventRecord(t=float(t_new), name=ev.name, kind=ev.kind, value=float(g_p[i])))
+                        if ev.terminal:
+                            t, y = t_new, y_acc
+                            if on_accept is not None:
+                                on_accept(t, y)
+                            return seg("event", f"terminal event {ev.name!r} (by projection) at t={t_new:.12g}")
+                g_new = g_p
+        except _NUMERIC_ERRORS as e:
+            return seg("failed", f"{type(e).__name__} in event/save/projection near t={t_new:.10g}: {e}")
+
+        t, y, g_prev = t_new, y_acc, g_new
+        if on_accept is not None:
+            on_accept(t, y)
+        if changed and not stepper.finished:
+            try:
+                stepper.restart(t, y, min(h_last, t1 - t) if h_last else None)
+            except _NUMERIC_ERRORS as e:
+                return seg("failed", f"right-hand side raised {type(e).__name__} near t={t:.10g}: {e}")
+
+    return seg("ok")
+
+
+integrate_segment.TENSORS = True
