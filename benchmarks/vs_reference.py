@@ -19,7 +19,8 @@ steps (the reference's ``warm_start``; pyrod's ``restart_at=5`` with the referen
 Both integrate the central flow with Euler, 4 substeps per step; eigenvalues every step (the reference's LOBPCG
 ``frequency=1``, 2 initial eigenvalues; pyrod ``eig_every=1``, ``eigs=2``); one CPU thread each.
 
-Timing: seconds per unit time (= per optimizer step) of each run's own work, median over the steady window
+Timing: CPU seconds (``time.process_time``; one thread, so on an idle machine the same as wall seconds, and far
+less disturbed by other processes on a shared one) per unit time (= per optimizer step) of each run's own work, median over the steady window
 (steps ≥ ``--steady``, inside the EoS): the reference's ``prepare() + step()`` of the process; pyrod's
 ``DiscreteRun.run_chunk`` (discrete step + its eigen-solve) and ``FlowRun.advance`` (integration + read-out with
 the diagnostics), per chunk of ``--chunk`` steps, divided by the chunk's steps.
@@ -131,14 +132,14 @@ def run_reference(ref, opt_name, X, y, width, steps, which):
         p = ref.proc.CentralFlow(**kw, config=ref.proc.CentralFlowConfig(nsubsteps=4))
     rows = []
     for i in range(steps):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         p.prepare()
         row = dict(k=k0 + i, loss=float(p.loss), es=float(p.eff_eigs[0]) / 2.0)
         if which == "central":
             row["pred"] = float(p.loss + p.X.sum())
             row["kc"] = int(p.X.numel())
         p.step()
-        row["s"] = time.perf_counter() - t0
+        row["s"] = time.process_time() - t0
         rows.append(row)
     return rows
 
@@ -155,15 +156,15 @@ def run_pyrod(opt_name, X, y, width, steps, dtype, chunk, flow_opts=None):
     orig_chunk, orig_adv = DiscreteRun.run_chunk, FlowRun.advance
 
     def run_chunk(self, n):
-        k0, t0 = self.state.k, time.perf_counter()
+        k0, t0 = self.state.k, time.process_time()
         out = orig_chunk(self, n)
-        chunks["discrete"].append((k0, out[1].n_steps, time.perf_counter() - t0))
+        chunks["discrete"].append((k0, out[1].n_steps, time.process_time() - t0))
         return out
 
     def advance(self, ck):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         out = orig_adv(self, ck)
-        chunks.setdefault(self.name, []).append((ck.k0, ck.n_steps, time.perf_counter() - t0))
+        chunks.setdefault(self.name, []).append((ck.k0, ck.n_steps, time.process_time() - t0))
         return out
 
     DiscreteRun.run_chunk, FlowRun.advance = run_chunk, advance
@@ -241,17 +242,17 @@ def main(argv=None):
         cols = {}
         ref_c = None
         if ref is not None:
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             ref_d = run_reference(ref, opt_name, X, y, args.width, args.steps, "discrete")
             ref_c = run_reference(ref, opt_name, X, y, args.width, args.steps, "central")
             cols["reference"] = (steady_ref(ref_d, steady), steady_ref(ref_c, steady))
-            print(f"  [{opt_name}] reference done in {time.perf_counter() - t0:.0f} s", flush=True)
+            print(f"  [{opt_name}] reference done in {time.process_time() - t0:.0f} CPU s", flush=True)
         for dt in dtypes:
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             tree, chunks = run_pyrod(opt_name, X, y, args.width, args.steps, dt, args.chunk)
             cols[f"pyrod {dt}"] = (steady_pyrod(chunks["discrete"], steady), steady_pyrod(chunks["central"], steady))
             a = tree["central"].attrs
-            print(f"  [{opt_name}] pyrod {dt} done in {time.perf_counter() - t0:.0f} s; central: "
+            print(f"  [{opt_name}] pyrod {dt} done in {time.process_time() - t0:.0f} CPU s; central: "
                   f"{a['n_rhs'] / args.steps:.1f} RHS, {a['central_rr_hvp'] / args.steps:.1f} RR HVPs, "
                   f"{a['central_expand_hvp'] / args.steps:.1f} expand HVPs, "
                   f"{a['central_refresh_hvp'] / args.steps:.1f} refresh HVPs, "
@@ -260,7 +261,7 @@ def main(argv=None):
                 agree.append((opt_name, dt, agreement(ref_c, tree)))
         table.append((opt_name, cols))
     names = list(table[0][1])
-    print("\nseconds per unit time (steady state)\n")
+    print("\nCPU seconds per unit time (steady state)\n")
     print("| run | " + " | ".join(names) + " |")
     print("|---|" + "---|" * len(names))
     for opt_name, cols in table:

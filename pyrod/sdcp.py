@@ -469,9 +469,17 @@ def _face_newton(a: np.ndarray, Q: np.ndarray, k: int, P: np.ndarray, r: int, Y:
 
 # ----------------------------------------------------------------------------------------------- driver
 
+def _host(M):
+    """A torch tensor (any device) as a NumPy array; anything else unchanged. The SDCP is a few-by-few problem
+    solved on the host, so a CUDA caller pays one small copy per solve."""
+    if hasattr(M, "detach") and hasattr(M, "cpu"):
+        return M.detach().cpu().double().numpy()
+    return M
+
+
 def _check_matrix(name: str, M, k: int | None = None) -> np.ndarray:
     try:
-        M = np.asarray(M, dtype=float)
+        M = np.asarray(_host(M), dtype=float)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{name} must be a real array ({e})") from None
     if M.ndim != 2 or M.shape[0] != M.shape[1]:
@@ -494,7 +502,7 @@ def solve_sdcp(A, B, *, tol: float = 1e-10, max_iter: int = 500, X0=None) -> SDC
     A = _check_matrix("A", A)
     k = A.shape[0]
     try:
-        B = np.asarray(B, dtype=float)
+        B = np.asarray(_host(B), dtype=float)
     except (TypeError, ValueError) as e:
         raise ValueError(f"B must be a real array ({e})") from None
     if not np.all(np.isfinite(B)):

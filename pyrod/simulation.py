@@ -328,7 +328,13 @@ def _add_groups(writer, spec, runs, problem):
         if name == "discrete":
             continue
         attrs = run.attrs() if hasattr(run, "attrs") else {"run": name}
-        writer.add_group(name, run.variables(), dims={"eig": k}, attrs=attrs)
+        writer.add_group(name, run.variables(), dims={"eig": k, **_model_dims(run)}, attrs=attrs)
+
+
+def _model_dims(run) -> dict:
+    """Extra dimensions a flow model declares for its own variables (``FlowModel.extra_dims``; central: ``track``)."""
+    model = getattr(run, "model", None)
+    return dict(model.extra_dims()) if hasattr(model, "extra_dims") else {}
 
 
 def _pending_rows(writer) -> dict:

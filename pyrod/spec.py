@@ -162,7 +162,8 @@ class EigSpec(_Section):
 class IntegratorSpec(_Section):
     """How flows are integrated (every flow run of the spec uses it).
 
-    backend : ``"scipy"`` (default), ``"sundials"``, ``"julia"``, ``"auto"``.
+    backend : ``"scipy"`` (default), ``"torch"`` (on the problem's device, no host copy per evaluation),
+        ``"sundials"``, ``"julia"``, ``"auto"`` (torch on CUDA, Julia when a local Julia is found, else SciPy).
     method : the backend's method (``None`` = its default; ``"euler"`` = fixed-step Euler, ``substeps`` per unit).
     rtol, atol : tolerances of adaptive methods. max_step : largest step (optimizer steps).
     substeps : Euler steps per unit time (``None`` = 4); for the central flow also the default relaxation time

@@ -307,6 +307,40 @@ def test_simulate_method_euler_reproduces_direct_integration():
     assert float(tree["central"].ds["predicted_loss"].values[9]) == pytest.approx(vals["predicted_loss"], rel=1e-12)
 
 
+def test_central_variables_have_their_own_track_dim_whatever_eigs():
+    """predicted_variances, deltas and critical_sharpness live on dim ``track`` (max_track entries, here capped at
+    d = 2), so the second tracked pair is recorded with eigs=1 (it used to be cut to eigs entries)."""
+    eta = 2 / 2.25
+    prob = _quartic(0.05, 1.45)
+    tree = pyrod.simulate(prob, GD(lr=eta), steps=8, runs=["discrete", "central"], eigs=1, eig_every=4,
+                          method="euler", substeps=4)
+    ds = tree["central"].ds
+    assert ds.sizes["track"] == 2 and ds.sizes["eig"] == 1
+    for name in ("predicted_variances", "deltas", "critical_sharpness"):
+        assert ds[name].dims == ("t", "track"), name
+    assert ds["eigs"].dims == ("t", "eig")
+    cs = ds["critical_sharpness"].values
+    assert np.all(ds["n_tracked"].values[2:] == 2)
+    assert np.all(np.isfinite(cs[2:, 1])) and np.all(cs[2:, 1] < cs[2:, 0])    # both tracked pairs recorded
+    flow = CentralFlow(prob, GD(lr=eta))
+    assert flow.extra_dims() == {"track": 2}
+
+
+def test_central_default_method_is_euler_and_recorded():
+    """Without ``method`` the central flow integrates with Euler × substeps (same numbers as asking for it); the spec
+    keeps method None, the group attributes record the method used."""
+    eta = 2 / 2.25
+    prob = _quartic(0.05, 1.45)
+    a = pyrod.simulate(prob, GD(lr=eta), steps=6, runs=["discrete", "central"], eigs=1, eig_every=3)
+    b = pyrod.simulate(prob, GD(lr=eta), steps=6, runs=["discrete", "central"], eigs=1, eig_every=3,
+                       method="euler", substeps=4)
+    attrs = a["central"].attrs
+    assert attrs["method"] == "euler" and attrs["substeps"] == 4 and attrs["method_is_flow_default"] == 1
+    assert b["central"].attrs["method_is_flow_default"] == 0
+    assert json.loads(a.attrs["pyrod_config"])["integrator"]["method"] is None
+    assert np.array_equal(a["central"].ds["predicted_loss"].values, b["central"].ds["predicted_loss"].values)
+
+
 # ------------------------------------------------------------------------------------------------ slow: MLP
 def _mlp_eos_run(opt, steps, **kw):
     prob = pyrod.problem(model="mlp", data="digits", classes=4, n=300, seed=0,

@@ -506,3 +506,91 @@ def test_step_is_z_plus_increment(prob, name):
             assert float((dm - hm).abs().max()) <= 1e-14 * float(hm.abs().max())
         st = new
     assert float((st.w - prob.w0).abs().max()) > 1e-4
+
+
+# --------------------------------------------------------------------------------------- Adafactor (AEoS form)
+def _flax_adafactor_loop(prob, lr, beta1, eps1, eps2, min_dim, steps, decay_rate=0.8, clip=1.0):
+    """Hand loop of Flax's ``optim.Adafactor`` update (row-factor form, ε1 added to G⊙G, parameter scale,
+    update clipping, momentum on the scaled update), written from its formulas, not from pyrod's code."""
+    w = prob.w0.clone()
+    st = {}
+    for k in range(steps):
+        g = prob.grad(w)
+        new = w.clone()
+        mix = float(k + 1) ** (-decay_rate)
+        for blk in prob.blocks:
+            W, G = w[blk.slice].view(blk.shape), g[blk.slice].view(blk.shape)
+            s = st.setdefault(blk.name, {})
+            scale = lr * max(float(torch.sqrt(torch.mean(W * W))), eps2)
+            gsq = G * G + eps1
+            if len(blk.shape) == 2 and min(blk.shape) >= min_dim:
+                s["r"] = (1 - mix) * s.get("r", 0.0) + mix * gsq.mean(dim=1)
+                s["c"] = (1 - mix) * s.get("c", 0.0) + mix * gsq.mean(dim=0)
+                y = G * ((s["r"] / s["r"].mean()) ** -0.5)[:, None] * (s["c"] ** -0.5)[None, :]
+            else:
+                s["v"] = (1 - mix) * s.get("v", 0.0) + mix * gsq
+                y = G * s["v"] ** -0.5
+            y = y / max(1.0, float(torch.sqrt(torch.mean(y * y))) / clip)
+            s["m"] = beta1 * s.get("m", 0.0) + (1 - beta1) * scale * y
+            new[blk.slice] = (W - s["m"]).reshape(-1)
+        w = new
+    return w
+
+
+@pytest.mark.parametrize("beta1,min_dim", [(0.9, 0), (0.9, 1000), (0.0, 0)])
+def test_adafactor_flax_style_matches_hand_loop(prob, beta1, min_dim):
+    """``style="flax"`` is Flax's Adafactor (the AEoS paper's configuration: decay 0.8, momentum 0.9, ε 1e-7),
+    factored (min_dim 0) and unfactored (1000), against an independent hand loop."""
+    lr = 0.05
+    opt = Adafactor(lr=lr, style="flax", beta1=beta1, eps1=1e-7, min_dim_size_to_factor=min_dim).bind(prob)
+    st = _run(prob, opt, 25)
+    ref = _flax_adafactor_loop(prob, lr, beta1, 1e-7, 1e-3, min_dim, 25)
+    assert _close(st.w, ref, 1e-11), float((st.w - ref).abs().max())
+    assert float((ref - prob.w0).abs().max()) > MOVE
+    # the factoring is live: factored and unfactored runs differ
+    if min_dim == 0:
+        other = _flax_adafactor_loop(prob, lr, beta1, 1e-7, 1e-3, 1000, 25)
+        assert float((other - ref).abs().max()) > 1e-6
+
+
+@pytest.mark.parametrize("style,beta1", [("torch", 0.0), ("torch", 0.9), ("flax", 0.0), ("flax", 0.9)])
+def test_adafactor_measured_P_is_what_the_step_divides_by(prob, style, beta1):
+    """``preconditioner(nu_p)`` is the P of the step: the step's scaled update equals lr·G/P, and P equals
+    r(V̂)·c·lr/α computed by hand per block (ε1, the clip factor c, the parameter scale and, torch, the
+    relative step inside P). The run includes steps where clipping is active."""
+    lr, eps1, eps2 = 0.3, 1e-7, 1e-3
+    opt = Adafactor(lr=lr, style=style, beta1=beta1, eps1=eps1).bind(prob)
+    st = opt.init_state(prob.w0, prob.grad(prob.w0))
+    clipped = 0
+    for _ in range(15):
+        g = prob.grad(st.w)
+        new, nu_p = opt.step(st, g)
+        P = opt.preconditioner(nu_p, st.k)
+        u = (st.w - new.w) if beta1 == 0 else (new.m - beta1 * st.m) / (1 - beta1)
+        if beta1:
+            assert torch.allclose(st.w - new.w, new.m, rtol=1e-9, atol=1e-15)  # (w − m) − w: round-off only
+        assert torch.allclose(u, lr * g / P, rtol=1e-8, atol=1e-15)
+        rho = min(lr, (st.k + 1) ** -0.5) if style == "torch" else lr
+        for blk in prob.blocks:  # P by hand from V̂ (new.nu)
+            G, W, V = g[blk.slice], st.w[blk.slice], new.nu[blk.slice]
+            r = V.sqrt() if style == "flax" else V.sqrt().clamp(min=eps1)
+            c = max(1.0, float((G / r).square().mean().sqrt()))
+            clipped += c > 1
+            alpha = max(eps2, float(W.square().mean().sqrt())) * rho
+            assert torch.allclose(P[blk.slice], r * c * lr / alpha, rtol=1e-12, atol=0)
+        st = new
+    assert clipped > 0
+
+
+@pytest.mark.parametrize("style", ["torch", "flax"])
+def test_adafactor_frozen_nu_is_constant_P(prob, style):
+    nu = torch.full_like(prob.w0, 0.04)
+    opt = Adafactor(lr=0.01, style=style, frozen_nu=nu, d=math.inf, scale_by_param=False).bind(prob)
+    st = opt.init_state(prob.w0, prob.grad(prob.w0))
+    for _ in range(3):
+        st, nu_p = opt.step(st, prob.grad(st.w))
+        assert torch.allclose(opt.preconditioner(nu_p, st.k), torch.full_like(nu, 0.2), rtol=1e-14)
+    with pytest.raises(ValueError, match="frozen_nu"):
+        Adafactor(frozen_nu=-nu)
+    with pytest.raises(ValueError, match="style"):
+        Adafactor(style="optax")

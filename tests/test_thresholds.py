@@ -193,3 +193,37 @@ def test_flip_with_bias_correction_at_large_t(cls):
     # ...and at k = 0 the factors matter (the flag is live in the step)
     crossing0, _ = flip_point(opt, P_SQRT, k=0)
     assert abs(crossing0 / opt.threshold() - 1) > 0.1
+
+
+# ------------------------------------------------------------------------------------------- (c) Adafactor
+@pytest.mark.parametrize("style,beta1", [("torch", 0.0), ("flax", 0.0), ("flax", 0.9)])
+def test_adafactor_threshold_on_quadratic(style, beta1):
+    """Adafactor's own step on L = ½ wᵀHw (a 3×4 matrix block + a 5-vector block) with V̂ frozen, no clipping
+    and no parameter scale, so P = √ν is constant: just below the threshold (λmax(P⁻¹H) = 0.97·threshold) the
+    iterates decay, just above (1.03·threshold) they grow — the period-2 flip sits at threshold()."""
+    from pyrod.problems.problem import Block, Problem
+
+    d = 17
+    gen = torch.Generator().manual_seed(3)
+    A = torch.randn(d, d, generator=gen, dtype=torch.float64)
+    H = 1e3 * (A @ A.T / d + 0.1 * torch.eye(d, dtype=torch.float64))  # lr ≪ 1/√t: torch's ρ_t = lr throughout
+    nu = torch.rand(d, generator=gen, dtype=torch.float64) + 0.05
+    Pm = nu.sqrt()
+    lam = float(torch.linalg.eigvalsh(H / torch.outer(Pm, Pm).sqrt()).max())  # λmax(P⁻¹H), dense
+    blocks = (Block("W", 0, 12, (3, 4)), Block("b", 12, 17, (5,)))
+    prob = Problem(loss_fn=lambda w: 0.5 * w @ (H @ w), w0=torch.randn(d, generator=gen, dtype=torch.float64),
+                   blocks=blocks)
+    base = (2 + 2 * beta1) / (1 - beta1)
+    ratio_end = {}
+    for ratio in (0.97, 1.03):
+        lr = ratio * base / lam  # threshold = base/lr = λ/ratio
+        opt = Adafactor(lr=lr, style=style, beta1=beta1, frozen_nu=nu, d=math.inf, scale_by_param=False).bind(prob)
+        assert lam / opt.threshold() == pytest.approx(ratio, rel=1e-12)
+        st = opt.init_state(prob.w0, prob.grad(prob.w0))
+        _, nu_p = opt.step(st.clone(), prob.grad(st.w))
+        assert torch.allclose(opt.preconditioner(nu_p, 0), Pm, rtol=1e-14)  # the P whose λmax we set
+        for _ in range(1500):
+            st, _ = opt.step(st, prob.grad(st.w))
+        ratio_end[ratio] = float(st.w.norm() / prob.w0.norm())
+    assert ratio_end[0.97] < 1e-2, ratio_end
+    assert ratio_end[1.03] > 1e2, ratio_end

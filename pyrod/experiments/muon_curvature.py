@@ -4,7 +4,7 @@ Adam and Muon train the same network full batch. Default setting (the paper's): 
 (``model="gpt"``) on next-token prediction over Zipf-PCFG token sequences (``data="zipf_pcfg"``, grammar
 probabilities Zipf(α)); ``--set model=mlp data=zipf n=500 width=64 activation=tanh`` gives the earlier MLP on Zipf-imbalanced digits.
 Every ``analyze_every`` steps the update actually taken, Δw, is decomposed with
-:func:`pyrod.analysis.one_step_decomposition` (nds.md): first-order gain G = −gᵀΔw, curvature penalty
+:func:`pyrod.analysis.one_step_decomposition` (docs/theory/nds.md): first-order gain G = −gᵀΔw, curvature penalty
 C = ½ΔwᵀHΔw = ½‖Δw‖²·NDS, the normalized directional sharpness NDS, ‖Δw‖², the predicted decrease G − C against
 the actual decrease, and the within-layer / cross-layer split of ΔwᵀHΔw over the model's tensors (one batched
 HVP per analysed step), with every tensor pair's part kept (``block_matrix_nds``). "Layer" is read two ways:

@@ -187,7 +187,17 @@ class SubspaceTracking:
         reach the critical one within a step, the right-hand side is the stable flow's (no HVPs)."""
         return self.lam_last is not None and float(self.lam_last[0]) < self.s_track
 
-    @staticmethod
-    def _key(t, y):
+    def _key(self, t, y):
+        """Cache key ``(t, digest of y)``. Hashing the whole state costs more than comparing it, and the same state
+        comes back many times per step (as a new tensor: event checks, the accepted-step check, the read-out), so
+        the last few keys are memoised by exact comparison of the values (a pure cache, not state)."""
+        t = float(t)
+        memo = self.__dict__.setdefault("_key_memo", [])
+        for tm, ym, key in memo:
+            if tm == t and ym.shape == y.shape and ym.dtype == y.dtype and torch.equal(ym, y):
+                return key
         h = hashlib.blake2b(y.detach().cpu().numpy().tobytes(), digest_size=16).hexdigest()
-        return (float(t), h)
+        key = (t, h)
+        memo.insert(0, (t, y.detach().clone(), key))
+        del memo[4:]
+        return key

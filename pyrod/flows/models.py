@@ -67,6 +67,9 @@ class FlowModel:
     * ``run_attrs()`` / ``final_attrs()``: group attributes at the start / end of the run;
     * ``n_eig``: length of the ``eig`` dimension of model-specific ``(t, eig)`` variables (FlowRun sets it to the
       measurer's ``k``);
+    * ``extra_dims()``: ``{name: length}`` of model-specific dimensions used by :meth:`extra_variables` besides
+      ``t`` and ``eig`` (central: ``track``, sized by ``max_track``, so that nothing the flow computes is cut to
+      ``eigs`` entries);
     * ``state_dict()`` / ``load_state_dict(d)``: everything mutable that affects what comes next (default: no
       state). Called only between chunks; values are tensors, arrays, scalars, strings, None and lists / dicts.
     """
@@ -80,6 +83,8 @@ class FlowModel:
     grads_per_rhs = 1
     #: length of the "eig" dim of (t, eig) model variables (set by FlowRun)
     n_eig = 0
+    #: integrator method used when the user gives none (SciPy backend); None: the backend's own default
+    default_method = None
 
     def __init__(self, problem, optimizer, *, bea: bool = False):
         self.problem, self.opt = problem, optimizer
@@ -103,6 +108,10 @@ class FlowModel:
     # ------------------------------------------------------------------ hooks (defaults)
     def extra_variables(self) -> list:
         return []
+
+    def extra_dims(self) -> dict:
+        """Model-specific dimensions ``{name: length}`` of :meth:`extra_variables` (besides ``t`` and ``eig``)."""
+        return {}
 
     def readout(self, k: int, y_k: torch.Tensor, y_prev_half: torch.Tensor | None, discrete) -> dict:
         return {}

@@ -15,7 +15,7 @@ import math
 import numpy as np
 import torch
 
-from ..integrate import get_backend
+from ..integrate import get_backend, resolve_backend, takes_tensors
 from ..integrate.base import Event, EventRecord, FlowProblem
 from ..integrate.fixed_step import DEFAULT_SUBSTEPS
 from ..output import Var
@@ -54,8 +54,18 @@ class FlowRun:
         self.model, self.measurer = model, measurer
         self.opt = model.opt
         self.name = model.name
+        backend = resolve_backend(backend, model.problem.device)   # "auto" on a CUDA problem: "torch"
         self.backend_name = backend
         self.integrate = get_backend(backend)
+        # a tensor backend (TENSORS = True, e.g. "torch") gets and returns torch tensors on the problem's device and
+        # dtype: no host copy per right-hand side (see _flow_problem)
+        self.tensors = takes_tensors(self.integrate)
+        # per-flow default integrator (``FlowModel.default_method``; central: Euler) where the user gave no method;
+        # the spec keeps method=None (the user's intent), the group attributes record the method used
+        self.method_from_model = method is None and (backend or "scipy").lower() == "scipy" \
+            and getattr(model, "default_method", None) is not None
+        if self.method_from_model:
+            method = model.default_method
         self.method, self.rtol, self.atol, self.max_step = method, rtol, atol, max_step
         self.event_specs = list(events)
         self.k_start = int(restart_at or 0)
@@ -147,6 +157,7 @@ class FlowRun:
     def attrs(self) -> dict:
         euler = str(self.method).lower() == "euler"
         return {"run": self.name, "backend": self.backend_name, "method": self.method or "default",
+                "method_is_flow_default": int(self.method_from_model),
                 **({"substeps": int(self._integrator_options().get("substeps") or DEFAULT_SUBSTEPS)} if euler else {}),
                 "rtol": self.rtol, "atol": self.atol, "bea": int(self.model.bea),
                 "restart_at": self.k_start, "compare_shift": self.model.compare_shift,
@@ -161,6 +172,8 @@ class FlowRun:
 
     # ------------------------------------------------------------------ numpy <-> torch
     def _to_torch(self, y):
+        if isinstance(y, torch.Tensor):   # a tensor backend's state: already on the device (no copy when it matches)
+            return y.to(device=self.problem.device, dtype=self.problem.dtype)
         return torch.as_tensor(np.array(y, dtype=np.float64, copy=True)).to(
             device=self.problem.device, dtype=self.problem.dtype)
 
@@ -178,12 +191,18 @@ class FlowRun:
             prob.count(grad=n_grad_rhs, hvp=n_hvp_rhs)
             return self._to_numpy(self.rhs_t(float(t), self._to_torch(y)))
 
+        if self.tensors:   # the state stays a tensor on the problem's device: no conversion at all
+            def rhs(t, y):  # noqa: F811
+                self.n_rhs += 1
+                prob.count(grad=n_grad_rhs, hvp=n_hvp_rhs)
+                return self.rhs_t(float(t), y)
+
         def jvp(t, y, v):
             from torch.func import jvp as tjvp
             self.n_jvp += 1
             prob.count(hvp=model.grads_per_rhs)
             out = tjvp(lambda yy: self.rhs_t(float(t), yy), (self._to_torch(y),), (self._to_torch(v),))[1]
-            return self._to_numpy(out)
+            return out if self.tensors else self._to_numpy(out)
 
         on_accept = None
         if model.has_on_accept():  # model hook, e.g. eigen-subspace refresh (central)
@@ -192,7 +211,8 @@ class FlowRun:
 
         return FlowProblem(rhs=rhs, n=model.layout.size, jvp=jvp, events=self._events(), method=self.method,
                            rtol=self.rtol, atol=self.atol, max_step=self.max_step, on_accept=on_accept,
-                           options=self._integrator_options(), max_norm=self.max_norm, diverged=self._diverged,
+                           options=self._integrator_options(), max_norm=self.max_norm,
+                           diverged=self._score_hook() if self.tensors else self._diverged,
                            min_step=self.min_step, max_rhs_per_unit=self.max_rhs_per_unit)
 
     def _diverged(self, t, y):
@@ -206,6 +226,20 @@ class FlowRun:
             return (f"loss {L:.3g} at the flow centre exceeded divergence_factor={self.divergence_factor:g} x "
                     f"initial loss {self.loss0:.3g}")
         return None
+
+    def _score_hook(self):
+        def score(t, y):
+            return self._diverged_score(t, y)
+        score.tensor_score, score.explain = True, self._diverged
+        return score
+
+    def _diverged_score(self, t, y):
+        """Tensor form of :meth:`_diverged` for tensor backends: ``L(centre) − bound`` as a 0-dim tensor (``> 0`` or
+        NaN is divergence), read by the backend in its one host transfer per step; ``explain`` gives the message."""
+        w, _ = self.model.centre(y)
+        L = self.problem.loss(w)
+        bound = self.divergence_factor * max(self.loss0 or 0.0, 1e-300)
+        return torch.where(torch.isfinite(L), L - bound, torch.full_like(L, float("nan")))
 
     def _integrator_options(self) -> dict:
         """Model hints the backend accepts, then ``substeps`` (where accepted), then the user's options."""
@@ -294,9 +328,10 @@ class FlowRun:
         half = np.arange(math.floor(2 * self.t) + 1, math.floor(2 * t1 + 1e-9) + 1) / 2.0
         t_save = half[(half > self.t) & (half <= t1)]
         self.fp.first_step = None if self.h_last is None else min(self.h_last, max(t1 - self.t, 1e-6))
-        seg = self.integrate(self.fp, self.t, self._to_numpy(self.y), float(t1), t_save)
+        y0 = self.y if self.tensors else self._to_numpy(self.y)
+        seg = self.integrate(self.fp, self.t, y0, float(t1), t_save)
         for ts, ys in zip(seg.t_save, seg.y_save, strict=True):
-            self.saved[int(round(2 * ts))] = self._to_torch(ys)
+            self.saved[int(round(2 * ts))] = ys.clone() if self.tensors else self._to_torch(ys)
         self.event_records.extend(seg.events)
         self.h_last = getattr(seg, "h_last", None)
         self.t, self.y = float(seg.t_end), self._to_torch(seg.y_end)

@@ -3,9 +3,14 @@
 A backend is ``integrate_segment(problem, t0, y0, t1, t_save) -> Segment`` (see :mod:`.base`):
 
 * ``"scipy"`` (default): SciPy ``OdeSolver`` stepped by hand (DOP853 default; RK45, RK23, Radau, BDF, LSODA);
+* ``"torch"``: explicit Runge–Kutta (dopri5 default; rk4, euler) on the problem's device and dtype, with torch
+  tensors in and out (:data:`torch_backend.TENSORS`; no host copy per evaluation, one transfer per step);
 * ``"sundials"``: CVODE BDF + matrix-free GMRES with the problem's J·v (``pip install pyrod[stiff]``);
 * ``"julia"``: DifferentialEquations.jl through juliacall (needs a local Julia);
-* ``"auto"``: ``"julia"`` when a local Julia is found (no network), else ``"scipy"``.
+* ``"auto"``: ``"julia"`` when a local Julia is found (no network), else ``"scipy"``; a flow on a CUDA problem
+  (:func:`resolve_backend` with ``device``) gets ``"torch"``.
+
+:func:`takes_tensors` says whether a backend's callables receive torch tensors (``TENSORS = True``).
 
 ``get_backend(name)`` returns the callable; :func:`solve` is a one-call convenience.  Importing this
 package does not import scikit-sundae or juliacall.
@@ -16,15 +21,36 @@ import importlib
 
 import numpy as np
 
-from . import scipy_backend, sundials_backend
+from . import scipy_backend, sundials_backend, torch_backend
 from .base import BackendUnavailable, Event, EventRecord, FlowProblem, Segment
 
-__all__ = ["BACKENDS", "BACKEND_NAMES", "get_backend", "methods_of", "check_method", "check_options", "options_of",
+__all__ = ["BACKENDS", "BACKEND_NAMES", "get_backend", "resolve_backend", "takes_tensors", "methods_of", "check_method", "check_options", "options_of",
            "solve", "julia_available",
            "BackendUnavailable", "Event", "EventRecord", "FlowProblem", "Segment"]
 
-BACKENDS = {"scipy": scipy_backend.integrate_segment, "sundials": sundials_backend.integrate_segment}
-BACKEND_NAMES = ("scipy", "sundials", "julia", "auto")
+BACKENDS = {"scipy": scipy_backend.integrate_segment, "sundials": sundials_backend.integrate_segment,
+            "torch": torch_backend.integrate_segment}
+BACKEND_NAMES = ("scipy", "sundials", "julia", "torch", "auto")
+
+
+def resolve_backend(name, device=None) -> str:
+    """The concrete backend name for ``name`` (``None`` = ``"scipy"``): ``"auto"`` is ``"torch"`` when ``device``
+    is a CUDA device (the state then never leaves it), else the ``"auto"`` choice of :func:`get_backend`."""
+    if name is None:
+        return "scipy"
+    if not isinstance(name, str) or name.lower() not in BACKEND_NAMES:
+        raise ValueError(f"backend={name!r} is unknown; valid backends: {list(BACKEND_NAMES)}")
+    name = name.lower()
+    if name == "auto" and device is not None and str(device).startswith("cuda"):
+        return "torch"
+    return name
+
+
+def takes_tensors(backend) -> bool:
+    """Whether backend ``backend`` (a name or an ``integrate_segment`` callable) passes torch tensors to the
+    problem's callables and returns tensors in its :class:`Segment` (it declares ``TENSORS = True``)."""
+    fn = get_backend(backend) if isinstance(backend, str) or backend is None else backend
+    return bool(getattr(fn, "TENSORS", False))
 
 
 def _probe_result(res):
@@ -83,6 +109,8 @@ def get_backend(name: str = "scipy"):
     name = name.lower()
     if name == "scipy":
         return BACKENDS["scipy"]
+    if name == "torch":
+        return BACKENDS["torch"]
     if name == "sundials":
         sundials_backend._import_cvode()  # BackendUnavailable with the install hint
         return BACKENDS["sundials"]
@@ -109,6 +137,8 @@ def methods_of(backend: str) -> tuple:
         name = julia_probe.select_backend("auto")
     if name == "scipy":
         return scipy_backend.ALL_METHODS
+    if name == "torch":
+        return torch_backend.METHODS
     if name == "sundials":
         return sundials_backend.METHODS
     if name == "julia":
@@ -138,6 +168,8 @@ def options_of(backend: str, method=None) -> dict:
         return dict(fixed_step.OPTIONS)
     if name == "scipy":
         return dict(scipy_backend.OPTIONS)
+    if name == "torch":
+        return dict(torch_backend.OPTIONS)
     if name == "sundials":
         return dict(sundials_backend.OPTIONS)
     if name == "julia":
@@ -161,6 +193,12 @@ def check_options(backend: str, options, method=None) -> None:
 
 
 def solve(problem: FlowProblem, t0: float, y0, t1: float, t_save=(), backend: str = "scipy") -> Segment:
-    """Integrate ``problem`` from ``t0`` to ``t1`` in one segment; states at ``t_save`` (in ``(t0, t1]``)."""
-    return get_backend(backend)(problem, float(t0), np.asarray(y0, dtype=np.float64), float(t1),
+    """Integrate ``problem`` from ``t0`` to ``t1`` in one segment; states at ``t_save`` (in ``(t0, t1]``).
+    A tensor backend (``"torch"``) gets ``y0`` as a tensor (a NumPy ``y0`` becomes float64 on the CPU)."""
+    fn = get_backend(backend)
+    if getattr(fn, "TENSORS", False):
+        import torch
+        y0 = y0 if isinstance(y0, torch.Tensor) else torch.as_tensor(np.asarray(y0, dtype=np.float64))
+        return fn(problem, float(t0), y0, float(t1), np.asarray(t_save, dtype=np.float64))
+    return fn(problem, float(t0), np.asarray(y0, dtype=np.float64), float(t1),
                                 np.asarray(t_save, dtype=np.float64))

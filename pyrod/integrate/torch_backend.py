@@ -24,8 +24,9 @@ device→host transfer: a single ``.tolist()`` of a small stacked tensor holding
 a finiteness flag and ``‖y_new‖₂`` (for ``max_norm``), and — when ``problem.diverged`` is a *tensor score* (a
 callable with attribute ``tensor_score = True`` returning a 0-dim tensor; ``> 0`` or non-finite is divergence, and
 its optional attribute ``explain(t, y)`` gives the message) — that score. So an accepted step costs one transfer
-(plus one per rejected attempt before it); ``dopri5`` starting without ``first_step`` adds two for its initial
-step-size estimate. Hooks the caller supplies may sync on their own: an event function returns a float (one
+(plus one per rejected attempt before it). Per segment, one more checks the start (finite ``y0``, and for
+``dopri5`` a finite right-hand side there); ``dopri5`` without ``first_step`` makes two instead, for its initial
+step-size estimate (and one extra right-hand side). Hooks the caller supplies may sync on their own: an event function returns a float (one
 transfer per event per step), ``project`` is compared with ``torch.equal``, a plain ``diverged`` returns a string.
 
 Everything else follows :func:`pyrod.integrate.driver.drive`: saves from the dense output (or the step end when a
@@ -92,13 +93,23 @@ _SAFETY, _FAC_MIN, _FAC_MAX, _BETA = 0.9, 0.2, 10.0, 0.04
 _EXPO = 1 / 5 - 0.75 * _BETA
 
 
+def _to_host(x):
+    """The backend's only device→host transfer (``x.tolist()``); every synchronisation of the step loop goes
+    through here (tests count the calls; the CUDA test allows syncs only inside it)."""
+    return x.tolist()
+
+
 def _comb(y, h, coeffs, K):
     """``y + h Σ c_i K_i`` over the nonzero coefficients (device ops only)."""
     out = y
-    for c, k in zip(coeffs, K):
+    for c, k in zip(coeffs, K, strict=True):
         if c != 0.0:
             out = out + (h * c) * k
     return out
+
+
+class _NonFiniteStart(Exception):
+    """The initial state is not finite (found in the stepper's first host transfer)."""
 
 
 class _Stepper:
@@ -111,6 +122,7 @@ class _Stepper:
         self.t0 = float(t0)
         self.budget = problem.max_rhs_per_unit
         self.norm_y = self.score_val = 0.0
+        self.finite, self.n_rejected = True, 0
 
     @property
     def finished(self):
@@ -127,17 +139,18 @@ class _Stepper:
                 raise ValueError(f"problem.rhs returned shape {tuple(out.shape)}, expected {tuple(y.shape)}")
         return out
 
-    def _sync(self, y_new, extra=()):
+    def _sync(self, y_new, extra=(), with_score=True):
         """One device→host transfer: ``extra`` values, finiteness of ``y_new``, ``‖y_new‖``, divergence score."""
         parts = [torch.as_tensor(e, dtype=y_new.dtype, device=y_new.device).reshape(()) for e in extra]
         parts.append(torch.isfinite(y_new).all().to(y_new.dtype))
         parts.append(torch.linalg.vector_norm(y_new))
-        if self.score is not None:
+        with_score = with_score and self.score is not None
+        if with_score:
             parts.append(torch.as_tensor(self.score(self._t_new, y_new)).to(y_new).reshape(()))
-        vals = torch.stack(parts).tolist()
+        vals = _to_host(torch.stack(parts))
         k = len(extra)
         self.finite, self.norm_y = bool(vals[k]), vals[k + 1]
-        self.score_val = vals[k + 2] if self.score is not None else 0.0
+        self.score_val = vals[k + 2] if with_score else 0.0
         return vals[:k]
 
     def _check_budget(self):
@@ -221,7 +234,9 @@ class _Dopri5Stepper(_Stepper):
             self.h = min(float(first_step), self.max_step)
             # one check that the start is finite (as the SciPy backend: a NaN RHS at the start cannot be stepped)
             self._t_new = self.t
-            (fin,) = self._sync(y, (torch.isfinite(self.fy).all(),))
+            (fin,) = self._sync(y, (torch.isfinite(self.fy).all(),), with_score=False)
+            if not self.finite:
+                raise _NonFiniteStart
             if not fin:
                 raise FloatingPointError(f"the right-hand side is not finite at t={self.t!r}")
         else:
@@ -231,8 +246,11 @@ class _Dopri5Stepper(_Stepper):
         """Hairer–Nørsett–Wanner's starting step (two host transfers, one extra right-hand side)."""
         y, f0, t = self.y, self.fy, self.t
         scale = self.atol + self.rtol * y.abs()
-        d0, d1, fin = (torch.stack([torch.linalg.vector_norm(y / scale), torch.linalg.vector_norm(f0 / scale),
-                                    torch.isfinite(f0).all().to(y.dtype)]).tolist())
+        d0, d1, fin, fin_y = (_to_host(torch.stack([torch.linalg.vector_norm(y / scale), torch.linalg.vector_norm(f0 / scale),
+                                           torch.isfinite(f0).all().to(y.dtype),
+                                           torch.isfinite(y).all().to(y.dtype)])))
+        if not fin_y:
+            raise _NonFiniteStart
         if not fin:
             raise FloatingPointError(f"the right-hand side is not finite at t={t!r}")
         rn = math.sqrt(y.numel())
@@ -240,7 +258,7 @@ class _Dopri5Stepper(_Stepper):
         h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
         h0 = min(h0, self.t1 - t, self.max_step)
         f1 = self.f(t + h0, y + h0 * f0)
-        d2 = float(torch.linalg.vector_norm((f1 - f0) / scale).tolist()) / rn / h0
+        d2 = float(_to_host(torch.linalg.vector_norm((f1 - f0) / scale))) / rn / h0
         if not math.isfinite(d2):
             d2 = 1e300
         h1 = max(1e-6, h0 * 1e-3) if max(d1, d2) <= 1e-15 else (0.01 / max(d1, d2)) ** (1 / 5)
@@ -275,13 +293,13 @@ class _Dopri5Stepper(_Stepper):
                     h_prop = min(h_prop, h)
                 self.err_prev, self.rejected = max(e, 1e-4), False
                 self.h = h_prop
-                self.t_old, self.y_old, self.h_taken = t, y, h
+                self.t_old, self.y_old = t, y
                 self.t, self.y, self.fy, self.K = t_new, y_new, K[6], K
                 return
             # rejected attempt (NaN / inf error counts as a large one)
             shrink = _FAC_MIN if not math.isfinite(e) else max(_FAC_MIN, _SAFETY / e ** _EXPO)
             self.h, self.rejected = h * min(1.0, shrink), True
-            self.n_rejected = getattr(self, "n_rejected", 0) + 1
+            self.n_rejected += 1
             self._check_budget()
 
     def interp(self, s):
@@ -290,7 +308,7 @@ class _Dopri5Stepper(_Stepper):
             return self.y
         th = (float(s) - self.t_old) / h
         pw = (th, th * th, th ** 3, th ** 4)
-        coeffs = [sum(p * q for p, q in zip(row, pw)) for row in _P]
+        coeffs = [sum(p * q for p, q in zip(row, pw, strict=True)) for row in _P]
         return _comb(self.y_old, h, coeffs, self.K)
 
     def h_next(self):
@@ -343,17 +361,19 @@ def integrate_segment(problem: FlowProblem, t0: float, y0, t1: float, t_save) ->
     max_steps = problem.options.get("max_steps")
     budget = problem.max_rhs_per_unit
     stepper = None
-    if t1 > t0 and bool(torch.isfinite(y0).all()):
+    if t1 > t0:
         try:
-            if method == "dopri5":
+            if method == "dopri5":   # checks that y0 is finite in its first transfer
                 stops = ts if problem.options.get("exact_saves") else np.empty(0)
                 stepper = _Dopri5Stepper(problem, t0, y0, t1, counter, score, first, stops)
-            else:
+            elif _to_host(torch.isfinite(y0).all()):
                 n = _substeps(problem)
                 if budget is not None:  # the cost per unit time is fixed
                     budget = max(float(budget), 2.0 * n * (4 if method == "rk4" else 1))
                 stepper = _FixedStepper(problem, method, t0, y0, t1, counter, score, n)
                 stepper.budget = budget
+        except _NonFiniteStart:
+            stepper = None
         except _NUMERIC_ERRORS as e:
             seg = _drive(None, problem, t0, y0, t0, ts, counter, score, None, budget)
             seg.status, seg.message = "failed", f"right-hand side raised {type(e).__name__} at t0: {e}"
@@ -375,12 +395,14 @@ def _drive(stepper, problem, t0, y0, t1, ts, counter, score, max_steps, max_rhs)
 
     def seg(status, message="", t_end=None, y_end=None):
         ys = torch.stack(y_out) if y_out else y0.new_zeros((0, n))
-        return Segment(t_save=np.asarray(t_out, dtype=np.float64), y_save=ys,
+        out = Segment(t_save=np.asarray(t_out, dtype=np.float64), y_save=ys,
                        t_end=float(t if t_end is None else t_end), y_end=(y if y_end is None else y_end),
                        events=records, n_rhs=counter.rhs, n_jvp=counter.jvp, status=status, message=message,
                        h_last=None if h_last is None else float(h_last), n_steps=n_steps)
+        out.n_rejected = 0 if stepper is None else stepper.n_rejected   # rejected attempts (one transfer each)
+        return out
 
-    if not bool(torch.isfinite(y0).all()):
+    if stepper is None and not _to_host(torch.isfinite(y0).all()):   # (a stepper exists only for a finite y0)
         return seg("failed", f"non-finite initial state at t={t0:.10g}")
     if t1 == t0 or stepper is None:
         return seg("ok")

@@ -17,8 +17,9 @@ method                 returns                                      shape
 ``accuracy(w)``        classification accuracy, NaN for regression  ``()`` float
 =====================  ===========================================  ==================
 
-HVPs are forward-over-reverse (``jvp`` of ``grad``); a batch of ``k`` vectors is one
-``vmap`` call. The device defaults to CUDA when available, the dtype to float64.
+HVPs and third derivatives differentiate a graph of ``∇L`` built once per point ``w`` (reverse over reverse;
+one backward pass per vector at that point); with micro-batches they are forward-over-reverse (``jvp`` of
+``grad``), a batch of ``k`` vectors being one ``vmap`` call. The device defaults to CUDA when available, the dtype to float64.
 
 Micro-batching (``batch_size``): the loss is a mean over the ``n`` samples, so
 ``L(w) = Σ_b (n_b / n) L_b(w)`` over consecutive micro-batches ``b`` of ``n_b ≤ batch_size`` samples, and
@@ -166,6 +167,7 @@ class Problem:
             self._terms = ((None, self._grad),)
         self.n_grad = 0  # counters, for cost reports
         self.n_hvp = 0
+        self._hcache = _HessianGraphCache()   # graph of ∇L at the last HVP point (not state: never copied)
 
     # ------------------------------------------------------------------ basics
     @property
@@ -216,32 +218,87 @@ class Problem:
         return value.detach(), g.detach()
 
     def hvp(self, w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """H(w) v for ``v`` of shape ``(d,)``, or H(w) V for ``V`` of shape ``(d, k)`` (one vmap).
+        """H(w) v for ``v`` of shape ``(d,)``, or H(w) V for ``V`` of shape ``(d, k)``.
 
-        With micro-batches the ``jvp`` runs through the weighted sum of per-batch gradients, so the activations
-        alive at a time are those of one micro-batch (``k`` of them for ``(d, k)``)."""
-        if v.ndim == 1:
-            self.n_hvp += 1
-            return jvp(self._grad, (w,), (v,))[1].detach().to(self.dtype)
-        if v.ndim != 2:
+        Without micro-batches: reverse-over-reverse on a graph of ``∇L`` built once per point ``w`` and kept until
+        the next point (:meth:`_hessian_graph`), so every further HVP at the same ``w`` costs one backward pass
+        (eigen-solvers and the central flow do many at one point). With micro-batches (or inside a ``torch.func``
+        transform) the ``jvp`` runs through the weighted sum of per-batch gradients, so the activations alive at
+        a time are those of one micro-batch (``k`` of them for ``(d, k)``)."""
+        if v.ndim not in (1, 2):
             raise ValueError(f"v must have shape (d,) or (d, k), got {tuple(v.shape)}")
-        self.n_hvp += v.shape[1]
-        if v.shape[1] == 0:
+        k = 1 if v.ndim == 1 else v.shape[1]
+        self.n_hvp += k
+        if k == 0:
             return v.clone()
+        gr = self._hessian_graph(w)
+        if gr is not None:
+            ww, g = gr
+            with torch.enable_grad():
+                if v.ndim == 1:
+                    out = torch.autograd.grad(g, ww, v.to(ww.dtype), retain_graph=True)[0]
+                else:
+                    out = torch.stack([torch.autograd.grad(g, ww, v[:, i].to(ww.dtype), retain_graph=True)[0]
+                                       for i in range(k)], dim=1)
+            return out.detach().to(self.dtype)
+        if v.ndim == 1:
+            return jvp(self._grad, (w,), (v,))[1].detach().to(self.dtype)
         f = lambda col: jvp(self._grad, (w,), (col,))[1]  # noqa: E731
         return vmap(f, in_dims=1, out_dims=1)(v).detach().to(self.dtype)
 
     jvp_grad = hvp
 
+    def _hessian_graph(self, w: torch.Tensor):
+        """``(w_leaf, ∇L(w_leaf))`` with the graph of ∇L kept for higher derivatives (``create_graph``), cached for
+        the last point ``w`` (compared by value: a new tensor holding the same values reuses it). None where this
+        path does not apply: micro-batches (bounded memory), ``w`` inside a ``torch.func`` transform, or a loss
+        that cannot be differentiated twice by autograd (then the ``torch.func`` path is used from then on)."""
+        cache = self._hcache
+        if self.batches or cache.disabled or torch._C._functorch.is_functorch_wrapped_tensor(w) or w.requires_grad:
+            return None
+        hit = cache.entry
+        if hit is not None and hit[0].shape == w.shape and hit[0].dtype == w.dtype and hit[0].device == w.device \
+                and torch.equal(hit[0], w):
+            return hit[1], hit[2]
+        cache.entry = None
+        try:
+            with torch.enable_grad():
+                ww = w.detach().clone().requires_grad_(True)
+                g = torch.autograd.grad(self.loss_fn(ww), ww, create_graph=True)[0]
+            if g.grad_fn is None:            # ∇L does not depend on w (linear loss): H = 0, nothing to cache
+                raise RuntimeError("gradient has no graph")
+        except RuntimeError:
+            cache.disabled = True
+            return None
+        cache.entry = (w.detach().clone(), ww, g)
+        return ww, g
+
     def d3(self, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """∇_w (uᵀ H(w) v), shape ``(d,)``: the third derivative contracted twice.
 
-        ``u, v`` may be ``(d, m)`` (paired columns), returning ``(d, m)`` in one vmap (per micro-batch).
+        ``u, v`` may be ``(d, m)`` (paired columns), returning ``(d, m)``: without micro-batches two backward passes
+        per column on the cached graph of ∇L (:meth:`_hessian_graph`); with micro-batches one vmap per micro-batch.
         """
         if u.ndim == 1:
             self.n_hvp += 2
         else:
             self.n_hvp += 2 * u.shape[1]
+        gr = self._hessian_graph(w)
+        if gr is not None:
+            ww, g = gr
+            uu, vv = (u[:, None], v[:, None]) if u.ndim == 1 else (u, v)
+            cols = []
+            with torch.enable_grad():
+                for i in range(uu.shape[1]):
+                    hv = torch.autograd.grad(g, ww, vv[:, i].to(ww.dtype), retain_graph=True, create_graph=True)[0]
+                    if not hv.requires_grad:          # H constant (quadratic loss): no third derivative
+                        cols.append(None)
+                        continue
+                    cols.append(torch.autograd.grad(hv, ww, uu[:, i].to(ww.dtype), retain_graph=True,
+                                                    allow_unused=True)[0])
+            cols = [torch.zeros_like(ww) if c is None else c for c in cols]
+            out = torch.stack(cols, dim=1).detach().to(self.dtype) if cols else u.new_zeros(u.shape)
+            return out[:, 0] if u.ndim == 1 else out
         total = None
         for c, grad_b in self._terms:      # one term per micro-batch (reverse mode would keep them all)
             def quad(w_, a, b, grad_b=grad_b):
@@ -454,6 +511,24 @@ class Problem:
         prob.config = {"factory": factory, "kwargs": fkw, "dtype": str(prob.dtype).replace("torch.", ""),
                        "batch_size": prob.batch_size}
         return prob
+
+
+class _HessianGraphCache:
+    """Holder of the cached graph of ∇L at one point (see :meth:`Problem._hessian_graph`). A cache, not state:
+    copies and pickles of a problem start empty (a non-leaf tensor with a graph can be neither copied nor pickled)."""
+
+    def __init__(self):
+        self.entry = None        # (w values, w leaf, ∇L(w leaf) with graph)
+        self.disabled = False
+
+    def __deepcopy__(self, memo):
+        return _HessianGraphCache()
+
+    def __copy__(self):
+        return _HessianGraphCache()
+
+    def __reduce__(self):
+        return (_HessianGraphCache, ())
 
 
 def check_batch_size(batch_size) -> int | None:

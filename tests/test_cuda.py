@@ -1,0 +1,162 @@
+"""CUDA checks (marker ``cuda``; skipped with the reason where ``torch.cuda.is_available()`` is False).
+
+    python -m pytest tests/test_cuda.py -m "cuda or not cuda" -q      # on a machine with a GPU (~1-2 min)
+
+* every run type (discrete, midpoint, stable, rod, central) on CUDA, float32 and float64, equals the CPU result
+  within a stated tolerance (SciPy and torch backends);
+* the torch backend makes no per-evaluation host copies on CUDA: ``torch.cuda.set_sync_debug_mode("error")`` around
+  the step loop, with synchronisation allowed only inside its one per-step transfer (``torch_backend._to_host``);
+* the eigen-solver (``pyrod.spectra.top_eigs``) and the SDCP solver work with CUDA tensors.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import pyrod
+
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not torch.cuda.is_available(),
+                                 reason="no CUDA GPU here: torch.cuda.is_available() is False")]
+
+PROB = {"model": "mlp", "data": "digits", "classes": 3, "n": 60, "seed": 0, "model_kwargs": {"width": 8}}
+RUNS = ["discrete", "midpoint", "stable", "rod", "central"]
+# float64: CPU and GPU kernels differ only by reduction order (~1e-15 per op); float32: by ~1e-7 per op,
+# amplified over the 16 steps at the edge of stability
+TOL = {"float64": 1e-7, "float32": 2e-3}
+
+
+def _run(device, dtype, backend, method):
+    prob = pyrod.problem(**PROB, dtype=dtype, device=device)
+    return pyrod.simulate(prob, pyrod.optimizers.GD(lr=1.0), steps=16, runs=RUNS, eigs=2, eig_every=4, chunk=8,
+                          backend=backend, method=method, substeps=2, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("backend,method", [("scipy", "euler"), ("torch", "euler"), ("torch", "dopri5")])
+def test_every_run_type_on_cuda_equals_cpu(dtype, backend, method):
+    cpu, gpu = _run("cpu", dtype, backend, method), _run("cuda", dtype, backend, method)
+    for run in RUNS:
+        if run in ("stable", "rod", "central"):
+            assert gpu[run].ds.attrs["flow_status"] == "ok", (run, gpu[run].ds.attrs["flow_status"])
+        for var in ("loss", "grad_norm", "sharpness"):
+            if var not in cpu[run].ds:
+                continue
+            a, b = gpu[run].ds[var].values, cpu[run].ds[var].values
+            ok = np.isnan(b)
+            assert np.array_equal(np.isnan(a), ok), (run, var)
+            scale = np.nanmax(np.abs(b))
+            assert np.nanmax(np.abs(a - b)) <= TOL[dtype] * scale, (run, var, np.nanmax(np.abs(a - b)) / scale)
+
+
+@pytest.mark.parametrize("method", ["dopri5", "rk4", "euler"])
+def test_torch_backend_makes_no_per_evaluation_sync(monkeypatch, method):
+    """A linear system on the GPU: any synchronisation outside the one transfer per step raises."""
+    from pyrod.integrate import FlowProblem, torch_backend
+
+    g = torch.Generator().manual_seed(0)
+    d = 500
+    Q = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))[0]
+    A = (Q @ torch.diag(-torch.linspace(0.1, 2.0, d, dtype=torch.float64)) @ Q.T).cuda()
+    y0 = torch.randn(d, generator=g, dtype=torch.float64).cuda()
+    n_host = [0]
+    orig = torch_backend._to_host
+
+    def allowed(x):
+        n_host[0] += 1
+        torch.cuda.set_sync_debug_mode(0)
+        try:
+            return orig(x)
+        finally:
+            torch.cuda.set_sync_debug_mode("error")
+    monkeypatch.setattr(torch_backend, "_to_host", allowed)
+    fp = FlowProblem(rhs=lambda t, y: A @ y, n=d, method=method, rtol=1e-8, atol=1e-10, max_norm=1e6)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        seg = torch_backend.integrate_segment(fp, 0.0, y0, 5.0, np.arange(1, 11) / 2.0)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert seg.status == "ok" and seg.y_end.is_cuda and seg.y_save.is_cuda
+    assert n_host[0] == seg.n_steps + seg.n_rejected + (2 if method == "dopri5" else 1)
+    exact = torch.linalg.matrix_exp(5.0 * A) @ y0
+    assert float(torch.linalg.vector_norm(seg.y_end - exact) / torch.linalg.vector_norm(exact)) < \
+        {"dopri5": 1e-6, "rk4": 1e-3, "euler": 0.5}[method]
+
+
+def test_rod_flow_integration_on_cuda_syncs_once_per_step(monkeypatch):
+    """The rod flow through FlowRun on the torch backend: its right-hand side (gradients, optimizer direction) and
+    divergence score run without host synchronisation inside the step loop."""
+    import pyrod.integrate as integ
+    from pyrod.integrate import torch_backend
+
+    orig_host, orig_backend = torch_backend._to_host, integ.BACKENDS["torch"]
+
+    def allowed(x):
+        torch.cuda.set_sync_debug_mode(0)
+        try:
+            return orig_host(x)
+        finally:
+            torch.cuda.set_sync_debug_mode("error")
+
+    def strict(problem, t0, y0, t1, t_save):
+        assert y0.is_cuda
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return orig_backend(problem, t0, y0, t1, t_save)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    strict.TENSORS = True
+    monkeypatch.setattr(torch_backend, "_to_host", allowed)
+    monkeypatch.setitem(integ.BACKENDS, "torch", strict)
+    prob = pyrod.problem(**PROB, dtype="float64", device="cuda")
+    tree = pyrod.simulate(prob, pyrod.optimizers.Adam(lr=0.02), steps=10, runs=["discrete", "stable", "rod"],
+                          eigs=1, eig_every=5, backend="torch")
+    assert tree["rod"].ds.attrs["flow_status"] == "ok" and tree["stable"].ds.attrs["flow_status"] == "ok"
+
+
+def test_auto_backend_picks_torch_on_cuda():
+    prob = pyrod.problem(**PROB, dtype="float64", device="cuda")
+    tree = pyrod.simulate(prob, pyrod.optimizers.GD(lr=0.5), steps=4, runs=["discrete", "rod"], eigs=1, eig_every=2,
+                          backend="auto")
+    assert tree["rod"].ds.attrs["backend"] == "torch"
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_top_eigs_on_cuda_matches_dense_cpu(dtype):
+    from pyrod.spectra import top_eigs
+
+    prob = pyrod.problem(**PROB, dtype="float64", device="cuda")
+    w = prob.w0
+    H = prob.hessian(w).cpu()
+    ref = torch.linalg.eigvalsh(0.5 * (H + H.T)).flip(0)[:3]
+    Hd = H.to(device="cuda", dtype=dtype)
+    ev, V, rep = top_eigs(lambda X: Hd @ X, H.shape[0], 3, dtype=dtype, device="cuda", tol=1e-6, max_iter=300,
+                          block=6)
+    assert ev.is_cuda and V.is_cuda and V.shape == (H.shape[0], 3)
+    tol = 1e-6 if dtype == torch.float64 else 1e-3
+    np.testing.assert_allclose(ev.double().cpu().numpy(), ref.numpy(), rtol=tol)
+    # through the problem's own HVPs (the path the runs use)
+    ev2, _, _ = top_eigs(lambda X: prob.hvp(w, X), prob.dim, 2, dtype=torch.float64, device="cuda", tol=1e-8)
+    np.testing.assert_allclose(ev2.cpu().numpy(), ref[:2].numpy(), rtol=1e-6)
+
+
+def test_sdcp_with_cuda_tensors():
+    """solve_sdcp given CUDA tensors equals the solution for the same matrices on the CPU (closed form k = 1:
+    X = max(0, −A/B))."""
+    from pyrod.sdcp import solve_sdcp
+
+    A1, B1 = torch.tensor([[-0.3]], device="cuda"), torch.tensor([[2.0]], device="cuda")
+    res = solve_sdcp(A1.double(), B1.double())
+    assert abs(float(np.asarray(res.X).reshape(-1)[0]) - 0.15) < 1e-8
+    g = torch.Generator().manual_seed(1)
+    k = 3
+    M = torch.randn(k, k, generator=g, dtype=torch.float64)
+    A = -(M @ M.T) - 0.1 * torch.eye(k, dtype=torch.float64)
+    Z = torch.randn(k * k, k * k, generator=g, dtype=torch.float64)
+    B = Z @ Z.T / (k * k)
+    cpu = solve_sdcp(A, B)
+    gpu = solve_sdcp(A.cuda(), B.cuda())
+    np.testing.assert_allclose(np.asarray(gpu.X), np.asarray(cpu.X), atol=1e-10)
