@@ -234,3 +234,65 @@ def test_layer_groups_and_layer_split_from_pair_matrix():
     np.testing.assert_allclose(within, want, rtol=1e-12)
     np.testing.assert_allclose(within + cross, ds["nds"].values, rtol=1e-12)
     np.testing.assert_allclose(per[:, 1], B[:, 1, 1] + B[:, 2, 2] + 2 * B[:, 1, 2], rtol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------ issue 13 checks
+def test_pcfg_draws_follow_the_zipf_law_fitted_exponent():
+    """Fit the exponent of the empirical rank-frequency law of a preterminal's emissions: it is the α given."""
+    from pyrod.problems.pcfg import _draw
+
+    for alpha in (0.0, 1.0, 2.0):
+        g = make_grammar(alpha=alpha, n_emit=8, n_terminals=32)
+        rng = np.random.default_rng(1)
+        counts = np.bincount([_draw(np.asarray(g.emit_probs[0]), rng) for _ in range(40000)], minlength=8)
+        f = np.sort(counts)[::-1] / counts.sum()
+        slope = np.polyfit(np.log(np.arange(1, 9)), np.log(f), 1)[0]
+        assert -slope == pytest.approx(alpha, abs=0.08), (alpha, slope)
+
+
+def test_nds_decomposition_of_a_transformer_step_is_second_order():
+    """L(w + εd) − L(w) − (gᵀεd + ½ε²dᵀHd) = O(ε³): the quadratic model's gap shrinks 8× when ε halves."""
+    from pyrod.analysis import one_step_decomposition
+
+    prob = _tiny()
+    w = prob.w0
+    d = -prob.grad(w)
+    d = d / torch.linalg.vector_norm(d)
+    gaps = []
+    for eps in (0.01, 0.005, 0.0025):
+        one = one_step_decomposition(prob, w, eps * d, blocks=())
+        assert one.actual_decrease > 0 and one.predicted_decrease > 0
+        gaps.append(abs(one.gap))
+    for a, b in zip(gaps[:-1], gaps[1:], strict=True):
+        assert 6.0 < a / b < 10.5, gaps
+
+
+def _derivable(g, tokens) -> bool:
+    """Whether ``tokens`` is a sentence of the leveled grammar ``g`` (a memoised top-down recogniser)."""
+    from functools import lru_cache
+
+    toks = tuple(tokens)
+
+    @lru_cache(maxsize=None)
+    def ends(level, a, i):
+        if level == g.depth:
+            return frozenset({i + 1}) if i < len(toks) and toks[i] in g.emit[a] else frozenset()
+        out = set()
+        for rhs in g.rules[level][a]:
+            pos = {i}
+            for b in rhs:
+                pos = {e for p in pos for e in ends(level + 1, b, p)}
+            out |= pos
+        return frozenset(out)
+
+    return len(toks) in ends(0, 0, 0)
+
+
+def test_pcfg_sentences_are_derivations_of_the_grammar():
+    g = make_grammar(alpha=1.0, grammar_seed=2)
+    rng = np.random.default_rng(3)
+    sents = [sample_sentence(g, rng) for _ in range(200)]
+    assert all(_derivable(g, s) for s in sents)
+    # the recogniser is not vacuous: shuffled or truncated sentences are mostly not derivations
+    bad = [list(rng.permutation(s)) for s in sents if len(set(s)) > 2] + [s[:-1] for s in sents if len(s) > 2]
+    assert np.mean([_derivable(g, s) for s in bad]) < 0.5
