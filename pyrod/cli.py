@@ -29,8 +29,8 @@ class IntegratorArgs:
 
     backend: str = "scipy"
     method: str | None = None
-    rtol: float = 1e-6
-    atol: float = 1e-9
+    rtol: float | None = None
+    atol: float | None = None
     max_step: float = float("inf")
     substeps: int | None = None
     min_step: float = 1e-9

@@ -296,16 +296,17 @@ def _execute(spec: RunSpec, problem, optimizer, progress, payload=None):
 
 
 def _build_runs(spec, problem, optimizer):
-    def measurer():
-        return Measurer(problem, optimizer, spec.eig.k, spec.eig.every, eig_tol=spec.eig.tol,
+    def measurer(every=spec.eig.every):
+        return Measurer(problem, optimizer, spec.eig.k, every, eig_tol=spec.eig.tol,
                         eig_max_iter=spec.eig.max_iter)
 
     runs = {"discrete": DiscreteRun(problem, optimizer, measurer(), loss_target=spec.stop.loss_target,
                                     divergence_factor=spec.stop.divergence_factor)}
     if "midpoint" in spec.runs:
         runs["midpoint"] = MidpointRun(problem, optimizer, measurer())
+    flow_every = spec.eig.flow_every or spec.eig.every
     for name in spec.flows:
-        runs[name] = _flow_run(name, spec, problem, optimizer, measurer())
+        runs[name] = _flow_run(name, spec, problem, optimizer, measurer(flow_every))
     return runs
 
 

@@ -142,12 +142,16 @@ def _plain(v):
 @dataclass(frozen=True)
 class EigSpec(_Section):
     """Eigen measurement of every run: top-``k`` eigenvalues of P⁻¹H every ``every`` steps, warm LOBPCG to a
-    relative residual ``tol`` in at most ``max_iter`` iterations (non-convergence is recorded, never silent)."""
+    relative residual ``tol`` in at most ``max_iter`` iterations (non-convergence is recorded, never silent).
+    ``flow_every``: the flow runs' own spacing (None: ``every``). The measurement is a read-out, not part of any
+    flow: measuring flows less often than the discrete run saves its cost (the central flow's own tracked
+    eigenvalues are recorded at every step anyway, in ``critical_sharpness``)."""
 
     k: int = 1
     every: int = 10
     tol: float = 1e-6
     max_iter: int = 200
+    flow_every: int | None = None
 
     _where = "eig"
 
@@ -156,6 +160,7 @@ class EigSpec(_Section):
         _set(self, "every", _int("eig", "every", self.every, lo=1))
         _set(self, "tol", _float("eig", "tol", self.tol, lo=0, hi=1))
         _set(self, "max_iter", _int("eig", "max_iter", self.max_iter, lo=1))
+        _set(self, "flow_every", _int("eig", "flow_every", self.flow_every, lo=1, none=True))
 
 
 @dataclass(frozen=True)
@@ -164,8 +169,13 @@ class IntegratorSpec(_Section):
 
     backend : ``"scipy"`` (default), ``"torch"`` (on the problem's device, no host copy per evaluation),
         ``"sundials"``, ``"julia"``, ``"auto"`` (torch on CUDA, Julia when a local Julia is found, else SciPy).
-    method : the backend's method (``None`` = its default; ``"euler"`` = fixed-step Euler, ``substeps`` per unit).
-    rtol, atol : tolerances of adaptive methods. max_step : largest step (optimizer steps).
+    method : the backend's method. ``None`` (and no ``rtol``/``atol``): each flow's own default on the SciPy
+        backend — stable and rod: RK23
+        at rtol 1e-3, atol 1e-6 (DOP853 at 1e-6 with ``bea=True``); central: Euler with ``substeps`` (4) — recorded
+        in each group's attributes (``method``, ``rtol``, ``atol``, ``method_is_flow_default``).
+        ``"euler"`` = fixed-step Euler, ``substeps`` per unit time.
+    rtol, atol : tolerances of adaptive methods (``None``: the flow's default with its default method, else 1e-6
+        and 1e-9). max_step : largest step (optimizer steps).
     substeps : Euler steps per unit time (``None`` = 4); for the central flow also the default relaxation time
         ``τ = 1/substeps``.
     min_step : a flow whose step size stays below ``min_step·max(1, |t|)`` (ten steps in a row) stops
@@ -179,8 +189,8 @@ class IntegratorSpec(_Section):
 
     backend: str = "scipy"
     method: str | None = None
-    rtol: float = 1e-6
-    atol: float = 1e-9
+    rtol: float | None = None
+    atol: float | None = None
     max_step: float = math.inf
     substeps: int | None = None
     min_step: float = 1e-9
@@ -195,8 +205,8 @@ class IntegratorSpec(_Section):
         _set(self, "backend", self.backend.lower())
         if self.method is not None and not isinstance(self.method, str):
             raise ValueError(f"integrator.method={self.method!r} must be a string or None")
-        _set(self, "rtol", _float("integrator", "rtol", self.rtol, lo=0, hi=1))
-        _set(self, "atol", _float("integrator", "atol", self.atol, lo=0, hi=1))
+        _set(self, "rtol", _float("integrator", "rtol", self.rtol, lo=0, hi=1, none=True))
+        _set(self, "atol", _float("integrator", "atol", self.atol, lo=0, hi=1, none=True))
         ms = self.max_step
         if isinstance(ms, str) and ms == "inf":
             ms = math.inf
@@ -482,6 +492,7 @@ class RunSpec(_Section):
 FLAT_KEYWORDS = {
     "steps": "stop.steps", "loss_target": "stop.loss_target", "divergence_factor": "stop.divergence_factor",
     "eigs": "eig.k", "eig_every": "eig.every", "eig_tol": "eig.tol", "eig_max_iter": "eig.max_iter",
+    "flow_eig_every": "eig.flow_every",
     "path": "output.path", "overwrite": "output.overwrite", "chunk": "output.chunk",
     "checkpoint_every": "output.checkpoint_every", "snapshot_every": "output.snapshot_every",
     "backend": "integrator.backend", "method": "integrator.method", "rtol": "integrator.rtol",

@@ -43,7 +43,7 @@ class FlowRun:
     :meth:`state_dict` / :meth:`load_state_dict` (between chunks) make a run resumable bit for bit.
     """
 
-    def __init__(self, model, measurer, *, backend="scipy", method=None, rtol=1e-6, atol=1e-9,
+    def __init__(self, model, measurer, *, backend="scipy", method=None, rtol=None, atol=None,
                  max_step=math.inf, events=(), restart_at=None, divergence_factor=1e6, substeps=None,
                  min_step=1e-9, max_rhs_per_unit=2000.0, options=None):
         from ..integrate import check_options
@@ -62,10 +62,18 @@ class FlowRun:
         self.tensors = takes_tensors(self.integrate)
         # per-flow default integrator (``FlowModel.default_method``; central: Euler) where the user gave no method;
         # the spec keeps method=None (the user's intent), the group attributes record the method used
-        self.method_from_model = method is None and (backend or "scipy").lower() == "scipy" \
-            and getattr(model, "default_method", None) is not None
+        # (only when the user chose neither a method nor tolerances: a given rtol means "this accuracy, with the
+        # backend's own default method")
+        self.method_from_model = method is None and rtol is None and atol is None \
+            and (backend or "scipy").lower() == "scipy" and getattr(model, "default_method", None) is not None
         if self.method_from_model:
             method = model.default_method
+        # tolerances the user did not give: the model's defaults for its default method, else 1e-6 / 1e-9
+        tol = getattr(model, "default_tolerances", None) if self.method_from_model else None
+        if rtol is None:
+            rtol = tol[0] if tol else 1e-6
+        if atol is None:
+            atol = tol[1] if tol else 1e-9
         self.method, self.rtol, self.atol, self.max_step = method, rtol, atol, max_step
         self.event_specs = list(events)
         self.k_start = int(restart_at or 0)
