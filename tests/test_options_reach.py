@@ -99,3 +99,21 @@ def test_output_options_reach_the_file(tmp_path):
     assert load(path_for(path))["k"] == 12
     spec = pyrod.spec_of(path)
     assert (spec.output.chunk, spec.output.snapshot_every, spec.output.checkpoint_every) == (4, 5, 8)
+
+
+def test_flow_eig_every_reaches_only_the_flows_measurers():
+    spec, runs = build({"name": "GD", "lr": 0.1}, runs=["discrete", "rod"], eig_every=2, flow_eig_every=5)
+    assert runs["discrete"].measurer.eig_every == 2 and runs["rod"].measurer.eig_every == 5
+
+
+def test_flow_default_integrators_are_used_and_recorded(tmp_path):
+    prob = pyrod.problem(**PROB)
+    tree = pyrod.simulate(prob, pyrod.optimizers.GD(lr=0.1), steps=6, runs=["discrete", "stable", "rod"])
+    for g in ("stable", "rod"):
+        a = tree[g].ds.attrs
+        assert (a["method"], a["rtol"], a["atol"], a["method_is_flow_default"]) == ("RK23", 1e-3, 1e-6, 1), g
+    tree = pyrod.simulate(prob, pyrod.optimizers.GD(lr=0.1), steps=6, runs=["discrete", "rod"], rtol=1e-7)
+    a = tree["rod"].ds.attrs        # a tolerance without a method: the backend's default method at that tolerance
+    assert (a["rtol"], a["method_is_flow_default"]) == (1e-7, 0) and a["method"] in ("default", "DOP853")
+    tree = pyrod.simulate(prob, pyrod.optimizers.GD(lr=0.1), steps=6, runs=["discrete", "rod"], bea=True)
+    assert tree["rod"].ds.attrs["method_is_flow_default"] == 0 and tree["rod"].ds.attrs["rtol"] == 1e-6
