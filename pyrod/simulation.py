@@ -105,6 +105,7 @@ def simulate(problem=None, optimizer=None, steps=None, runs=None, *, progress: b
     if runs is not None:
         kw["runs"] = runs
     spec = spec_from_kwargs(problem_config(prob), opt.config(), kw)
+    check_placement(spec)   # keyword form: an option for a run that is not asked for is a mistake
     return _execute(spec, prob, opt, progress)
 
 
@@ -202,7 +203,8 @@ def build_problem(config):
 
 # ----------------------------------------------------------------------------------------- validation
 def _validate(spec: RunSpec, problem, optimizer):
-    check_placement(spec)
+    """Checks that need the Problem and Optimizer objects. (Misplaced options are refused in the keyword form only:
+    a spec given as data, or read back from a file, may carry sections for runs it does not ask for.)"""
     if spec.eig.k > problem.dim:
         raise ValueError(f"eigs={spec.eig.k} is more than the problem's dimension d={problem.dim}")
     if spec.eig.k > MAX_EIGS:

@@ -167,3 +167,11 @@ def test_from_module_problem_runs_but_refuses_replay(tmp_path):
         pyrod.simulate(**pyrod.config_of(tmp_path / "m.nc"))
     with pytest.raises(ValueError, match=r"Problem.from_module.*Problem.from_factory"):
         pyrod.resume(tmp_path / "m.nc", steps=5)
+
+
+def test_a_spec_given_as_data_may_carry_sections_of_runs_it_does_not_ask_for():
+    """Misplaced options are refused in the keyword form; a spec (e.g. read from a file written with other
+    defaults) runs as long as it is valid."""
+    spec = RunSpec(problem={"toy": "quadratic"}, optimizer={"name": "GD", "lr": 0.1}, stop={"steps": 3},
+                   integrator={"rtol": 1e-6, "atol": 1e-9}, central={"tau": 0.5})
+    assert pyrod.simulate(spec)["discrete"].ds.sizes["t"] == 3
