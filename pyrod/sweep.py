@@ -592,7 +592,11 @@ def local_cluster(jobs: int | None = None):
     # Dask's nannies set MALLOC_TRIM_THRESHOLD_=65536 in their workers by default, which makes glibc return memory
     # to the system after nearly every free: our many mid-sized torch temporaries then cost page faults, and a run
     # took 2.1x longer in a worker than in-process (41 s vs 19.5 s for one aeos point; 11.3 s vs 6.3 s with that
-    # variable set in a plain process). Unset it for our workers (None removes a pre-spawn variable).
+    # variable set in a plain process). Unset it for our workers (None removes a pre-spawn variable). A nanny started
+    # earlier in this process (any LocalCluster) leaves Dask's value in os.environ, which nannies copy into their
+    # workers and which overrides the config: remove that one too (only Dask's own value, not a user's choice).
+    if os.environ.get("MALLOC_TRIM_THRESHOLD_") == "65536":
+        del os.environ["MALLOC_TRIM_THRESHOLD_"]
     with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
         return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, env=env, dashboard_address=":0",
                             silence_logs=40)

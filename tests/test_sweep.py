@@ -258,10 +258,11 @@ def test_local_cluster_workers_do_not_trim_malloc_after_every_free():
     the sweep's own LocalCluster removes it from its workers' environment, and keeps them single-threaded."""
     import os
 
-    from distributed import Client
+    from distributed import Client, LocalCluster
 
     from pyrod.sweep import local_cluster
 
+    LocalCluster(n_workers=1, processes=True, dashboard_address=":0", silence_logs=40).close()  # leaves Dask's value
     with local_cluster(1) as cluster, Client(cluster) as c:
         env = c.run(lambda: (os.environ.get("MALLOC_TRIM_THRESHOLD_"), os.environ.get("OMP_NUM_THREADS")))
     assert list(env.values()) == [(None, "1")], env
