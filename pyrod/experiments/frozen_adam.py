@@ -67,9 +67,17 @@ def run(ctx):
     np.save(ctx.path("frozen_nu.npy"), nu.numpy())
     todo = [("frozen", lr) for lr in p["lrs"]] + ([("adaptive", lr) for lr in p["lrs"]]
                                                     if p["compare_adaptive"] else [])
-    for kind, lr in ctx.iterate(todo, "frozen/adaptive Adam"):
-        opt = pyrod.optimizers.Adam(lr=lr, frozen_nu=nu if kind == "frozen" else None, **hyper)
-        ctx.simulate(prob, opt, filename(kind, lr), steps=p["steps"], eigs=p["eigs"], eig_every=p["eig_every"])
+    # one sweep over (frozen or adaptive, lr): parallel with --jobs, resumed when rerun
+    configs = [pyrod.optimizers.Adam(lr=lr, frozen_nu=nu if kind == "frozen" else None, **hyper).config()
+               for kind, lr in todo]
+    base = ctx.spec(prob, pyrod.optimizers.Adam(lr=p["lrs"][0], **hyper), steps=p["steps"], eigs=p["eigs"],
+                    eig_every=p["eig_every"])
+
+    def stem(pt):
+        kind = "frozen" if pt["optimizer"].get("frozen_nu") is not None else "adaptive"
+        return filename(kind, pt["optimizer"]["lr"])[len("runs/"):-len(".nc")]
+
+    ctx.sweep(base, {"optimizer": configs}, "runs", name=stem)
     results = summarize(ctx.out, p)
     plot(ctx, results)
     return results
