@@ -126,3 +126,4 @@ class Segment:
     message: str = ""
     h_last: float | None = None
     n_steps: int = 0
+    n_rejected: int = 0

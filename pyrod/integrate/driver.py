@@ -36,7 +36,7 @@ import numpy as np
 
 from .base import EventRecord, FlowProblem, Segment
 
-__all__ = ["drive", "StepFailure", "Counter", "prepare", "first_step_for", "next_stop", "resolve_method",
+__all__ = ["drive", "ArrayOps", "NUMPY_OPS", "StepFailure", "Counter", "prepare", "first_step_for", "next_stop", "resolve_method",
            "crossed", "locate", "NUMERIC_ERRORS"]
 
 _EPS = np.finfo(float).eps
@@ -136,16 +136,60 @@ def locate(ev, Y, ta, tb, ga, gb):
 
 
 # ----------------------------------------------------------------------------------------------- driver
+class ArrayOps:
+    """How :func:`drive` touches states. This one is for the NumPy backends (SciPy, Euler, SUNDIALS): states are
+    float64 vectors, finiteness and norms are computed here. The torch backend passes its own
+    (``torch_backend._TensorOps``): tensors on the problem's device, finiteness, norm and divergence score taken
+    from the stepper's one host transfer per step."""
+
+    def finite_start(self, stepper, y0) -> bool:
+        return bool(np.all(np.isfinite(y0)))
+
+    def finite(self, stepper, y) -> bool:
+        return bool(np.all(np.isfinite(y)))
+
+    def norm(self, stepper, y) -> float:
+        return float(np.linalg.norm(y))
+
+    def divergence(self, stepper, problem, t, y):
+        """``problem.diverged(t, y)`` (a reason or None); its numeric failures are a reason too."""
+        if problem.diverged is None:
+            return None
+        try:
+            return problem.diverged(t, y)
+        except _NUMERIC_ERRORS as e:
+            return f"divergence check raised {type(e).__name__}: {e}"
+
+    def cast(self, x, like):
+        """``x`` (e.g. a projection's result) as a state like ``like``."""
+        return np.asarray(x, dtype=np.float64).reshape(-1)
+
+    def equal(self, a, b) -> bool:
+        return bool(np.array_equal(a, b))
+
+    def keep(self, y):
+        """A state to store (saves, segment end): a copy here, the tensor itself for the torch backend."""
+        return np.array(y)
+
+    def stack(self, ys, n, y0):
+        return np.asarray(ys, dtype=np.float64).reshape(len(ys), n)
+
+
+NUMPY_OPS = ArrayOps()
+
+
 def drive(stepper, problem: FlowProblem, t0, y0, t1, ts, counter: Counter, max_steps=None,
-          max_rhs_per_unit=None) -> Segment:
+          max_rhs_per_unit=None, ops: ArrayOps = NUMPY_OPS) -> Segment:
     """Generic accepted-step loop: saving, events, projection, ``on_accept``, bounds, failure reporting.
 
-    ``max_rhs_per_unit`` overrides ``problem.max_rhs_per_unit`` (the fixed-step backend raises it to its fixed
-    cost). See the module docstring for the bounds.
+    ``max_rhs_per_unit`` overrides ``problem.max_rhs_per_unit`` (the fixed-step backends raise it to their fixed
+    cost). ``ops``: how states are handled (:class:`ArrayOps`; the torch backend passes its own). See the module
+    docstring for the bounds.
 
     ``stepper`` provides ``step()`` (one accepted step; sets ``t_old``, ``t``, ``y``; raises
     :class:`StepFailure`), ``interp(t)`` (state for ``t`` in the last step), ``h_next()``,
-    ``restart(t, y, first_step)`` and ``finished``.
+    ``restart(t, y, first_step)`` and ``finished``; ``None`` when there is nothing to integrate (``t1 == t0``, a
+    non-finite ``y0``, or a failure at the start).
     """
     n = problem.n
     events = list(problem.events)
@@ -155,21 +199,21 @@ def drive(stepper, problem: FlowProblem, t0, y0, t1, ts, counter: Counter, max_s
     t, y = t0, y0
     h_last = problem.first_step if (problem.first_step or 0) > 0 else None
     n_steps = 0
-    max_norm, diverged = problem.max_norm, problem.diverged
+    max_norm = problem.max_norm
     min_step = float(problem.min_step or 0.0)
     max_rhs = problem.max_rhs_per_unit if max_rhs_per_unit is None else max_rhs_per_unit
     small = 0
 
     def seg(status, message="", t_end=None, y_end=None):
-        return Segment(t_save=np.asarray(t_out, dtype=np.float64),
-                       y_save=np.asarray(y_out, dtype=np.float64).reshape(len(t_out), n),
-                       t_end=float(t if t_end is None else t_end), y_end=np.array(y if y_end is None else y_end),
+        return Segment(t_save=np.asarray(t_out, dtype=np.float64), y_save=ops.stack(y_out, n, y0),
+                       t_end=float(t if t_end is None else t_end), y_end=ops.keep(y if y_end is None else y_end),
                        events=records, n_rhs=counter.rhs, n_jvp=counter.jvp, status=status, message=message,
-                       h_last=None if h_last is None else float(h_last), n_steps=n_steps)
+                       h_last=None if h_last is None else float(h_last), n_steps=n_steps,
+                       n_rejected=getattr(stepper, "n_rejected", 0))
 
-    if not np.all(np.isfinite(y0)):
+    if not ops.finite_start(stepper, y0):
         return seg("failed", f"non-finite initial state at t={t0:.10g}")
-    if t1 == t0:
+    if t1 == t0 or stepper is None:
         return seg("ok")
     try:
         g_prev = [_event_value(ev, t0, y0) for ev in events]
@@ -186,7 +230,7 @@ def drive(stepper, problem: FlowProblem, t0, y0, t1, ts, counter: Counter, max_s
         except _NUMERIC_ERRORS as e:
             return seg("failed", f"right-hand side raised {type(e).__name__} near t={t:.10g}: {e}")
         t_old, t_new, y_new = stepper.t_old, stepper.t, stepper.y
-        if not np.all(np.isfinite(y_new)):
+        if not ops.finite(stepper, y_new):
             return seg("failed", f"non-finite state after the step {t_old:.10g} -> {t_new:.10g}")
         n_steps += 1
         h = stepper.h_next()
@@ -194,16 +238,12 @@ def drive(stepper, problem: FlowProblem, t0, y0, t1, ts, counter: Counter, max_s
             h_last = h
         # --- bounds on a diverging / stiff flow (the state is left at the last good step)
         if max_norm is not None:
-            ny = float(np.linalg.norm(y_new))
+            ny = ops.norm(stepper, y_new)
             if ny > max_norm:
                 return seg("failed", f"diverged: |y| = {ny:.3g} > max_norm = {max_norm:.3g} at t={t_new:.10g}")
-        if diverged is not None:
-            try:
-                why = diverged(t_new, y_new)
-            except _NUMERIC_ERRORS as e:
-                why = f"divergence check raised {type(e).__name__}: {e}"
-            if why:
-                return seg("failed", f"diverged at t={t_new:.10g}: {why}")
+        why = ops.divergence(stepper, problem, t_new, y_new)
+        if why:
+            return seg("failed", f"diverged at t={t_new:.10g}: {why}")
         if min_step > 0 and h is not None and t_new < t1:
             # consecutive small steps (a single one can follow a step shortened to land on a save time)
             small = small + 1 if h < min_step * max(1.0, abs(t_new)) else 0
@@ -236,21 +276,21 @@ def drive(stepper, problem: FlowProblem, t0, y0, t1, ts, counter: Counter, max_s
             # --- projection of the step end
             y_acc, changed = y_new, False
             if project is not None and term is None:
-                yp = np.asarray(project(t_new, y_new), dtype=np.float64).reshape(-1)
-                if not np.array_equal(yp, y_new):
+                yp = ops.cast(project(t_new, y_new), y_new)
+                if not ops.equal(yp, y_new):
                     y_acc, changed = yp, True
 
             # --- saves up to t_stop
             while si < len(ts) and ts[si] <= t_stop:
-                s = ts[si]
+                s = float(ts[si])
                 if s == t_new and term is None:
                     ys = y_acc
                 else:
                     ys = Y(s)
                     if project is not None:
-                        ys = np.asarray(project(s, ys), dtype=np.float64).reshape(-1)
+                        ys = ops.cast(project(s, ys), y_new)
                 t_out.append(s)
-                y_out.append(np.array(ys))
+                y_out.append(ops.keep(ys))
                 si += 1
 
             for r, i, gr in hits:
@@ -260,9 +300,9 @@ def drive(stepper, problem: FlowProblem, t0, y0, t1, ts, counter: Counter, max_s
 
             if term is not None:
                 r = term[0]
-                y_end = np.array(Y(r))
+                y_end = ops.keep(Y(r))
                 if project is not None:
-                    y_end = np.asarray(project(r, y_end), dtype=np.float64).reshape(-1)
+                    y_end = ops.cast(project(r, y_end), y_new)
                 t, y = r, y_end
                 if on_accept is not None:
                     on_accept(t, y)
@@ -287,11 +327,12 @@ def drive(stepper, problem: FlowProblem, t0, y0, t1, ts, counter: Counter, max_s
         if on_accept is not None:
             on_accept(t, y)
         if changed and not stepper.finished:
-            stepper.restart(t, y, min(h_last, t1 - t) if h_last else None)
+            try:
+                stepper.restart(t, y, min(h_last, t1 - t) if h_last else None)
+            except _NUMERIC_ERRORS as e:
+                return seg("failed", f"right-hand side raised {type(e).__name__} near t={t:.10g}: {e}")
 
     return seg("ok")
-
-
 
 
 NUMERIC_ERRORS = _NUMERIC_ERRORS

@@ -50,6 +50,17 @@ def check_substeps(n) -> int:
     return int(n)
 
 
+def next_grid_time(t: float, t1: float, substeps: int) -> float:
+    """The next point of the grid ``j / substeps`` strictly after ``t`` (a point within 1e-9 of a step counts as
+    on the grid), or ``t1`` when that comes first or is within 1e-9 of a step of it. Shared by every fixed-step
+    stepper, so a run cut into segments takes exactly the steps of one long run."""
+    h = 1.0 / substeps
+    tn = (math.floor(t * substeps + 1e-9) + 1) / substeps
+    if tn > t1 or (t1 - tn) < 1e-9 * h:
+        tn = t1
+    return tn
+
+
 def substeps_of(problem: FlowProblem) -> int:
     """``problem.options["substeps"]`` validated (default 4)."""
     n = problem.options.get("substeps", DEFAULT_SUBSTEPS)
@@ -69,16 +80,8 @@ class _EulerStepper:
     def finished(self):
         return self.t >= self.t1
 
-    def _next_time(self) -> float:
-        # next grid point strictly after t (a point within 1e-9 of a step is treated as on the grid)
-        j = math.floor(self.t * self.n + 1e-9) + 1
-        tn = j / self.n
-        if tn > self.t1 or (self.t1 - tn) < 1e-9 * self.h:
-            tn = self.t1
-        return tn
-
     def step(self):
-        tn = self._next_time()
+        tn = next_grid_time(self.t, self.t1, self.n)
         if not tn > self.t:
             raise StepFailure(f"euler: no progress at t={self.t!r}")
         self.counter.rhs += 1

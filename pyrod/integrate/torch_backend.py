@@ -29,7 +29,7 @@ its optional attribute ``explain(t, y)`` gives the message) — that score. So a
 step-size estimate (and one extra right-hand side). Hooks the caller supplies may sync on their own: an event function returns a float (one
 transfer per event per step), ``project`` is compared with ``torch.equal``, a plain ``diverged`` returns a string.
 
-Everything else follows :func:`pyrod.integrate.driver.drive`: saves from the dense output (or the step end when a
+Everything else is :func:`pyrod.integrate.driver.drive` itself, run on tensors (``_TensorOps``): saves from the dense output (or the step end when a
 step lands there; ``options["exact_saves"]=True`` makes adaptive steps land on every save time), events located
 with ``brentq`` on the dense output (:func:`.driver.locate`, far side of the crossing), projection after each
 accepted step, ``on_accept`` after each accepted step and at a terminal event, and the bounds ``max_norm``,
@@ -44,7 +44,8 @@ boundary takes exactly the steps of an uninterrupted one (bit-identical on the s
 Why not torchdiffeq / torchode: neither locates several directional, non-terminal events on the dense output with
 the driver's far-side convention, lands steps on save times, calls a per-accepted-step hook that can change the
 state (projection) or stop on pyrod's divergence / step-floor / evaluation-budget bounds, nor returns the proposed
-next step for a bit-identical restart; torchdiffeq also syncs in its step loop. The step loop below is ~150 lines.
+next step for a bit-identical restart; torchdiffeq also syncs in its step loop. What is ours here is the steppers
+(Dormand–Prince with its interpolant, RK4, Euler); the accepted-step loop is the shared driver's.
 """
 from __future__ import annotations
 
@@ -53,8 +54,9 @@ import math
 import numpy as np
 import torch
 
-from .base import EventRecord, FlowProblem, Segment
-from .driver import _NUMERIC_ERRORS, _SMALL_STEPS, Counter, StepFailure, crossed, locate, next_stop
+from .base import FlowProblem, Segment
+from .driver import _NUMERIC_ERRORS, ArrayOps, Counter, StepFailure, drive, next_stop
+from .fixed_step import next_grid_time
 
 __all__ = ["integrate_segment", "TENSORS", "METHODS", "DEFAULT_METHOD", "OPTIONS", "DEFAULT_SUBSTEPS"]
 
@@ -168,15 +170,8 @@ class _FixedStepper(_Stepper):
         self.method, self.n, self.h = method, substeps, 1.0 / substeps
         self.K = None
 
-    def _next_time(self):
-        j = math.floor(self.t * self.n + 1e-9) + 1
-        tn = j / self.n
-        if tn > self.t1 or (self.t1 - tn) < 1e-9 * self.h:
-            tn = self.t1
-        return tn
-
     def step(self):
-        tn = self._next_time()
+        tn = next_grid_time(self.t, self.t1, self.n)
         if not tn > self.t:
             raise StepFailure(f"{self.method}: no progress at t={self.t!r}")
         t, y, h = self.t, self.y, tn - self.t
@@ -375,157 +370,48 @@ def integrate_segment(problem: FlowProblem, t0: float, y0, t1: float, t_save) ->
         except _NonFiniteStart:
             stepper = None
         except _NUMERIC_ERRORS as e:
-            seg = _drive(None, problem, t0, y0, t0, ts, counter, score, None, budget)
+            seg = drive(None, problem, t0, y0, t0, ts, counter, max_rhs_per_unit=budget, ops=_TensorOps(score))
             seg.status, seg.message = "failed", f"right-hand side raised {type(e).__name__} at t0: {e}"
             return seg
-    return _drive(stepper, problem, t0, y0, t1, ts, counter, score, max_steps, budget)
+    return drive(stepper, problem, t0, y0, t1, ts, counter, max_steps=max_steps, max_rhs_per_unit=budget,
+                 ops=_TensorOps(score))
 
 
-def _drive(stepper, problem, t0, y0, t1, ts, counter, score, max_steps, max_rhs) -> Segment:
-    """The accepted-step loop of :func:`pyrod.integrate.driver.drive`, on tensors (see the module docstring)."""
-    n = problem.n
-    events = list(problem.events)
-    project, on_accept = problem.project, problem.on_accept
-    diverged = problem.diverged if score is None else None
-    t_out, y_out, records = [], [], []
-    si, small, n_steps = 0, 0, 0
-    t, y = t0, y0
-    h_last = problem.first_step if (problem.first_step or 0) > 0 else None
-    min_step = float(problem.min_step or 0.0)
+class _TensorOps(ArrayOps):
+    """:func:`pyrod.integrate.driver.drive` on tensors: states stay on the device; finiteness, ``‖y‖`` and the
+    divergence score come from the stepper's one host transfer of the step (``_Stepper._sync``)."""
 
-    def seg(status, message="", t_end=None, y_end=None):
-        ys = torch.stack(y_out) if y_out else y0.new_zeros((0, n))
-        out = Segment(t_save=np.asarray(t_out, dtype=np.float64), y_save=ys,
-                       t_end=float(t if t_end is None else t_end), y_end=(y if y_end is None else y_end),
-                       events=records, n_rhs=counter.rhs, n_jvp=counter.jvp, status=status, message=message,
-                       h_last=None if h_last is None else float(h_last), n_steps=n_steps)
-        out.n_rejected = 0 if stepper is None else stepper.n_rejected   # rejected attempts (one transfer each)
-        return out
+    def __init__(self, score):
+        self.score = score
 
-    if stepper is None and not _to_host(torch.isfinite(y0).all()):   # (a stepper exists only for a finite y0)
-        return seg("failed", f"non-finite initial state at t={t0:.10g}")
-    if t1 == t0 or stepper is None:
-        return seg("ok")
-    try:
-        g_prev = [float(ev.fn(t0, y0)) for ev in events]
-    except _NUMERIC_ERRORS as e:
-        return seg("failed", f"event function raised {type(e).__name__}: {e}")
+    def finite_start(self, stepper, y0) -> bool:
+        return stepper is not None or bool(_to_host(torch.isfinite(y0).all()))  # (a stepper exists only for a finite y0)
 
-    while not stepper.finished:
-        if max_steps is not None and n_steps >= max_steps:
-            return seg("failed", f"max_steps={max_steps} accepted steps reached at t={t:.10g} before t1={t1:.10g}")
-        try:
-            stepper.step()
-        except StepFailure as e:
-            return seg("failed", f"{e} (at t={t:.10g})")
-        except _NUMERIC_ERRORS as e:
-            return seg("failed", f"right-hand side raised {type(e).__name__} near t={t:.10g}: {e}")
-        t_old, t_new, y_new = stepper.t_old, stepper.t, stepper.y
-        if not stepper.finite:
-            return seg("failed", f"non-finite state after the step {t_old:.10g} -> {t_new:.10g}")
-        n_steps += 1
-        h = stepper.h_next()
-        if h is not None and h > 0 and math.isfinite(h):
-            h_last = h
-        if problem.max_norm is not None and stepper.norm_y > problem.max_norm:
-            return seg("failed", f"diverged: |y| = {stepper.norm_y:.3g} > max_norm = {problem.max_norm:.3g} "
-                                 f"at t={t_new:.10g}")
-        why = None
-        if score is not None and not (stepper.score_val <= 0):
-            explain = getattr(score, "explain", None)
-            why = (explain(t_new, y_new) if explain is not None else None) or \
-                f"divergence score {stepper.score_val:.3g} > 0"
-        elif diverged is not None:
-            try:
-                why = diverged(t_new, y_new)
-            except _NUMERIC_ERRORS as e:
-                why = f"divergence check raised {type(e).__name__}: {e}"
-        if why:
-            return seg("failed", f"diverged at t={t_new:.10g}: {why}")
-        if min_step > 0 and h is not None and t_new < t1:
-            small = small + 1 if h < min_step * max(1.0, abs(t_new)) else 0
-            if small >= _SMALL_STEPS:
-                return seg("failed", f"step size collapsed: {small} steps in a row with next step {h:.3g} < "
-                                     f"min_step={min_step:g} x max(1, |t|) at t={t_new:.10g}")
-        if max_rhs is not None and counter.rhs > max_rhs * max(1.0, t_new - t0):
-            return seg("failed", f"evaluation budget exceeded: {counter.rhs} right-hand sides for "
-                                 f"{t_new - t0:.3g} time units from t={t0:.10g} (max_rhs_per_unit={max_rhs:g})")
+    def finite(self, stepper, y) -> bool:
+        return stepper.finite
 
-        def Y(s, _t_old=t_old, _t_new=t_new, _y_old=y, _y_new=y_new):
-            if s >= _t_new:
-                return _y_new
-            if s <= _t_old:
-                return _y_old
-            return stepper.interp(s)
+    def norm(self, stepper, y) -> float:
+        return stepper.norm_y
 
-        try:
-            g_new = [float(ev.fn(t_new, y_new)) for ev in events]
-            hits = []
-            for i, ev in enumerate(events):
-                if crossed(g_prev[i], g_new[i], ev.direction):
-                    r, gr = locate(ev, Y, t_old, t_new, g_prev[i], g_new[i])
-                    hits.append((r, i, gr))
-            hits.sort()
-            term = next((h_ for h_ in hits if events[h_[1]].terminal), None)
-            t_stop = term[0] if term is not None else t_new
+    def divergence(self, stepper, problem, t, y):
+        if self.score is None:
+            return super().divergence(stepper, problem, t, y)
+        if stepper.score_val <= 0:
+            return None
+        explain = getattr(self.score, "explain", None)
+        return (explain(t, y) if explain is not None else None) or f"divergence score {stepper.score_val:.3g} > 0"
 
-            y_acc, changed = y_new, False
-            if project is not None and term is None:
-                yp = torch.as_tensor(project(t_new, y_new)).to(y_new).reshape(-1)
-                if not torch.equal(yp, y_new):
-                    y_acc, changed = yp, True
+    def cast(self, x, like):
+        return torch.as_tensor(x).to(like).reshape(-1)
 
-            while si < len(ts) and ts[si] <= t_stop:
-                s = float(ts[si])
-                if s == t_new and term is None:
-                    ys = y_acc
-                else:
-                    ys = Y(s)
-                    if project is not None:
-                        ys = torch.as_tensor(project(s, ys)).to(y_new).reshape(-1)
-                t_out.append(s)
-                y_out.append(ys)
-                si += 1
+    def equal(self, a, b) -> bool:
+        return torch.equal(a, b)
 
-            for r, i, gr in hits:
-                if r <= t_stop:
-                    ev = events[i]
-                    records.append(EventRecord(t=float(r), name=ev.name, kind=ev.kind, value=float(gr)))
+    def keep(self, y):
+        return y
 
-            if term is not None:
-                r = term[0]
-                y_end = Y(r)
-                if project is not None:
-                    y_end = torch.as_tensor(project(r, y_end)).to(y_new).reshape(-1)
-                t, y = r, y_end
-                if on_accept is not None:
-                    on_accept(t, y)
-                return seg("event", f"terminal event {events[term[1]].name!r} at t={r:.12g}")
-
-            if changed:
-                g_p = [float(ev.fn(t_new, y_acc)) for ev in events]
-                for i, ev in enumerate(events):
-                    if crossed(g_new[i], g_p[i], ev.direction):
-                        records.append(EventRecord(t=float(t_new), name=ev.name, kind=ev.kind, value=float(g_p[i])))
-                        if ev.terminal:
-                            t, y = t_new, y_acc
-                            if on_accept is not None:
-                                on_accept(t, y)
-                            return seg("event", f"terminal event {ev.name!r} (by projection) at t={t_new:.12g}")
-                g_new = g_p
-        except _NUMERIC_ERRORS as e:
-            return seg("failed", f"{type(e).__name__} in event/save/projection near t={t_new:.10g}: {e}")
-
-        t, y, g_prev = t_new, y_acc, g_new
-        if on_accept is not None:
-            on_accept(t, y)
-        if changed and not stepper.finished:
-            try:
-                stepper.restart(t, y, min(h_last, t1 - t) if h_last else None)
-            except _NUMERIC_ERRORS as e:
-                return seg("failed", f"right-hand side raised {type(e).__name__} near t={t:.10g}: {e}")
-
-    return seg("ok")
+    def stack(self, ys, n, y0):
+        return torch.stack(ys) if ys else y0.new_zeros((0, n))
 
 
 integrate_segment.TENSORS = True
