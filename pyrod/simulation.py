@@ -240,15 +240,10 @@ def _flow_run(name, spec: RunSpec, problem, optimizer, measurer):
     else:
         model = cls(problem, optimizer, bea=getattr(spec, name).bea)
     ig = spec.integrator
-    kw = dict(backend=ig.backend, method=ig.method, rtol=ig.rtol, atol=ig.atol, max_step=ig.max_step,
-              events=list(spec.events), restart_at=spec.restart_at, divergence_factor=spec.stop.divergence_factor,
-              substeps=ig.substeps)
-    import inspect
-    accepted = inspect.signature(FlowRun.__init__).parameters
-    for extra in ("min_step", "max_rhs_per_unit", "options"):
-        if extra in accepted:
-            kw[extra] = getattr(ig, extra)
-    return FlowRun(model, measurer, **kw)
+    return FlowRun(model, measurer, backend=ig.backend, method=ig.method, rtol=ig.rtol, atol=ig.atol,
+                   max_step=ig.max_step, events=list(spec.events), restart_at=spec.restart_at,
+                   divergence_factor=spec.stop.divergence_factor, substeps=ig.substeps, min_step=ig.min_step,
+                   max_rhs_per_unit=ig.max_rhs_per_unit, options=ig.options)
 
 
 # ----------------------------------------------------------------------------------------- execution
