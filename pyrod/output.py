@@ -793,6 +793,14 @@ class RunWriter:
             g.nc[name][tuple(slice(0, n) for n in a.shape)] = a
             self._sync()
 
+    def pending(self) -> dict:
+        """Rows appended but not yet written, per group: ``{group: {"times": [...], "rows": [{var: array}],
+        "n_t": rows on file}}`` (copies). A checkpoint stores them; after :meth:`resume` they are appended again,
+        so the writer continues exactly as if it had never stopped."""
+        self._check_open()
+        return {name: {"times": list(g.times), "rows": [dict(r) for r in g.rows], "n_t": int(g.n_t)}
+                for name, g in self._groups.items()}
+
     def n_written(self, group: str, dim: str = "t") -> int:
         """Rows of ``group`` along ``dim`` already written and synced to the file (excludes the buffer)."""
         g = self._group(group)

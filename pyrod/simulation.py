@@ -13,6 +13,7 @@ continues from the checkpoint and gives, for the same spec, the same bits as a r
 """
 from __future__ import annotations
 
+import numbers
 import os
 import signal
 import sys
@@ -127,7 +128,7 @@ def resume(path, steps: int | None = None, *, progress: bool | None = None, prob
     spec = RunSpec.from_dict(payload["spec"])
     done = int(payload["k"])
     if steps is not None:
-        if isinstance(steps, bool) or not isinstance(steps, int) and not hasattr(steps, "__index__"):
+        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
             raise ValueError(f"steps={steps!r} must be an int (the new total number of steps)")
         steps = int(steps)
         if steps < done:
@@ -335,14 +336,6 @@ def _model_dims(run) -> dict:
     return dict(model.extra_dims()) if hasattr(model, "extra_dims") else {}
 
 
-def _pending_rows(writer) -> dict:
-    """Rows appended but not yet written, per group (they go into the checkpoint)."""
-    out = {}
-    for name, g in writer._groups.items():
-        out[name] = {"times": list(g.times), "rows": [dict(r) for r in g.rows], "n_t": int(g.n_t)}
-    return out
-
-
 def _loop(spec, problem, optimizer, out_path, checkpoints, progress, payload):
     from . import checkpoint as _ckpt
 
@@ -394,7 +387,7 @@ def _loop(spec, problem, optimizer, out_path, checkpoints, progress, payload):
     def save_checkpoint(reason=None):
         _ckpt.save(ckpt_path, {
             "spec": config, "k": k, "runs": {n: r.state_dict() for n, r in runs.items()},
-            "pending": _pending_rows(writer), "counters": counters, "rng": torch.get_rng_state(),
+            "pending": writer.pending(), "counters": counters, "rng": torch.get_rng_state(),
             "wall_time_s": wall_before + time.perf_counter() - wall0, "stop_reason": reason})
 
     def due() -> bool:

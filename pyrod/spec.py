@@ -21,7 +21,6 @@ same object (:func:`spec_from_kwargs`); the table of flat keywords and where eac
 """
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import json
 import math
@@ -591,13 +590,3 @@ def check_placement(spec: RunSpec) -> None:
 
 def _changed(a, b) -> list:
     return [f.name for f in fields(a) if getattr(a, f.name) != getattr(b, f.name)]
-
-
-def asdict_spec(spec: RunSpec) -> dict:
-    """``spec.to_dict()`` (kept for symmetry with :func:`dataclasses.asdict`)."""
-    return spec.to_dict()
-
-
-def replace_section(section, **changes):
-    """``dataclasses.replace`` for a spec section (validated again)."""
-    return dataclasses.replace(section, **changes)
