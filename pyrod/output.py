@@ -496,15 +496,20 @@ class RunWriter:
                 os.replace(tmp, target)  # the old file (if any) stays complete until here
                 tmp = None
         except BaseException:
-            if not self._closed:
-                self._closed = True
-                with contextlib.suppress(Exception):
-                    self._nc.close()
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
-            self._lock.release()
+            self._abandon(tmp)
             raise
+
+    def _abandon(self, tmp) -> None:
+        """Undo a failed open (constructor or :meth:`resume`): close the file, delete the temporary file not yet
+        renamed into place (the old file is untouched), release the lock."""
+        if not self._closed:
+            self._closed = True
+            with contextlib.suppress(Exception):
+                self._nc.close()
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        self._lock.release()
 
     def _init_state(self, path, chunk) -> None:
         shown = os.fspath(path)
@@ -604,14 +609,7 @@ class RunWriter:
             os.replace(tmp, target)  # the old file stays whole until here
             tmp = None
         except BaseException:
-            if not self._closed:
-                self._closed = True
-                with contextlib.suppress(Exception):
-                    self._nc.close()
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
-            self._lock.release()
+            self._abandon(tmp)
             raise
         return self
 

@@ -36,8 +36,8 @@ import numpy as np
 
 from .base import EventRecord, FlowProblem, Segment
 
-__all__ = ["drive", "ArrayOps", "NUMPY_OPS", "StepFailure", "Counter", "prepare", "first_step_for", "next_stop", "resolve_method",
-           "crossed", "locate", "NUMERIC_ERRORS"]
+__all__ = ["drive", "ArrayOps", "NUMPY_OPS", "StepFailure", "Counter", "prepare", "prepare_times", "check_length",
+           "first_step_for", "next_stop", "resolve_method", "crossed", "locate", "NUMERIC_ERRORS"]
 
 _EPS = np.finfo(float).eps
 #: accepted steps in a row below the step-size floor that count as a collapse
@@ -67,22 +67,32 @@ def resolve_method(name, valid, default):
     raise ValueError(f"method={name!r} is not supported by this backend; valid methods: {list(valid)}")
 
 
-def prepare(problem: FlowProblem, t0, y0, t1, t_save):
-    """Validate the common arguments; return ``(t0, y0, t1, t_save)`` as floats / float64 arrays."""
+def prepare_times(problem: FlowProblem, t0, t1, t_save):
+    """Validate the times and events of a segment (every backend); return ``(t0, t1, t_save)``, the save times
+    sorted, as float64, restricted to ``(t0, t1]``."""
     t0, t1 = float(t0), float(t1)
     if not (math.isfinite(t0) and math.isfinite(t1)):
         raise ValueError(f"t0={t0!r} and t1={t1!r} must be finite")
     if t1 < t0:
         raise ValueError(f"t1={t1!r} < t0={t0!r}: only forward integration is supported")
-    y0 = np.array(y0, dtype=np.float64).reshape(-1)
-    if y0.shape[0] != problem.n:
-        raise ValueError(f"y0 has length {y0.shape[0]}, problem.n={problem.n}")
     ts = np.sort(np.asarray(t_save if t_save is not None else [], dtype=np.float64).reshape(-1))
     ts = ts[(ts > t0) & (ts <= t1)]
     for ev in problem.events:
         if ev.direction not in (-1, 0, 1):
             raise ValueError(f"event {ev.name!r}: direction={ev.direction!r} must be -1, 0 or +1")
-    return t0, y0, t1, ts
+    return t0, t1, ts
+
+
+def check_length(problem: FlowProblem, y0):
+    if y0.shape[0] != problem.n:
+        raise ValueError(f"y0 has length {y0.shape[0]}, problem.n={problem.n}")
+    return y0
+
+
+def prepare(problem: FlowProblem, t0, y0, t1, t_save):
+    """Validate the common arguments; return ``(t0, y0, t1, t_save)`` as floats / float64 arrays."""
+    t0, t1, ts = prepare_times(problem, t0, t1, t_save)
+    return t0, check_length(problem, np.array(y0, dtype=np.float64).reshape(-1)), t1, ts
 
 
 def first_step_for(problem: FlowProblem, t0, t1):

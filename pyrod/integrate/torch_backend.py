@@ -55,7 +55,7 @@ import numpy as np
 import torch
 
 from .base import FlowProblem, Segment
-from .driver import _NUMERIC_ERRORS, ArrayOps, Counter, StepFailure, drive, next_stop
+from .driver import _NUMERIC_ERRORS, ArrayOps, Counter, StepFailure, check_length, drive, next_stop, prepare_times
 from .fixed_step import next_grid_time
 
 __all__ = ["integrate_segment", "TENSORS", "METHODS", "DEFAULT_METHOD", "OPTIONS", "DEFAULT_SUBSTEPS"]
@@ -333,22 +333,12 @@ def integrate_segment(problem: FlowProblem, t0: float, y0, t1: float, t_save) ->
     from . import check_options
     check_options("torch", problem.options)
     method = _resolve(problem.method)
-    t0, t1 = float(t0), float(t1)
-    if not (math.isfinite(t0) and math.isfinite(t1)):
-        raise ValueError(f"t0={t0!r} and t1={t1!r} must be finite")
-    if t1 < t0:
-        raise ValueError(f"t1={t1!r} < t0={t0!r}: only forward integration is supported")
+    t0, t1, ts = prepare_times(problem, t0, t1, t_save)
     y0 = torch.as_tensor(y0).reshape(-1) if isinstance(y0, torch.Tensor) else torch.as_tensor(
         np.array(y0, dtype=np.float64)).reshape(-1)
     if not y0.is_floating_point():
         raise ValueError(f"y0 has dtype {y0.dtype}; a floating-point state is needed")
-    if y0.shape[0] != problem.n:
-        raise ValueError(f"y0 has length {y0.shape[0]}, problem.n={problem.n}")
-    ts = np.sort(np.asarray(t_save if t_save is not None else [], dtype=np.float64).reshape(-1))
-    ts = ts[(ts > t0) & (ts <= t1)]
-    for ev in problem.events:
-        if ev.direction not in (-1, 0, 1):
-            raise ValueError(f"event {ev.name!r}: direction={ev.direction!r} must be -1, 0 or +1")
+    check_length(problem, y0)
     counter = Counter()
     score = problem.diverged if getattr(problem.diverged, "tensor_score", False) else None
     first = problem.first_step
