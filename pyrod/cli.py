@@ -23,20 +23,14 @@ _DEFAULT_PROBLEM = '{"model": "mlp", "data": "digits", "classes": 4, "n": 300}'
 _DEFAULT_OPTIMIZER = '{"name": "GD", "lr": 0.5}'
 
 
-@dataclass
-class IntegratorArgs:
-    """How flows are integrated (see ``pyrod.spec.IntegratorSpec``)."""
-
-    backend: str = "scipy"
-    method: str | None = None
-    rtol: float | None = None
-    atol: float | None = None
-    max_step: float = float("inf")
-    substeps: int | None = None
-    min_step: float = 1e-9
-    max_rhs_per_unit: int | None = 2000
-    options: str = "{}"
-    """the backend's own options as JSON, e.g. '{"jac": "jvp"}'"""
+# IntegratorSpec's fields as flags, except ``options`` (a dict), which the command line takes as JSON text; made
+# from the spec's own fields so that names, types and defaults cannot drift apart
+IntegratorArgs = dataclasses.make_dataclass(
+    "IntegratorArgs",
+    [(f.name, "str", dataclasses.field(default="{}")) if f.name == "options" else (f.name, f.type, dataclasses.field(
+        default=f.default)) for f in dataclasses.fields(IntegratorSpec)])
+IntegratorArgs.__doc__ = ("How flows are integrated (pyrod.spec.IntegratorSpec); --integrator.options is the backend's "
+                          "own options as JSON, e.g. '{\"jac\": \"jvp\"}'")
 
 
 @dataclass
