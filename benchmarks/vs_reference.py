@@ -15,9 +15,17 @@ Linear(w, 4)) with the same initial weights (``torch.manual_seed(0)`` then defau
 synthetic CIFAR-shaped points of 4 classes (inputs with a power-law spectrum: smooth random images, fixed seeds;
 this gives an edge of stability within tens of steps), MSE (½·mean over points of the squared error on one-hot
 targets). GD η = 0.037; RMSProp η = 5e-5, β2 = 0.99, ε = 1e-7, bias correction, flows started after 5 warm-up
-steps (the reference's ``warm_start``; pyrod's ``restart_at=5`` with the reference's ν rate ``(1−β2)/β2``).
+steps (the reference's ``warm_start``; pyrod's ``restart_at=5`` with the reference's ν rate ``(1−β2)/β2`` and its step
+counter ``counter_rate="1/beta2"``).
 Both integrate the central flow with Euler, 4 substeps per step; eigenvalues every step (the reference's LOBPCG
 ``frequency=1``, 2 initial eigenvalues; pyrod ``eig_every=1``, ``eigs=2``); one CPU thread each.
+
+Eigen accuracy: the reference's LOBPCG stops at ``‖Ax − θx‖ < tol·10·n·(‖Ax‖ + θ)`` with ``tol = 1e-10`` and ``n`` the
+dimension, i.e. at a relative residual ≈ ``20·n·1e-10`` (2e-4 at d = 99k, 8e-4 at width 128), 200× looser than
+pyrod's default ``eig.tol = 1e-6``. ``--eig-tols default,ref`` runs pyrod at both: its own default and the
+reference's effective tolerance (equal accuracy); both columns are printed. The same work is timed on both sides:
+the reference computes RMSProp's raw λmax(H) in a logger, outside its timed work, so pyrod runs with
+``eig_raw=False`` unless ``--raw-sharpness`` is given.
 
 Timing: CPU seconds (``time.process_time``; one thread, so on an idle machine the same as wall seconds, and far
 less disturbed by other processes on a shared one) per unit time (= per optimizer step) of each run's own work, median over the steady window
@@ -51,6 +59,7 @@ CLASSES = 4
 GD_LR = 0.037
 RMS = dict(lr=5e-5, beta2=0.99, eps=1e-7)
 RMS_WARM = 5
+REF_EIG_TOL = 1e-10      # the reference's EigConfig default (used here)
 
 
 # ------------------------------------------------------------------------------------------------ problem
@@ -145,9 +154,15 @@ def run_reference(ref, opt_name, X, y, width, steps, which):
 
 
 # ------------------------------------------------------------------------------------------------ pyrod
-def run_pyrod(opt_name, X, y, width, steps, dtype, chunk, flow_opts=None):
-    """pyrod on the same problem: discrete + central (Euler ×4), eigenvalues every step. Returns
-    (tree, {run: [(k0, n, seconds)]})."""
+def ref_eig_tol(dim: int, tol: float = REF_EIG_TOL) -> float:
+    """The reference LOBPCG's convergence test as a relative residual: it stops when ``‖Ax − θx‖ <
+    tol·10·n·(‖Ax‖ + θ)`` (n = dim), i.e. at ``‖r‖/θ ≈ 20·n·tol`` for a converged top pair (2e-4 at d = 99k)."""
+    return 20.0 * dim * tol
+
+
+def run_pyrod(opt_name, X, y, width, steps, dtype, chunk, flow_opts=None, eig_tol=None, raw=False):
+    """pyrod on the same problem: discrete + central (Euler ×4), eigenvalues every step (measured to ``eig_tol``;
+    None: pyrod's default). Returns (tree, {run: [(k0, n, seconds)]})."""
     import pyrod
     from pyrod.flows.run import FlowRun
     from pyrod.runs.discrete import DiscreteRun
@@ -176,7 +191,10 @@ def run_pyrod(opt_name, X, y, width, steps, dtype, chunk, flow_opts=None):
         else:
             opt = pyrod.optimizers.RMSProp(**RMS, bias_correction=True, nu_rate="(1-beta2)/beta2")
             restart, steps = RMS_WARM, steps + RMS_WARM
-        opts = dict(method="euler", substeps=4)
+            flow_opts = {"counter_rate": "1/beta2", **(flow_opts or {})}   # the reference's step counter
+        opts = dict(method="euler", substeps=4, eig_raw=raw)
+        if eig_tol is not None:
+            opts["eig_tol"] = eig_tol
         opts.update(flow_opts or {})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -227,6 +245,12 @@ def main(argv=None):
     ap.add_argument("--dtypes", default="float32,float64")
     ap.add_argument("--width", type=int, default=32)
     ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--eig-tols", default="default,ref",
+                    help="pyrod's measurement tolerance per column: 'default' (eig.tol 1e-6, float32 floor 5e-5), "
+                         "'ref' (the reference's own effective relative residual, see ref_eig_tol) or numbers")
+    ap.add_argument("--raw-sharpness", action="store_true",
+                    help="pyrod also measures RMSProp's raw λmax(H) each step (eig.raw; off by default here because "
+                         "the reference computes it in a logger, outside its timed work)")
     ap.add_argument("--skip-reference", action="store_true", help="pyrod columns only (no agreement numbers)")
     args = ap.parse_args(argv)
     if args.steady >= args.steps:
@@ -247,18 +271,22 @@ def main(argv=None):
             ref_c = run_reference(ref, opt_name, X, y, args.width, args.steps, "central")
             cols["reference"] = (steady_ref(ref_d, steady), steady_ref(ref_c, steady))
             print(f"  [{opt_name}] reference done in {time.process_time() - t0:.0f} CPU s", flush=True)
-        for dt in dtypes:
+        for dt, tol_name in [(d, t.strip()) for d in dtypes for t in args.eig_tols.split(",") if t.strip()]:
             t0 = time.process_time()
-            tree, chunks = run_pyrod(opt_name, X, y, args.width, args.steps, dt, args.chunk)
-            cols[f"pyrod {dt}"] = (steady_pyrod(chunks["discrete"], steady), steady_pyrod(chunks["central"], steady))
+            dim = sum(p.numel() for p in make_mlp(args.width).parameters())
+            eig_tol = None if tol_name == "default" else (ref_eig_tol(dim) if tol_name == "ref" else float(tol_name))
+            tree, chunks = run_pyrod(opt_name, X, y, args.width, args.steps, dt, args.chunk, eig_tol=eig_tol,
+                                     raw=args.raw_sharpness)
+            col = f"pyrod {dt}" + ("" if eig_tol is None else f" tol {eig_tol:.0e}")
+            cols[col] = (steady_pyrod(chunks["discrete"], steady), steady_pyrod(chunks["central"], steady))
             a = tree["central"].attrs
-            print(f"  [{opt_name}] pyrod {dt} done in {time.process_time() - t0:.0f} CPU s; central: "
+            print(f"  [{opt_name}] {col} done in {time.process_time() - t0:.0f} CPU s; central: "
                   f"{a['n_rhs'] / args.steps:.1f} RHS, {a['central_rr_hvp'] / args.steps:.1f} RR HVPs, "
                   f"{a['central_expand_hvp'] / args.steps:.1f} expand HVPs, "
                   f"{a['central_refresh_hvp'] / args.steps:.1f} refresh HVPs, "
                   f"{a['central_n_t3'] / args.steps:.1f} d3 rows per unit time", flush=True)
             if ref_c is not None:
-                agree.append((opt_name, dt, agreement(ref_c, tree)))
+                agree.append((opt_name, col[6:], agreement(ref_c, tree)))
         table.append((opt_name, cols))
     names = list(table[0][1])
     print("\nCPU seconds per unit time (steady state)\n")

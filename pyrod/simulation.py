@@ -215,7 +215,7 @@ def _validate(spec: RunSpec, problem, optimizer):
         if not optimizer.supports_flows:
             ok = sorted(n for n, c in _optimizers.REGISTRY.items() if c.supports_flows)
             raise ValueError(f"optimizer={optimizer.name!r} has no smooth increment D (flows are defined for {ok})")
-        spec.integrator.validate()
+        spec.integrator.validate(problem.device)
         if "central" in spec.flows:
             from .flows import FLOW_RUNS
             FLOW_RUNS["central"].validate_options(**spec.central.model_options(spec.integrator.substeps))
@@ -296,7 +296,7 @@ def _execute(spec: RunSpec, problem, optimizer, progress, payload=None):
 def _build_runs(spec, problem, optimizer):
     def measurer(every=spec.eig.every):
         return Measurer(problem, optimizer, spec.eig.k, every, eig_tol=spec.eig.tol,
-                        eig_max_iter=spec.eig.max_iter)
+                        eig_max_iter=spec.eig.max_iter, raw=spec.eig.raw)
 
     runs = {"discrete": DiscreteRun(problem, optimizer, measurer(), loss_target=spec.stop.loss_target,
                                     divergence_factor=spec.stop.divergence_factor)}

@@ -144,13 +144,16 @@ class EigSpec(_Section):
     relative residual ``tol`` in at most ``max_iter`` iterations (non-convergence is recorded, never silent).
     ``flow_every``: the flow runs' own spacing (None: ``every``). The measurement is a read-out, not part of any
     flow: measuring flows less often than the discrete run saves its cost (the central flow's own tracked
-    eigenvalues are recorded at every step anyway, in ``critical_sharpness``)."""
+    eigenvalues are recorded at every step anyway, in ``critical_sharpness``). ``raw``: for an optimizer with a
+    preconditioner, also measure the raw sharpness λmax(H) (a second eigen-solve; False: ``sharpness`` is NaN for
+    such optimizers, which saves that solve)."""
 
     k: int = 1
     every: int = 10
     tol: float = 1e-6
     max_iter: int = 200
     flow_every: int | None = None
+    raw: bool = True
 
     _where = "eig"
 
@@ -160,17 +163,20 @@ class EigSpec(_Section):
         _set(self, "tol", _float("eig", "tol", self.tol, lo=0, hi=1))
         _set(self, "max_iter", _int("eig", "max_iter", self.max_iter, lo=1))
         _set(self, "flow_every", _int("eig", "flow_every", self.flow_every, lo=1, none=True))
+        _bool("eig", "raw", self.raw)
 
 
 @dataclass(frozen=True)
 class IntegratorSpec(_Section):
     """How flows are integrated (every flow run of the spec uses it).
 
-    backend : ``"scipy"`` (default), ``"torch"`` (on the problem's device, no host copy per evaluation),
-        ``"sundials"``, ``"julia"``, ``"auto"`` (torch on CUDA, Julia when a local Julia is found, else SciPy).
-    method : the backend's method. ``None`` (and no ``rtol``/``atol``): each flow's own default on the SciPy
-        backend — stable and rod: RK23
-        at rtol 1e-3, atol 1e-6 (DOP853 at 1e-6 with ``bea=True``); central: Euler with ``substeps`` (4) — recorded
+    backend : ``None`` (default): ``"torch"`` for a problem on a CUDA device (the state stays there), ``"scipy"``
+        otherwise (on a CPU the torch backend is not faster); or ``"scipy"``, ``"torch"`` (on the problem's device,
+        no host copy per evaluation), ``"sundials"``, ``"julia"``, ``"auto"`` (torch on CUDA, Julia when a local
+        Julia is found, else SciPy). Each flow group's attribute ``backend`` records the backend used.
+    method : the backend's method. ``None`` (and no ``rtol``/``atol``): each flow's own default — stable and rod:
+        RK23 (SciPy) / bosh3 (torch; the same Bogacki–Shampine pair) at rtol 1e-3, atol 1e-6 (with ``bea=True``
+        the backend's default, DOP853 / dopri5, at 1e-6 / 1e-9); central: Euler with ``substeps`` (4) — recorded
         in each group's attributes (``method``, ``rtol``, ``atol``, ``method_is_flow_default``).
         ``"euler"`` = fixed-step Euler, ``substeps`` per unit time.
     rtol, atol : tolerances of adaptive methods (``None``: the flow's default with its default method, else 1e-6
@@ -186,7 +192,7 @@ class IntegratorSpec(_Section):
         ``{"linsolver": "gmres", "krylov_dim": 30}`` for SUNDIALS.
     """
 
-    backend: str = "scipy"
+    backend: str | None = None
     method: str | None = None
     rtol: float | None = None
     atol: float | None = None
@@ -199,9 +205,10 @@ class IntegratorSpec(_Section):
     _where = "integrator"
 
     def __post_init__(self):
-        if not isinstance(self.backend, str):
-            raise ValueError(f"integrator.backend={self.backend!r} must be a string")
-        _set(self, "backend", self.backend.lower())
+        if self.backend is not None:
+            if not isinstance(self.backend, str):
+                raise ValueError(f"integrator.backend={self.backend!r} must be a string or None")
+            _set(self, "backend", self.backend.lower())
         if self.method is not None and not isinstance(self.method, str):
             raise ValueError(f"integrator.method={self.method!r} must be a string or None")
         _set(self, "rtol", _float("integrator", "rtol", self.rtol, lo=0, hi=1, none=True))
@@ -218,15 +225,36 @@ class IntegratorSpec(_Section):
             raise ValueError(f"integrator.options={self.options!r} must be a dict of backend options")
         _set(self, "options", dict(self.options))
 
-    def validate(self) -> None:
-        """Check the backend, method and backend options against what the backend accepts (imports it)."""
+    def backend_for(self, device=None) -> str:
+        """The concrete backend for a problem on ``device`` (:func:`pyrod.integrate.resolve_backend`)."""
+        from . import integrate
+        return integrate.resolve_backend(self.backend, device)
+
+    def validate(self, device=None) -> None:
+        """Check the backend, method and backend options against what the backend accepts (imports it).
+
+        ``device``: the problem's device, which decides ``backend=None`` (torch on CUDA, else SciPy). Without it,
+        ``backend=None`` accepts a method and options that either of SciPy and torch accepts (the flow run checks
+        them against the backend it uses)."""
         from . import integrate
 
-        integrate.get_backend(self.backend)
-        integrate.check_method(self.backend, self.method)
-        check = getattr(integrate, "check_options", None)
-        if check is not None:
-            check(self.backend, self.options)
+        if self.backend is None and device is None:
+            candidates = ("scipy", "torch")
+        else:
+            candidates = (self.backend_for(device),)
+        errors = []
+        for name in candidates:
+            try:
+                integrate.get_backend(name)
+                integrate.check_method(name, self.method)
+                integrate.check_options(name, self.options, self.method)
+                return
+            except (ValueError, TypeError) as e:
+                errors.append(e)
+        if len(errors) == 1:
+            raise errors[0]
+        raise type(errors[0])("integrator with backend=None (torch for a problem on a CUDA device, else scipy): "
+                              + "; ".join(str(e) for e in errors))
 
 
 @dataclass(frozen=True)
@@ -253,6 +281,10 @@ class RodSpec(_Section):
         _bool("rod", "bea", self.bea)
 
 
+#: values of ``central.counter_rate``
+COUNTER_RATES = ("1", "1/beta2")
+
+
 @dataclass(frozen=True)
 class CentralSpec(_Section):
     """Central flow (docs/central_flows.md). Thresholds are fractions of the stability threshold (effective
@@ -261,7 +293,9 @@ class CentralSpec(_Section):
     ``tau``: relaxation time of the complementarity condition (None → 1/substeps, optimizer steps).
     ``eig_tol``/``eig_max_iter``: the tracked subspace's LOBPCG refreshes; ``max_track``: cap on tracked
     eigenpairs; ``sdcp_tol``: SDCP solver tolerance; ``refresh_tol``: Ritz residual above which the subspace is
-    improved."""
+    improved. ``counter_rate``: rate of the optimizer's step counter (bias correction, schedules) along the flow:
+    ``"1"`` (one step per unit time, what the equations give) or ``"1/beta2"`` (the reference implementation's
+    convention, for side-by-side comparisons; docs/central_flows.md §7)."""
 
     sdcp_threshold: float = 0.975
     track_threshold: float = 0.75
@@ -271,6 +305,7 @@ class CentralSpec(_Section):
     max_track: int = 8
     sdcp_tol: float = 1e-10
     refresh_tol: float = 1e-3
+    counter_rate: str = "1"
 
     _where = "central"
 
@@ -285,6 +320,8 @@ class CentralSpec(_Section):
         _set(self, "max_track", _int("central", "max_track", self.max_track, lo=1))
         _set(self, "sdcp_tol", _float("central", "sdcp_tol", self.sdcp_tol, lo=0, hi=1))
         _set(self, "refresh_tol", _float("central", "refresh_tol", self.refresh_tol, lo=0, hi=1))
+        if self.counter_rate not in COUNTER_RATES:
+            raise ValueError(f"central.counter_rate={self.counter_rate!r} is not one of {list(COUNTER_RATES)}")
 
     def model_options(self, substeps: int | None) -> dict:
         """Keyword options of :class:`pyrod.flows.central.CentralFlow`."""
@@ -491,7 +528,7 @@ class RunSpec(_Section):
 FLAT_KEYWORDS = {
     "steps": "stop.steps", "loss_target": "stop.loss_target", "divergence_factor": "stop.divergence_factor",
     "eigs": "eig.k", "eig_every": "eig.every", "eig_tol": "eig.tol", "eig_max_iter": "eig.max_iter",
-    "flow_eig_every": "eig.flow_every",
+    "flow_eig_every": "eig.flow_every", "eig_raw": "eig.raw",
     "path": "output.path", "overwrite": "output.overwrite", "chunk": "output.chunk",
     "checkpoint_every": "output.checkpoint_every", "snapshot_every": "output.snapshot_every",
     "backend": "integrator.backend", "method": "integrator.method", "rtol": "integrator.rtol",
@@ -500,7 +537,7 @@ FLAT_KEYWORDS = {
     "bea": ("stable.bea", "rod.bea"),
     "sdcp_threshold": "central.sdcp_threshold", "track_threshold": "central.track_threshold",
     "tau": "central.tau", "max_track": "central.max_track", "sdcp_tol": "central.sdcp_tol",
-    "refresh_tol": "central.refresh_tol",
+    "refresh_tol": "central.refresh_tol", "counter_rate": "central.counter_rate",
     "runs": "runs", "restart_at": "restart_at", "events": "events",
 }
 #: backend options accepted as flat keywords too (they land in ``integrator.options``)

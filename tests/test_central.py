@@ -341,6 +341,40 @@ def test_central_default_method_is_euler_and_recorded():
     assert np.array_equal(a["central"].ds["predicted_loss"].values, b["central"].ds["predicted_loss"].values)
 
 
+def test_counter_rate_option_maps_only_the_bias_correction_clock():
+    """``counter_rate="1/beta2"`` (the reference's convention) runs the optimizer's step counter at 1/β2 from the
+    flow's start: the preconditioner is evaluated at ``t0 + (t − t0)/β2``. With bias correction the flow changes;
+    without it the counter enters nothing, so the two runs are bit-identical. Not defined for GD."""
+    from pyrod.flows.central import _CounterClock
+    from pyrod.optimizers import RMSProp
+
+    opt = RMSProp(lr=0.01, beta2=0.9, bias_correction=True)
+    clock = _CounterClock(opt, 1 / 0.9)
+    clock.t0 = 3.0
+    nu = torch.full((4,), 0.5, dtype=torch.float64)
+    torch.testing.assert_close(clock.preconditioner(nu, 5.0), opt.preconditioner(nu, 3.0 + 2.0 / 0.9),
+                               rtol=0, atol=0)
+    assert clock.beta2 == 0.9 and clock.has_nu          # everything else is the optimizer's own
+
+    prob = _small_mlp()
+    out = {}
+    for bc in (True, False):
+        for rate in ("1", "1/beta2"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                tree = pyrod.simulate(prob, RMSProp(lr=0.02, beta2=0.9, bias_correction=bc), steps=8,
+                                      runs=["discrete", "central"], eigs=1, eig_every=4, restart_at=2,
+                                      counter_rate=rate)
+            assert tree["central"].attrs["counter_rate"] == rate
+            out[bc, rate] = tree["central"].ds["loss"].values[2:]
+    assert np.array_equal(out[False, "1"], out[False, "1/beta2"])
+    assert np.nanmax(np.abs(out[True, "1"] - out[True, "1/beta2"])) > 1e-8
+    with pytest.raises(ValueError, match="counter_rate"):
+        pyrod.simulate(prob, GD(lr=0.1), steps=2, runs=["discrete", "central"], counter_rate="1/beta2")
+    with pytest.raises(ValueError, match="counter_rate"):
+        pyrod.simulate(prob, GD(lr=0.1), steps=2, runs=["discrete", "central"], counter_rate="2")
+
+
 # ------------------------------------------------------------------------------------------------ slow: MLP
 def _mlp_eos_run(opt, steps, **kw):
     prob = pyrod.problem(model="mlp", data="digits", classes=4, n=300, seed=0,

@@ -106,6 +106,25 @@ def test_flow_eig_every_reaches_only_the_flows_measurers():
     assert runs["discrete"].measurer.eig_every == 2 and runs["rod"].measurer.eig_every == 5
 
 
+def test_eig_raw_reaches_every_measurer_and_skips_the_raw_solve():
+    """``eig_raw=False``: no λmax(H) solve for a preconditioned optimizer (``sharpness`` NaN, fewer HVPs), the
+    preconditioned eigenvalues unchanged; GD's ``sharpness`` is its only eigen-solve either way."""
+    prob = pyrod.problem(model="mlp", data="digits", classes=3, n=40, seed=0, model_kwargs={"width": 6})
+    spec, runs = build({"name": "RMSProp", "lr": 0.01}, problem={"model": "mlp", "data": "digits", "classes": 3,
+                                                                  "n": 40, "seed": 0, "model_kwargs": {"width": 6}},
+                       runs=["discrete", "rod"], eig_raw=False)
+    assert all(r.measurer.raw is False and r.measurer.raw_tracker is None for r in runs.values())
+    out = {}
+    for raw in (True, False):
+        out[raw] = pyrod.simulate(prob, pyrod.optimizers.RMSProp(lr=0.01), steps=6, eigs=1, eig_every=2,
+                                  eig_raw=raw)["discrete"].ds
+    assert np.isnan(out[False]["sharpness"].values[::2]).all() and np.isfinite(out[True]["sharpness"].values[::2]).all()
+    np.testing.assert_array_equal(out[False]["eigs"].values, out[True]["eigs"].values)
+    assert out[False].attrs["n_hvp"] < out[True].attrs["n_hvp"]
+    gd = pyrod.simulate(prob, pyrod.optimizers.GD(lr=0.1), steps=4, eigs=1, eig_every=2, eig_raw=False)["discrete"].ds
+    assert np.isfinite(gd["sharpness"].values[::2]).all()
+
+
 def test_flow_default_integrators_are_used_and_recorded(tmp_path):
     prob = pyrod.problem(**PROB)
     tree = pyrod.simulate(prob, pyrod.optimizers.GD(lr=0.1), steps=6, runs=["discrete", "stable", "rod"])

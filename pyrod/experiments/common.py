@@ -205,13 +205,7 @@ class Context:
         Raises ExperimentError naming the failed points (the others are kept)."""
         import pyrod
 
-        client = self.scheduler
-        if client is None and self.jobs != 1:
-            if self._client is None:
-                from distributed import Client
-
-                self._client = Client(pyrod.sweep.local_cluster(self.jobs))
-            client = self._client
+        client = None if self.scheduler is None and self.jobs == 1 else self._dask_client()
         res = pyrod.sweep(base, grid, self.out / folder, zip=zip, name=name, client=client, jobs=self.jobs,
                           rerun_changed=True, progress=self.progress)
         for rel in [f"{folder}/{p['file']}" for p in res.points] + [f"{folder}/sweep.json"]:
@@ -223,6 +217,62 @@ class Context:
                                   f"{self.out / folder / 'sweep.json'}; rerunning resumes the others); first, "
                                   f"{first['name']}:\n{first['error']}")
         return res
+
+    def map(self, fn, items, desc: str) -> list:
+        """``[fn(x) for x in items]``, in the order of ``items``, on this run's ``--jobs``/``--scheduler``.
+
+        For an experiment's own points (custom per-step analysis that :meth:`sweep` cannot express). With
+        ``jobs == 1`` and no scheduler: one after the other in this process, with :meth:`iterate`'s progress
+        bar. Otherwise each item is one Dask task (``client.submit``) on the context's client, the same one
+        :meth:`sweep` uses (a ``LocalCluster`` of ``jobs`` single-threaded workers, or the ``--scheduler``
+        cluster), with one progress bar over the finished items.
+
+        ``fn``: a module-level function (Dask pickles it by reference) of one item, plain data in and out
+        (numbers, strings, lists, dicts, numpy arrays): it runs in a worker process that shares nothing with
+        this one, so it must build its problem from the parameters it is given, set the torch thread count
+        it needs (``params["threads"]``, as in this process) and write its files to absolute paths
+        (:meth:`path` them here first, so that they go into the summary). ``functools.partial(fn, params)``
+        binds fixed arguments. Nothing is resumed: every item runs each time. The first item that raises cancels the
+        others and its exception is raised here (with the worker's traceback).
+        """
+        items = list(items)
+        if self.scheduler is None and self.jobs == 1:
+            return [fn(x) for x in self.iterate(items, desc)]
+        if not items:
+            return []
+        from distributed import as_completed
+
+        client = self._dask_client()
+        futures = [client.submit(fn, x, pure=False) for x in items]
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=len(items), desc=f"[{self.name}] {desc}", unit="run", leave=True)
+        try:
+            for fut in as_completed(futures):
+                if fut.status != "finished":
+                    fut.result()                 # raises the task's exception, with its remote traceback
+                if bar is not None:
+                    bar.update(1)
+            return client.gather(futures)
+        finally:
+            left = [f for f in futures if not f.done()]
+            if left:                             # after an error or an interrupt: free the workers
+                client.cancel(left)
+            if bar is not None:
+                bar.close()
+
+    def _dask_client(self):
+        """The one Dask client of this run's :meth:`sweep` and :meth:`map` calls (made at first use): the
+        ``--scheduler`` cluster, or a ``LocalCluster`` of ``jobs`` single-threaded workers."""
+        if self._client is None:
+            from distributed import Client
+
+            import pyrod
+
+            self._client = Client(self.scheduler) if self.scheduler is not None else \
+                Client(pyrod.sweep.local_cluster(self.jobs))
+        return self._client
 
     def close(self) -> None:
         """Close the sweeps' LocalCluster, if one was started."""

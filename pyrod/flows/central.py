@@ -62,7 +62,31 @@ __all__ = ["CentralFlow", "CentralFlowExperimentalWarning", "CENTRAL_OPTIONS"]
 
 #: option names accepted by :class:`CentralFlow` (through ``pyrod.simulate(..., runs=["central"], **options)``)
 CENTRAL_OPTIONS = ("sdcp_threshold", "track_threshold", "substeps", "tau", "eig_tol", "eig_max_iter",
-                   "max_track", "sdcp_tol", "refresh_tol", "bea")
+                   "max_track", "sdcp_tol", "refresh_tol", "counter_rate", "bea")
+
+
+class _CounterClock:
+    """The optimizer seen with its step counter running at ``rate`` per unit time from ``t0`` (the flow's start):
+    every time argument ``t`` of :meth:`preconditioner`, :meth:`direction` and :meth:`increment` becomes
+    ``t0 + rate·(t − t0)``; everything else is the optimizer's own. Used for ``counter_rate="1/beta2"``."""
+
+    def __init__(self, opt, rate: float):
+        self._opt, self.rate, self.t0 = opt, float(rate), 0.0
+
+    def clock(self, t):
+        return self.t0 + self.rate * (t - self.t0)
+
+    def preconditioner(self, nu, t):
+        return self._opt.preconditioner(nu, self.clock(t))
+
+    def direction(self, w, m, g, nu, t):
+        return self._opt.direction(w, m, g, nu, self.clock(t))
+
+    def increment(self, w, m, g, nu, t):
+        return self._opt.increment(w, m, g, nu, self.clock(t))
+
+    def __getattr__(self, name):
+        return getattr(self._opt, name)
 
 class CentralFlowExperimentalWarning(UserWarning):
     """The central flow of a momentum method is experimental (docs/momentum_central_flow.md)."""
@@ -92,10 +116,11 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
     """
 
     name = "central"
-    #: without a user ``method``: Euler with ``substeps`` per unit time (the reference's scheme, τ = 1/substeps).
+    #: without a user ``method``: Euler with ``substeps`` per unit time (the reference's scheme, τ = 1/substeps), on
+    #: the SciPy and the torch backend alike (:attr:`FlowModel.default_method`).
     #: An adaptive method at rtol 1e-6 follows the non-smooth right-hand side (the critical set changes, the SDCP
     #: switches) with tiny steps: GD on a 4-class digits MLP (n = 400) did not finish 1200 steps in 30 minutes.
-    default_method = "euler"
+    default_method = {"scipy": "euler", "torch": "euler"}
     tshift = 0.0
     compare_shift = 0.5
     grads_per_rhs = 1
@@ -103,11 +128,19 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
     def __init__(self, problem, optimizer, *, bea: bool = False, sdcp_threshold: float = 0.975,
                  track_threshold: float = 0.75, substeps: int = 4, tau: float | None = None,
                  eig_tol: float = 1e-6, eig_max_iter: int = 100, max_track: int = 8, sdcp_tol: float = 1e-10,
-                 refresh_tol: float = 1e-3):
+                 refresh_tol: float = 1e-3, counter_rate: str = "1"):
         o = self.validate_options(bea=bea, sdcp_threshold=sdcp_threshold, track_threshold=track_threshold,
                                   substeps=substeps, tau=tau, eig_tol=eig_tol, eig_max_iter=eig_max_iter,
-                                  max_track=max_track, sdcp_tol=sdcp_tol, refresh_tol=refresh_tol)
+                                  max_track=max_track, sdcp_tol=sdcp_tol, refresh_tol=refresh_tol,
+                                  counter_rate=counter_rate)
         super().__init__(problem, optimizer, bea=False)
+        self.counter_rate = o["counter_rate"]
+        if self.counter_rate == "1/beta2":
+            beta2 = getattr(optimizer, "beta2", None)
+            if not optimizer.has_nu or beta2 is None:
+                raise ValueError(f"counter_rate='1/beta2' needs an optimizer with a second moment and beta2; "
+                                 f"{optimizer.name} has none")
+            self.opt = _CounterClock(optimizer, 1.0 / float(beta2))
         sdcp_threshold, track_threshold, substeps, tau = (o["sdcp_threshold"], o["track_threshold"], o["substeps"],
                                                           o["tau"])
         eig_tol, eig_max_iter, max_track, sdcp_tol, refresh_tol = (o["eig_tol"], o["eig_max_iter"], o["max_track"],
@@ -156,8 +189,11 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
         if unknown:
             raise TypeError(f"unexpected central-flow options {sorted(unknown)}; valid: {sorted(CENTRAL_OPTIONS)}")
         o = dict(bea=False, sdcp_threshold=0.975, track_threshold=0.75, substeps=4, tau=None, eig_tol=1e-6,
-                 eig_max_iter=100, max_track=8, sdcp_tol=1e-10, refresh_tol=1e-3)
+                 eig_max_iter=100, max_track=8, sdcp_tol=1e-10, refresh_tol=1e-3, counter_rate="1")
         o.update(options)
+        if o["counter_rate"] not in ("1", "1/beta2"):
+            raise ValueError(f"counter_rate={o['counter_rate']!r} must be '1' (one optimizer step per unit time) or "
+                             f"'1/beta2' (the reference implementation's convention)")
         if o["bea"]:
             raise ValueError("bea=True is not available for the central flow: the backward-error correction "
                              "differentiates the right-hand side, which contains the SDCP solve")
@@ -195,6 +231,16 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
             ev = self.evaluate(t, y, count=False)   # FlowRun counts the RHS gradient
         return ev.dy
 
+    def measure_time(self, k):
+        """With ``counter_rate="1/beta2"`` the read-out's P⁻¹H uses the flow's own (mapped) counter, as its dynamics."""
+        t = k + self.tshift
+        return self.opt.clock(t) if isinstance(self.opt, _CounterClock) else t
+
+    def initial_state(self, s0, s1, nu_next) -> torch.Tensor:
+        if isinstance(self.opt, _CounterClock):
+            self.opt.t0 = float(s0.k)          # the counter runs at 1/β2 from the flow's start
+        return PhaseSpaceState.initial_state(self, s0, s1, nu_next)
+
     # hooks read by FlowRun
     def integrator_options(self) -> dict:
         # exact_saves: adaptive steps land on the save times, so on_accept sees the exact states at integer t
@@ -221,13 +267,18 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
         read-outs computed during integration (``stash``), ``stats`` (``n_refresh`` seeds LOBPCG) and the
         warnings already given. The cache and the chunk are not state (cleared / set by ``begin_chunk``)."""
         return {**self.tracking_state(), "X_prev": self._X_prev,
-                "stash": {int(k): [v[0], dict(v[1])] for k, v in self._stash.items()},
+                "clock_t0": self.opt.t0 if isinstance(self.opt, _CounterClock) else None,
+                "stash": {int(k): [v[0], dict(v[1]), None if v[2] is None else dict(v[2])]
+                          for k, v in self._stash.items()},
                 "stats": dict(self.stats), "warned": sorted(self._warned)}
 
     def load_state_dict(self, state: dict) -> None:
         self.load_tracking_state(state)
+        if isinstance(self.opt, _CounterClock):
+            self.opt.t0 = float(state["clock_t0"])
         self._X_prev = None if state["X_prev"] is None else np.array(state["X_prev"])
-        self._stash = {int(k): (v[0], dict(v[1])) for k, v in state["stash"].items()}
+        self._stash = {int(k): (v[0], dict(v[1]), None if len(v) < 3 or v[2] is None else dict(v[2]))
+                       for k, v in state["stash"].items()}
         self.stats = dict(state["stats"])
         self._warned = set(state["warned"])
 
@@ -238,12 +289,32 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
         ck = self._chunk
         if abs(t - k) > 1e-9 or ck is None or k in self._stash or not (ck.k0 <= k < ck.k0 + len(ck.states)):
             return
-        self._stash[k] = (self._key(float(k), y)[1], self._predictions(float(k), y, ck.state(k).w))
+        key = self._key(float(k), y)
+        pred = self._predictions(float(k), y, ck.state(k).w)
+        spec = None
+        if self.spectrum_at is not None:
+            # the run's eigen diagnostics here too, warm-started from the tracked eigenvectors at this very state
+            # (P~^{1/2} U: eigenvectors of P^{-1/2} H P^{-1/2}); no HVPs for them when the Ritz pairs are cached
+            rr = self._cache.get(("rr", key))
+            init = None
+            if rr is not None:
+                p = self.layout.unpack(y)
+                Pt = self.P_tilde(p.get("nu"), float(k))
+                init = Pt.sqrt()[:, None] * rr[1] if Pt.numel() > 1 else rr[1]
+            spec = self.spectrum_at(k, y, init)
+        self._stash[k] = (key[1], pred, spec)
+
+    def stashed_spectrum(self, k, y_k):
+        got = self._stash.get(k)
+        if got is None or got[2] is None or got[0] != self._key(float(k), y_k)[1]:
+            return None
+        return got[2]
 
     def run_attrs(self) -> dict:
         return {"sdcp_threshold": self.sdcp_threshold, "track_threshold": self.track_threshold,
                 "tau": self.tau, "substeps": self.substeps, "max_track": self.max_track,
                 "eig_tol": self.eig_tol, "sdcp_tol": self.sdcp_tol, "refresh_tol": self.refresh_tol,
+                "counter_rate": self.counter_rate,
                 "experimental": int(self.experimental),
                 "units": "X, deltas, predicted_variances: P~-orthonormal coordinates, P~ = (threshold/2) P "
                          "(for GD P~ = 1/lr, as the reference implementation)"}

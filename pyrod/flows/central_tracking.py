@@ -31,16 +31,18 @@ class SubspaceTracking:
         self.k_track = 1
         self.Y = None               # (d, k_track) tracked basis in w-coordinates (P̃-orthonormal at its refresh)
         self.lam_last = None        # λ̃ at the last accepted step (Rayleigh–Ritz) or refresh
+        self.eig_floor = 0.0        # tolerance floor learned from an unconverged refresh (≤ refresh_tol)
         self._cache = {}            # (kind, t, y-digest) -> Ritz / evaluation data (pure; cleared per chunk)
 
     def tracking_state(self) -> dict:
-        return {"Y": self.Y, "k_track": self.k_track, "lam_last": self.lam_last}
+        return {"Y": self.Y, "k_track": self.k_track, "lam_last": self.lam_last, "eig_floor": self.eig_floor}
 
     def load_tracking_state(self, state: dict) -> None:
         dev, dt = self.problem.device, self.problem.dtype
         self.Y = None if state["Y"] is None else state["Y"].to(device=dev, dtype=dt)
         self.lam_last = None if state["lam_last"] is None else state["lam_last"].to(device=dev, dtype=dt)
         self.k_track = int(state["k_track"])
+        self.eig_floor = float(state.get("eig_floor", 0.0))
         self._cache = {}
 
     def track(self, t, y) -> bool:
@@ -92,12 +94,17 @@ class SubspaceTracking:
         for _ in range(self.max_track + 2):
             k = self.k_track
             evals, V, rep = top_eigs(op, self.d, k, dtype=self.problem.dtype, device=self.problem.device,
-                                     init=init, tol=self.eig_tol, max_iter=self.eig_max_iter,
+                                     init=init, tol=max(self.eig_tol, self.eig_floor), max_iter=self.eig_max_iter,
                                      seed=self.stats["n_refresh"])
             self.stats["refresh_hvp"] += rep.n_hvp
             self.stats["n_refresh"] += 1
             if not rep.converged:
                 self.stats["refresh_unconverged"] += 1
+            if not rep.converged and math.isfinite(rep.max_residual):
+                # the operator could not deliver eig_tol (a round-off floor, e.g. float32 HVPs of a large model,
+                # stalled or at eig_max_iter): later refreshes ask for 1.5× what this one reached, never more
+                # than refresh_tol (the accuracy the tracking keeps between refreshes anyway)
+                self.eig_floor = min(self.refresh_tol, max(self.eig_floor, 1.5 * rep.max_residual))
             init = V
             if not bool(torch.isfinite(evals).all()):
                 break

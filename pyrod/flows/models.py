@@ -83,9 +83,10 @@ class FlowModel:
     grads_per_rhs = 1
     #: length of the "eig" dim of (t, eig) model variables (set by FlowRun)
     n_eig = 0
-    #: integrator method used when the user gives none (SciPy backend); None: the backend's own default
-    default_method = None
-    #: (rtol, atol) used with ``default_method`` when the user gives no tolerances; None: (1e-6, 1e-9)
+    #: the flow's own integrator method per backend, used when the user gives no method and no tolerances:
+    #: ``{backend name: method}``; a backend not listed runs its own default method (at rtol 1e-6, atol 1e-9)
+    default_method: dict = {}
+    #: (rtol, atol) used with ``default_method`` (any backend); None: (1e-6, 1e-9)
     default_tolerances = None
 
     def __init__(self, problem, optimizer, *, bea: bool = False):
@@ -117,6 +118,19 @@ class FlowModel:
 
     def readout(self, k: int, y_k: torch.Tensor, y_prev_half: torch.Tensor | None, discrete) -> dict:
         return {}
+
+    def measure_time(self, k: int) -> float:
+        """The optimizer time at which the read-out at integer time ``k`` evaluates the preconditioner."""
+        return k + self.tshift
+
+    #: set by FlowRun: ``spectrum_at(k, y, init)`` measures the run's eigen diagnostics at integer time ``k`` from
+    #: the flow state ``y`` (``init``: the model's own eigenvectors there, or None); None where none are due at k
+    spectrum_at = None
+
+    def stashed_spectrum(self, k: int, y_k: torch.Tensor) -> dict | None:
+        """The eigen diagnostics at integer time ``k`` if the model already measured them (via
+        :attr:`spectrum_at`, during integration) at exactly ``y_k``; None: FlowRun measures them itself."""
+        return None
 
     def integrator_options(self) -> dict:
         return {}
@@ -199,11 +213,13 @@ class StableFlow(PhaseSpaceState, FlowModel):
     grads_per_rhs = 1
 
     # Default integrator (no method given): RK23 at rtol 1e-3 costs ~7 gradients per unit time for the rod flow
-    # inside the EoS at the same median centre distance as DOP853 at 1e-6 (~15); docs/central_flows.md §8.
-    # With bea=True the correction is second order in the step: keep the backend's tight default there.
+    # inside the EoS at the same median centre distance as DOP853 at 1e-6 (~15); docs/central_flows.md §8. On the
+    # torch backend the same Bogacki–Shampine 3(2) pair ("bosh3") at the same tolerances.
+    # With bea=True the correction is second order in the step: keep the backend's tight default there
+    # (DOP853 / dopri5 at rtol 1e-6, atol 1e-9).
     @property
     def default_method(self):
-        return None if self.bea else "RK23"
+        return {} if self.bea else {"scipy": "RK23", "torch": "bosh3"}
 
     @property
     def default_tolerances(self):

@@ -43,10 +43,10 @@ class FlowRun:
     :meth:`state_dict` / :meth:`load_state_dict` (between chunks) make a run resumable bit for bit.
     """
 
-    def __init__(self, model, measurer, *, backend="scipy", method=None, rtol=None, atol=None,
+    def __init__(self, model, measurer, *, backend=None, method=None, rtol=None, atol=None,
                  max_step=math.inf, events=(), restart_at=None, divergence_factor=1e6, substeps=None,
                  min_step=1e-9, max_rhs_per_unit=2000.0, options=None):
-        from ..integrate import check_options
+        from ..integrate import check_method, check_options
 
         self.problem = CountingProblem(model.problem)   # this run's own gradient / HVP counters
         model.problem = self.problem
@@ -54,20 +54,22 @@ class FlowRun:
         self.model, self.measurer = model, measurer
         self.opt = model.opt
         self.name = model.name
-        backend = resolve_backend(backend, model.problem.device)   # "auto" on a CUDA problem: "torch"
+        # the concrete backend: None -> "torch" on a CUDA problem, else "scipy"; "auto" -> torch on CUDA, else Julia
+        # or SciPy (recorded in the group attribute ``backend``)
+        backend = resolve_backend(backend, model.problem.device)
         self.backend_name = backend
         self.integrate = get_backend(backend)
         # a tensor backend (TENSORS = True, e.g. "torch") gets and returns torch tensors on the problem's device and
         # dtype: no host copy per right-hand side (see _flow_problem)
         self.tensors = takes_tensors(self.integrate)
-        # per-flow default integrator (``FlowModel.default_method``; central: Euler) where the user gave no method;
-        # the spec keeps method=None (the user's intent), the group attributes record the method used
-        # (only when the user chose neither a method nor tolerances: a given rtol means "this accuracy, with the
-        # backend's own default method")
-        self.method_from_model = method is None and rtol is None and atol is None \
-            and (backend or "scipy").lower() == "scipy" and getattr(model, "default_method", None) is not None
+        # per-flow default integrator (``FlowModel.default_method[backend]``: stable / rod RK23 or bosh3, central
+        # Euler) where the user gave no method; the spec keeps method=None (the user's intent), the group attributes
+        # record the method used (only when the user chose neither a method nor tolerances: a given rtol means
+        # "this accuracy, with the backend's own default method")
+        flow_default = (getattr(model, "default_method", None) or {}).get(backend)
+        self.method_from_model = method is None and rtol is None and atol is None and flow_default is not None
         if self.method_from_model:
-            method = model.default_method
+            method = flow_default
         # tolerances the user did not give: the model's defaults for its default method, else 1e-6 / 1e-9
         tol = getattr(model, "default_tolerances", None) if self.method_from_model else None
         if rtol is None:
@@ -81,6 +83,7 @@ class FlowRun:
         self.substeps = substeps
         self.min_step, self.max_rhs_per_unit = min_step, max_rhs_per_unit
         self.user_options = dict(options or {})
+        check_method(backend, method)
         check_options(backend, self.user_options, method)
         self.rhs_t = model.rhs_fn()
         self.y = None          # torch state at self.t
@@ -100,6 +103,7 @@ class FlowRun:
             from ..spectra import EigTracker
             self._eos_tracker = EigTracker(1, tol=1e-10, max_iter=50, warn=False)
         model.n_eig = measurer.k  # length of the "eig" dim of model-specific (t, eig) variables
+        model.spectrum_at = self._spectrum_at
 
     @property
     def cum(self) -> list:
@@ -269,7 +273,7 @@ class FlowRun:
                 def fn(t, y, tracker=tracker, thr=thr):
                     yt = self._to_torch(y)
                     w, _ = self.model.centre(yt)
-                    P = self.measurer.preconditioner(self.model.nu_of(yt), t + self.model.tshift)
+                    P = self.measurer.preconditioner(self.model.nu_of(yt), self.model.measure_time(t))
                     lam, _, _ = tracker(self.problem, w, P)
                     return float(lam[0]) / thr - 1.0
                 out.append(Event(spec.name, fn, +1, spec.terminal, "eos"))
@@ -349,11 +353,21 @@ class FlowRun:
         elif seg.status == "failed":
             self.stopped = f"integration failed at t={seg.t_end:.6g}: {seg.message}"
 
+    def _spectrum_at(self, k, y, init=None):
+        """The measurer's eigen diagnostics at integer time ``k`` from the flow state ``y`` (what :meth:`_readout`
+        would measure there), warm-started from ``init``; None where no eigenvalues are due at ``k``. The central
+        flow calls this while its tracked eigenvectors at ``k`` are at hand (one warm solve instead of two)."""
+        if not self.measurer.wants_eigs(k):
+            return None
+        w, _ = self.model.centre(y)
+        return self.measurer.spectrum(w, self.model.nu_of(y), self.model.measure_time(k), init=init)
+
     def _readout(self, k, yk, y_cmp, chunk) -> dict:
         model = self.model
         w, _ = model.centre(yk)
         nu = model.nu_of(yk)
-        values = self.measurer.measure(w, step=k, nu=nu, t=k + model.tshift)
+        values = self.measurer.measure(w, step=k, nu=nu, t=model.measure_time(k),
+                                       spectrum=model.stashed_spectrum(k, yk))
         s, s_next = chunk.state(k), chunk.state(k + 1)
         centre = 0.5 * (s.w + s_next.w)
         w_cmp, _ = model.centre(y_cmp)

@@ -9,12 +9,20 @@ A NumPy ``y0`` is taken as a float64 CPU tensor. ``t`` is a Python float in opti
 Methods (``problem.method``, case-insensitive):
 
 * ``"dopri5"`` (default): Dormand–Prince 5(4), 7 stages with first-same-as-last (6 right-hand sides per accepted
-  step), error norm ``sqrt(mean((err / (atol + rtol·max(|y|, |y_new|)))²))`` and a PI step-size controller
-  (``h ← h · clamp(0.9 · err^−0.17 · err_prev^0.04, 0.2, 10)``; no growth right after a rejection). Dense output:
-  the method's own 4th-order continuous extension (exact at the step ends).
+  step). Dense output: the method's own 4th-order continuous extension (exact at the step ends).
+* ``"bosh3"``: Bogacki–Shampine 3(2) (the pair of SciPy's ``RK23``), 4 stages with first-same-as-last (3
+  right-hand sides per accepted step). Dense output: the cubic Hermite interpolant of the step's end values and
+  slopes (3rd order, exact at the step ends; the slope at the new end is the FSAL stage, so it costs nothing).
 * ``"rk4"``: the classical fourth-order method on the fixed grid ``j / substeps``; dense output its 3rd-order
   continuous extension.
 * ``"euler"``: explicit Euler on the grid ``j / substeps`` (as :mod:`.fixed_step`); linear dense output.
+
+The adaptive methods (dopri5, bosh3) share the error control: error norm
+``sqrt(mean((err / (atol + rtol·max(|y|, |y_new|)))²))`` of the embedded estimate ``err`` (order ``q``: 4 for
+dopri5, 2 for bosh3), a step accepted when the norm is ≤ 1, and a PI step-size controller
+``h ← h · clamp(0.9 · err^−α · err_prev^β, 0.2, 10)`` with ``β = 0.04``, ``α = 1/(q+1) − 0.75·β`` (Hairer's
+DOPRI5 choice; β small, so close to SciPy's pure ``err^−1/(q+1)`` control) and no growth right after a
+rejection. Their starting step is Hairer–Nørsett–Wanner's estimate with the exponent ``1/(q+1)``.
 
 Fixed-step methods anchor their grid at 0 (a run split into segments takes the steps of one long run);
 ``options["substeps"]`` (default 4) steps per unit time.
@@ -24,10 +32,11 @@ device→host transfer: a single ``.tolist()`` of a small stacked tensor holding
 a finiteness flag and ``‖y_new‖₂`` (for ``max_norm``), and — when ``problem.diverged`` is a *tensor score* (a
 callable with attribute ``tensor_score = True`` returning a 0-dim tensor; ``> 0`` or non-finite is divergence, and
 its optional attribute ``explain(t, y)`` gives the message) — that score. So an accepted step costs one transfer
-(plus one per rejected attempt before it). Per segment, one more checks the start (finite ``y0``, and for
-``dopri5`` a finite right-hand side there); ``dopri5`` without ``first_step`` makes two instead, for its initial
-step-size estimate (and one extra right-hand side). Hooks the caller supplies may sync on their own: an event function returns a float (one
-transfer per event per step), ``project`` is compared with ``torch.equal``, a plain ``diverged`` returns a string.
+(plus one per rejected attempt before it). Per segment, one more checks the start (finite ``y0``, and for an
+adaptive method a finite right-hand side there); an adaptive method without ``first_step`` makes two instead, for
+its initial step-size estimate (and one extra right-hand side). Hooks the caller supplies may sync on their own: an
+event function returns a float (one transfer per event per step), ``project`` is compared with ``torch.equal``, a
+plain ``diverged`` returns a string.
 
 Everything else is :func:`pyrod.integrate.driver.drive` itself, run on tensors (``_TensorOps``): saves from the dense output (or the step end when a
 step lands there; ``options["exact_saves"]=True`` makes adaptive steps land on every save time), events located
@@ -45,7 +54,7 @@ Why not torchdiffeq / torchode: neither locates several directional, non-termina
 the driver's far-side convention, lands steps on save times, calls a per-accepted-step hook that can change the
 state (projection) or stop on pyrod's divergence / step-floor / evaluation-budget bounds, nor returns the proposed
 next step for a bit-identical restart; torchdiffeq also syncs in its step loop. What is ours here is the steppers
-(Dormand–Prince with its interpolant, RK4, Euler); the accepted-step loop is the shared driver's.
+(Dormand–Prince with its interpolant, Bogacki–Shampine, RK4, Euler); the accepted-step loop is the shared driver's.
 """
 from __future__ import annotations
 
@@ -58,17 +67,19 @@ from .base import FlowProblem, Segment
 from .driver import _NUMERIC_ERRORS, ArrayOps, Counter, StepFailure, check_length, drive, next_stop, prepare_times
 from .fixed_step import next_grid_time
 
-__all__ = ["integrate_segment", "TENSORS", "METHODS", "DEFAULT_METHOD", "OPTIONS", "DEFAULT_SUBSTEPS"]
+__all__ = ["integrate_segment", "TENSORS", "METHODS", "ADAPTIVE", "DEFAULT_METHOD", "OPTIONS", "DEFAULT_SUBSTEPS"]
 
 #: this backend passes torch tensors (not NumPy arrays) to the problem's callables
 TENSORS = True
-METHODS = ("dopri5", "rk4", "euler")
+METHODS = ("dopri5", "bosh3", "rk4", "euler")
+#: the embedded-pair methods (error control, PI step-size controller)
+ADAPTIVE = ("dopri5", "bosh3")
 DEFAULT_METHOD = "dopri5"
 DEFAULT_SUBSTEPS = 4
 OPTIONS = {
     "substeps": "rk4 / euler: steps per unit time (int >= 1, default 4); the step is 1/substeps",
     "max_steps": "accepted steps per segment (default unlimited)",
-    "exact_saves": "dopri5: bool (default False): steps land on the save times instead of interpolating",
+    "exact_saves": "dopri5 / bosh3: bool (default False): steps land on the save times instead of interpolating",
 }
 
 # ---------------------------------------------------------------------------------- Dormand–Prince 5(4)
@@ -91,8 +102,50 @@ _P = ((1.0, -8048581381 / 2820520608, 8663915743 / 2820520608, -12715105075 / 11
       (0.0, 127303824393 / 49829197408, -318862633887 / 49829197408, 701980252875 / 199316789632),
       (0.0, -282668133 / 205662961, 2019193451 / 616988883, -1453857185 / 822651844),
       (0.0, 40617522 / 29380423, -110615467 / 29380423, 69997945 / 29380423))
+
+# ------------------------------------------------------------------------------- Bogacki–Shampine 3(2)
+# Bogacki & Shampine, Appl. Math. Lett. 2 (1989) 321–325: third-order weights b (= the last row of A: first same
+# as last), embedded second-order weights b̂ = (7/24, 1/4, 1/3, 1/8) on (K1, K2, K3, K4 = f(t + h, y_new)).
+_C3 = (0.0, 1 / 2, 3 / 4, 1.0)
+_A3 = ((),
+       (1 / 2,),
+       (0.0, 3 / 4),
+       (2 / 9, 1 / 3, 4 / 9))
+# b − b̂
+_E3 = (2 / 9 - 7 / 24, 1 / 3 - 1 / 4, 4 / 9 - 1 / 3, -1 / 8)
+
+
+def _dopri5_interp(y_old, y_new, h, th, K):
+    """Dormand–Prince's continuous extension at ``t_old + th·h`` (4th order)."""
+    pw = (th, th * th, th ** 3, th ** 4)
+    coeffs = [sum(p * q for p, q in zip(row, pw, strict=True)) for row in _P]
+    return _comb(y_old, h, coeffs, K)
+
+
+def _hermite_interp(y_old, y_new, h, th, K):
+    """Cubic Hermite interpolant of ``(y_old, K[0])`` and ``(y_new, K[-1])`` (the end slopes; FSAL) at
+    ``t_old + th·h``: ``y_old + (3θ² − 2θ³)(y_new − y_old) + h[(θ − 2θ² + θ³) K₁ + (θ³ − θ²) K_last]``."""
+    h01 = 3 * th * th - 2 * th ** 3
+    h10 = th - 2 * th * th + th ** 3
+    h11 = th ** 3 - th * th
+    return y_old + h01 * (y_new - y_old) + (h * h10) * K[0] + (h * h11) * K[-1]
+
+
+class _Pair:
+    """An explicit embedded Runge–Kutta pair with first-same-as-last: nodes ``C``, rows ``A[1:]`` (the last row
+    is the propagating weights ``b``, so the last stage is ``f(t + h, y_new)``), error weights ``E = b − b̂``,
+    embedded order ``q`` (the error estimate is ``O(h^(q+1))``), and its dense output
+    ``interp(y_old, y_new, h, θ, K)``."""
+
+    def __init__(self, name, C, A, E, q, interp):
+        self.name, self.C, self.A, self.E, self.q, self.interp = name, C, A, E, q, interp
+        self.stages = len(C)
+        self.expo = 1.0 / (q + 1) - 0.75 * _BETA    # PI controller: err^−α · err_prev^β
+
+
 _SAFETY, _FAC_MIN, _FAC_MAX, _BETA = 0.9, 0.2, 10.0, 0.04
-_EXPO = 1 / 5 - 0.75 * _BETA
+_PAIRS = {"dopri5": _Pair("dopri5", _C, _A, _E, 4, _dopri5_interp),
+          "bosh3": _Pair("bosh3", _C3, _A3, _E3, 2, _hermite_interp)}
 
 
 def _to_host(x):
@@ -208,11 +261,12 @@ class _FixedStepper(_Stepper):
         self.t_old, self.y_old = self.t, y
 
 
-class _Dopri5Stepper(_Stepper):
-    """Dormand–Prince 5(4) with PI step-size control (one host transfer per attempt)."""
+class _EmbeddedStepper(_Stepper):
+    """An embedded pair (:class:`_Pair`: dopri5, bosh3) with PI step-size control (one host transfer per attempt)."""
 
-    def __init__(self, problem, t0, y0, t1, counter, score, first_step, stops):
+    def __init__(self, problem, pair, t0, y0, t1, counter, score, first_step, stops):
         super().__init__(problem, t0, y0, t1, counter, score)
+        self.pair = pair
         self.rtol, self.atol = float(problem.rtol), float(problem.atol)
         ms = problem.max_step
         self.max_step = float(ms) if ms is not None and math.isfinite(ms) and ms > 0 else math.inf
@@ -256,11 +310,12 @@ class _Dopri5Stepper(_Stepper):
         d2 = float(_to_host(torch.linalg.vector_norm((f1 - f0) / scale))) / rn / h0
         if not math.isfinite(d2):
             d2 = 1e300
-        h1 = max(1e-6, h0 * 1e-3) if max(d1, d2) <= 1e-15 else (0.01 / max(d1, d2)) ** (1 / 5)
+        h1 = max(1e-6, h0 * 1e-3) if max(d1, d2) <= 1e-15 else (0.01 / max(d1, d2)) ** (1 / (self.pair.q + 1))
         return min(100 * h0, h1, self.max_step)
 
     def step(self):
         t, y, f0 = self.t, self.y, self.fy
+        P = self.pair
         bound = next_stop(self.stops, t, self.t1) if len(self.stops) else self.t1
         while True:
             h = min(self.h, self.max_step)
@@ -269,18 +324,19 @@ class _Dopri5Stepper(_Stepper):
                 t_new = bound
                 h = bound - t
             if not h > 10 * np.finfo(float).eps * max(1.0, abs(t)):
-                raise StepFailure(f"dopri5: step size {h:.3g} too small")
+                raise StepFailure(f"{P.name}: step size {h:.3g} too small")
             K = [f0]
-            for i in range(1, 7):
-                K.append(self.f(t + _C[i] * h, _comb(y, h, _A[i], K)))
-            y_new = _comb(y, h, _A[6], K[:6])
-            err = _comb(torch.zeros_like(y), h, _E, K)
+            for i in range(1, P.stages - 1):
+                K.append(self.f(t + P.C[i] * h, _comb(y, h, P.A[i], K)))
+            y_new = _comb(y, h, P.A[-1], K)             # the propagating weights b (the last row: FSAL)
+            K.append(self.f(t + P.C[-1] * h, y_new))
+            err = _comb(torch.zeros_like(y), h, P.E, K)
             scale = self.atol + self.rtol * torch.maximum(y.abs(), y_new.abs())
             err_norm = torch.linalg.vector_norm(err / scale) / math.sqrt(y.numel())
             self._t_new = t_new
             (e,) = self._sync(y_new, (err_norm,))
             if math.isfinite(e) and e <= 1.0:
-                fac11 = e ** _EXPO if e > 0 else 0.0
+                fac11 = e ** P.expo if e > 0 else 0.0
                 fac = fac11 / self.err_prev ** _BETA / _SAFETY
                 fac = min(1.0 / _FAC_MIN, max(1.0 / _FAC_MAX, fac)) if fac > 0 else 1.0 / _FAC_MAX
                 h_prop = h / fac
@@ -289,10 +345,10 @@ class _Dopri5Stepper(_Stepper):
                 self.err_prev, self.rejected = max(e, 1e-4), False
                 self.h = h_prop
                 self.t_old, self.y_old = t, y
-                self.t, self.y, self.fy, self.K = t_new, y_new, K[6], K
+                self.t, self.y, self.fy, self.K = t_new, y_new, K[-1], K
                 return
             # rejected attempt (NaN / inf error counts as a large one)
-            shrink = _FAC_MIN if not math.isfinite(e) else max(_FAC_MIN, _SAFETY / e ** _EXPO)
+            shrink = _FAC_MIN if not math.isfinite(e) else max(_FAC_MIN, _SAFETY / e ** P.expo)
             self.h, self.rejected = h * min(1.0, shrink), True
             self.n_rejected += 1
             self._check_budget()
@@ -302,9 +358,7 @@ class _Dopri5Stepper(_Stepper):
         if h == 0:
             return self.y
         th = (float(s) - self.t_old) / h
-        pw = (th, th * th, th ** 3, th ** 4)
-        coeffs = [sum(p * q for p, q in zip(row, pw, strict=True)) for row in _P]
-        return _comb(self.y_old, h, coeffs, self.K)
+        return self.pair.interp(self.y_old, self.y, h, th, self.K)
 
     def h_next(self):
         return self.h
@@ -348,9 +402,9 @@ def integrate_segment(problem: FlowProblem, t0: float, y0, t1: float, t_save) ->
     stepper = None
     if t1 > t0:
         try:
-            if method == "dopri5":   # checks that y0 is finite in its first transfer
+            if method in ADAPTIVE:   # checks that y0 is finite in its first transfer
                 stops = ts if problem.options.get("exact_saves") else np.empty(0)
-                stepper = _Dopri5Stepper(problem, t0, y0, t1, counter, score, first, stops)
+                stepper = _EmbeddedStepper(problem, _PAIRS[method], t0, y0, t1, counter, score, first, stops)
             elif _to_host(torch.isfinite(y0).all()):
                 n = _substeps(problem)
                 if budget is not None:  # the cost per unit time is fixed

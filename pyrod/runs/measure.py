@@ -50,13 +50,15 @@ class Measurer:
     eig_every: int
     eig_tol: float = 1e-8
     eig_max_iter: int = 200
+    raw: bool = True          # also λmax(H) when there is a preconditioner (a second solve)
 
     def __post_init__(self):
         from ..spectra import EigTracker
 
         self.adaptive = bool(self.optimizer.has_nu)
         self.tracker = EigTracker(self.k, tol=self.eig_tol, max_iter=self.eig_max_iter)
-        self.raw_tracker = EigTracker(1, tol=self.eig_tol, max_iter=self.eig_max_iter) if self.adaptive else None
+        self.raw_tracker = EigTracker(1, tol=self.eig_tol, max_iter=self.eig_max_iter) \
+            if self.adaptive and self.raw else None
         self.last_evecs = None  # eigenvectors of the symmetric form at the last eigen-solve
 
     def state_dict(self) -> dict:
@@ -81,8 +83,10 @@ class Measurer:
         return self.optimizer.preconditioner(nu, t)
 
     def measure(self, w: torch.Tensor, *, step: int, nu=None, t: float | None = None, loss=None,
-                grad=None, eigs: bool | None = None) -> dict:
-        """Diagnostics at parameters ``w`` (``(d,)``); ``nu`` the second moment entering ``P`` at time ``t``."""
+                grad=None, eigs: bool | None = None, spectrum: dict | None = None) -> dict:
+        """Diagnostics at parameters ``w`` (``(d,)``); ``nu`` the second moment entering ``P`` at time ``t``.
+        ``spectrum``: the result of :meth:`spectrum` at this very point, computed earlier (a flow computes it
+        while its own eigenvectors there are at hand); used instead of a new eigen-solve."""
         prob = self.problem
         t = float(step if t is None else t)
         if loss is None or grad is None:
@@ -93,12 +97,14 @@ class Measurer:
         if eigs is None:
             eigs = self.wants_eigs(step)
         if eigs and math.isfinite(out["loss"]):
-            out.update(self.spectrum(w, nu, t))
+            out.update(spectrum if spectrum is not None else self.spectrum(w, nu, t))
         return out
 
-    def spectrum(self, w, nu, t) -> dict:
+    def spectrum(self, w, nu, t, init=None) -> dict:
+        """Eigen diagnostics at ``w`` (``eigs``, sharpnesses, ``threshold``, ``eig_residual``). ``init``: extra
+        warm-start vectors of ``P^{-1/2} H P^{-1/2}`` at this point (``(d, j)``), ahead of the tracker's own."""
         P = self.preconditioner(nu, t)
-        evals, evecs, rep = self.tracker(self.problem, w, P)
+        evals, evecs, rep = self.tracker(self.problem, w, P, init=init)
         self.last_evecs = evecs
         thr = float(self.optimizer.threshold())
         resid = float(np.max(rep.residuals)) if len(rep.residuals) else math.nan
@@ -109,6 +115,8 @@ class Measurer:
             out["sharpness"] = float(raw[0])
             if len(rep2.residuals):
                 resid = max(resid, float(np.max(rep2.residuals)))
+        elif self.adaptive:
+            out["sharpness"] = math.nan        # raw=False: λmax(H) not measured
         else:
             out["sharpness"] = float(evals[0])
         out["effective_sharpness"] = out["preconditioned_sharpness"] / thr if math.isfinite(thr) else math.nan
