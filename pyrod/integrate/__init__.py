@@ -12,8 +12,9 @@ A backend is ``integrate_segment(problem, t0, y0, t1, t_save) -> Segment`` (see 
 
 The default (``backend=None``, e.g. ``IntegratorSpec.backend``) depends on where the problem lives
 (:func:`resolve_backend` with ``device``): ``"torch"`` for a problem on a CUDA device (the state never leaves it:
-on an H200, float64, the rod flow inside the EoS on torch's dopri5 took 0.61× (GD) / 0.49× (Adam) the wall time
-of SciPy's DOP853 at the same accuracy), ``"scipy"`` otherwise (on a CPU the torch backend is not faster).
+on an H200, float64, the rod flow inside the EoS on torch's dopri5 took 0.61–0.79× (GD) / 0.48–0.49× (Adam)
+the wall time of SciPy's DOP853 at the same accuracy), ``"scipy"`` otherwise (on a CPU the torch backend is not
+faster).
 Without a device, ``None`` is ``"scipy"``.
 
 :func:`takes_tensors` says whether a backend's callables receive torch tensors (``TENSORS = True``).
