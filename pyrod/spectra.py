@@ -190,10 +190,12 @@ def _default_block(k: int) -> int:
     return k + max(2, math.ceil(k / 2))
 
 
-def _rel_residuals(AX, X, theta, anorm, dtype):
-    rn = torch.linalg.vector_norm(AX - X * theta, dim=0)
+def _rel_residuals(AX, X, theta, anorm, dtype, *, with_block: bool = False):
+    """Relative residuals (see the module docstring); ``with_block``: also the residual block ``AX − XΘ``."""
+    Rb = torch.addcmul(AX, X, theta, value=-1.0)
     floor = max(_REL_FLOOR * anorm, torch.finfo(dtype).tiny)
-    return rn / theta.abs().clamp_min(floor)
+    rel = torch.linalg.vector_norm(Rb, dim=0) / theta.abs().clamp_min(floor)
+    return (rel, Rb) if with_block else rel
 
 
 # ----------------------------------------------------------------------------- dense fallback
@@ -258,7 +260,7 @@ def _lobpcg(matvec, dim, k, b, dtype, device, init, tol, max_iter, seed):
     false_claims, last_true = 0, math.inf
     stalled = False
     while True:
-        rel = _rel_residuals(AX, X, theta, anorm, dtype)
+        rel, Rb = _rel_residuals(AX, X, theta, anorm, dtype, with_block=True)
         if checked:
             checked = False
             r_true = float(rel[:k].max())
@@ -299,7 +301,7 @@ def _lobpcg(matvec, dim, k, b, dtype, device, init, tol, max_iter, seed):
                     P, AP = S @ Q, AS @ Q
             pending = None
         # --- residual block of the active columns, orthonormal to [X, P]
-        R = _orthonormalize_against((AX - X * theta)[:, active], [X, P], dtype)
+        R = _orthonormalize_against(Rb if bool(active.all()) else Rb[:, active], [X, P], dtype)
         if R.shape[1] == 0:          # no new direction: stagnation (reported as not converged if so)
             max_iter = it
             continue
