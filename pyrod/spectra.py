@@ -341,6 +341,21 @@ def _lobpcg(matvec, dim, k, b, dtype, device, init, tol, max_iter, seed):
     return theta, X, rep, True
 
 
+def _as_init(init, dim: int, dtype, device):
+    """A warm start as a ``(dim, j)`` tensor of ``dtype`` on ``device`` (``(dim,)`` is one column), or None for
+    None or a non-finite one. TypeError / ValueError naming a wrong type or shape."""
+    if init is None:
+        return None
+    if not isinstance(init, torch.Tensor):
+        raise TypeError(f"init must be a torch.Tensor, got {type(init).__name__}")
+    if init.ndim == 1:
+        init = init[:, None]
+    if init.ndim != 2 or init.shape[0] != dim:
+        raise ValueError(f"init has shape {tuple(init.shape)}, expected ({dim}, j)")
+    init = init.detach().to(dtype=dtype, device=device)
+    return init if bool(torch.isfinite(init).all()) else None
+
+
 def _solve(matvec, dim, k, *, dtype, device, init, tol, max_iter, block, seed, method="lobpcg"):
     dim = int(dim)
     _check_k(k, dim)
@@ -357,16 +372,7 @@ def _solve(matvec, dim, k, *, dtype, device, init, tol, max_iter, block, seed, m
     if b < k:
         raise ValueError(f"block={block} must be >= k={k}")
     b = min(b, dim)
-    if init is not None:
-        if not isinstance(init, torch.Tensor):
-            raise TypeError(f"init must be a torch.Tensor, got {type(init).__name__}")
-        if init.ndim == 1:
-            init = init[:, None]
-        if init.ndim != 2 or init.shape[0] != dim:
-            raise ValueError(f"init has shape {tuple(init.shape)}, expected ({dim}, j)")
-        init = init.detach().to(dtype=dtype, device=device)
-        if not bool(torch.isfinite(init).all()):
-            init = None
+    init = _as_init(init, dim, dtype, device)
     warm = init is not None and init.shape[1] > 0
     if method == "dense" or 3 * b >= dim:
         ev, V, rep = _dense(matvec, dim, k, dtype, device, tol_eff, warm)
@@ -505,13 +511,11 @@ class EigTracker:
         own = self._block
         if own is not None and (own.shape[0] != d or own.dtype != dt or own.device != dev):
             own = None
-        if init is not None:
-            init = init.detach().to(dtype=dt, device=dev)
-            if init.ndim != 2 or init.shape[0] != d:
-                raise ValueError(f"init has shape {tuple(init.shape)}, expected ({d}, j)")
-            init = init if own is None else torch.cat([init, own], dim=1)
-        else:
+        init = _as_init(init, d, dt, dev)
+        if init is None:
             init = own
+        elif own is not None:
+            init = torch.cat([init, own], dim=1)
         block = self.block if self.block is not None else _default_block(self.k)
         ev, V, rep, X = _solve(op, d, self.k, dtype=dt, device=dev, init=init, tol=max(self.tol, self.floor),
                                max_iter=self.max_iter, block=max(block, self.k), seed=self.seed + self.calls,

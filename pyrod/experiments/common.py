@@ -147,6 +147,11 @@ class Context:
     _client: object = field(default=None, repr=False)     # one LocalCluster shared by the experiment's sweeps
 
     @property
+    def in_process(self) -> bool:
+        """Whether sweeps and :meth:`map` run in this process (``jobs == 1`` and no scheduler)."""
+        return self.scheduler is None and self.jobs == 1
+
+    @property
     def p(self) -> dict:
         return self.params
 
@@ -205,7 +210,7 @@ class Context:
         Raises ExperimentError naming the failed points (the others are kept)."""
         import pyrod
 
-        client = None if self.scheduler is None and self.jobs == 1 else self._dask_client()
+        client = None if self.in_process else self._dask_client()
         res = pyrod.sweep(base, grid, self.out / folder, zip=zip, name=name, client=client, jobs=self.jobs,
                           rerun_changed=True, progress=self.progress)
         for rel in [f"{folder}/{p['file']}" for p in res.points] + [f"{folder}/sweep.json"]:
@@ -236,7 +241,7 @@ class Context:
         others and its exception is raised here (with the worker's traceback).
         """
         items = list(items)
-        if self.scheduler is None and self.jobs == 1:
+        if self.in_process:
             return [fn(x) for x in self.iterate(items, desc)]
         if not items:
             return []

@@ -404,7 +404,7 @@ def run(ctx):
     p = ctx.p
     # one task per optimizer (each rebuilds the same seeded problem): in parallel with --jobs; per-step bars only
     # when the runs are in this process
-    inner = ctx.progress and ctx.jobs == 1 and ctx.scheduler is None
+    inner = ctx.progress and ctx.in_process
     pts = dict(zip(OPTIMIZERS, ctx.map(functools.partial(train_point, p, progress=inner), OPTIMIZERS, "optimizers"),
                    strict=True))
     runs = {name: pt["run"] for name, pt in pts.items()}

@@ -54,6 +54,7 @@ import torch
 
 from ..integrate.base import Event
 from ..integrate.fixed_step import check_substeps
+from ..spec import COUNTER_RATES
 from .central_projection import Eval, project
 from .central_tracking import SubspaceTracking
 from .models import FlowModel, PhaseSpaceState
@@ -191,7 +192,7 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
         o = dict(bea=False, sdcp_threshold=0.975, track_threshold=0.75, substeps=4, tau=None, eig_tol=1e-6,
                  eig_max_iter=100, max_track=8, sdcp_tol=1e-10, refresh_tol=1e-3, counter_rate="1")
         o.update(options)
-        if o["counter_rate"] not in ("1", "1/beta2"):
+        if o["counter_rate"] not in COUNTER_RATES:
             raise ValueError(f"counter_rate={o['counter_rate']!r} must be '1' (one optimizer step per unit time) or "
                              f"'1/beta2' (the reference implementation's convention)")
         if o["bea"]:

@@ -100,11 +100,11 @@ class SubspaceTracking:
             self.stats["n_refresh"] += 1
             if not rep.converged:
                 self.stats["refresh_unconverged"] += 1
-            if not rep.converged and math.isfinite(rep.max_residual):
-                # the operator could not deliver eig_tol (a round-off floor, e.g. float32 HVPs of a large model,
-                # stalled or at eig_max_iter): later refreshes ask for 1.5× what this one reached, never more
-                # than refresh_tol (the accuracy the tracking keeps between refreshes anyway)
-                self.eig_floor = min(self.refresh_tol, max(self.eig_floor, 1.5 * rep.max_residual))
+                if math.isfinite(rep.max_residual):
+                    # the operator could not deliver eig_tol (a round-off floor, e.g. float32 HVPs of a large model,
+                    # stalled or at eig_max_iter): later refreshes ask for 1.5× what this one reached, never more
+                    # than refresh_tol (the accuracy the tracking keeps between refreshes anyway)
+                    self.eig_floor = min(self.refresh_tol, max(self.eig_floor, 1.5 * rep.max_residual))
             init = V
             if not bool(torch.isfinite(evals).all()):
                 break
