@@ -341,6 +341,30 @@ def test_central_default_method_is_euler_and_recorded():
     assert np.array_equal(a["central"].ds["predicted_loss"].values, b["central"].ds["predicted_loss"].values)
 
 
+def test_readout_eigen_solve_is_warm_started_from_the_tracked_eigenvectors(monkeypatch):
+    """At the EoS the central flow measures the read-out's eigenvalues during integration, warm-started from its
+    tracked eigenvectors at that state: the same eigenvalues (to the solver's accuracy) as the read-out's own
+    solve after the chunk, for fewer HVPs."""
+    from pyrod.flows.run import FlowRun
+    from pyrod.spectra import hessian_operator, top_eigs
+
+    prob = pyrod.problem(model="mlp", data="digits", classes=4, n=64, seed=0,
+                         model_kwargs={"width": 8, "depth": 2, "activation": "gelu"})
+    lam = float(top_eigs(hessian_operator(prob, prob.w0), prob.dim, 1, dtype=prob.dtype, device="cpu")[0][0])
+
+    def run():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return pyrod.simulate(prob, GD(lr=2.5 / lam), steps=30, runs=["discrete", "central"], eigs=2,
+                                  eig_every=1, restart_at=10)["central"]
+    warm = run()
+    monkeypatch.setattr(FlowRun, "_spectrum_at", lambda self, k, y, init=None: None)   # read-out solves itself
+    cold = run()
+    assert (warm.ds["n_critical"].values[10:] > 0).all()          # the tracked (warm) path was exercised
+    np.testing.assert_allclose(warm.ds["eigs"].values[10:], cold.ds["eigs"].values[10:], rtol=1e-9)
+    assert warm.attrs["n_hvp"] < cold.attrs["n_hvp"]
+
+
 def test_counter_rate_option_maps_only_the_bias_correction_clock():
     """``counter_rate="1/beta2"`` (the reference's convention) runs the optimizer's step counter at 1/β2 from the
     flow's start: the preconditioner is evaluated at ``t0 + (t − t0)/β2``. With bias correction the flow changes;
