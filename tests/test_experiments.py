@@ -64,6 +64,9 @@ def test_cli_list_and_errors(tmp_path):
     r = _cli("run", "aeos", "--scale", "paper", "--out", str(tmp_path), "--set", f"data_path={tmp_path}/missing")
     assert r.returncode == 2 and "not a folder" in r.stderr
     assert not list(tmp_path.glob("**/*.nc"))                                   # failed before any work
+    # an experiment flag that is a prefix of one of ours (--n of --no-progress) reaches the experiment
+    r = _cli("run", "aeos-optimizers", "--scale", "tiny", "--out", str(tmp_path), "--n", "many")
+    assert r.returncode == 2 and "Error parsing --n" in r.stderr and "'many'" in r.stderr
 
 
 def test_cli_run_nds_quadratic(tmp_path):
@@ -167,6 +170,48 @@ def test_aeos_optimizers_tiny(tmp_path):
     ds = pyrod.open(tmp_path / r["file"])["discrete"].ds
     assert r["threshold"] == pytest.approx(2 / r["lr"])
     assert r["final_loss"] == float(ds["loss"].values[-1])
+
+
+def _es_dataset(t, ratio):
+    import xarray as xr
+    return xr.Dataset({"effective_sharpness": ("t", np.asarray(ratio, float))}, coords={"t": np.asarray(t, float)})
+
+
+def test_aeos_optimizers_post_onset_stats_on_known_series():
+    from pyrod.experiments.aeos_optimizers import post_onset_stats
+    t = np.arange(0, 1000, 10.0)
+    # a ramp to the onset at 300, then alternating 1.1 / 0.95 (3 of every 4 points above), then a late drift
+    r = np.where(t < 300, t / 300 * 0.9, np.where((t // 10) % 4 == 0, 0.95, 1.1))
+    st = post_onset_stats(_es_dataset(t, r), 300.0, 0.25)
+    assert st["above_fraction"] == pytest.approx(np.mean(r[t >= 300] > 1))
+    assert st["above_fraction"] == pytest.approx(0.75, abs=0.02)
+    assert st["late_ratio_drift"] == pytest.approx(1.0, abs=1e-12)      # same pattern in both late windows
+    r2 = r.copy()
+    r2[t >= t.max() - 0.25 * (t.max() - t.min())] *= 1.2                  # the last quarter 20% higher
+    assert post_onset_stats(_es_dataset(t, r2), 300.0, 0.25)["late_ratio_drift"] == pytest.approx(1.2, rel=1e-12)
+    assert post_onset_stats(_es_dataset(t, r), None, 0.25)["above_fraction"] is None
+    ds = _es_dataset(t, r).assign(sharpness=("t", 10 + t / 100))          # raw sharpness rising linearly
+    late, before = t[t >= 742.5], t[(t >= 495) & (t < 742.5)]
+    assert post_onset_stats(ds, 300.0, 0.25)["late_raw_sharpness_drift"] == pytest.approx(
+        np.mean(10 + late / 100) / np.mean(10 + before / 100), rel=1e-12)
+
+
+def test_aeos_optimizers_verdict_rules():
+    from pyrod.experiments.aeos_optimizers import verdict
+
+    def row(lr, ratio, onset=100.0, drift=1.0, above=0.3):
+        return {"lr": lr, "late_ratio": ratio, "eos_onset": onset, "late_ratio_drift": drift, "above_fraction": above}
+
+    v = verdict([row(1, 1.02), row(2, 0.93, above=0.2), row(3, 0.5, onset=None)])
+    assert (v["verdict"], v["behaviour"], v["n_at_threshold"]) == ("reproduces", "oscillates around", 2)
+    assert v["never_reached_eos"] == [3]
+    assert verdict([row(1, 1.05, above=0.8), row(2, 1.08, above=0.9)])["behaviour"] == "hovers above"
+    assert verdict([row(1, 1.02), row(2, 0.8)])["verdict"] == "partly"
+    assert verdict([row(1, 0.45), row(2, 0.5)])["verdict"] == "does not reproduce"
+    # an unsettled run does not decide: 0.6 still rising by 20% per window
+    v = verdict([row(1, 1.0), row(2, 0.6, drift=1.2)])
+    assert v["verdict"] == "reproduces" and v["not_settled"] == [2]
+    assert verdict([row(1, 0.6, onset=None)])["verdict"] == "no run at the EoS"
 
 
 def test_frozen_adam_tiny(tmp_path):

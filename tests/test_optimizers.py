@@ -582,6 +582,48 @@ def test_adafactor_measured_P_is_what_the_step_divides_by(prob, style, beta1):
     assert clipped > 0
 
 
+_PAPER_FAMILY = {   # the AEoS paper's Fig. 5 settings (aeos-optimizers); p: the exponent of ν in P
+    "Adam": (dict(beta1=0.9, beta2=0.999, eps=1e-7, bias_correction=True), 0.5, True),
+    "AMSGrad": (dict(beta1=0.9, beta2=0.999, eps=1e-7, bias_correction=False, nu0="zero"), 0.5, True),
+    "Padam": (dict(beta1=0.9, beta2=0.999, eps=1e-7, bias_correction=False, p=0.25, nu0="zero"), 0.25, True),
+    "RMSProp": (dict(beta2=0.995, eps=1e-7, nu0="zero"), 0.5, False),
+    "Adagrad": (dict(), 0.5, False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_PAPER_FAMILY))
+def test_measured_P_is_what_the_step_divides_by(prob, name):
+    """The P measured for λmax(P⁻¹H) (``preconditioner(nu_p, k)``) is the step's denominator, with ε, bias
+    correction, AMSGrad's running maximum and Padam's exponent, against ν, ν_max and m kept by hand here:
+    Δw = −η m⁺/P (EMA heavy ball, m⁺ = β1 m + (1−β1) g) or −η g/P."""
+    hyper, p, heavy_ball = _PAPER_FAMILY[name]
+    lr = 0.01
+    opt = pyrod.optimizers.get(name)(lr=lr, **hyper)
+    b1, b2 = hyper.get("beta1", 0.0), hyper.get("beta2", 1.0)
+    eps = opt.eps
+    st = opt.init_state(prob.w0, prob.grad(prob.w0))
+    nu = torch.zeros_like(prob.w0)
+    nu_max = torch.zeros_like(prob.w0)
+    m = torch.zeros_like(prob.w0)
+    max_active = 0
+    for k in range(40):
+        g = prob.grad(st.w)
+        new, nu_p = opt.step(st, g)
+        nu = g * g + nu if name == "Adagrad" else b2 * nu + (1 - b2) * g * g
+        nu_max = torch.maximum(nu_max, nu)
+        max_active += int((nu_max > nu).any())
+        v = nu_max if name == "AMSGrad" else nu
+        c1 = 1 - b1 ** (k + 1) if hyper.get("bias_correction") else 1.0
+        c2 = 1 - b2 ** (k + 1) if hyper.get("bias_correction") else 1.0
+        P = c1 * ((v / c2) ** p + eps)
+        assert torch.allclose(opt.preconditioner(nu_p, k).expand_as(P), P, rtol=1e-12, atol=0)
+        m = b1 * m + (1 - b1) * g
+        assert torch.allclose(st.w - new.w, lr * (m if heavy_ball else g) / P, rtol=1e-9, atol=1e-15)
+        st = new
+    if name == "AMSGrad":
+        assert max_active > 0          # the running maximum differs from ν on some steps of this run
+
+
 @pytest.mark.parametrize("style", ["torch", "flax"])
 def test_adafactor_frozen_nu_is_constant_P(prob, style):
     nu = torch.full_like(prob.w0, 0.04)

@@ -68,8 +68,10 @@ def _param_help(argv) -> int:
 
 
 def main(argv=None) -> int:
+    # allow_abbrev=False: an experiment's own flag must never be taken for an abbreviation of ours (``--n 1000``
+    # would otherwise be read as ``--no-progress`` followed by a stray ``1000``)
     p = argparse.ArgumentParser(
-        prog="python -m experiments",
+        prog="python -m experiments", allow_abbrev=False,
         description="Reproduce the seeds' headline figures with pyrod (NetCDF + PNG + summary.json).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  python -m experiments list\n  python -m experiments run aeos\n"
@@ -79,7 +81,7 @@ def main(argv=None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     ls = sub.add_parser("list", help="list the experiments")
     ls.add_argument("-v", "--verbose", action="store_true", help="also print every parameter and its default")
-    r = sub.add_parser("run", help="run one experiment")
+    r = sub.add_parser("run", help="run one experiment", allow_abbrev=False)
     r.add_argument("name", help="experiment name (see `list`)")
     r.add_argument("--scale", default="small", choices=["tiny", "small", "paper"],
                    help="tiny: seconds (CI); small (default): minutes on a 2-core CPU; paper: the papers' sizes")

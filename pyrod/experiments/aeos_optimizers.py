@@ -11,7 +11,8 @@ scale) per tensor, an EMA heavy ball on that P, so its threshold is 38/η too (`
 
 Summary (from the files): per optimizer and learning rate the threshold, the late-run mean of
 λmax(P⁻¹H)/threshold, the EoS onset, the fraction of post-onset steps above the threshold (hover above vs
-oscillate around) and the late growth of ‖ν‖.
+oscillate around), whether the run has settled and the late growth of ‖ν‖; per optimizer a verdict
+(reproduces / partly / does not) by the rules of :func:`verdict`. Results: docs/adaptive_thresholds.md.
 """
 from __future__ import annotations
 
@@ -35,7 +36,12 @@ from .common import (
 NAME = "aeos-optimizers"
 TITLE = "Eight adaptive optimizers at the AEoS: λmax(P⁻¹H) equilibrates at each optimizer's threshold"
 PAPER = "Cohen et al. 2022 (AEoS) Fig. 5"
-RUNTIME = "~8 min with --jobs 2 on idle cores"
+RUNTIME = "~12 min with --jobs 2 (~21 min with --jobs 1)"
+
+#: a run is at its threshold when its late ratio is within ±TOLERANCE of 1, settled when that ratio moved by at
+#: most SETTLED between the last two late windows (:func:`verdict`)
+TOLERANCE = 0.10
+SETTLED = 0.05
 
 OPTIMIZERS = ["Adam", "AdamW", "Adafactor", "AMSGrad", "Padam", "NAdam", "RMSProp", "Adagrad"]
 
@@ -73,22 +79,26 @@ def _geom(lo, hi):
 
 
 #: small scale: five geometric learning rates per optimizer, a factor 7-8 apart end to end like the paper's
-#: grids, but larger: the paper's own values are far too small for this network (Adam at η = 1e-3, the paper's
-#: largest, reaches 0.21 of 38/η after 1000 steps). The defaults run every other one (3 per optimizer: 40 runs of
-#: 1000 steps take ~25 min on 2 shared cores); ``--set lrs=...`` with ``LRS_SMALL_FIVE`` runs all five.
+#: grids, but larger: the paper's own values are far too small for this 4-class width-32 network (Adam at
+#: η = 1e-3, the paper's largest, reaches 0.21 of 38/η after 1000 steps). The paper's values do work on the
+#: paper's network (5 × 200 tanh) with digits in place of CIFAR-10: ``--scale paper --data digits --n 1000``
+#: (docs/adaptive_thresholds.md).
 LRS_SMALL_FIVE = {
     "Adam": _geom(0.004, 0.03), "AdamW": _geom(0.004, 0.03), "Adafactor": _geom(0.02, 0.15),
     "AMSGrad": _geom(0.004, 0.03), "Padam": _geom(0.15, 1.2), "NAdam": _geom(0.002, 0.015),
     "RMSProp": _geom(0.0007, 0.005), "Adagrad": _geom(0.1, 0.8),
 }
-_LRS_SMALL = {k: v[::2] for k, v in LRS_SMALL_FIVE.items()}
+_LRS_SMALL = LRS_SMALL_FIVE
 _BASE = dict(model="mlp", data="digits", classes=4, n=500, loss="mse", width=32, depth=3, activation="tanh",
              eigs=1, eig_every=10, late_fraction=0.25, optimizers=list(OPTIMIZERS))
 
 DEFAULTS = {
     "tiny": {**_BASE, "n": 120, "width": 16, "depth": 2, "steps": 40, "optimizers": ["Adam", "RMSProp"],
-             "lrs": {k: v[1:2] for k, v in _LRS_SMALL.items()}, "hyper": _HYPER_SMALL},
-    "small": {**_BASE, "steps": 1000, "lrs": _LRS_SMALL, "hyper": _HYPER_SMALL},
+             "lrs": {k: v[2:3] for k, v in _LRS_SMALL.items()}, "hyper": _HYPER_SMALL},
+    # 2000 steps: at 1000 the lowest Adam/AdamW η are still rising (ν decays after the loss has converged and
+    # pushes λmax(P⁻¹H) up); Padam's P ∝ ν^¼ decays 4× slower still and needs ~5000 (`python -m pyrod resume
+    # runs/Padam_lr0.15.nc --steps 5000` extends a finished run bit for bit)
+    "small": {**_BASE, "steps": 2000, "lrs": _LRS_SMALL, "hyper": _HYPER_SMALL},
     "paper": {**_BASE, "data": "cifar10", "classes": 10, "n": 5000, "width": 200, "depth": 5, "steps": 3000,
               "eig_every": 20, "lrs": _LRS_PAPER, "hyper": _HYPER_PAPER},
 }
@@ -139,17 +149,36 @@ def run(ctx):
     return results
 
 
+def late_drift(t, y, late_fraction: float) -> float | None:
+    """Mean of ``y`` over the last ``late_fraction`` of the time span over its mean in the window of the same
+    length just before (None when either window is empty or that mean is not positive)."""
+    if len(t) < 4:
+        return None
+    t0, span = t.max(), t.max() - t.min()
+    late = y[t >= t0 - late_fraction * span]
+    before = y[(t >= t0 - 2 * late_fraction * span) & (t < t0 - late_fraction * span)]
+    if not len(late) or not len(before) or not np.mean(before) > 0:
+        return None
+    return float(np.mean(late) / np.mean(before))
+
+
 def post_onset_stats(ds, onset, late_fraction: float) -> dict:
     """``above_fraction``: fraction of the measured steps after the EoS onset with λmax(P⁻¹H) > threshold (the
     paper's "hovers above" (≳ 0.5) vs "oscillates around" distinction; None without an onset);
     ``late_nu_growth``: ‖ν‖ at the end over ‖ν‖ at the start of the late window (> 1: the preconditioner is
-    still growing at the end of the run)."""
+    still growing at the end of the run); ``late_ratio_drift``: mean λmax(P⁻¹H)/threshold over the late window
+    over its mean in the window of the same length before it (≈ 1: settled; a run that drifts by more than
+    ``SETTLED`` has not settled and its late ratio is not an equilibrium value); ``late_raw_sharpness_drift``:
+    the same for the raw sharpness λmax(H) (> 1: still rising at the end, the AEoS papers' Fig. 1 observation)."""
     t, es = finite(ds["effective_sharpness"])
-    out = {"above_fraction": None, "late_nu_growth": None}
+    out = {"above_fraction": None, "late_nu_growth": None, "late_ratio_drift": None}
     if onset is not None:
         sel = t >= onset
         if sel.any():
             out["above_fraction"] = float(np.mean(es[sel] > 1.0))
+    out["late_ratio_drift"] = late_drift(t, es, late_fraction)
+    if "sharpness" in ds:
+        out["late_raw_sharpness_drift"] = late_drift(*finite(ds["sharpness"]), late_fraction)
     if "nu_norm" in ds:
         tn, nu = finite(ds["nu_norm"])
         if len(nu) > 4:
@@ -184,12 +213,50 @@ def summarize(out, p) -> dict:
             "late_nu_growth_per_lr": {fmt(r["lr"]): r["late_nu_growth"] for r in rs},
             "late_ratio_min": float(np.nanmin(ratios)), "late_ratio_max": float(np.nanmax(ratios)),
             "above_fraction_median": float(np.nanmedian(above)),
-            "n_within_10pct": int(np.sum(np.abs(ratios - 1) <= 0.1)),
+            "late_ratio_drift_per_lr": {fmt(r["lr"]): r["late_ratio_drift"] for r in rs},
+            "late_raw_sharpness_drift_per_lr": {fmt(r["lr"]): r.get("late_raw_sharpness_drift") for r in rs},
+            "n_within_10pct": int(np.sum(np.abs(ratios - 1) <= TOLERANCE)),
             "n_reached_eos": sum(r["eos_onset"] is not None for r in ok),
+            "n_settled": sum(is_settled(r) for r in ok),
             "n_diverged": len(rs) - len(ok),
             "n_runs": len(rs),
         }
+        per_opt[name].update(verdict(ok))
     return {"per_optimizer": per_opt, "runs": rows}
+
+
+def is_settled(row) -> bool:
+    """The late ratio of a run is an equilibrium value: it moved by at most ``SETTLED`` between the last two late
+    windows."""
+    d = row.get("late_ratio_drift")
+    return d is not None and abs(d - 1) <= SETTLED
+
+
+def verdict(rows) -> dict:
+    """The plain statement for one optimizer from its non-diverged runs (``rows``: :func:`summarize` rows).
+
+    A run *at the threshold* has reached the EoS (``eos_onset``), settled (:func:`is_settled`) and has a late ratio
+    within ±``TOLERANCE`` of 1. ``"reproduces"``: every settled run that reached the EoS is at the threshold (and
+    there is at least one); ``"does not reproduce"``: none is; ``"partly"`` otherwise; ``"no run at the EoS"``:
+    no settled run reached it (the claim is not tested). Runs that never reach the EoS (they converge first) or
+    have not settled are listed but do not decide. ``behaviour``: ``"hovers above"`` when the median
+    above-threshold fraction of the runs at the threshold is ≥ 0.5, else ``"oscillates around"``."""
+    at_eos = [r for r in rows if r["eos_onset"] is not None and is_settled(r)]
+    within = [r for r in at_eos if abs(r["late_ratio"] - 1) <= TOLERANCE]
+    if not at_eos:
+        word = "no run at the EoS"
+    elif not within:
+        word = "does not reproduce"
+    elif len(within) == len(at_eos):
+        word = "reproduces"
+    else:
+        word = "partly"
+    above = [r["above_fraction"] for r in within if r["above_fraction"] is not None]
+    behaviour = None if not above else ("hovers above" if np.median(above) >= 0.5 else "oscillates around")
+    return {"verdict": word, "behaviour": behaviour, "n_at_threshold": len(within),
+            "n_settled_at_eos": len(at_eos),
+            "never_reached_eos": [r["lr"] for r in rows if r["eos_onset"] is None],
+            "not_settled": [r["lr"] for r in rows if not is_settled(r)]}
 
 
 def plot(ctx, results):
@@ -214,8 +281,11 @@ def plot(ctx, results):
             if math.isfinite(r["threshold"]):
                 thr_txt = f"{r['threshold'] * r['lr']:.3g}/η"
         auto_ylim(a, series, [r["threshold"] for r in rows])
+        po = results["per_optimizer"].get(name, {})
+        above = po.get("above_fraction_median")
+        above_txt = f", above {above:.2f}" if above is not None and math.isfinite(above) else ""
         a.set(yscale="log", xlabel="step", ylabel="λmax(P⁻¹H)",
-              title=f"{name} ({thr_txt})" if thr_txt else f"{name} (no fixed threshold)")
+              title=(f"{name} ({thr_txt}{above_txt})" if thr_txt else f"{name} (no fixed threshold)"))
         a.legend(fontsize=7)
     for j in range(len(names), nrows * ncols):
         ax[j // ncols, j % ncols].axis("off")
