@@ -290,14 +290,18 @@ def _plan(spec, state, rerun_changed: bool) -> str:
     want = spec.to_dict()
     diff = _diff(_comparable(state["spec"]), _comparable(want))
     done = state.get("steps_completed") or 0
+    reason = str(state.get("stop_reason") or "")
     if not diff and done > spec.stop.steps:
+        # a longer run of the same spec (extended with ``pyrod resume``): its first steps are this point's run
+        # (resume is bit-identical), so it is kept; recomputing it would throw the extension away
+        if state["status"] == "complete" and reason.startswith("steps"):
+            return "skip"
         diff = [f"stop.steps (the file has {done} steps, the sweep asks for {spec.stop.steps})"]
     if diff:
         if rerun_changed:
             return "run"
         raise SweepError(f"{spec.output.path!r} exists with a different spec ({', '.join(diff)}); use another "
                          f"sweep folder, or rerun_changed=True to recompute such points")
-    reason = str(state.get("stop_reason") or "")
     if state["status"] == "complete" and (done == spec.stop.steps or not reason.startswith("steps")):
         return "skip"
     return "resume" if os.path.exists(path_for(spec.output.path)) else "run"

@@ -103,6 +103,14 @@ def test_keyword_base_and_serial_sweep_skips_complete(tmp_path):
     ref = pyrod.simulate(prob, pyrod.optimizers.GD(lr=0.1), steps=16, eigs=1, eig_every=4, progress=False)
     got = pyrod.open(tmp_path / "lr=0.1.nc")
     np.testing.assert_array_equal(got["discrete"].ds.loss.values, ref["discrete"].ds.loss.values)
+    # fewer steps than a file holds (a point extended with `pyrod resume`): the longer run is kept, not recomputed
+    mtime = os.path.getmtime(tmp_path / "lr=0.1.nc")
+    for rerun_changed in (False, True):
+        r5 = pyrod.sweep(base, {"optimizer.lr": [0.05, 0.1]}, out=tmp_path, jobs=1, rerun_changed=rerun_changed)
+        assert [p["action"] for p in r5.points] == ["skip", "skip"]
+        assert [p["status"] for p in r5.points] == ["complete", "complete"]
+        assert [p["steps_completed"] for p in r5.points] == [16, 16]
+    assert os.path.getmtime(tmp_path / "lr=0.1.nc") == mtime
     # a different spec in the same folder is refused per point, naming the differing key
     r4 = pyrod.sweep({**base, "eig_every": 2}, {"optimizer.lr": [0.05]}, out=tmp_path, jobs=1)
     assert r4.points[0]["status"] == "failed" and "eig.every" in r4.points[0]["error"]
