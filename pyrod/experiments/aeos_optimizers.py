@@ -88,17 +88,16 @@ LRS_SMALL_FIVE = {
     "AMSGrad": _geom(0.004, 0.03), "Padam": _geom(0.15, 1.2), "NAdam": _geom(0.002, 0.015),
     "RMSProp": _geom(0.0007, 0.005), "Adagrad": _geom(0.1, 0.8),
 }
-_LRS_SMALL = LRS_SMALL_FIVE
 _BASE = dict(model="mlp", data="digits", classes=4, n=500, loss="mse", width=32, depth=3, activation="tanh",
              eigs=1, eig_every=10, late_fraction=0.25, optimizers=list(OPTIMIZERS))
 
 DEFAULTS = {
     "tiny": {**_BASE, "n": 120, "width": 16, "depth": 2, "steps": 40, "optimizers": ["Adam", "RMSProp"],
-             "lrs": {k: v[2:3] for k, v in _LRS_SMALL.items()}, "hyper": _HYPER_SMALL},
+             "lrs": {k: v[2:3] for k, v in LRS_SMALL_FIVE.items()}, "hyper": _HYPER_SMALL},
     # 2000 steps: at 1000 the lowest Adam/AdamW η are still rising (ν decays after the loss has converged and
     # pushes λmax(P⁻¹H) up); Padam's P ∝ ν^¼ decays 4× slower still and needs ~5000 (`python -m pyrod resume
     # runs/Padam_lr0.15.nc --steps 5000` extends a finished run bit for bit)
-    "small": {**_BASE, "steps": 2000, "lrs": _LRS_SMALL, "hyper": _HYPER_SMALL},
+    "small": {**_BASE, "steps": 2000, "lrs": LRS_SMALL_FIVE, "hyper": _HYPER_SMALL},
     "paper": {**_BASE, "data": "cifar10", "classes": 10, "n": 5000, "width": 200, "depth": 5, "steps": 3000,
               "eig_every": 20, "lrs": _LRS_PAPER, "hyper": _HYPER_PAPER},
 }
