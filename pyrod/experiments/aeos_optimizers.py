@@ -36,7 +36,7 @@ from .common import (
 NAME = "aeos-optimizers"
 TITLE = "Eight adaptive optimizers at the AEoS: λmax(P⁻¹H) equilibrates at each optimizer's threshold"
 PAPER = "Cohen et al. 2022 (AEoS) Fig. 5"
-RUNTIME = "~12 min with --jobs 2 (~21 min with --jobs 1)"
+RUNTIME = "~6 min with --jobs 2"
 
 #: a run is at its threshold when its late ratio is within ±TOLERANCE of 1, settled when that ratio moved by at
 #: most SETTLED between the last two late windows (:func:`verdict`)

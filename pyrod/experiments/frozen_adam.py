@@ -20,7 +20,7 @@ from .common import auto_ylim, colors, eos_stats, figure, finite, fmt, require_p
 NAME = "frozen-adam"
 TITLE = "Frozen Adam (fixed preconditioner) at the EoS: λmax(P⁻¹H) → 38/η, raw sharpness stops rising"
 PAPER = "Cohen et al. 2022 (AEoS) Fig. 3"
-RUNTIME = "~4 min"
+RUNTIME = "~2 min"
 
 _BASE = dict(model="mlp", data="digits", classes=4, n=500, loss="mse", width=32, depth=3, activation="tanh",
              beta1=0.9, beta2=0.99, eps=1e-8, eigs=1, eig_every=10, late_fraction=0.25)
