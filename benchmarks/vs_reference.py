@@ -1,41 +1,53 @@
 """pyrod vs the reference central-flows code, side by side on one identical problem, in one run.
 
-    python benchmarks/vs_reference.py --reference PATH [--steps 80] [--steady 40] [--opts gd,rmsprop]
-                                      [--dtypes float32,float64] [--width 32] [--n 200]
+    python benchmarks/vs_reference.py --reference PATH [--device cpu|cuda] [--widths 32,512,2048] [--n 200]
+                                      [--opts gd,rmsprop] [--dtypes float32] [--lr auto] [--steps 40]
+                                      [--steady 10] [--eig-tols ref]
 
 ``PATH`` is a local checkout of the reference implementation of central flows (public repository
 mahyarjn80/centralflows, commit 1f074fb). It has no license file, so nothing of it is copied here: it is imported
 from ``PATH`` at run time, unmodified, and needs ``cvxpy`` with the ``CVXOPT`` solver (``pip install cvxpy cvxopt``,
 e.g. in a separate virtual environment that also sees pyrod). At import time this script stubs the HuggingFace
-``datasets`` module (no download) and turns ``.cuda()`` into a no-op (the reference calls it unconditionally); the
-reference's processes (``DiscreteProcess``, ``CentralFlow``) are then driven directly, step by step.
+``datasets`` module (no download) and, on ``--device cpu`` only, turns ``.cuda()`` into a no-op (the reference calls
+it unconditionally); the reference's processes (``DiscreteProcess``, ``CentralFlow``) are then driven directly, step
+by step. On ``--device cuda`` data, model and pyrod's problem live on the GPU and the reference's own ``.cuda()`` calls
+are real.
 
 Problem (identical on both sides): the reference's MLP (Flatten, Linear(3072, w), GELU, Linear(w, w), GELU,
 Linear(w, 4)) with the same initial weights (``torch.manual_seed(0)`` then default ``nn.Linear`` init), ``--n``
-synthetic CIFAR-shaped points of 4 classes (inputs with a power-law spectrum: smooth random images, fixed seeds;
-this gives an edge of stability within tens of steps), MSE (½·mean over points of the squared error on one-hot
-targets). GD η = 0.037; RMSProp η = 5e-5, β2 = 0.99, ε = 1e-7, bias correction, flows started after 5 warm-up
-steps (the reference's ``warm_start``; pyrod's ``restart_at=5`` with the reference's ν rate ``(1−β2)/β2`` and its step
-counter ``counter_rate="1/beta2"``).
+synthetic CIFAR-shaped points of 4 classes (inputs with a power-law spectrum: smooth random images, fixed seeds),
+MSE (½·mean over points of the squared error on one-hot targets). Parameters: 99k (width 32), 427k (128), 1.84M
+(512), 10.5M (2048).
+
+Learning rate and restart (``--lr auto``, the default): every row must time the edge of stability, so η is set from
+the problem — GD: ``η = 1.9/λ0`` (effective sharpness 0.95 at initialisation, λ0 = λmax(H(w0)), the harness's
+``probe_scale.py`` rule); RMSProp (β2 = 0.99, ε = 1e-7, bias correction): ``η = 1.9/λ0(P⁻¹H)`` with ν after the
+warm-up steps (nearly independent of η for small η). A discrete probe run then finds the onset (the first step with
+effective sharpness ≥ 1) and both implementations start their flows ``--lead`` (3) steps before it (the reference's
+``warm_start``; pyrod's ``restart_at``), and run ``--steps`` steps from there; the steady timing window is the steps
+from ``--steady`` after the restart on. The table says, per row, whether the central flow's critical set is non-empty
+on every step of the steady window (``in EoS``). ``--lr 0.037`` (a number) fixes η for GD instead (RMSProp keeps 5e-5
+and its 5-step warm-up): the setting this benchmark used before (width 32 reaches the EoS at step 26 there).
+RMSProp flows use the reference's ν rate ``(1−β2)/β2`` and step counter ``counter_rate="1/beta2"``.
 Both integrate the central flow with Euler, 4 substeps per step; eigenvalues every step (the reference's LOBPCG
-``frequency=1``, 2 initial eigenvalues; pyrod ``eig_every=1``, ``eigs=2``); one CPU thread each.
+``frequency=1``, 2 initial eigenvalues; pyrod ``eig_every=1``, ``eigs=2``).
 
 Eigen accuracy: the reference's LOBPCG stops at ``‖Ax − θx‖ < tol·10·n·(‖Ax‖ + θ)`` with ``tol = 1e-10`` and ``n`` the
-dimension, i.e. at a relative residual ≈ ``20·n·1e-10`` (2e-4 at d = 99k, 8e-4 at width 128), 200× looser than
-pyrod's default ``eig.tol = 1e-6``. ``--eig-tols default,ref`` runs pyrod at both: its own default and the
-reference's effective tolerance (equal accuracy); both columns are printed. The same work is timed on both sides:
-the reference computes RMSProp's raw λmax(H) in a logger, outside its timed work, so pyrod runs with
-``eig_raw=False`` unless ``--raw-sharpness`` is given.
+dimension, i.e. at a relative residual ≈ ``20·n·1e-10`` (2e-4 at d = 99k), 200× looser than pyrod's default
+``eig.tol = 1e-6``. ``--eig-tols ref`` (default) runs pyrod at the reference's effective tolerance (equal accuracy),
+``default`` at its own, or numbers. The same work is timed on both sides: the reference computes RMSProp's raw
+λmax(H) in a logger, outside its timed work, so pyrod runs with ``eig_raw=False`` unless ``--raw-sharpness``.
 
-Timing: CPU seconds (``time.process_time``; one thread, so on an idle machine the same as wall seconds, and far
-less disturbed by other processes on a shared one) per unit time (= per optimizer step) of each run's own work, median over the steady window
-(steps ≥ ``--steady``, inside the EoS): the reference's ``prepare() + step()`` of the process; pyrod's
-``DiscreteRun.run_chunk`` (discrete step + its eigen-solve) and ``FlowRun.advance`` (integration + read-out with
-the diagnostics), per chunk of ``--chunk`` steps, divided by the chunk's steps.
+Timing, seconds per unit time (= per optimizer step) of each run's own work, median over the steady window: the
+reference's ``prepare() + step()`` of the process; pyrod's ``DiscreteRun.run_chunk`` (discrete step + its
+eigen-solve) and ``FlowRun.advance`` (integration + read-out with the diagnostics), per chunk of ``--chunk`` steps.
+On the CPU: CPU seconds (``time.process_time``; one thread, so on an idle machine the same as wall seconds, and far
+less disturbed by other processes); on CUDA: wall seconds with ``torch.cuda.synchronize()`` before and after each
+timed piece.
 
-Agreement (pyrod minus reference, central flow): median relative difference of the predicted loss (reference:
-``L(w) + tr X`` at the process's step; pyrod: ``predicted_loss``), median and max of the central flow's effective
-sharpness (λ(P⁻¹H)/threshold; the reference's ``eff_eigs[0]/2``), first step with a non-empty critical set.
+Agreement (pyrod minus reference, central flow): median and max relative difference of the predicted loss
+(reference: ``L(w) + tr X`` at the process's step; pyrod: ``predicted_loss``), median and max of the central flow's
+effective sharpness (λ(P⁻¹H)/threshold; the reference's ``eff_eigs[0]/2``), first step with a non-empty critical set.
 """
 from __future__ import annotations
 
@@ -57,9 +69,23 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 CLASSES = 4
 GD_LR = 0.037
-RMS = dict(lr=5e-5, beta2=0.99, eps=1e-7)
+RMS = dict(beta2=0.99, eps=1e-7)
+RMS_LR = 5e-5
 RMS_WARM = 5
 REF_EIG_TOL = 1e-10      # the reference's EigConfig default (used here)
+
+
+class Clock:
+    """Seconds for timing: CPU seconds on the CPU; wall seconds after ``torch.cuda.synchronize()`` on CUDA."""
+
+    def __init__(self, device: str):
+        self.cuda = str(device).startswith("cuda")
+
+    def now(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+            return time.perf_counter()
+        return time.process_time()
 
 
 # ------------------------------------------------------------------------------------------------ problem
@@ -92,9 +118,13 @@ def make_mlp(width: int) -> torch.nn.Sequential:
                                torch.nn.Linear(width, width), torch.nn.GELU(), torch.nn.Linear(width, CLASSES))
 
 
+def n_params(width: int) -> int:
+    return sum(p.numel() for p in make_mlp(width).parameters())
+
+
 # ------------------------------------------------------------------------------------------------ reference
-def import_reference(path: str):
-    """Import the reference's modules from ``path`` (stubs: HF ``datasets``; ``.cuda()`` a no-op)."""
+def import_reference(path: str, device: str):
+    """Import the reference's modules from ``path`` (stubs: HF ``datasets``; on the CPU ``.cuda()`` a no-op)."""
     if not os.path.isfile(os.path.join(path, "src", "processes.py")):
         raise FileNotFoundError(f"--reference {path!r} is not a checkout of the reference (no src/processes.py)")
     ds = types.ModuleType("datasets")
@@ -104,8 +134,9 @@ def import_reference(path: str):
 
     ds.load_dataset = no_download
     sys.modules.setdefault("datasets", ds)
-    torch.Tensor.cuda = lambda self, *a, **k: self
-    torch.nn.Module.cuda = lambda self, *a, **k: self
+    if not str(device).startswith("cuda"):
+        torch.Tensor.cuda = lambda self, *a, **k: self
+        torch.nn.Module.cuda = lambda self, *a, **k: self
     sys.path.insert(0, os.path.abspath(path))
     import src.processes as proc  # noqa: F401
     from src import update_rules
@@ -117,22 +148,21 @@ def import_reference(path: str):
                                  SupervisedLossFunction=SupervisedLossFunction, mse=mse_categorical_loss)
 
 
-def run_reference(ref, opt_name, X, y, width, steps, which):
-    """Drive the reference's ``which`` process ("discrete" or "central") for ``steps`` steps.
-    Returns per-step dicts (global step index k): seconds, loss, effective sharpness, predicted loss, n critical."""
-    model = make_mlp(width)
+def run_reference(ref, opt_name, X, y, width, steps, which, lr, warm, clock, device):
+    """Drive the reference's ``which`` process ("discrete" or "central") for ``steps`` steps after ``warm`` discrete
+    steps of its own update rule (its ``warm_start``). Returns per-step dicts (global step index k): seconds, loss,
+    effective sharpness, predicted loss, n critical."""
+    model = make_mlp(width).to(device)
     w, model_fn = ref.FunctionalModel.make_functional(model)
-    loss_fn = ref.SupervisedLossFunction(model_fn=model_fn, criterion=ref.mse, batches=[ref.Examples(X, y)])
-    k0 = 0
+    loss_fn = ref.SupervisedLossFunction(model_fn=model_fn, criterion=ref.mse,
+                                         batches=[ref.Examples(X.to(device), y.to(device))])
     if opt_name == "gd":
-        opt = ref.rules.GradientDescent(lr=GD_LR)
+        opt = ref.rules.GradientDescent(lr=lr)
     else:
-        opt = ref.rules.RMSProp(lr=RMS["lr"], beta2=RMS["beta2"], eps=RMS["eps"], bias_correction=True)
+        opt = ref.rules.RMSProp(lr=lr, beta2=RMS["beta2"], eps=RMS["eps"], bias_correction=True)
     state = opt.initialize_state(w)
-    if opt_name == "rmsprop":
-        for _ in range(RMS_WARM):
-            w, state = opt.update(w, state, loss_fn.D(w))
-        k0 = RMS_WARM
+    for _ in range(warm):
+        w, state = opt.update(w, state, loss_fn.D(w))
     eig = ref.proc.EigConfig(frequency=1, initial_neigs=2)
     kw = dict(loss_fn=loss_fn, w=w, state=state, opt=opt, eig_config=eig)
     if which == "discrete":
@@ -141,14 +171,14 @@ def run_reference(ref, opt_name, X, y, width, steps, which):
         p = ref.proc.CentralFlow(**kw, config=ref.proc.CentralFlowConfig(nsubsteps=4))
     rows = []
     for i in range(steps):
-        t0 = time.process_time()
+        t0 = clock.now()
         p.prepare()
-        row = dict(k=k0 + i, loss=float(p.loss), es=float(p.eff_eigs[0]) / 2.0)
+        p.step()
+        sec = clock.now() - t0
+        row = dict(k=warm + i, loss=float(p.loss), es=float(p.eff_eigs[0]) / 2.0, s=sec)
         if which == "central":
             row["pred"] = float(p.loss + p.X.sum())
             row["kc"] = int(p.X.numel())
-        p.step()
-        row["s"] = time.process_time() - t0
         rows.append(row)
     return rows
 
@@ -160,9 +190,50 @@ def ref_eig_tol(dim: int, tol: float = REF_EIG_TOL) -> float:
     return 20.0 * dim * tol
 
 
-def run_pyrod(opt_name, X, y, width, steps, dtype, chunk, flow_opts=None, eig_tol=None, raw=False):
-    """pyrod on the same problem: discrete + central (Euler ×4), eigenvalues every step (measured to ``eig_tol``;
-    None: pyrod's default). Returns (tree, {run: [(k0, n, seconds)]})."""
+def _problem(X, y, width, dtype, device):
+    import pyrod
+    return pyrod.Problem.from_module(make_mlp(width), X, y, "mse", dtype=dtype, device=device)
+
+
+def _optimizer(opt_name, lr):
+    import pyrod
+    if opt_name == "gd":
+        return pyrod.optimizers.GD(lr=lr)
+    return pyrod.optimizers.RMSProp(lr=lr, **RMS, bias_correction=True, nu_rate="(1-beta2)/beta2")
+
+
+def auto_lr(opt_name, X, y, width, dtype, device) -> float:
+    """``1.9/λ0``: λ0 = λmax(H(w0)) (GD) or λmax(P⁻¹H) after ``RMS_WARM`` steps at a tiny η (RMSProp, whose ν then
+    holds the first gradients' squares), to 3 significant digits: effective sharpness 0.95 at the start."""
+    import pyrod
+    prob = _problem(X, y, width, dtype, device)
+    warm = 0 if opt_name == "gd" else RMS_WARM
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pyrod.simulate(prob, _optimizer(opt_name, 1e-9), steps=warm + 1, runs=["discrete"], eigs=1,
+                            eig_every=max(warm, 1), eig_tol=1e-4, eig_raw=False, progress=False)["discrete"].ds
+    lam0 = float(ds["preconditioned_sharpness"].values[warm])
+    return float(f"{1.9 / lam0:.3g}")
+
+
+def find_onset(opt_name, X, y, width, dtype, device, lr, steps) -> int | None:
+    """First step of a discrete run (η = ``lr``) whose effective sharpness is ≥ 1, or None within ``steps``."""
+    import pyrod
+    prob = _problem(X, y, width, dtype, device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pyrod.simulate(prob, _optimizer(opt_name, lr), steps=steps, runs=["discrete"], eigs=1, eig_every=1,
+                            eig_tol=1e-4, eig_raw=False, progress=False)["discrete"].ds
+    es = np.nan_to_num(ds["effective_sharpness"].values)
+    first = 0 if opt_name == "gd" else RMS_WARM
+    idx = np.where(es[first:] >= 1.0)[0]
+    return int(idx[0]) + first if len(idx) else None
+
+
+def run_pyrod(opt_name, X, y, width, steps, dtype, chunk, lr, restart, clock, device, eig_tol=None, raw=False,
+              flow_opts=None):
+    """pyrod on the same problem: discrete + central (Euler ×4) from ``restart``, ``steps`` steps after it,
+    eigenvalues every step (measured to ``eig_tol``; None: pyrod's default). Returns (tree, {run: [(k0, n, s)]})."""
     import pyrod
     from pyrod.flows.run import FlowRun
     from pyrod.runs.discrete import DiscreteRun
@@ -171,26 +242,22 @@ def run_pyrod(opt_name, X, y, width, steps, dtype, chunk, flow_opts=None, eig_to
     orig_chunk, orig_adv = DiscreteRun.run_chunk, FlowRun.advance
 
     def run_chunk(self, n):
-        k0, t0 = self.state.k, time.process_time()
+        k0, t0 = self.state.k, clock.now()
         out = orig_chunk(self, n)
-        chunks["discrete"].append((k0, out[1].n_steps, time.process_time() - t0))
+        chunks["discrete"].append((k0, out[1].n_steps, clock.now() - t0))
         return out
 
     def advance(self, ck):
-        t0 = time.process_time()
+        t0 = clock.now()
         out = orig_adv(self, ck)
-        chunks.setdefault(self.name, []).append((ck.k0, ck.n_steps, time.process_time() - t0))
+        chunks.setdefault(self.name, []).append((ck.k0, ck.n_steps, clock.now() - t0))
         return out
 
     DiscreteRun.run_chunk, FlowRun.advance = run_chunk, advance
     try:
-        prob = pyrod.Problem.from_module(make_mlp(width), X, y, "mse", dtype=dtype, device="cpu")
-        restart = None
-        if opt_name == "gd":
-            opt = pyrod.optimizers.GD(lr=GD_LR)
-        else:
-            opt = pyrod.optimizers.RMSProp(**RMS, bias_correction=True, nu_rate="(1-beta2)/beta2")
-            restart, steps = RMS_WARM, steps + RMS_WARM
+        prob = _problem(X, y, width, dtype, device)
+        opt = _optimizer(opt_name, lr)
+        if opt_name == "rmsprop":
             flow_opts = {"counter_rate": "1/beta2", **(flow_opts or {})}   # the reference's step counter
         opts = dict(method="euler", substeps=4, eig_raw=raw)
         if eig_tol is not None:
@@ -198,8 +265,8 @@ def run_pyrod(opt_name, X, y, width, steps, dtype, chunk, flow_opts=None, eig_to
         opts.update(flow_opts or {})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            tree = pyrod.simulate(prob, opt, steps=steps, runs=["discrete", "central"], eigs=2, eig_every=1,
-                                  chunk=chunk, restart_at=restart, progress=False, **opts)
+            tree = pyrod.simulate(prob, opt, steps=restart + steps, runs=["discrete", "central"], eigs=2,
+                                  eig_every=1, chunk=chunk, restart_at=restart or None, progress=False, **opts)
     finally:
         DiscreteRun.run_chunk, FlowRun.advance = orig_chunk, orig_adv
     return tree, chunks
@@ -216,7 +283,7 @@ def steady_ref(rows, steady):
     return float(np.median([r["s"] for r in rows if r["k"] >= steady]))
 
 
-def agreement(ref_rows, tree):
+def agreement(ref_rows, tree, steady):
     ds = tree["central"].ds
     t = ds["t"].values
     pred = dict(zip(t.astype(int), ds["predicted_loss"].values, strict=True))
@@ -232,20 +299,33 @@ def agreement(ref_rows, tree):
                 es_ref_median=float(np.median(es_r)) if es_r.size else float("nan"),
                 es_pyrod_max=float(np.nanmax(es_p)) if es_p.size else float("nan"),
                 es_ref_max=float(np.max(es_r)) if es_r.size else float("nan"),
-                enter_ref=enter_r, enter_pyrod=enter_p)
+                enter_ref=enter_r, enter_pyrod=enter_p,
+                eos_ref=all(r["kc"] > 0 for r in ref_rows if r["k"] >= steady),
+                eos_pyrod=all(ncrit[k] > 0 for k in ncrit if k >= steady))
+
+
+def pyrod_eos(tree, steady) -> bool:
+    ds = tree["central"].ds
+    return bool(np.all(ds["n_critical"].values[ds["t"].values >= steady] > 0))
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--reference", required=True, help="local checkout of the reference code (commit 1f074fb)")
-    ap.add_argument("--steps", type=int, default=80, help="optimizer steps per run (after the RMSProp warm-up)")
-    ap.add_argument("--steady", type=int, default=40, help="first step of the steady timing window (in the EoS)")
-    ap.add_argument("--chunk", type=int, default=10, help="pyrod chunk length (timing granularity)")
-    ap.add_argument("--opts", default="gd,rmsprop")
-    ap.add_argument("--dtypes", default="float32,float64")
-    ap.add_argument("--width", type=int, default=32)
+    ap.add_argument("--reference", help="local checkout of the reference code (commit 1f074fb)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (data, model and both implementations there)")
+    ap.add_argument("--widths", default="32", help="comma-separated MLP widths (32: 99k, 512: 1.84M, 2048: 10.5M)")
+    ap.add_argument("--width", type=int, help="one width (same as --widths W)")
     ap.add_argument("--n", type=int, default=200)
-    ap.add_argument("--eig-tols", default="default,ref",
+    ap.add_argument("--opts", default="gd,rmsprop")
+    ap.add_argument("--dtypes", default="float32")
+    ap.add_argument("--lr", default="auto", help="'auto' (1.9/λ0 and a restart before the onset) or GD's η")
+    ap.add_argument("--steps", type=int, default=40, help="steps timed after the restart")
+    ap.add_argument("--steady", type=int, default=10, help="the steady window starts this many steps after the "
+                                                           "restart")
+    ap.add_argument("--lead", type=int, default=3, help="--lr auto: restart this many steps before the onset")
+    ap.add_argument("--probe-steps", type=int, default=120, help="--lr auto: discrete steps searched for the onset")
+    ap.add_argument("--chunk", type=int, default=5, help="pyrod chunk length (timing granularity)")
+    ap.add_argument("--eig-tols", default="ref",
                     help="pyrod's measurement tolerance per column: 'default' (eig.tol 1e-6, float32 floor 5e-5), "
                          "'ref' (the reference's own effective relative residual, see ref_eig_tol) or numbers")
     ap.add_argument("--raw-sharpness", action="store_true",
@@ -255,63 +335,87 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.steady >= args.steps:
         raise ValueError(f"--steady={args.steady} must be below --steps={args.steps}")
+    if not args.skip_reference and not args.reference:
+        ap.error("--reference PATH is required (or --skip-reference)")
+    device = args.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        ap.error(f"--device {device}: torch.cuda.is_available() is False")
+    clock = Clock(device)
+    widths = [args.width] if args.width else [int(w) for w in args.widths.split(",") if w.strip()]
     X, y = make_data(args.n)
-    ref = None if args.skip_reference else import_reference(args.reference)
+    ref = None if args.skip_reference else import_reference(args.reference, device)
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
-    print(f"MLP width {args.width}, n = {args.n}, 4 classes, MSE; Euler x4, eigenvalues every step; "
-          f"{torch.get_num_threads()} thread; {args.steps} steps, steady window k >= {args.steady}", flush=True)
-    table, agree = [], []
-    for opt_name in [o.strip() for o in args.opts.split(",") if o.strip()]:
-        steady = args.steady + (RMS_WARM if opt_name == "rmsprop" else 0)
-        cols = {}
-        ref_c = None
-        if ref is not None:
-            t0 = time.process_time()
-            ref_d = run_reference(ref, opt_name, X, y, args.width, args.steps, "discrete")
-            ref_c = run_reference(ref, opt_name, X, y, args.width, args.steps, "central")
-            cols["reference"] = (steady_ref(ref_d, steady), steady_ref(ref_c, steady))
-            print(f"  [{opt_name}] reference done in {time.process_time() - t0:.0f} CPU s", flush=True)
-        for dt, tol_name in [(d, t.strip()) for d in dtypes for t in args.eig_tols.split(",") if t.strip()]:
-            t0 = time.process_time()
-            dim = sum(p.numel() for p in make_mlp(args.width).parameters())
-            eig_tol = None if tol_name == "default" else (ref_eig_tol(dim) if tol_name == "ref" else float(tol_name))
-            tree, chunks = run_pyrod(opt_name, X, y, args.width, args.steps, dt, args.chunk, eig_tol=eig_tol,
-                                     raw=args.raw_sharpness)
-            col = f"pyrod {dt}" + ("" if eig_tol is None else f" tol {eig_tol:.0e}")
-            cols[col] = (steady_pyrod(chunks["discrete"], steady), steady_pyrod(chunks["central"], steady))
-            a = tree["central"].attrs
-            print(f"  [{opt_name}] {col} done in {time.process_time() - t0:.0f} CPU s; central: "
-                  f"{a['n_rhs'] / args.steps:.1f} RHS, {a['central_rr_hvp'] / args.steps:.1f} RR HVPs, "
-                  f"{a['central_expand_hvp'] / args.steps:.1f} expand HVPs, "
-                  f"{a['central_refresh_hvp'] / args.steps:.1f} refresh HVPs, "
-                  f"{a['central_n_t3'] / args.steps:.1f} d3 rows per unit time", flush=True)
-            if ref_c is not None:
-                agree.append((opt_name, col[6:], agreement(ref_c, tree)))
-        table.append((opt_name, cols))
-    names = list(table[0][1])
-    print("\nCPU seconds per unit time (steady state)\n")
-    print("| run | " + " | ".join(names) + " |")
-    print("|---|" + "---|" * len(names))
-    for opt_name, cols in table:
-        label = "GD" if opt_name == "gd" else "RMSProp"
-        for j, what in enumerate(("discrete + eigs", "central")):
-            print(f"| {label} {what} | " + " | ".join(f"{cols[n][j]:.3f}" for n in names) + " |")
-    if "reference" in names:
-        print("\nspeed-up over the reference (reference time / pyrod time)\n")
-        for opt_name, cols in table:
-            r = cols["reference"]
-            print(f"  {opt_name:8s} " + "; ".join(f"{n}: discrete {r[0] / cols[n][0]:.2f}x, central "
-                                                 f"{r[1] / cols[n][1]:.2f}x" for n in names if n != "reference"))
-    if agree:
-        print("\nagreement (central flow, pyrod vs reference)\n")
-        print("| optimizer | dtype | predicted loss rel. diff (median / max) | eff. sharpness median pyrod / ref "
-              "| max pyrod / ref | critical entry step pyrod / ref |")
-        print("|---|---|---|---|---|---|")
-        for opt_name, dt, g in agree:
-            print(f"| {opt_name} | {dt} | {g['pred_rel_median']:.2e} / {g['pred_rel_max']:.2e} | "
-                  f"1{g['es_pyrod_median'] - 1:+.1e} / 1{g['es_ref_median'] - 1:+.1e} | "
-                  f"1{g['es_pyrod_max'] - 1:+.1e} / 1{g['es_ref_max'] - 1:+.1e} | "
-                  f"{g['enter_pyrod']} / {g['enter_ref']} |")
+    unit = "wall s (CUDA, synchronised)" if clock.cuda else "CPU s"
+    print(f"device {device}, n = {args.n}, 4 classes, MSE; Euler x4, eigenvalues every step; "
+          f"{torch.get_num_threads()} thread(s); {args.steps} steps after the restart, steady window from +"
+          f"{args.steady}; {unit} per unit time", flush=True)
+    table = []
+    for width in widths:
+        dim = n_params(width)
+        for opt_name in [o.strip() for o in args.opts.split(",") if o.strip()]:
+            t_row = time.perf_counter()
+            if args.lr == "auto":
+                lr = auto_lr(opt_name, X, y, width, dtypes[0], device)
+                onset = find_onset(opt_name, X, y, width, dtypes[0], device, lr, args.probe_steps)
+                if onset is None:
+                    print(f"  [w{width} {opt_name}] η = {lr:.3g}: no EoS within {args.probe_steps} steps; skipped",
+                          flush=True)
+                    continue
+                restart = max(onset - args.lead, RMS_WARM if opt_name == "rmsprop" else 0)
+            else:
+                lr = float(args.lr) if opt_name == "gd" else RMS_LR
+                onset, restart = None, (RMS_WARM if opt_name == "rmsprop" else 0)
+            steady = restart + args.steady
+            row = dict(width=width, dim=dim, opt=opt_name, lr=lr, onset=onset, restart=restart)
+            if ref is not None:
+                t0 = time.perf_counter()
+                ref_d = run_reference(ref, opt_name, X, y, width, args.steps, "discrete", lr, restart, clock, device)
+                ref_c = run_reference(ref, opt_name, X, y, width, args.steps, "central", lr, restart, clock, device)
+                row["reference"] = (steady_ref(ref_d, steady), steady_ref(ref_c, steady))
+                print(f"  [w{width} {opt_name}] η = {lr:.3g}, onset {onset}, restart {restart}: reference done in "
+                      f"{time.perf_counter() - t0:.0f} s", flush=True)
+            for dt, tol_name in [(d, t.strip()) for d in dtypes for t in args.eig_tols.split(",") if t.strip()]:
+                t0 = time.perf_counter()
+                eig_tol = None if tol_name == "default" else (ref_eig_tol(dim) if tol_name == "ref"
+                                                              else float(tol_name))
+                tree, chunks = run_pyrod(opt_name, X, y, width, args.steps, dt, args.chunk, lr, restart, clock,
+                                         device, eig_tol=eig_tol, raw=args.raw_sharpness)
+                col = f"pyrod {dt}" + ("" if eig_tol is None else f" tol {eig_tol:.0e}")
+                a = tree["central"].attrs
+                entry = dict(times=(steady_pyrod(chunks["discrete"], steady),
+                                    steady_pyrod(chunks["central"], steady)),
+                             eos=pyrod_eos(tree, steady))
+                if ref is not None:
+                    entry["agree"] = agreement(ref_c, tree, steady)
+                row[col] = entry
+                print(f"  [w{width} {opt_name}] {col} done in {time.perf_counter() - t0:.0f} s; central: "
+                      f"{a['n_rhs'] / args.steps:.1f} RHS, {a['central_rr_hvp'] / args.steps:.1f} RR HVPs, "
+                      f"{a['central_expand_hvp'] / args.steps:.1f} expand HVPs, "
+                      f"{a['central_refresh_hvp'] / args.steps:.1f} refresh HVPs, "
+                      f"{a['central_n_t3'] / args.steps:.1f} d3 rows, n_hvp {a['n_hvp'] / (restart + args.steps):.1f}"
+                      f" per unit time; row {time.perf_counter() - t_row:.0f} s", flush=True)
+            table.append(row)
+    print(f"\n{unit} per unit time (steady window), speed-up = reference / pyrod\n")
+    print("| width (d) | optimizer | η | onset / restart | column | discrete + eigs: ref / pyrod / speed-up "
+          "| central: ref / pyrod / speed-up | in EoS (pyrod / ref) | predicted loss rel. diff median / max "
+          "| critical entry pyrod / ref |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for row in table:
+        r = row.get("reference")
+        for col, e in ((c, v) for c, v in row.items() if c.startswith("pyrod")):
+            d_p, c_p = e["times"]
+            if r is not None:
+                g = e["agree"]
+                disc = f"{r[0]:.4f} / {d_p:.4f} / {r[0] / d_p:.2f}x"
+                cen = f"{r[1]:.4f} / {c_p:.4f} / {r[1] / c_p:.2f}x"
+                eos = f"{'yes' if g['eos_pyrod'] else 'NO'} / {'yes' if g['eos_ref'] else 'NO'}"
+                agr = f"{g['pred_rel_median']:.2e} / {g['pred_rel_max']:.2e}"
+                ent = f"{g['enter_pyrod']} / {g['enter_ref']}"
+            else:
+                disc, cen = f"- / {d_p:.4f} / -", f"- / {c_p:.4f} / -"
+                eos, agr, ent = f"{'yes' if e['eos'] else 'NO'} / -", "-", "-"
+            print(f"| {row['width']} ({row['dim'] / 1e6:.3g}M) | {row['opt']} | {row['lr']:.3g} | "
+                  f"{row['onset']} / {row['restart']} | {col[6:]} | {disc} | {cen} | {eos} | {agr} | {ent} |")
 
 
 if __name__ == "__main__":

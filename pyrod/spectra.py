@@ -56,6 +56,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .host import to_device
+
 __all__ = ["EigReport", "EigenConvergenceWarning", "top_eigs", "hessian_operator", "preconditioner_scale",
            "EigTracker"]
 
@@ -543,6 +545,33 @@ class EigTracker:
                 f"residuals={np.array2string(rep.residuals, precision=2)}",
                 EigenConvergenceWarning, stacklevel=2)
         return ev, V, rep
+
+    def adopt(self, evecs: torch.Tensor, evals, residuals):
+        """Take known eigenpairs at this point as the result of a call, without a solve, when they meet the
+        tolerance: ``evecs`` ``(d, j)`` orthonormal eigenvector approximations of ``S`` (e.g. a flow's Ritz vectors),
+        ``evals`` and ``residuals`` their Ritz values and true relative residuals (host, ``(j,)``, descending).
+        When ``j ≥ k`` and the first ``k`` residuals are ``≤ max(tol, floor)`` — where a LOBPCG started from
+        these vectors would stop before its first iteration — the tracker records them as its last result (warm
+        block, sign alignment, call count) and returns ``(evals (k,), evecs (d, k), EigReport(method="known"))``;
+        else None (the caller solves). No HVPs either way."""
+        evals = np.asarray(evals, dtype=np.float64)
+        res = np.asarray(residuals, dtype=np.float64)
+        tol = max(self.tol, self.floor)
+        k = self.k
+        if evecs.ndim != 2 or evecs.shape[1] < k or evals.size < k or res.size < k or self.method == "dense" \
+                or not (np.all(np.isfinite(evals[:k])) and np.all(res[:k] <= tol)) \
+                or np.any(np.diff(evals[:k]) > 0):
+            return None
+        V = evecs[:, :k]
+        prev = self._prev
+        if prev is not None and prev.shape == V.shape and prev.dtype == V.dtype and prev.device == V.device:
+            V = V * torch.where((prev * V).sum(0) < 0, -1.0, 1.0).to(V.dtype)
+        self._block = torch.cat([V, evecs[:, k:]], dim=1)
+        self._prev = V
+        self.calls += 1
+        rep = EigReport(0, 0, res[:k].copy(), True, tol, "known", evecs.shape[1], True)
+        self.last_report = rep
+        return to_device(evals[:k], V), V, rep
 
     @staticmethod
     def generalized(evecs: torch.Tensor, P) -> torch.Tensor:

@@ -180,7 +180,7 @@ def test_sdcp_affine_model_matches_finite_differences(kind):
 
     Adot = (A_of(eps) - A_of(-eps)) / (2 * eps)
     A0 = A_of(0.0)
-    assert torch.allclose(A0, torch.diag(2.0 - ev.lam[:ev.kc]), atol=1e-10)
+    assert torch.allclose(A0, torch.diag(2.0 - torch.as_tensor(ev.lam[:ev.kc], dtype=A0.dtype)), atol=1e-10)
     Z_fd = (A0 + tau * Adot).numpy()
     # the affine model α + β[X] (β as built, before the solver symmetrises it) is the flow's own A + τ dA/dt
     Z_model = ev.alpha + smat(ev.beta @ svec(ev.X))
@@ -358,7 +358,7 @@ def test_readout_eigen_solve_is_warm_started_from_the_tracked_eigenvectors(monke
             return pyrod.simulate(prob, GD(lr=2.5 / lam), steps=30, runs=["discrete", "central"], eigs=2,
                                   eig_every=1, restart_at=10)["central"]
     warm = run()
-    monkeypatch.setattr(FlowRun, "_spectrum_at", lambda self, k, y, init=None: None)   # read-out solves itself
+    monkeypatch.setattr(FlowRun, "_spectrum_at", lambda self, k, y, init=None, known=None: None)   # read-out solves
     cold = run()
     assert (warm.ds["n_critical"].values[10:] > 0).all()          # the tracked (warm) path was exercised
     np.testing.assert_allclose(warm.ds["eigs"].values[10:], cold.ds["eigs"].values[10:], rtol=1e-9)

@@ -52,6 +52,7 @@ import warnings
 import numpy as np
 import torch
 
+from .. import host
 from ..integrate.base import Event
 from ..integrate.fixed_step import check_substeps
 from ..spec import COUNTER_RATES
@@ -88,6 +89,15 @@ class _CounterClock:
 
     def __getattr__(self, name):
         return getattr(self._opt, name)
+
+def _stash_entry(v):
+    """A stashed read-out ``(values, spectrum or None)`` from its checkpoint form ``[values, spectrum]`` (checkpoints
+    written before the state cache was keyed by identity have a state digest first: ``[digest, values, spectrum]``)."""
+    if len(v) == 3:
+        v = v[1:]
+    values, spec = v
+    return dict(values), None if spec is None else dict(spec)
+
 
 class CentralFlowExperimentalWarning(UserWarning):
     """The central flow of a momentum method is experimental (docs/momentum_central_flow.md)."""
@@ -171,9 +181,10 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
         # --- tracking state (Y, k_track, lam_last, _cache: central_tracking)
         self._init_tracking()
         self._X_prev = None         # the last SDCP solution (warm start)
+        self._failed_dev = None     # device count of SDCP solves without a solution (flush_device_counts)
         self._warned = set()
         self._chunk = None          # discrete states of the chunk being integrated (FlowRun.begin_chunk)
-        self._stash = {}            # k -> (state digest, read-out values) computed during integration
+        self._stash = {}            # k -> (read-out values, spectrum or None) computed during integration
         # --- counters (reported in the group attributes)
         self.stats = dict(n_rhs=0, n_refresh=0, refresh_grow=0, refresh_shrink=0, refresh_residual=0,
                           refresh_nonfinite=0, refresh_unconverged=0, refresh_hvp=0,
@@ -181,6 +192,29 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
                           sdcp_iterations=0, sdcp_unconverged=0, sdcp_max_merit=0.0, t_eig=0.0, t_t3=0.0,
                           t_sdcp=0.0, max_critical=0, max_tracked=1, readout_fresh=0,
                           sdcp_max_asymmetry=0.0)
+
+    def warn_once(self, key: str, message: str) -> None:
+        """A RuntimeWarning the first time ``key`` comes up in this run (the keys given are state)."""
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+    def count_device_failures(self, flag: torch.Tensor) -> None:
+        """Remember a 0-dim device bool (a device SDCP solve without a solution), summed into the statistics at
+        the next :meth:`flush_device_counts` (no transfer now)."""
+        self._failed_dev = flag.to(torch.int64) if self._failed_dev is None else self._failed_dev + flag
+
+    def flush_device_counts(self) -> None:
+        """Read the device counters into ``stats`` (one transfer; at chunk boundaries and at the end)."""
+        if self._failed_dev is None:
+            return
+        n = int(host.to_host(self._failed_dev)[()])
+        self._failed_dev = None
+        if n:
+            self.stats["sdcp_unconverged"] += n
+            self.stats["sdcp_max_merit"] = max(self.stats["sdcp_max_merit"], 1.0)
+            self.warn_once("sdcp", f"central flow: SDCP not converged ({n} solves, k=1): α < 0 and β ≤ 0, the QP is "
+                                   f"unbounded below, no SDCP solution (X = 0 used)")
 
     @staticmethod
     def validate_options(**options) -> dict:
@@ -260,16 +294,18 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
         The evaluation cache is cleared: it is a pure cache, and a resumed run (empty cache) must do exactly
         the same HVPs as an uninterrupted one."""
         self._chunk = chunk
-        self._cache.clear()
+        self._cache = self._new_cache()
+        self.flush_device_counts()
         self._stash = {k: v for k, v in self._stash.items() if k >= chunk.k0}
 
     def state_dict(self) -> dict:
         """Tracking state between chunks: basis ``Y``, ``k_track``, ``lam_last``, the SDCP warm start ``X_prev``,
         read-outs computed during integration (``stash``), ``stats`` (``n_refresh`` seeds LOBPCG) and the
         warnings already given. The cache and the chunk are not state (cleared / set by ``begin_chunk``)."""
+        self.flush_device_counts()
         return {**self.tracking_state(), "X_prev": self._X_prev,
                 "clock_t0": self.opt.t0 if isinstance(self.opt, _CounterClock) else None,
-                "stash": {int(k): [v[0], dict(v[1]), None if v[2] is None else dict(v[2])]
+                "stash": {int(k): [dict(v[0]), None if v[1] is None else dict(v[1])]
                           for k, v in self._stash.items()},
                 "stats": dict(self.stats), "warned": sorted(self._warned)}
 
@@ -278,38 +314,35 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
         if isinstance(self.opt, _CounterClock):
             self.opt.t0 = float(state["clock_t0"])
         self._X_prev = None if state["X_prev"] is None else np.array(state["X_prev"])
-        self._stash = {int(k): (v[0], dict(v[1]), None if len(v) < 3 or v[2] is None else dict(v[2]))
-                       for k, v in state["stash"].items()}
+        self._stash = {int(k): _stash_entry(v) for k, v in state["stash"].items()}
         self.stats = dict(state["stats"])
         self._warned = set(state["warned"])
 
     def _stash_readout(self, t, y):
         """At an integer time reached exactly by an accepted step, compute the read-out now, with the basis that
-        is current there (FlowRun reads out after the whole chunk, when the tracked basis has moved on)."""
+        is current there (FlowRun reads out after the whole chunk, when the tracked basis has moved on). The
+        integrator saves exactly this state at ``k`` (the driver saves the accepted state itself when a step lands
+        on a save time, before ``on_accept``), so the stash is keyed by ``k`` alone."""
         k = round(t)
         ck = self._chunk
-        if abs(t - k) > 1e-9 or ck is None or k in self._stash or not (ck.k0 <= k < ck.k0 + len(ck.states)):
+        if t != k or ck is None or k in self._stash or not (ck.k0 <= k < ck.k0 + len(ck.states)):
             return
-        key = self._key(float(k), y)
         pred = self._predictions(float(k), y, ck.state(k).w)
         spec = None
         if self.spectrum_at is not None:
-            # the run's eigen diagnostics here too, warm-started from the tracked eigenvectors at this very state
-            # (P~^{1/2} U: eigenvectors of P^{-1/2} H P^{-1/2}); no HVPs for them when the Ritz pairs are cached
-            rr = self._cache.get(("rr", key))
-            init = None
-            if rr is not None:
-                p = self.layout.unpack(y)
-                Pt = self.P_tilde(p.get("nu"), float(k))
-                init = Pt.sqrt()[:, None] * rr[1] if Pt.numel() > 1 else rr[1]
-            spec = self.spectrum_at(k, y, init)
-        self._stash[k] = (key[1], pred, spec)
+            # the run's eigen diagnostics here too, from the tracked Ritz pairs at this very state: used as they are
+            # when their residuals meet the measurement's tolerance, else as the warm start of its eigen-solve
+            # (P~^{1/2} U: eigenvectors of P^{-1/2} H P^{-1/2}, eigenvalues c·λ~ with P~ = c·P)
+            p = self.layout.unpack(y)
+            Pt = self.P_tilde(p.get("nu"), float(k))
+            rr = self._ritz(float(k), y, p["w"], p.get("nu"), Pt)
+            V = Pt.sqrt()[:, None] * rr.U if Pt.numel() > 1 else Pt.sqrt()[0] * rr.U
+            spec = self.spectrum_at(k, y, V, known=(self.c * rr.lam, rr.rel))
+        self._stash[k] = (pred, spec)
 
     def stashed_spectrum(self, k, y_k):
         got = self._stash.get(k)
-        if got is None or got[2] is None or got[0] != self._key(float(k), y_k)[1]:
-            return None
-        return got[2]
+        return None if got is None else got[1]
 
     def run_attrs(self) -> dict:
         return {"sdcp_threshold": self.sdcp_threshold, "track_threshold": self.track_threshold,
@@ -321,6 +354,7 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
                          "(for GD P~ = 1/lr, as the reference implementation)"}
 
     def final_attrs(self) -> dict:
+        self.flush_device_counts()
         return {f"central_{k}": (float(v) if isinstance(v, float) else int(v)) for k, v in self.stats.items()}
 
     def flow_events(self) -> list:
@@ -367,31 +401,30 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
                              f"gradient and a quadratic second-moment target")
 
     def _event_value(self, t, y, j):
-        p = self.layout.unpack(y)
         if self._far():
             lam = self.lam_last          # far from critical: the last accepted values suffice (no HVPs)
         else:
+            p = self.layout.unpack(y)
             with torch.no_grad():
-                lam = self._ritz(float(t), p["w"], p.get("nu"), self.P_tilde(p.get("nu"), float(t)),
-                                 key=self._key(t, y))[0]
-        if j < lam.numel():
+                lam = self._ritz(float(t), y, p["w"], p.get("nu"), self.P_tilde(p.get("nu"), float(t))).lam
+        if j < lam.size:
             return float(lam[j]) - self.s_sdcp
         return min(float(lam[-1]), self.s_track) - self.s_sdcp
 
     def evaluate(self, t, y, count: bool = True) -> Eval:
         """All central-flow quantities at ``(t, y)``: Ritz pairs, X (SDCP) and ``dy/dt`` (cached per state and
         basis). ``count``: add the gradient to ``problem.n_grad`` (FlowRun counts the RHS calls itself)."""
-        key = self._key(t, y)
-        hit = self._cache.get(("ev", key))
+        t = float(t)
+        hit = self._cache.get("ev", t, y)
         if hit is not None:
             return hit
-        ev = self._evaluate(float(t), y, key)
-        self._remember(("ev", key), ev)
+        ev = self._evaluate(t, y)
+        self._cache.put("ev", t, y, ev)
         if count:
             self.problem.n_grad += 1
         return ev
 
-    def _evaluate(self, t, y, key) -> Eval:
+    def _evaluate(self, t, y) -> Eval:
         """Ritz pairs at ``(t, y)``; with critical pairs, the SDCP projection (:func:`.central_projection.project`)."""
         opt = self.opt
         p = self.layout.unpack(y)
@@ -403,12 +436,13 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
         Pt = self.P_tilde(nu, t)
         ev.Pt = Pt
         self.stats["n_rhs"] += 1
-        # --- critical subspace at this point
+        # --- critical subspace at this point (λ̃ on the host: the critical count is read without a transfer)
         if self._far():
             lam, U, HU = self.lam_last, None, None
             kc = 0
         else:
-            lam, U, HU, _ = self._ritz(t, w, nu, Pt, key=key)
+            rr = self._ritz(t, y, w, nu, Pt)
+            lam, U, HU = rr.lam, rr.U, rr.HU
             kc = int((lam > self.s_sdcp).sum())
         ev.lam, ev.kc = lam, kc
         ev.U = None if U is None else U[:, :kc]
@@ -416,10 +450,9 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
         self.stats["max_critical"] = max(self.stats["max_critical"], kc)
         tgt0 = opt.nu_target(g) if self.has_nu else None
         if kc == 0:
-            ev.X = np.zeros((0, 0))
+            ev.set_host(X=np.zeros((0, 0)))
             ev.x = torch.zeros(0, dtype=g.dtype, device=g.device)
             ev.That = ev.Ghat = None
-            ev.sdcp = ev.alpha = ev.beta = None
             self._X_prev = None
             ev.dy = self._velocity(w, m, nu, t, g, tgt0)
             return ev
@@ -454,13 +487,13 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
 
     def readout(self, k, y_k, y_prev_half, discrete) -> dict:
         got = self._stash.pop(k, None)
-        if got is not None and got[0] == self._key(float(k), y_k)[1]:
-            return got[1]
-        # the integrator did not stop exactly at k (or the state differs): fresh eigen-solve at y_k
+        if got is not None:
+            return got[0]
+        # the integrator did not stop exactly at k: fresh eigen-solve at y_k
         self.stats["readout_fresh"] += 1
         saved = (self.Y, self.k_track, self.lam_last, self._cache, self._X_prev)
         try:
-            self._cache = {}
+            self._cache = self._new_cache()
             with torch.no_grad():
                 p = self.layout.unpack(y_k)
                 self._refresh(float(k), p["w"], p.get("nu"))
@@ -469,31 +502,38 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
             self.Y, self.k_track, self.lam_last, self._cache, self._X_prev = saved
 
     def _predictions(self, t, y, wk) -> dict:
-        """Predictions at ``(t, y)`` (an integer time) and the empirical ``deltas`` against the discrete ``w_k``."""
+        """Predictions at ``(t, y)`` (an integer time) and the empirical ``deltas`` against the discrete ``w_k``;
+        the device values are read in one transfer."""
         with torch.no_grad():
             ev = self.evaluate(t, y)
-            w = ev.w
-            L = float(self.problem.loss(w))
-            gn2 = float(torch.dot(ev.g, ev.g))
+            w, kc = ev.w, ev.kc
             n = self.max_track                 # everything computed is recorded (dim "track"), whatever eigs is
-            out = {"n_critical": float(ev.kc), "n_tracked": float(self.k_track),
-                   "critical_sharpness": (ev.lam[:n] / 2.0).detach().cpu().numpy()}
-            if ev.kc == 0:
+            parts = [self.problem.loss(w), torch.dot(ev.g, ev.g)]
+            if kc:
+                PU = (ev.Pt[:, None] * ev.U) if ev.Pt.numel() > 1 else ev.Pt[0] * ev.U
+                parts += [ev.U.T @ ev.HU, ev.HU.T @ ev.HU, ev.U.T @ ev.U, PU.T @ (wk - w), ev.X_dev]
+                if ev.alpha_dev is not None:           # the device closed form: its α, β come along
+                    parts += [ev.alpha_dev, ev.beta_dev]
+            vals = host.to_host(host.stack_scalars(parts, w))
+            L, gn2 = float(vals[0]), float(vals[1])
+            out = {"n_critical": float(kc), "n_tracked": float(self.k_track),
+                   "critical_sharpness": np.asarray(ev.lam[:n], dtype=np.float64) / 2.0}
+            if kc == 0:
                 out.update(predicted_loss=L, predicted_grad_norm_sq=gn2, sigma_trace=0.0,
                            sdcp_complementarity=0.0)
                 return out
-            X = torch.as_tensor(ev.X, dtype=w.dtype, device=w.device)
-            UtHU = ev.U.T @ ev.HU
-            HtH = ev.HU.T @ ev.HU
-            UtU = ev.U.T @ ev.U
+            q = kc * kc
+            UtHU, HtH, UtU = (vals[2 + i * q: 2 + (i + 1) * q].reshape(kc, kc) for i in range(3))
+            PUdw = vals[2 + 3 * q: 2 + 3 * q + kc]
+            X = vals[2 + 3 * q + kc: 2 + 4 * q + kc].reshape(kc, kc)
+            if ev.alpha_dev is not None:
+                ev.set_host(X=X, alpha=vals[-2:-1].reshape(1, 1), beta=vals[-1:].reshape(1, 1))
+            xe, Q = np.linalg.eigh(0.5 * (X + X.T))
+            xe, Q = xe[::-1].copy(), Q[:, ::-1].copy()
             out["predicted_loss"] = L + 0.5 * float((X * (0.5 * (UtHU + UtHU.T))).sum())
             out["predicted_grad_norm_sq"] = gn2 + float((X * HtH).sum())
             out["sigma_trace"] = float((X * UtU).sum())
-            xe, Q = torch.linalg.eigh(X)
-            xe, Q = xe.flip(0), Q.flip(1)
-            out["predicted_variances"] = xe[:n].cpu().numpy()
-            PUs = ev.U @ Q
-            PUs = (ev.Pt[:, None] * PUs) if ev.Pt.numel() > 1 else ev.Pt[0] * PUs
-            out["deltas"] = (PUs.T @ (wk - w))[:n].cpu().numpy()
+            out["predicted_variances"] = xe[:n]
+            out["deltas"] = (Q.T @ PUdw)[:n]
             out["sdcp_complementarity"] = float(ev.sdcp.complementarity)
         return out

@@ -1,27 +1,124 @@
 """Eigen-subspace tracking for the central flow (a mixin of :class:`~pyrod.flows.central.CentralFlow`).
 
 A basis ``Y`` (d × ``k_track``, P̃-orthonormal at its refresh) of the top eigenvectors of the pencil (H, P̃) is kept
-between steps: every evaluation does a Rayleigh–Ritz on it (``k_track`` HVPs, cached per state within a chunk);
-after every accepted step :meth:`SubspaceTracking.track` checks the Ritz residuals and improves the basis by one
-Davidson expansion, or re-solves it by warm LOBPCG (:func:`pyrod.spectra.top_eigs`) when the tracked set must grow
-or shrink or a residual is large. Tracked: every eigenvalue with ``λ̃ ≥ s_track`` plus one below it (at most
-``max_track``).
+between steps: every evaluation does a Rayleigh–Ritz on it (``k_track`` HVPs, cached per state); after every
+accepted step :meth:`SubspaceTracking.track` checks the Ritz residuals and improves the basis by one Davidson
+expansion, or re-solves it by warm LOBPCG (:func:`pyrod.spectra.top_eigs`) when the tracked set must grow or shrink
+or a residual is large. Tracked: every eigenvalue with ``λ̃ ≥ s_track`` plus one below it (at most ``max_track``).
 
-State between chunks (``tracking_state``): ``Y``, ``k_track``, ``lam_last`` (λ̃ at the last accepted step); the
-cache ``_cache`` is pure and cleared at every chunk. The mixin needs from its host: ``problem``, ``d``,
-``P_tilde(ν, t)``, ``s_sdcp``, ``s_track``, ``max_track``, ``track_threshold``, ``eig_tol``, ``eig_max_iter``,
-``refresh_tol``, ``stats`` and ``_warned``.
+**Host transfers.** A Rayleigh–Ritz step computes on the device only the tall-skinny products (``HY``, the Gram
+matrices ``SᵀP̃S``, ``SᵀHS`` and ``(HS)ᵀP̃⁻¹HS``, in float64) and reads the three small matrices with one
+:func:`pyrod.host.to_host`; the small eigenproblems, the Ritz values ``λ̃`` and the residual norms are computed on
+the host, and the coefficient matrix goes back with :func:`pyrod.host.to_device` (no wait). Every decision (the
+critical count, grow / shrink / refresh, the event values, "far from critical") reads those host values, so a
+right-hand side never waits on the device except in that one transfer. The residual of Ritz pair
+``(λ_i, u_i = S c_i)`` comes from the Gram matrices: ``‖P̃^{-1/2}(Hu − λP̃u)‖² = cᵀG₃c − 2λ cᵀG_Hc + λ² cᵀG_Pc``,
+accurate to ``~1e-16/rel`` relative in float64, far below any tolerance used here.
+
+**Caches** are keyed by the state tensor's identity (:class:`pyrod.tensor_identity.TensorKey`: the integrator
+hands the same tensor to the right-hand side, the event checks and the accepted-step hook) and the time, never by
+content on a GPU; on the CPU, where reading values costs no synchronisation, a content-equal copy of the state also
+hits (the NumPy backends hand the flow a new tensor per callback). The cache is pure and cleared at every chunk.
+
+State between chunks (``tracking_state``): ``Y``, ``k_track``, ``lam_last`` (λ̃ at the last accepted step, host
+float64), ``eig_floor``. The mixin needs from its host: ``problem``, ``d``, ``P_tilde(ν, t)``, ``s_sdcp``,
+``s_track``, ``max_track``, ``track_threshold``, ``eig_tol``, ``eig_max_iter``, ``refresh_tol``, ``stats``,
+``layout`` and ``_warned``.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 import warnings
 
+import numpy as np
 import torch
 
-__all__ = ["SubspaceTracking"]
+from .. import host
+from ..tensor_identity import TensorKey
+
+__all__ = ["SubspaceTracking", "Ritz", "StateCache", "gram_matrices", "ritz_from_grams", "pencil_rayleigh_ritz"]
+
+
+class Ritz:
+    """Ritz pairs of the pencil (H, P̃) at one state: ``lam`` (host, float64, descending), ``rel`` (host, relative
+    residuals ``‖P̃^{-1/2}(Hu − λP̃u)‖/|λ|``), ``U`` (d × k, P̃-orthonormal, device) and ``HU`` (device).
+    ``expanded``: from the basis and its Davidson expansion (2k columns), not the basis alone; and the
+    residuals of the basis's own Ritz pairs (``plain``; the pairs themselves when not expanded)."""
+
+    __slots__ = ("lam", "rel", "U", "HU", "expanded", "plain")
+
+    def __init__(self, lam, rel, U, HU, expanded=False, plain=None):
+        self.lam, self.rel, self.U, self.HU, self.expanded = lam, rel, U, HU, expanded
+        #: ``(lam, rel)`` of the basis alone (its Rayleigh–Ritz from the same Gram matrices; these pairs unexpanded)
+        self.plain = (lam, rel) if plain is None else plain
+
+
+class StateCache:
+    """A few values per ``(kind, t, state)``: the state matched by :class:`~pyrod.tensor_identity.TensorKey`
+    (identity and version), or, with ``by_value`` (states that are fresh conversions for each call, on the CPU),
+    also by value. Newest first; at most ``size`` entries."""
+
+    def __init__(self, size: int = 16, by_value: bool = False):
+        self.size, self.by_value, self.entries = size, by_value, []
+
+    def get(self, kind, t, y):
+        for kind_, t_, key, value in self.entries:
+            if kind_ == kind and t_ == t and (key.matches(y) or (self.by_value and _same_on_cpu(key.tensor, y))):
+                return value
+        return None
+
+    def put(self, kind, t, y, value):
+        self.entries.insert(0, (kind, t, TensorKey(y), value))
+        del self.entries[self.size:]
+
+    def clear(self):
+        self.entries.clear()
+
+
+def _same_on_cpu(a, b) -> bool:
+    return (a.device.type == "cpu" and b.device.type == "cpu" and a.shape == b.shape and a.dtype == b.dtype
+            and torch.equal(a, b))
+
+
+def _sym(G):
+    return 0.5 * (G + G.T)
+
+
+def gram_matrices(S, HS, Pt) -> torch.Tensor:
+    """The device half of a Rayleigh–Ritz step of the pencil (H, P̃) on span(S): ``(3, m, m)`` float64 holding
+    ``SᵀP̃S``, ``SᵀHS`` and ``(HS)ᵀP̃⁻¹HS`` (``S``, ``HS``: (d, m); ``Pt``: P̃ as (d,) or (1,))."""
+    S64, HS64, P64 = S.to(torch.float64), HS.to(torch.float64), Pt.to(torch.float64)
+    if P64.numel() > 1:
+        PS, HSP = P64[:, None] * S64, HS64 / P64[:, None]
+    else:
+        PS, HSP = P64[0] * S64, HS64 / P64[0]
+    return torch.stack([S64.T @ PS, S64.T @ HS64, HS64.T @ HSP])
+
+
+def ritz_from_grams(G: np.ndarray):
+    """The host half: from :func:`gram_matrices` (as a host array), ``(lam (r,) descending, rel (r,), C (m, r))``
+    with ``(SC)ᵀP̃(SC) = I`` and ``rel`` the relative residuals of the pairs ``(lam_i, S c_i)``; ``r ≤ m``
+    (directions of S that are numerically dependent are dropped)."""
+    GP, GH, G3 = _sym(G[0]), _sym(G[1]), _sym(G[2])
+    m = GP.shape[0]
+    if not (np.all(np.isfinite(GP)) and np.all(np.isfinite(GH)) and np.all(np.isfinite(G3))):
+        return np.full(m, np.nan), np.full(m, np.nan), np.full((m, m), np.nan)
+    e, Q = np.linalg.eigh(GP)
+    keep = e > 1e-12 * max(e.max(), 1e-300)
+    W = Q[:, keep] / np.sqrt(e[keep])                  # whitening: Wᵀ GP W = I
+    lam, Z = np.linalg.eigh(_sym(W.T @ GH @ W))
+    lam, C = lam[::-1].copy(), (W @ Z)[:, ::-1].copy()
+    quad = lambda A: np.einsum("ir,ij,jr->r", C, A, C)  # noqa: E731  cᵀAc per column
+    r2 = quad(G3) - 2.0 * lam * quad(GH) + lam ** 2 * quad(GP)
+    rel = np.sqrt(np.maximum(r2, 0.0)) / np.maximum(np.abs(lam), 1e-300)
+    return lam, rel, C
+
+
+def pencil_rayleigh_ritz(S, HS, Pt):
+    """Rayleigh–Ritz of the pencil (H, P̃) on span(S) (columns may be dependent), with one host transfer:
+    :func:`ritz_from_grams` of :func:`gram_matrices`."""
+    return ritz_from_grams(host.to_host(gram_matrices(S, HS, Pt)))
 
 
 class SubspaceTracking:
@@ -30,56 +127,126 @@ class SubspaceTracking:
     def _init_tracking(self):
         self.k_track = 1
         self.Y = None               # (d, k_track) tracked basis in w-coordinates (P̃-orthonormal at its refresh)
-        self.lam_last = None        # λ̃ at the last accepted step (Rayleigh–Ritz) or refresh
+        self.lam_last = None        # λ̃ at the last accepted step (Rayleigh–Ritz) or refresh: host float64 array
         self.eig_floor = 0.0        # tolerance floor learned from an unconverged refresh (≤ refresh_tol)
-        self._cache = {}            # (kind, t, y-digest) -> Ritz / evaluation data (pure; cleared per chunk)
+        self._cache = self._new_cache()  # ("rr" | "ev", t, state) -> Ritz / evaluation (pure; cleared per chunk)
+        self.expand_due = True      # the next check expands the basis (see track)
+        self.far_next = None        # far from critical: time of the next check (see _schedule)
+        self.far_prev = None        # far from critical: (t, λ̃max) at the last check
+
+    def _new_cache(self) -> StateCache:
+        return StateCache(by_value=not self.tensor_states)
 
     def tracking_state(self) -> dict:
-        return {"Y": self.Y, "k_track": self.k_track, "lam_last": self.lam_last, "eig_floor": self.eig_floor}
+        return {"Y": self.Y, "k_track": self.k_track, "lam_last": self.lam_last, "eig_floor": self.eig_floor,
+                "far_next": self.far_next, "far_prev": self.far_prev, "expand_due": self.expand_due}
 
     def load_tracking_state(self, state: dict) -> None:
         dev, dt = self.problem.device, self.problem.dtype
         self.Y = None if state["Y"] is None else state["Y"].to(device=dev, dtype=dt)
-        self.lam_last = None if state["lam_last"] is None else state["lam_last"].to(device=dev, dtype=dt)
+        lam = state["lam_last"]
+        if isinstance(lam, torch.Tensor):            # checkpoints written before the host bookkeeping
+            lam = lam.detach().to(torch.float64).cpu().numpy()
+        self.lam_last = None if lam is None else np.asarray(lam, dtype=np.float64)
         self.k_track = int(state["k_track"])
         self.eig_floor = float(state.get("eig_floor", 0.0))
-        self._cache = {}
+        self.far_next, self.far_prev = state.get("far_next"), state.get("far_prev")
+        self.expand_due = bool(state.get("expand_due", True))
+        self._cache = self._new_cache()
 
     def track(self, t, y) -> bool:
-        """After each accepted step: check the tracked subspace at the new state (Rayleigh–Ritz, usually cached
-        from the step's last stage). When a Ritz residual of a critical pair (or of the next candidate) exceeds
-        ``refresh_tol`` the basis is improved by one Davidson expansion with the residuals (``k_track`` HVPs); a
-        full warm LOBPCG solve is used when the tracked set must grow or shrink, or the residual is large.
-        Returns False when there was no basis yet (the first refresh was done instead of a check)."""
+        """After each accepted step: Rayleigh–Ritz at the new state on the tracked basis and its Davidson
+        expansion (:meth:`_ritz` with ``expand=True``; usually already done by :meth:`probe` inside the step's host
+        transfer, or half done by the step's event checks); the top ``k_track`` Ritz vectors become the basis. A
+        full warm LOBPCG solve replaces them when the tracked set must grow or shrink, or a critical pair (or the
+        next candidate) still has a relative residual above ``30·refresh_tol``. Returns False when there was no
+        basis yet (the first refresh was done instead of a check)."""
         p = self.layout.unpack(y)
         t = float(t)
         w, nu = p["w"], p.get("nu")
         with torch.no_grad():
             if self.Y is None:
                 self._refresh(t, w, nu)
+                self._schedule(t)
                 return False
+            if self._skip(t):
+                return True
             Pt = self.P_tilde(nu, t)
-            lam, U, HU, rel = self._ritz(t, w, nu, Pt, key=self._key(t, y))
+            rr = self._ritz(t, y, w, nu, Pt, expand=self.expand_due)
+            if not rr.expanded and self._watched_residual(rr.lam, rr.rel) > self.refresh_tol:
+                rr = self._ritz(t, y, w, nu, Pt, expand=True)     # k more HVPs: the plain pairs are reused
+            # expand at the next check too when this one needed it (a tensor backend then reads the expansion in the
+            # step's own transfer); a basis that still meets refresh_tol on its own is only rotated next time
+            self.expand_due = rr.expanded and self._watched_residual(*rr.plain) > self.refresh_tol
+            lam, rel = rr.lam, rr.rel
             self.lam_last = lam
-            k = lam.numel()
-            kc = int((lam > self.s_sdcp).sum())
-            j = min(kc + 1, k)
-            r = float(rel[:j].max())
+            k = lam.size
+            r = self._watched_residual(lam, rel)
             reason = None
-            if not (bool(torch.isfinite(lam).all()) and math.isfinite(r)):
+            if not (np.all(np.isfinite(lam)) and math.isfinite(r)):
                 reason = "nonfinite"
-            elif float(lam[-1]) >= self.s_track and k < self.max_track:
+            elif lam[-1] >= self.s_track and k < self.max_track:
                 reason = "grow"
-            elif k > 1 and float(lam[-2]) < 0.9 * self.s_track:
+            elif k > 1 and lam[-2] < 0.9 * self.s_track:
                 reason = "shrink"
             elif r > 30 * self.refresh_tol:
                 reason = "residual"
             if reason is not None:
                 self.stats["refresh_" + reason] += 1
                 self._refresh(t, w, nu)
-            elif r > self.refresh_tol:
-                self._expand(w, Pt, lam, U, HU)
+            else:
+                self.Y = rr.U
+            self._schedule(t)
         return True
+
+    def _watched_residual(self, lam, rel) -> float:
+        """The largest relative residual among the critical pairs and the next candidate (NaN for no pairs)."""
+        kc = int((lam > self.s_sdcp).sum())
+        j = min(kc + 1, lam.size)
+        return float(rel[:j].max()) if j else math.nan
+
+    def _skip(self, t) -> bool:
+        """Far from critical, checks are due only at the times :meth:`_schedule` set."""
+        return self.far_next is not None and t < self.far_next and self._far()
+
+    def _schedule(self, t):
+        """After a check at ``t``: while every tracked eigenvalue is below the track threshold (the right-hand side is
+        then the stable flow's and does not use the basis), the next check is at the next integer time, provided
+        that the top eigenvalue, rising at twice the rate seen since the previous check, stays below the track
+        threshold until then (the rate needs two checks); otherwise every accepted step is checked (as near the
+        critical set)."""
+        lam0 = float(self.lam_last[0]) if self.lam_last is not None and self.lam_last.size else math.nan
+        if not (self._far() and math.isfinite(lam0)):
+            self.far_next = self.far_prev = None
+            return
+        nxt, rate = math.floor(t) + 1.0, math.inf       # no rate yet: check again at the next step
+        if self.far_prev is not None and t > self.far_prev[0]:
+            rate = max(0.0, (lam0 - self.far_prev[1]) / (t - self.far_prev[0]))
+        self.far_next = nxt if lam0 + 2.0 * rate * (nxt - t) < self.s_track else None
+        self.far_prev = (t, lam0)
+
+    def probe(self, t, y):
+        """The device half of :meth:`track`'s Rayleigh–Ritz at a step end ``(t, y)`` about to be accepted, for a
+        backend that reads it in its own host transfer of the step (:attr:`pyrod.integrate.base.FlowProblem.probe`):
+        returns ``(flat float64 tensor, consume)``; ``consume(host values)`` finishes the Rayleigh–Ritz on the host
+        and caches it for the event checks, :meth:`track` and the next right-hand side at this state. None when
+        there is nothing to track yet."""
+        t = float(t)
+        if self.Y is None or self._skip(t):
+            return None
+        p = self.layout.unpack(y)
+        with torch.no_grad():
+            Pt = self.P_tilde(p.get("nu"), t)
+            if self.expand_due:
+                G, S, HS = self._expansion_grams(p["w"], Pt, None)
+            else:
+                S, HS = self.Y, self._hvp_basis(p["w"])
+                G = gram_matrices(S, HS, Pt)
+        k0, expanded = self.Y.shape[1], self.expand_due
+
+        def consume(vals):
+            self._cache.put("rr", t, y, self._finish(np.asarray(vals).reshape(G.shape), S, HS, expanded, k0))
+        return G.reshape(-1), consume
 
     def _refresh(self, t, w, nu):
         """Warm LOBPCG (:func:`pyrod.spectra.top_eigs`) at ``(w, ν, t)`` started from the current basis; grow /
@@ -106,105 +273,88 @@ class SubspaceTracking:
                     # than refresh_tol (the accuracy the tracking keeps between refreshes anyway)
                     self.eig_floor = min(self.refresh_tol, max(self.eig_floor, 1.5 * rep.max_residual))
             init = V
-            if not bool(torch.isfinite(evals).all()):
+            ev = host.to_host(evals)
+            if not np.all(np.isfinite(ev)):
                 break
-            if float(evals[-1]) >= self.s_track and k < self.max_track:
+            if ev[-1] >= self.s_track and k < self.max_track:
                 self.k_track = k + 1         # the smallest tracked is still above the track threshold: grow
                 continue
-            if float(evals[-1]) >= self.s_track and "max_track" not in self._warned:
+            if ev[-1] >= self.s_track and "max_track" not in self._warned:
                 self._warned.add("max_track")
                 warnings.warn(f"central flow: more than max_track={self.max_track} eigenvalues above "
                               f"track_threshold={self.track_threshold}; raise max_track", RuntimeWarning,
                               stacklevel=3)
-            if k > 1 and float(evals[-2]) < 0.9 * self.s_track:
+            if k > 1 and ev[-2] < 0.9 * self.s_track:
                 self.k_track = k - 1         # two below the threshold (with hysteresis): shrink
-                evals, V = evals[:-1], V[:, :-1]
+                ev, V = ev[:-1], V[:, :-1]
             break
         self.Y = (V / sq).detach()
-        self.lam_last = evals.detach()
+        self.lam_last = np.asarray(ev, dtype=np.float64)
         self._cache.clear()
         self.stats["t_eig"] += time.perf_counter() - t0
         self.stats["max_tracked"] = max(self.stats["max_tracked"], self.k_track)
 
-    @staticmethod
-    def _pencil_rr(S, HS, Pt):
-        """Rayleigh–Ritz of the pencil (H, P̃) on span(S) (columns may be dependent): ``(λ desc, C)`` with
-        ``(SC)ᵀP̃(SC) = I``."""
-        GP = S.T @ (Pt[:, None] * S) if Pt.numel() > 1 else Pt[0] * (S.T @ S)
-        GP = 0.5 * (GP + GP.T)
-        e, Q = torch.linalg.eigh(GP)
-        keep = e > 1e-12 * e.max()
-        W = Q[:, keep] * e[keep].rsqrt()                  # whitening: Wᵀ GP W = I
-        GH = S.T @ HS
-        M = W.T @ (0.5 * (GH + GH.T)) @ W
-        lam, Z = torch.linalg.eigh(0.5 * (M + M.T))
-        return lam.flip(0), W @ Z.flip(1)
-
-    def _expand(self, w, Pt, lam, U, HU):
-        """One Davidson step: Rayleigh–Ritz on ``[U, P̃⁻¹R]`` (R the Ritz residuals); keeps the top ``k_track``."""
-        t0 = time.perf_counter()
-        R = HU - (Pt[:, None] * U) * lam
-        Z = R / Pt[:, None]
-        for _ in range(2):                                  # P̃-orthogonalise against U (twice)
-            Z = Z - U @ (U.T @ (Pt[:, None] * Z))
-        nz = torch.sqrt((Z * (Pt[:, None] * Z)).sum(0))
-        ok = nz > 1e-12 * nz.max().clamp_min(1e-300)
-        Z = Z[:, ok] / nz[ok]
-        if Z.shape[1]:
-            HZ = self.problem.hvp(w, Z)
-            self.stats["expand_hvp"] += Z.shape[1]
-            S, HS = torch.cat([U, Z], dim=1), torch.cat([HU, HZ], dim=1)
-            lam2, C = self._pencil_rr(S, HS, Pt)
-            k = min(self.k_track, C.shape[1])
-            self.Y = (S @ C[:, :k]).detach()
-            self.lam_last = lam2[:k]
-            self._cache.clear()
+    def _expansion_grams(self, w, Pt, base):
+        """Device part of the expanded Rayleigh–Ritz: ``S = [U, Z]`` with ``U`` the basis (or ``base``'s Ritz
+        vectors, whose ``HU`` is known) and ``Z = P̃⁻¹HU`` P̃-orthogonalised against ``U`` (twice) and normalised — the
+        span of the Ritz residuals ``P̃⁻¹(HU − P̃UΛ)``, one Davidson step for every column at once (``k`` HVPs, plus
+        ``k`` for ``HU`` without ``base``). Returns ``(grams, S, HS)``; a zero direction of ``Z`` stays 0 and the
+        host Rayleigh–Ritz drops it."""
+        if base is None:
+            U, HU = self.Y, self._hvp_basis(w)
+        else:
+            U, HU = base.U, base.HU
+        Pc = Pt[:, None] if Pt.numel() > 1 else Pt[0]
+        Z = HU / Pc
+        for _ in range(2):
+            Z = Z - U @ (U.T @ (Pc * Z))
+        nz = torch.sqrt((Z * (Pc * Z)).sum(0))
+        Z = Z / nz.clamp_min(torch.finfo(Z.dtype).tiny)
+        HZ = self.problem.hvp(w, Z)
+        self.stats["expand_hvp"] += Z.shape[1]
         self.stats["n_expand"] += 1
-        self.stats["t_eig"] += time.perf_counter() - t0
+        S, HS = torch.cat([U, Z], dim=1), torch.cat([HU, HZ], dim=1)
+        return gram_matrices(S, HS, Pt), S, HS
 
-    def _ritz(self, t, w, nu, Pt, key=None):
-        """Rayleigh–Ritz of the pencil (H, P̃) on the tracked basis: ``(λ̃ desc, U (P̃-orthonormal), HU, rel)``
-        with ``rel`` the relative residuals of the Ritz pairs."""
-        if key is not None and ("rr", key) in self._cache:
-            return self._cache[("rr", key)]
+    def _hvp_basis(self, w):
+        self.stats["rr_hvp"] += self.Y.shape[1]
+        return self.problem.hvp(w, self.Y)
+
+    def _finish(self, G, S, HS, expanded, k0=None) -> Ritz:
+        """Host part of a Rayleigh–Ritz on ``S``: the top ``k_track`` Ritz pairs (device vectors ``S C``, ``HS C``;
+        the coefficients go back without a wait). ``expanded``: ``S = [U, Z]`` with the basis in its first ``k0``
+        columns, whose own Ritz pairs (``Ritz.plain``) come from the leading blocks of the same matrices."""
+        lam, rel, C = ritz_from_grams(G)
+        k = min(self.k_track, C.shape[1])
+        Cd = host.to_device(C[:, :k], S)
+        plain = None
+        if expanded:
+            lam_p, rel_p, _ = ritz_from_grams(G[:, :k0, :k0])
+            plain = (lam_p[:k], rel_p[:k])
+        return Ritz(lam[:k], rel[:k], (S @ Cd).detach(), (HS @ Cd).detach(), expanded, plain)
+
+    def _ritz(self, t, y, w, nu, Pt, expand: bool = False) -> Ritz:
+        """Rayleigh–Ritz of the pencil (H, P̃) at the state ``y`` (``w``, ``ν`` its parts) on the tracked basis
+        (``k_track`` HVPs), or with ``expand`` on the basis and its Davidson expansion (:meth:`_expansion_grams`;
+        ``k`` more HVPs when the plain one is cached here); cached per ``(t, y)``, one host transfer each."""
+        hit = self._cache.get("rr", t, y)
+        if hit is not None and (hit.expanded or not expand):
+            return hit
         if self.Y is None:
             self._refresh(t, w, nu)
         t0 = time.perf_counter()
-        Y = self.Y
-        HY = self.problem.hvp(w, Y)
-        self.stats["rr_hvp"] += Y.shape[1]
-        lam, C = self._pencil_rr(Y, HY, Pt)
-        U, HU = Y @ C, HY @ C
-        # relative residuals in the symmetric form: ‖P̃^{-1/2}(Hu − λP̃u)‖ / |λ|
-        R = HU - (Pt[:, None] * U) * lam
-        rel = torch.linalg.vector_norm(R * Pt.rsqrt()[:, None], dim=0) / lam.abs().clamp_min(1e-300)
-        out = (lam, U, HU, rel)
+        k0 = self.Y.shape[1] if hit is None else hit.U.shape[1]
+        if expand:
+            G, S, HS = self._expansion_grams(w, Pt, hit)
+        else:
+            S, HS = self.Y, self._hvp_basis(w)
+            G = gram_matrices(S, HS, Pt)
+        out = self._finish(host.to_host(G), S, HS, expand, k0)
         self.stats["t_eig"] += time.perf_counter() - t0
-        if key is not None:
-            self._remember(("rr", key), out)
+        self._cache.put("rr", t, y, out)
         return out
-
-    def _remember(self, key, value):
-        if len(self._cache) > 16:
-            self._cache.clear()
-        self._cache[key] = value
 
     def _far(self) -> bool:
         """All tracked eigenvalues were below the track threshold at the last accepted step: no eigenvalue can
         reach the critical one within a step, the right-hand side is the stable flow's (no HVPs)."""
-        return self.lam_last is not None and float(self.lam_last[0]) < self.s_track
-
-    def _key(self, t, y):
-        """Cache key ``(t, digest of y)``. Hashing the whole state costs more than comparing it, and the same state
-        comes back many times per step (as a new tensor: event checks, the accepted-step check, the read-out), so
-        the last few keys are memoised by exact comparison of the values (a pure cache, not state)."""
-        t = float(t)
-        memo = self.__dict__.setdefault("_key_memo", [])
-        for tm, ym, key in memo:
-            if tm == t and ym.shape == y.shape and ym.dtype == y.dtype and torch.equal(ym, y):
-                return key
-        h = hashlib.blake2b(y.detach().cpu().numpy().tobytes(), digest_size=16).hexdigest()
-        key = (t, h)
-        memo.insert(0, (t, y.detach().clone(), key))
-        del memo[4:]
-        return key
+        return self.lam_last is not None and self.lam_last.size > 0 and float(self.lam_last[0]) < self.s_track

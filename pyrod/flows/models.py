@@ -126,6 +126,10 @@ class FlowModel:
     #: set by FlowRun: ``spectrum_at(k, y, init)`` measures the run's eigen diagnostics at integer time ``k`` from
     #: the flow state ``y`` (``init``: the model's own eigenvectors there, or None); None where none are due at k
     spectrum_at = None
+    #: set by FlowRun: True when the backend hands the model's hooks its own state tensors (a tensor backend: the
+    #: right-hand side, the event checks and ``on_accept`` at one state get the same tensor); False when each call
+    #: gets a fresh conversion (NumPy backends), so that caches must compare states by value
+    tensor_states = False
 
     def stashed_spectrum(self, k: int, y_k: torch.Tensor) -> dict | None:
         """The eigen diagnostics at integer time ``k`` if the model already measured them (via
@@ -160,6 +164,15 @@ class FlowModel:
     def has_on_accept(self) -> bool:
         """Whether :meth:`on_accept` is overridden (FlowRun skips the per-step conversion otherwise)."""
         return type(self).on_accept is not FlowModel.on_accept
+
+    def probe(self, t: float, y: torch.Tensor):
+        """Values at a step end that a tensor backend reads in its one host transfer of the step, and what to do
+        with them: ``(flat tensor, consume)`` or None (:attr:`pyrod.integrate.base.FlowProblem.probe`)."""
+        return None
+
+    def has_probe(self) -> bool:
+        """Whether :meth:`probe` is overridden."""
+        return type(self).probe is not FlowModel.probe
 
 
 class PhaseSpaceState:

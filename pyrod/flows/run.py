@@ -62,6 +62,7 @@ class FlowRun:
         # a tensor backend (TENSORS = True, e.g. "torch") gets and returns torch tensors on the problem's device and
         # dtype: no host copy per right-hand side (see _flow_problem)
         self.tensors = takes_tensors(self.integrate)
+        model.tensor_states = self.tensors
         # per-flow default integrator (``FlowModel.default_method[backend]``: stable / rod RK23 or bosh3, central
         # Euler) where the user gave no method; the spec keeps method=None (the user's intent), the group attributes
         # record the method used (only when the user chose neither a method nor tolerances: a given rtol means
@@ -221,8 +222,11 @@ class FlowRun:
             def on_accept(t, y):
                 model.on_accept(float(t), self._to_torch(y))
 
+        probe = None
+        if self.tensors and model.has_probe():   # e.g. central: its tracking Rayleigh–Ritz in the step's transfer
+            probe = model.probe
         return FlowProblem(rhs=rhs, n=model.layout.size, jvp=jvp, events=self._events(), method=self.method,
-                           rtol=self.rtol, atol=self.atol, max_step=self.max_step, on_accept=on_accept,
+                           rtol=self.rtol, atol=self.atol, max_step=self.max_step, on_accept=on_accept, probe=probe,
                            options=self._integrator_options(), max_norm=self.max_norm,
                            diverged=self._score_hook() if self.tensors else self._diverged,
                            min_step=self.min_step, max_rhs_per_unit=self.max_rhs_per_unit)
@@ -353,27 +357,29 @@ class FlowRun:
         elif seg.status == "failed":
             self.stopped = f"integration failed at t={seg.t_end:.6g}: {seg.message}"
 
-    def _spectrum_at(self, k, y, init=None):
+    def _spectrum_at(self, k, y, init=None, known=None):
         """The measurer's eigen diagnostics at integer time ``k`` from the flow state ``y`` (what :meth:`_readout`
-        would measure there), warm-started from ``init``; None where no eigenvalues are due at ``k``. The central
+        would measure there), warm-started from ``init`` (with ``known`` eigenvalues and residuals: see
+        :meth:`pyrod.runs.measure.Measurer.spectrum`); None where no eigenvalues are due at ``k``. The central
         flow calls this while its tracked eigenvectors at ``k`` are at hand (one warm solve instead of two)."""
         if not self.measurer.wants_eigs(k):
             return None
         w, _ = self.model.centre(y)
-        return self.measurer.spectrum(w, self.model.nu_of(y), self.model.measure_time(k), init=init)
+        return self.measurer.spectrum(w, self.model.nu_of(y), self.model.measure_time(k), init=init, known=known)
 
     def _readout(self, k, yk, y_cmp, chunk) -> dict:
         model = self.model
         w, _ = model.centre(yk)
         nu = model.nu_of(yk)
-        values = self.measurer.measure(w, step=k, nu=nu, t=model.measure_time(k),
-                                       spectrum=model.stashed_spectrum(k, yk))
         s, s_next = chunk.state(k), chunk.state(k + 1)
         centre = 0.5 * (s.w + s_next.w)
         w_cmp, _ = model.centre(y_cmp)
-        dist = float(torch.linalg.vector_norm(w_cmp - centre))
-        values["centre_distance"] = dist
-        values["relative_centre_distance"] = dist / max(float(torch.linalg.vector_norm(centre)), 1e-300)
+        values = self.measurer.measure(w, step=k, nu=nu, t=model.measure_time(k),
+                                       spectrum=model.stashed_spectrum(k, yk),
+                                       extra={"centre_distance": torch.linalg.vector_norm(w_cmp - centre),
+                                              "centre_norm": torch.linalg.vector_norm(centre)})
+        dist = values["centre_distance"]
+        values["relative_centre_distance"] = dist / max(values.pop("centre_norm"), 1e-300)
         values["n_grad"], values["n_hvp"] = map(float, self._counts())
         y_prev_half = self.saved.get(2 * k - 1)
         values.update(model.readout(k, yk, y_prev_half, (s.w, s_next.w)))

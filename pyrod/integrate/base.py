@@ -60,6 +60,11 @@ class FlowProblem:
     method : backend-specific integrator name (``None`` = the backend's default).
     rtol, atol : tolerances. max_step : largest step (steps), ``inf`` = unlimited.
     on_accept : optional ``(t, y) -> None`` called after each accepted step (eigen-tracking warm starts).
+    probe : optional ``(t, y) -> (values, consume) | None``, for backends that read the device once per step (the
+        torch backend's fixed-step methods, where every step is accepted): called on the step end before that
+        read, ``values`` (a flat tensor on the state's device) joins it and ``consume(host values)`` is called
+        right after, before the event checks and ``on_accept`` (the central flow reads its Rayleigh–Ritz
+        matrices there instead of in a transfer of its own). Other backends ignore it.
     options : backend-specific keys; each backend declares the keys it accepts in its ``OPTIONS`` and refuses
         others (:func:`pyrod.integrate.check_options`).
 
@@ -86,6 +91,7 @@ class FlowProblem:
     max_step: float = float("inf")
     first_step: float | None = None
     on_accept: Callable[[float, np.ndarray], None] | None = None
+    probe: Callable | None = None
     options: dict = field(default_factory=dict)
     max_norm: float | None = None
     diverged: Callable[[float, np.ndarray], str | None] | None = None

@@ -194,18 +194,24 @@ class _Stepper:
                 raise ValueError(f"problem.rhs returned shape {tuple(out.shape)}, expected {tuple(y.shape)}")
         return out
 
-    def _sync(self, y_new, extra=(), with_score=True):
-        """One device→host transfer: ``extra`` values, finiteness of ``y_new``, ``‖y_new‖``, divergence score."""
+    def _sync(self, y_new, extra=(), with_score=True, tail=None):
+        """One device→host transfer: ``extra`` values, finiteness of ``y_new``, ``‖y_new‖``, divergence score, and
+        the flat tensor ``tail`` (a :attr:`FlowProblem.probe`'s values; returned instead of ``extra``'s)."""
         parts = [torch.as_tensor(e, dtype=y_new.dtype, device=y_new.device).reshape(()) for e in extra]
         parts.append(torch.isfinite(y_new).all().to(y_new.dtype))
         parts.append(torch.linalg.vector_norm(y_new))
         with_score = with_score and self.score is not None
         if with_score:
             parts.append(torch.as_tensor(self.score(self._t_new, y_new)).to(y_new).reshape(()))
-        vals = _to_host(torch.stack(parts))
+        head = torch.stack(parts)
+        if tail is not None:            # float64 throughout: the tail must not be rounded to the state's dtype
+            head = torch.cat([head.to(torch.float64), tail.reshape(-1).to(torch.float64)])
+        vals = _to_host(head)
         k = len(extra)
         self.finite, self.norm_y = bool(vals[k]), vals[k + 1]
         self.score_val = vals[k + 2] if with_score else 0.0
+        if tail is not None:
+            return vals[len(parts):]
         return vals[:k]
 
     def _check_budget(self):
@@ -238,7 +244,12 @@ class _FixedStepper(_Stepper):
             y_new = y + (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4)
             self.K = (k1, k2, k3, k4)
         self._t_new = tn
-        self._sync(y_new)
+        probe = self.problem.probe(tn, y_new) if self.problem.probe is not None else None
+        if probe is None:
+            self._sync(y_new)
+        else:                         # the problem's values at the step end ride along in the step's one transfer
+            vals, consume = probe
+            consume(self._sync(y_new, tail=vals))
         self.t_old, self.y_old, self.t, self.y = t, y, tn, y_new
 
     def interp(self, s):

@@ -326,10 +326,15 @@ class Problem:
 
     def accuracy(self, w: torch.Tensor) -> float:
         """Fraction of correctly classified training points; NaN for regression/toys."""
+        return float(self.accuracy_tensor(w))
+
+    def accuracy_tensor(self, w: torch.Tensor) -> torch.Tensor:
+        """:meth:`accuracy` as a 0-d float64 tensor on the problem's device (read it with other values in one
+        transfer; NaN for regression/toys)."""
         if self.output_fn is None or self.labels is None:
-            return math.nan
+            return torch.full((), math.nan, dtype=torch.float64, device=w.device)
         out = self.outputs(w)
-        return float((out.argmax(dim=-1) == self.labels).to(torch.float64).mean())
+        return (out.argmax(dim=-1) == self.labels).to(torch.float64).mean()
 
     def unflatten(self, w: torch.Tensor) -> dict:
         """Named views of ``w`` reshaped as the model's tensors."""

@@ -97,17 +97,18 @@ class DiscreteRun:
         for _ in range(n):
             st = self.state
             loss, g = self._loss_grad()
-            loss_f = float(loss)
+            # the step is queued before anything is read from the device; the loss, the finiteness of the gradient
+            # and the diagnostics are then read in one transfer (eigenvalues only at a finite point)
+            new_state, nu_p = self.opt.step(st, g)
+            values = self.measurer.measure(st.w, step=st.k, nu=nu_p, t=st.k, loss=loss, grad=g, grad_finite=True)
+            loss_f = values["loss"]
             if self.loss0 is None:
                 self.loss0 = abs(loss_f)
-            finite = math.isfinite(loss_f) and bool(torch.isfinite(g).all())
-            if not finite:
+            if not (math.isfinite(loss_f) and values.pop("grad_finite")):
                 records.append((float(st.k), {"loss": loss_f}))
                 chunk.states.append(DiscreteState(st.k, st.w, st.m, None, loss_f))
                 self.stop_reason = "diverged: non-finite loss or gradient at step %d" % st.k
                 break
-            new_state, nu_p = self.opt.step(st, g)
-            values = self.measurer.measure(st.w, step=st.k, nu=nu_p, t=st.k, loss=loss, grad=g)
             records.append((float(st.k), values))
             chunk.states.append(DiscreteState(st.k, st.w, st.m, nu_p, loss_f))
             chunk.n_steps += 1

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .. import host
 from ..output import Var
 
 __all__ = ["Measurer", "standard_variables"]
@@ -83,33 +84,62 @@ class Measurer:
         return self.optimizer.preconditioner(nu, t)
 
     def measure(self, w: torch.Tensor, *, step: int, nu=None, t: float | None = None, loss=None,
-                grad=None, eigs: bool | None = None, spectrum: dict | None = None) -> dict:
+                grad=None, eigs: bool | None = None, spectrum: dict | None = None, grad_finite: bool = False,
+                extra: dict | None = None) -> dict:
         """Diagnostics at parameters ``w`` (``(d,)``); ``nu`` the second moment entering ``P`` at time ``t``.
         ``spectrum``: the result of :meth:`spectrum` at this very point, computed earlier (a flow computes it
-        while its own eigenvectors there are at hand); used instead of a new eigen-solve."""
+        while its own eigenvectors there are at hand); used instead of a new eigen-solve. The scalars are read
+        from the device in one transfer; ``grad_finite`` adds ``"grad_finite"`` (whether every gradient entry is
+        finite) to that transfer and to the result (not a recorded variable: the caller removes it); ``extra``:
+        ``{name: 0-d tensor}`` read in the same transfer and returned as floats under those names."""
         prob = self.problem
         t = float(step if t is None else t)
         if loss is None or grad is None:
             loss, grad = prob.loss_and_grad(w)
-        out = {"loss": float(loss), "accuracy": prob.accuracy(w), "grad_norm": float(torch.linalg.vector_norm(grad))}
+        # every scalar in one device → host transfer
+        parts = [loss, prob.accuracy_tensor(w), torch.linalg.vector_norm(grad)]
         if nu is not None:
-            out["nu_norm"] = float(torch.linalg.vector_norm(nu))
+            parts.append(torch.linalg.vector_norm(nu))
+        if grad_finite:
+            parts.append(torch.isfinite(grad).all())
+        names = list(extra or {})
+        parts += [extra[n] for n in names]
+        vals = host.to_host(host.stack_scalars(parts, w))
+        extra_vals = dict(zip(names, (float(v) for v in vals[len(vals) - len(names):]), strict=True))
+        vals = vals[:len(vals) - len(names)]
+        out = {"loss": float(vals[0]), "accuracy": float(vals[1]), "grad_norm": float(vals[2])}
+        if nu is not None:
+            out["nu_norm"] = float(vals[3])
+        if grad_finite:
+            out["grad_finite"] = bool(vals[-1])
+        out.update(extra_vals)
         if eigs is None:
             eigs = self.wants_eigs(step)
-        if eigs and math.isfinite(out["loss"]):
+        if eigs and math.isfinite(out["loss"]) and out.get("grad_finite", True):
             out.update(spectrum if spectrum is not None else self.spectrum(w, nu, t))
         return out
 
-    def spectrum(self, w, nu, t, init=None) -> dict:
+    def spectrum(self, w, nu, t, init=None, known=None) -> dict:
         """Eigen diagnostics at ``w`` (``eigs``, sharpnesses, ``threshold``, ``eig_residual``). ``init``: extra
-        warm-start vectors of ``P^{-1/2} H P^{-1/2}`` at this point (``(d, j)``), ahead of the tracker's own."""
+        warm-start vectors of ``P^{-1/2} H P^{-1/2}`` at this point (``(d, j)``), ahead of the tracker's own.
+        ``known = (evals, residuals)``: the eigenvalues of those vectors and their true relative residuals (host
+        arrays, ``(j,)``, e.g. a flow's Ritz pairs); when the first ``k`` meet the tracker's tolerance they are the
+        result (:meth:`pyrod.spectra.EigTracker.adopt`, no HVPs), exactly what a solve started from them would
+        stop at; otherwise they warm-start the solve."""
         P = self.preconditioner(nu, t)
-        evals, evecs, rep = self.tracker(self.problem, w, P, init=init)
+        adopted = None
+        if known is not None and init is not None:
+            adopted = self.tracker.adopt(init, *known)
+        if adopted is not None:
+            _, evecs, rep = adopted
+            ev_host = np.asarray(known[0][:self.k], dtype=np.float64)
+        else:
+            evals, evecs, rep = self.tracker(self.problem, w, P, init=init)
+            ev_host = evals.detach().to(torch.float64).cpu().numpy()
         self.last_evecs = evecs
         thr = float(self.optimizer.threshold())
         resid = float(np.max(rep.residuals)) if len(rep.residuals) else math.nan
-        out = {"eigs": evals.detach().cpu().numpy(), "preconditioned_sharpness": float(evals[0]),
-               "threshold": thr}
+        out = {"eigs": ev_host, "preconditioned_sharpness": float(ev_host[0]), "threshold": thr}
         if self.raw_tracker is not None:
             raw, _, rep2 = self.raw_tracker(self.problem, w, None)
             out["sharpness"] = float(raw[0])
@@ -118,7 +148,7 @@ class Measurer:
         elif self.adaptive:
             out["sharpness"] = math.nan        # raw=False: λmax(H) not measured
         else:
-            out["sharpness"] = float(evals[0])
+            out["sharpness"] = float(ev_host[0])
         out["effective_sharpness"] = out["preconditioned_sharpness"] / thr if math.isfinite(thr) else math.nan
         out["eig_residual"] = resid
         return out

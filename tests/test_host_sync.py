@@ -1,0 +1,116 @@
+"""The central flow's step loop reads the device only in declared transfers (:mod:`pyrod.host`), on any device.
+
+On the CPU :func:`tests.host_reads.forbid_host_reads` stands in for ``torch.cuda.set_sync_debug_mode("error")``:
+every host read of a tensor outside :func:`pyrod.host.to_host` and the torch backend's ``_to_host`` raises. The
+CUDA version of the same check is in tests/test_cuda.py. What one accepted Euler step of the central flow reads:
+
+* every step: one transfer, the torch backend's, which also carries the tracking's Rayleigh–Ritz matrices
+  (:meth:`~pyrod.flows.central_tracking.SubspaceTracking.probe`);
+* with two or more critical directions, one more: the k×k SDCP's data (with one, the SDCP is solved on the device);
+* at integer times, the read-out's (one) and the eigen-diagnostics' (one per LOBPCG iteration, none when the tracked
+  Ritz pairs already meet the tolerance);
+* a refresh of the tracked subspace (a warm LOBPCG, when the tracked set grows or shrinks): one per iteration.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from host_reads import HostRead, forbid_host_reads  # tests/ is on sys.path (pytest rootdir)
+
+import pyrod
+import pyrod.integrate as integ
+from pyrod import host
+from pyrod.flows.central import CentralFlow
+from pyrod.integrate import torch_backend
+from pyrod.optimizers import GD
+from pyrod.spectra import hessian_operator, top_eigs
+
+
+def _gd_at_eos(monkeypatch, eigs=2, eig_every=1, width=16, steps=30, restart=12):
+    """GD at η = 2.2/λ0 on a small digits MLP, discrete + central from ``restart``, the central flow on the torch
+    backend (Euler ×4) under :func:`forbid_host_reads`. Returns (tree, log): the log holds, in order, ``("T",)``
+    per declared transfer, ``("accept", t)`` per accepted step, ``("refresh",)``, ``("kc", k)`` per evaluation."""
+    prob = pyrod.problem(model="mlp", data="digits", classes=4, n=64, seed=0,
+                         model_kwargs={"width": width, "depth": 2, "activation": "gelu"})
+    lam = float(top_eigs(hessian_operator(prob, prob.w0), prob.dim, 1, dtype=prob.dtype, device="cpu")[0][0])
+    log = []
+    orig_backend = integ.BACKENDS["torch"]
+    for owner, name in ((host, "to_host"), (torch_backend, "_to_host")):
+        fn = getattr(owner, name)
+        monkeypatch.setattr(owner, name, lambda *a, _fn=fn, **k: (log.append(("T",)), _fn(*a, **k))[1])
+    for name, tag in (("on_accept", "accept"), ("_refresh", "refresh"), ("_evaluate", "kc")):
+        fn = getattr(CentralFlow, name)
+
+        def wrapped(self, *a, _fn=fn, _tag=tag, **k):
+            out = _fn(self, *a, **k)
+            log.append((_tag, float(a[0])) if _tag == "accept" else (_tag, out.kc) if _tag == "kc" else (_tag,))
+            return out
+        monkeypatch.setattr(CentralFlow, name, wrapped)
+
+    def strict(problem, t0, y0, t1, t_save):
+        with forbid_host_reads([(host, "to_host"), (torch_backend, "_to_host")]):
+            return orig_backend(problem, t0, y0, t1, t_save)
+    strict.TENSORS = True
+    monkeypatch.setitem(integ.BACKENDS, "torch", strict)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tree = pyrod.simulate(prob, GD(lr=2.2 / lam), steps=steps, runs=["discrete", "central"], eigs=eigs,
+                              eig_every=eig_every, restart_at=restart, backend="torch", chunk=6)
+    return tree, log
+
+
+def _per_step(log):
+    """Split the log at the accepted steps: [(t, transfers, refreshed, max kc)] for each accepted step."""
+    out, n, refreshed, kc = [], 0, False, 0
+    for entry in log:
+        if entry[0] == "T":
+            n += 1
+        elif entry[0] == "refresh":
+            refreshed = True
+        elif entry[0] == "kc":
+            kc = max(kc, entry[1])
+        else:
+            out.append((entry[1], n, refreshed, kc))
+            n, refreshed, kc = 0, False, 0
+    return out
+
+
+def test_central_flow_reads_the_device_once_per_step(monkeypatch):
+    """Between two integer times (no read-out due) and without a refresh, an accepted step makes exactly one
+    transfer with at most one critical direction, two with more (the SDCP's)."""
+    tree, log = _gd_at_eos(monkeypatch, eig_every=6)
+    assert tree["central"].ds.attrs["flow_status"] == "ok"
+    steps = _per_step(log)
+    assert len(steps) >= 4 * 15
+    assert np.any(tree["central"].ds["n_critical"].values > 0)       # the projection was exercised
+    plain = [(t, n, kc) for t, n, refreshed, kc in steps if t != round(t) and not refreshed]
+    assert len(plain) >= 30
+    for t, n, kc in plain:
+        assert n == (1 if kc <= 1 else 2), (t, n, kc)
+
+
+def test_central_flow_with_eigenvalues_every_step_stays_in_declared_transfers(monkeypatch):
+    """Eigen-diagnostics every step (the benchmark's setting): still no host read outside the declared transfers
+    (forbid_host_reads would raise), and the integer-time steps add a bounded number of them."""
+    tree, log = _gd_at_eos(monkeypatch, eig_every=1)
+    assert tree["central"].ds.attrs["flow_status"] == "ok"
+    assert np.isfinite(tree["central"].ds["eigs"].values[12:]).all()
+    for t, n, refreshed, _kc in _per_step(log):
+        if t == round(t) and not refreshed:
+            assert n <= 2 + 1 + 30, (t, n)   # step + SDCP + read-out + at most 30 LOBPCG iterations
+
+
+def test_forbid_host_reads_catches_implicit_reads():
+    """The stand-in catches what synchronises a CUDA device."""
+    x = torch.arange(4.0)
+    with forbid_host_reads([]):
+        for read in (lambda: float(x[0]), lambda: bool(x.sum() > 0), lambda: x.tolist(), lambda: x.cpu(),
+                     lambda: x[x > 1], lambda: torch.equal(x, x), lambda: torch.linalg.eigh(torch.eye(2)),
+                     lambda: x.sum().item(), lambda: x.numpy()):
+            with pytest.raises(HostRead):
+                read()
+        y = x * 2 + 1                                        # device work is fine
+    assert torch.equal(y, torch.tensor([1.0, 3.0, 5.0, 7.0]))
