@@ -100,11 +100,12 @@ class Measurer:
             out.update(spectrum if spectrum is not None else self.spectrum(w, nu, t))
         return out
 
-    def spectrum(self, w, nu, t, init=None) -> dict:
+    def spectrum(self, w, nu, t, init=None, init_AX=None) -> dict:
         """Eigen diagnostics at ``w`` (``eigs``, sharpnesses, ``threshold``, ``eig_residual``). ``init``: extra
-        warm-start vectors of ``P^{-1/2} H P^{-1/2}`` at this point (``(d, j)``), ahead of the tracker's own."""
+        warm-start vectors of ``P^{-1/2} H P^{-1/2}`` at this point (``(d, j)``), ahead of the tracker's own;
+        ``init_AX``: ``P^{-1/2} H P^{-1/2}`` times the first columns of ``init``, when known (saves those HVPs)."""
         P = self.preconditioner(nu, t)
-        evals, evecs, rep = self.tracker(self.problem, w, P, init=init)
+        evals, evecs, rep = self.tracker(self.problem, w, P, init=init, init_AX=init_AX)
         self.last_evecs = evecs
         thr = float(self.optimizer.threshold())
         resid = float(np.max(rep.residuals)) if len(rep.residuals) else math.nan
