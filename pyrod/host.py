@@ -19,20 +19,28 @@ import torch
 
 __all__ = ["to_host", "to_device", "stack_scalars"]
 
+#: the NumPy dtype of each torch floating dtype used here (host copies in the target precision)
+NUMPY_DTYPE = {torch.float32: np.float32, torch.float64: np.float64}
+
 
 def to_host(x: torch.Tensor) -> np.ndarray:
     """``x`` as a float64 NumPy array on the host: the one device → host transfer of a step (synchronises a CUDA
     device). Callers stack everything they need into ``x`` first (:func:`stack_scalars`)."""
-    return x.detach().to(dtype=torch.float64).cpu().numpy()
+    return np.array(x.detach().cpu().numpy(), dtype=np.float64)
 
 
-def to_device(a, like: torch.Tensor) -> torch.Tensor:
-    """The host array ``a`` as a tensor of ``like``'s dtype and device. On CUDA the copy is queued from pinned
-    memory (``non_blocking``), so the host does not wait for the device."""
-    t = torch.as_tensor(np.ascontiguousarray(a))
-    if like.device.type == "cuda":
-        return t.pin_memory().to(device=like.device, dtype=like.dtype, non_blocking=True)
-    return t.to(dtype=like.dtype)
+def to_device(a, like: torch.Tensor | None = None, *, dtype=None, device=None) -> torch.Tensor:
+    """The host array ``a`` as a tensor of ``like``'s dtype and device (or the given ``dtype``, ``device``): on the
+    CPU it shares ``a``'s memory where the dtype allows; on CUDA the copy is queued from pinned memory
+    (``non_blocking``; the caching host allocator keeps the buffer until the copy is done), so the host does not
+    wait for the device."""
+    if like is not None:
+        dtype, device = like.dtype, like.device
+    device = torch.device(device)
+    t = torch.from_numpy(np.ascontiguousarray(a, dtype=NUMPY_DTYPE.get(dtype, np.float64)))
+    if device.type == "cpu":
+        return t if t.dtype == dtype else t.to(dtype)
+    return t.pin_memory().to(device=device, dtype=dtype, non_blocking=True)
 
 
 def stack_scalars(parts, like: torch.Tensor) -> torch.Tensor:

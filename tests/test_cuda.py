@@ -8,7 +8,8 @@
   stable and rod flows, Euler for the central flow);
 * the torch backend makes no per-evaluation host copies on CUDA: ``torch.cuda.set_sync_debug_mode("error")`` around
   the step loop, with synchronisation allowed only inside its one per-step transfer (``torch_backend._to_host``);
-* the eigen-solver (``pyrod.spectra.top_eigs``) and the SDCP solver work with CUDA tensors.
+* the eigen-solver (``pyrod.spectra.top_eigs``) and the SDCP solver work with CUDA tensors; the eigen-solver
+  synchronises only inside its one transfer per iteration (``spectra._to_host``).
 """
 from __future__ import annotations
 
@@ -182,6 +183,56 @@ def test_top_eigs_on_cuda_matches_dense_cpu(dtype):
     # through the problem's own HVPs (the path the runs use)
     ev2, _, _ = top_eigs(lambda X: prob.hvp(w, X), prob.dim, 2, dtype=torch.float64, device="cuda", tol=1e-8)
     np.testing.assert_allclose(ev2.cpu().numpy(), ref[:2].numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_top_eigs_synchronises_only_in_to_host(monkeypatch, dtype):
+    """LOBPCG on a CUDA operator under ``torch.cuda.set_sync_debug_mode("error")``: any synchronisation outside
+    ``pyrod.spectra._to_host`` raises. Cold, warm with ``init_AX`` and the dense path; the transfers are
+    ``iterations + 2 + checks`` (one per iteration; 1 for dense) and the eigenvalues equal the known spectrum
+    (float64: 1e-8 relative, the residual tolerance 1e-6 gives eigenvalue errors ≈ r²·λ/gap; float32: 1e-5, the
+    rounding of A and of the float32 HVPs)."""
+    from pyrod import spectra
+
+    g = torch.Generator().manual_seed(0)
+    n, k = 600, 3
+    Q = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))[0]
+    e = torch.cat([torch.tensor([10.0, 8.0, 6.0, 5.0, 4.5], dtype=torch.float64),
+                   torch.linspace(-3.0, 2.0, n - 5, dtype=torch.float64)])
+    A = (Q * e) @ Q.T
+    Ad = (0.5 * (A + A.T)).to(device="cuda", dtype=dtype)
+    init = (Q[:, :5] + 1e-3 * torch.randn(n, 5, generator=g, dtype=torch.float64)).to(device="cuda", dtype=dtype)
+    init_AX = Ad @ init[:, :k]
+    n_host = [0]
+    orig = spectra._to_host
+
+    def allowed(x):
+        n_host[0] += 1
+        torch.cuda.set_sync_debug_mode(0)
+        try:
+            return orig(x)
+        finally:
+            torch.cuda.set_sync_debug_mode("error")
+    monkeypatch.setattr(spectra, "_to_host", allowed)
+    cases = {"cold": {}, "warm": {"init": init, "init_AX": init_AX}, "dense": {"block": n // 3}}
+    runs = {}
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for name, kw in cases.items():
+            before = n_host[0]
+            ev, V, rep = spectra.top_eigs(lambda X: Ad @ X, n, k, dtype=dtype, device="cuda", tol=1e-6, **kw)
+            runs[name] = (ev, V, rep, n_host[0] - before)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    ref = e[:k].numpy()
+    for name, (ev, V, rep, transfers) in runs.items():
+        assert ev.is_cuda and V.is_cuda and V.shape == (n, k) and rep.converged, (name, rep)
+        assert transfers == rep.n_host == (1 if name == "dense" else rep.iterations + 2 + rep.checks), (name, rep)
+        np.testing.assert_allclose(ev.double().cpu().numpy(), ref, rtol=1e-8 if dtype == torch.float64 else 1e-5)
+        orth = (V.T @ V).double().cpu() - torch.eye(k, dtype=torch.float64)
+        assert float(orth.abs().max()) <= 1e3 * torch.finfo(dtype).eps, name
+    assert runs["warm"][2].n_hvp < runs["cold"][2].n_hvp
 
 
 def test_sdcp_with_cuda_tensors():

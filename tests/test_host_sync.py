@@ -25,8 +25,12 @@ import pyrod.integrate as integ
 from pyrod import host
 from pyrod.flows.central import CentralFlow
 from pyrod.integrate import torch_backend
+from pyrod import spectra
 from pyrod.optimizers import GD
 from pyrod.spectra import hessian_operator, top_eigs
+
+#: the declared transfers: pyrod.host.to_host and the names it is bound to in the modules whose calls are counted
+DECLARED = ((host, "to_host"), (torch_backend, "_to_host"), (spectra, "_to_host"))
 
 
 def _gd_at_eos(monkeypatch, eigs=2, eig_every=1, width=16, steps=30, restart=12):
@@ -38,7 +42,7 @@ def _gd_at_eos(monkeypatch, eigs=2, eig_every=1, width=16, steps=30, restart=12)
     lam = float(top_eigs(hessian_operator(prob, prob.w0), prob.dim, 1, dtype=prob.dtype, device="cpu")[0][0])
     log = []
     orig_backend = integ.BACKENDS["torch"]
-    for owner, name in ((host, "to_host"), (torch_backend, "_to_host")):
+    for owner, name in DECLARED:
         fn = getattr(owner, name)
         monkeypatch.setattr(owner, name, lambda *a, _fn=fn, **k: (log.append(("T",)), _fn(*a, **k))[1])
     for name, tag in (("on_accept", "accept"), ("_refresh", "refresh"), ("_evaluate", "kc")):
@@ -51,7 +55,7 @@ def _gd_at_eos(monkeypatch, eigs=2, eig_every=1, width=16, steps=30, restart=12)
         monkeypatch.setattr(CentralFlow, name, wrapped)
 
     def strict(problem, t0, y0, t1, t_save):
-        with forbid_host_reads([(host, "to_host"), (torch_backend, "_to_host")]):
+        with forbid_host_reads(DECLARED):
             return orig_backend(problem, t0, y0, t1, t_save)
     strict.TENSORS = True
     monkeypatch.setitem(integ.BACKENDS, "torch", strict)

@@ -405,3 +405,206 @@ def test_lobpcg_stops_at_the_float32_round_off_floor():
     tr2 = EigTracker(2, tol=1e-9, warn=False)
     tr2.load_state_dict(tr.state_dict())
     assert tr2.floor == tr.floor
+
+
+# ----------------------------------------------------------------------------- host transfers (GPU synchronisation)
+class _NoImplicitSync:
+    """On the CPU, what ``torch.cuda.set_sync_debug_mode("error")`` checks on a GPU: any operation that would
+    synchronise a GPU (``.cpu()``, ``.item()``, ``.tolist()``, ``.numpy()``, ``bool/float/int`` of a tensor,
+    boolean-mask indexing, ``torch.linalg`` factorisations with error checks) called from ``pyrod.spectra`` outside
+    its declared transfer ``_to_host`` raises. ``transfers`` counts the ``_to_host`` calls; ``events`` records them
+    ("H") and the operator applications ("A", with the width) in order."""
+
+    TENSOR = ("cpu", "item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__")
+    LINALG = ("eigh", "eigvalsh", "svd", "cholesky", "cholesky_ex", "qr", "solve", "inv", "solve_triangular")
+
+    def __init__(self, monkeypatch):
+        import pyrod.spectra as sp
+
+        self.mp, self.sp, self.inside, self.transfers, self.events = monkeypatch, sp, False, 0, []
+        orig = sp._to_host
+
+        def to_host(x):
+            self.transfers += 1
+            self.events.append("H")
+            self.inside = True
+            try:
+                return orig(x)
+            finally:
+                self.inside = False
+        monkeypatch.setattr(sp, "_to_host", to_host)
+        for name in self.TENSOR:
+            self._guard(torch.Tensor, name)
+        self._guard(torch.Tensor, "__getitem__", lambda _t, idx: any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (idx if isinstance(idx, tuple) else (idx,))))
+        for name in self.LINALG:
+            self._guard(torch.linalg, name)
+
+    def _guard(self, owner, name, test=None):
+        import sys
+
+        fn = getattr(owner, name)
+
+        def wrapped(*a, **k):
+            if (not self.inside and sys._getframe(1).f_globals.get("__name__") == "pyrod.spectra"
+                    and (test is None or test(*a, **k))):
+                raise AssertionError(f"{name} called in pyrod.spectra outside _to_host (a GPU would synchronise)")
+            return fn(*a, **k)
+        self.mp.setattr(owner, name, wrapped)
+
+    def matvec(self, A):
+        def mv(X):
+            self.events.append(("A", X.shape[1]))
+            return A @ X
+        return mv
+
+
+def test_sync_guard_detects_implicit_syncs(monkeypatch):
+    """The guard used below can fail: code in pyrod.spectra that converts a tensor to a bool, indexes with a mask
+    or calls torch.linalg.eigh outside _to_host raises; through _to_host it does not."""
+    import pyrod.spectra as sp
+
+    guard = _NoImplicitSync(monkeypatch)
+    ns = {}
+    exec("def probe_bool(t): return bool(t.all())\n"
+         "def probe_mask(t): return t[:, t[0] > 0]\n"
+         "def probe_eigh(t): return torch.linalg.eigh(t)\n"
+         "def probe_host(t): return _to_host(t)\n", sp.__dict__, ns)
+    t = torch.eye(3, dtype=F64)
+    for name in ("probe_bool", "probe_mask", "probe_eigh"):
+        with pytest.raises(AssertionError, match="outside _to_host"):
+            ns[name](t)
+    assert np.array_equal(ns["probe_host"](t), np.eye(3)) and guard.transfers == 1
+
+
+@pytest.mark.parametrize("case", ["cold", "warm", "init_AX", "max_iter", "float32", "dense"])
+def test_one_host_transfer_per_iteration(monkeypatch, case):
+    """Every synchronisation point of a solve goes through ``_to_host`` (nothing else in pyrod.spectra would
+    synchronise a GPU), and the count is ``iterations + 2 + checks``: one to choose the start block, one per
+    Rayleigh–Ritz step (the start block's included), one per residual check; between two expansion HVPs
+    (one per iteration) there is exactly one transfer."""
+    A = _sym_matrix(**SPECTRA["clustered"])
+    n, k = A.shape[0], 4
+    e, Q = torch.linalg.eigh(A)
+    Q = Q.flip(1)
+    dtype = torch.float32 if case == "float32" else F64
+    A = A.to(dtype)
+    guard = _NoImplicitSync(monkeypatch)
+    kw = dict(dtype=dtype, device=CPU, tol=1e-8)
+    if case == "warm":
+        kw["init"] = (Q[:, :6] + 1e-3 * torch.randn(n, 6, generator=torch.Generator().manual_seed(1),
+                                                    dtype=F64)).to(dtype)
+    if case == "init_AX":
+        kw["init"] = (Q[:, :6] + 1e-3 * torch.randn(n, 6, generator=torch.Generator().manual_seed(1), dtype=F64))
+        kw["init_AX"] = A @ kw["init"][:, :4]
+    if case == "max_iter":
+        kw.update(tol=1e-12, max_iter=3)
+    if case == "dense":
+        kw["block"] = n // 3
+    ev, V, rep = top_eigs(guard.matvec(A), n, k, **kw)
+    assert guard.transfers == rep.n_host
+    if case == "dense":
+        assert rep.method == "dense" and rep.n_host == 1
+        return
+    assert rep.n_host == rep.iterations + 2 + rep.checks and rep.checks >= 1
+    assert rep.converged == (case != "max_iter")
+    hvps = [i for i, ev_ in enumerate(guard.events) if ev_ != "H"]
+    # the start HVP, then one expansion HVP per iteration, then one HVP per (non-fresh) check
+    assert len(hvps) <= 1 + rep.iterations + rep.checks
+    # exactly one transfer between two operator applications (iterations and checks alike)
+    between = [guard.events[i + 1:j].count("H") for i, j in zip(hvps, hvps[1:], strict=False)]
+    assert between and all(c == 1 for c in between), guard.events
+    assert guard.events[0] == "H" and guard.events[-1] == "H"
+    print(f"{case}: {rep.iterations} iterations, {rep.n_host} transfers, {rep.checks} checks, {rep.n_hvp} HVPs")
+
+
+def test_init_AX_saves_the_start_hvps():
+    """Known products for the warm columns are not recomputed: the same solve with ``init_AX`` for 4 of 6 warm
+    columns costs exactly 4 HVPs fewer, and gives the same eigenpairs."""
+    A = _sym_matrix(**SPECTRA["separated"])
+    n, k = A.shape[0], 4
+    e, Q = torch.linalg.eigh(A)
+    Q = Q.flip(1)
+    g = torch.Generator().manual_seed(2)
+    init = Q[:, :6] + 1e-4 * torch.randn(n, 6, generator=g, dtype=F64)
+    ev0, V0, r0 = top_eigs(lambda X: A @ X, n, k, dtype=F64, device=CPU, init=init, block=6)
+    ev1, V1, r1 = top_eigs(lambda X: A @ X, n, k, dtype=F64, device=CPU, init=init, init_AX=A @ init[:, :4], block=6)
+    assert r0.converged and r1.converged and r0.iterations == r1.iterations
+    assert r1.n_hvp == r0.n_hvp - 4, (r0, r1)
+    _check_pairs(A, ev1, V1, k, r1.tol)
+    assert float((ev1 - ev0).abs().max()) <= 1e-12 * float(ev0.abs().max())
+    # all warm columns known and converged: no HVP at all
+    _, _, r2 = top_eigs(lambda X: A @ X, n, k, dtype=F64, device=CPU, init=Q[:, :6], init_AX=A @ Q[:, :6], block=6)
+    assert r2.converged and r2.n_hvp == 0 and r2.iterations == 0
+    with pytest.raises(ValueError, match="init_AX"):
+        top_eigs(lambda X: A @ X, n, k, dtype=F64, device=CPU, init=init[:, :2], init_AX=A @ init)
+    with pytest.raises(ValueError, match="init_AX"):
+        top_eigs(lambda X: A @ X, n, k, dtype=F64, device=CPU, init_AX=A @ init)
+
+
+def test_tracker_init_AX(mlp):
+    """EigTracker passes ``init_AX`` through: a flow's own eigenvectors and their products at this point."""
+    prob, w, H = mlp
+    tr = EigTracker(3)
+    tr(prob, w)
+    g = torch.Generator().manual_seed(5)
+    w2 = w + 1e-3 * float(w.norm()) / math.sqrt(prob.dim) * torch.randn(prob.dim, generator=g, dtype=F64)
+    H2 = prob.hessian(w2)
+    e, Q = torch.linalg.eigh(H2)
+    U = Q.flip(1)[:, :3]
+    st = tr.state_dict()
+    ev_a, V_a, r_a = tr(prob, w2, init=U)
+    tr.load_state_dict(st)
+    ev_b, V_b, r_b = tr(prob, w2, init=U, init_AX=H2 @ U)
+    assert r_a.converged and r_b.converged and r_b.n_hvp == r_a.n_hvp - 3
+    _check_pairs(H2, ev_b, V_b, 3, r_b.tol)
+
+
+def test_host_rayleigh_ritz_and_predicted_residuals():
+    """The host part of an iteration against direct computation (float64, d = 500, a basis S = [X, P, V] with X
+    orthonormal, the rest not, and one column dependent on the others): the Ritz values equal the eigenvalues of
+    the projected pencil (eigvalsh of QᵀAQ for an orthonormal basis Q of span(S)) to 1e-12; the new block
+    X = S C is orthonormal to 1e-12; the predicted Gram matrix of the residual block AS·C − S·C·Θ equals the one
+    computed from the vectors to 1e-10 of its largest entry; and the dependent column is dropped."""
+    from pyrod.spectra import _drop_tol, _rayleigh_ritz
+
+    A = _sym_matrix(**SPECTRA["separated"], n=500)
+    g = torch.Generator().manual_seed(4)
+    b = 4
+    X = torch.linalg.qr(torch.randn(500, b, generator=g, dtype=F64))[0]
+    rest = torch.randn(500, 5, generator=g, dtype=F64)
+    rest[:, 4] = rest[:, 0] - 2.0 * rest[:, 2]                     # dependent
+    S = torch.cat([X, rest], dim=1)
+    AS = A @ S
+    M, G = S.T @ S, S.T @ AS
+    Y = AS - S @ G
+    theta, C, Gr, pend, anorm = _rayleigh_ritz(M.numpy(), G.numpy(), (Y.T @ Y).numpy(), b, _drop_tol(F64),
+                                               torch.finfo(F64).eps)
+    Q = torch.linalg.qr(S[:, :8])[0]
+    ref = torch.linalg.eigvalsh(Q.T @ A @ Q).flip(0).numpy()
+    np.testing.assert_allclose(theta, ref[:b], rtol=1e-12)
+    assert anorm == pytest.approx(np.abs(ref).max(), rel=1e-12)
+    Ct = torch.from_numpy(C)
+    Xn = S @ Ct
+    assert float((Xn.T @ Xn - torch.eye(b, dtype=F64)).abs().max()) < 1e-12
+    R = AS @ Ct - Xn * torch.from_numpy(theta)
+    direct = (R.T @ R).numpy()
+    assert np.abs(Gr - direct).max() <= 1e-10 * np.abs(direct).max()
+    assert pend is not None and pend[0].shape[1] == 8 - b        # the complement: 8 independent columns − b
+
+
+def test_host_greedy_start_block():
+    """The start block takes candidate columns in order, skipping zero, non-finite-Gram and dependent ones, and
+    gives coefficients that make the kept columns orthonormal."""
+    from pyrod.spectra import _drop_tol, _greedy_basis
+
+    g = torch.Generator().manual_seed(6)
+    V = torch.randn(300, 7, generator=g, dtype=F64)
+    V[:, 1] = 0.0                                   # zero
+    V[:, 3] = 2.0 * V[:, 0] - V[:, 2]               # dependent on earlier kept columns
+    gram = (V.T @ V).numpy()
+    gram[5, :] = gram[:, 5] = np.nan                # non-finite
+    idx, N = _greedy_basis(gram, 3, _drop_tol(F64))
+    assert idx == [0, 2, 4]
+    B = V[:, idx] @ torch.from_numpy(N)
+    assert float((B.T @ B - torch.eye(3, dtype=F64)).abs().max()) < 1e-13

@@ -336,8 +336,9 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
             p = self.layout.unpack(y)
             Pt = self.P_tilde(p.get("nu"), float(k))
             rr = self._ritz(float(k), y, p["w"], p.get("nu"), Pt)
-            V = Pt.sqrt()[:, None] * rr.U if Pt.numel() > 1 else Pt.sqrt()[0] * rr.U
-            spec = self.spectrum_at(k, y, V, known=(self.c * rr.lam, rr.rel))
+            sq = Pt.sqrt()[:, None] if Pt.numel() > 1 else Pt.sqrt()[0]
+            # V = P~^{1/2} U and S V = P^{-1/2} H P^{-1/2} V = c P~^{-1/2} H U (no HVPs)
+            spec = self.spectrum_at(k, y, sq * rr.U, init_AX=self.c * rr.HU / sq, known=(self.c * rr.lam, rr.rel))
         self._stash[k] = (pred, spec)
 
     def stashed_spectrum(self, k, y_k):

@@ -357,15 +357,17 @@ class FlowRun:
         elif seg.status == "failed":
             self.stopped = f"integration failed at t={seg.t_end:.6g}: {seg.message}"
 
-    def _spectrum_at(self, k, y, init=None, known=None):
+    def _spectrum_at(self, k, y, init=None, init_AX=None, known=None):
         """The measurer's eigen diagnostics at integer time ``k`` from the flow state ``y`` (what :meth:`_readout`
-        would measure there), warm-started from ``init`` (with ``known`` eigenvalues and residuals: see
-        :meth:`pyrod.runs.measure.Measurer.spectrum`); None where no eigenvalues are due at ``k``. The central
-        flow calls this while its tracked eigenvectors at ``k`` are at hand (one warm solve instead of two)."""
+        would measure there), warm-started from ``init`` (and ``init_AX``, the measurer's operator applied to its
+        first columns, when known; with ``known`` eigenvalues and residuals, see
+        :meth:`pyrod.runs.measure.Measurer.spectrum`); None where no eigenvalues are due at ``k``. The central flow
+        calls this while its tracked eigenvectors at ``k`` are at hand (one warm solve instead of two)."""
         if not self.measurer.wants_eigs(k):
             return None
         w, _ = self.model.centre(y)
-        return self.measurer.spectrum(w, self.model.nu_of(y), self.model.measure_time(k), init=init, known=known)
+        return self.measurer.spectrum(w, self.model.nu_of(y), self.model.measure_time(k), init=init,
+                                      init_AX=init_AX, known=known)
 
     def _readout(self, k, yk, y_cmp, chunk) -> dict:
         model = self.model

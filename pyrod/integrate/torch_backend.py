@@ -63,6 +63,7 @@ import math
 import numpy as np
 import torch
 
+from .. import host
 from .base import FlowProblem, Segment
 from .driver import _NUMERIC_ERRORS, ArrayOps, Counter, StepFailure, check_length, drive, next_stop, prepare_times
 from .fixed_step import next_grid_time
@@ -148,10 +149,9 @@ _PAIRS = {"dopri5": _Pair("dopri5", _C, _A, _E, 4, _dopri5_interp),
           "bosh3": _Pair("bosh3", _C3, _A3, _E3, 2, _hermite_interp)}
 
 
-def _to_host(x):
-    """The backend's only device→host transfer (``x.tolist()``); every synchronisation of the step loop goes
-    through here (tests count the calls; the CUDA test allows syncs only inside it)."""
-    return x.tolist()
+#: the backend's only device→host transfer (:func:`pyrod.host.to_host`, bound here so that tests can count the
+#: calls made from this module; the CUDA test allows synchronisation only inside it)
+_to_host = host.to_host
 
 
 def _comb(y, h, coeffs, K):

@@ -119,12 +119,13 @@ class Measurer:
             out.update(spectrum if spectrum is not None else self.spectrum(w, nu, t))
         return out
 
-    def spectrum(self, w, nu, t, init=None, known=None) -> dict:
+    def spectrum(self, w, nu, t, init=None, init_AX=None, known=None) -> dict:
         """Eigen diagnostics at ``w`` (``eigs``, sharpnesses, ``threshold``, ``eig_residual``). ``init``: extra
-        warm-start vectors of ``P^{-1/2} H P^{-1/2}`` at this point (``(d, j)``), ahead of the tracker's own.
-        ``known = (evals, residuals)``: the eigenvalues of those vectors and their true relative residuals (host
-        arrays, ``(j,)``, e.g. a flow's Ritz pairs); when the first ``k`` meet the tracker's tolerance they are the
-        result (:meth:`pyrod.spectra.EigTracker.adopt`, no HVPs), exactly what a solve started from them would
+        warm-start vectors of ``P^{-1/2} H P^{-1/2}`` at this point (``(d, j)``), ahead of the tracker's own;
+        ``init_AX``: ``P^{-1/2} H P^{-1/2}`` times the first columns of ``init``, when known (saves those HVPs).
+        ``known = (evals, residuals)``: the eigenvalues of the ``init`` vectors and their true relative residuals
+        (host arrays, ``(j,)``, e.g. a flow's Ritz pairs); when the first ``k`` meet the tracker's tolerance they are
+        the result (:meth:`pyrod.spectra.EigTracker.adopt`, no HVPs), exactly what a solve started from them would
         stop at; otherwise they warm-start the solve."""
         P = self.preconditioner(nu, t)
         adopted = None
@@ -134,15 +135,15 @@ class Measurer:
             _, evecs, rep = adopted
             ev_host = np.asarray(known[0][:self.k], dtype=np.float64)
         else:
-            evals, evecs, rep = self.tracker(self.problem, w, P, init=init)
-            ev_host = evals.detach().to(torch.float64).cpu().numpy()
+            evals, evecs, rep = self.tracker(self.problem, w, P, init=init, init_AX=init_AX)
+            ev_host = host.to_host(evals)
         self.last_evecs = evecs
         thr = float(self.optimizer.threshold())
         resid = float(np.max(rep.residuals)) if len(rep.residuals) else math.nan
         out = {"eigs": ev_host, "preconditioned_sharpness": float(ev_host[0]), "threshold": thr}
         if self.raw_tracker is not None:
             raw, _, rep2 = self.raw_tracker(self.problem, w, None)
-            out["sharpness"] = float(raw[0])
+            out["sharpness"] = float(host.to_host(raw[:1])[0])
             if len(rep2.residuals):
                 resid = max(resid, float(np.max(rep2.residuals)))
         elif self.adaptive:
