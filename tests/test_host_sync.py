@@ -22,10 +22,9 @@ from host_reads import HostRead, forbid_host_reads  # tests/ is on sys.path (pyt
 
 import pyrod
 import pyrod.integrate as integ
-from pyrod import host
+from pyrod import host, spectra
 from pyrod.flows.central import CentralFlow
 from pyrod.integrate import torch_backend
-from pyrod import spectra
 from pyrod.optimizers import GD
 from pyrod.spectra import hessian_operator, top_eigs
 
