@@ -358,7 +358,7 @@ def test_readout_eigen_solve_is_warm_started_from_the_tracked_eigenvectors(monke
             return pyrod.simulate(prob, GD(lr=2.5 / lam), steps=30, runs=["discrete", "central"], eigs=2,
                                   eig_every=1, restart_at=10)["central"]
     warm = run()
-    monkeypatch.setattr(FlowRun, "_spectrum_at", lambda self, k, y, init=None, known=None: None)   # read-out solves
+    monkeypatch.setattr(FlowRun, "_spectrum_at", lambda self, k, y, init=None, init_AX=None, known=None: None)   # read-out solves
     cold = run()
     assert (warm.ds["n_critical"].values[10:] > 0).all()          # the tracked (warm) path was exercised
     np.testing.assert_allclose(warm.ds["eigs"].values[10:], cold.ds["eigs"].values[10:], rtol=1e-9)
