@@ -95,12 +95,14 @@ Design notes (tested facts):
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import glob
 import json
 import math
 import os
 import secrets
+import shutil
 import socket
 import time
 import warnings
@@ -121,6 +123,8 @@ _JSON_MARKER = "pyrod_json_attrs"
 _RESERVED_ROOT = ("pyrod_version", "created", "Conventions", "pyrod_config", "pyrod_status", _JSON_MARKER)
 _CHUNK_BYTES = 1 << 20  # target HDF5 chunk size
 _READ_PATIENCE_S = 10.0  # readers of a file being written retry this long for a write-free moment
+#: bytes a writer leaves free on the device beyond the data of a write (HDF5 metadata, attributes, the close)
+SPACE_RESERVE = 512 * 1024
 _BASE_ROOT = ("pyrod_version", "created", "Conventions", "pyrod_status", "history")
 
 
@@ -239,6 +243,56 @@ def _tmp_path(target: Path) -> Path:
     return target.with_name(f".{target.name}.pyrod-{secrets.token_hex(4)}.tmp")
 
 
+def cannot_write(err: OSError, shown, target: Path) -> OSError:
+    """``err`` (raised while creating the lock, temporary or data file next to ``target``) as an error of the same
+    class that names the user's path ``shown`` and what is wrong with it, never pyrod's hidden side files."""
+    folder = os.fspath(target.parent)
+    reason = {errno.EACCES: f"the folder {folder} is not writable", errno.EPERM: f"the folder {folder} is not writable",
+              errno.EROFS: f"the folder {folder} is on a read-only file system",
+              errno.ENOENT: f"the folder {folder} does not accept new files (a virtual file system such as /proc?)",
+              errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded"}.get(
+        err.errno, err.strerror or str(err))
+    out = type(err)(f"cannot write {os.fspath(shown)}: {reason}")
+    out.errno, out.strerror, out.filename = err.errno, err.strerror, os.fspath(shown)
+    out.args = (f"cannot write {os.fspath(shown)}: {reason}",)
+    return out
+
+
+@contextlib.contextmanager
+def _writing_to(shown, target: Path):
+    """Turn OS errors of the block into :func:`cannot_write` errors naming ``shown``."""
+    try:
+        yield
+    except OSError as e:
+        if isinstance(e, (FileExistsError, IsADirectoryError)) or getattr(e, "_pyrod_named", False):
+            raise
+        err = cannot_write(e, shown, target)
+        err._pyrod_named = True
+        raise err from None
+
+
+def ensure_space(path, nbytes: int, shown=None, what: str = "write") -> None:
+    """Raise ``OSError(ENOSPC)`` naming ``shown`` (default ``path``) when the device of ``path`` has less than
+    ``nbytes`` + :data:`SPACE_RESERVE` bytes free. Checked before every write: HDF5 does not survive a write
+    that fails for lack of space (the file becomes unreadable), so pyrod stops before it, with the file valid."""
+    folder = os.path.dirname(os.path.abspath(os.fspath(path))) or "."
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    if free < nbytes + SPACE_RESERVE:
+        msg = (f"no space left on the device of {os.fspath(shown if shown is not None else path)}: the next {what} "
+               f"needs ~{_kib(nbytes)} and {_kib(free)} are free ({_kib(SPACE_RESERVE)} are kept for the file's "
+               f"own bookkeeping)")
+        err = OSError(errno.ENOSPC, msg)
+        err.args = (msg,)
+        raise err
+
+
+def _kib(n: int) -> str:
+    return f"{n / 1024:.0f} KiB" if n < 1 << 20 else f"{n / (1 << 20):.1f} MiB"
+
+
 def _parse_lock(text: bytes) -> dict[str, str]:
     info = {}
     for line in text.decode("utf-8", "replace").splitlines():
@@ -281,7 +335,8 @@ class _Lock:
         """Take the lock or raise :class:`FileBusyError` naming the holder. ``shown``: the path in messages."""
         lock_path = _lock_path(target)
         while True:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            with _writing_to(shown, target):
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -469,13 +524,14 @@ class RunWriter:
         for v in extra.values():
             _attr_value(v)  # type errors before touching the file
         target = self._target
-        target.parent.mkdir(parents=True, exist_ok=True)
+        with _writing_to(self.path, target):
+            target.parent.mkdir(parents=True, exist_ok=True)
         self._lock = _Lock.acquire(target, self.path)  # refuses a second writer before anything is touched
         tmp = None
         try:
             if target.exists() and not overwrite:
                 raise FileExistsError(f"{self.path} exists; pass overwrite=True to replace it")
-            with self._lock.writing():
+            with _writing_to(self.path, target), self._lock.writing():
                 tmp = _tmp_path(target)
                 self._nc = netCDF4.Dataset(tmp, "w", format="NETCDF4", clobber=False)
                 self._closed = False
@@ -584,7 +640,8 @@ class RunWriter:
         self._lock = _Lock.acquire(target, self.path)
         tmp = None
         try:
-            with self._lock.writing(), _open_nc(os.fspath(target), os.fspath(self.path)) as src:
+            with _open_nc(os.fspath(target), os.fspath(self.path)) as src, _writing_to(self.path, target), \
+                    self._lock.writing():
                 _check_pyrod(src, self.path)
                 unknown = sorted(set(cuts) - set(src.groups))
                 if unknown:
@@ -606,7 +663,8 @@ class RunWriter:
                     marker = sg.getncattr(_JSON_MARKER) if _JSON_MARKER in sg.ncattrs() else "[]"
                     self._json_names[name] = set(json.loads(marker))
                 self._nc.sync()
-            os.replace(tmp, target)  # the old file stays whole until here
+            with _writing_to(self.path, target):
+                os.replace(tmp, target)  # the old file stays whole until here
             tmp = None
         except BaseException:
             self._abandon(tmp)
@@ -743,6 +801,7 @@ class RunWriter:
         g.rows.append(row)
         g.times.append(t)
         if (g.n_t + len(g.rows)) % self.chunk == 0:  # at a chunk boundary (re-aligns after a flush())
+            self._ensure_space(self._rows_bytes(g), "rows")
             with self._lock.writing():
                 self._flush_group(g)
                 self._sync()
@@ -770,6 +829,7 @@ class RunWriter:
                 raise KeyError(f"group {group!r}: {name!r} is not a variable along {dim!r} (known: {known})")
             arrays[name] = self._value(group, v, x, g.dims, leading=True)
         i = g.n_snap[dim]
+        self._ensure_space(sum(a.nbytes for a in arrays.values()) + 8, "snapshot")
         with self._lock.writing():
             for name, a in arrays.items():
                 g.nc[name][(i, *(slice(0, n) for n in a.shape))] = a
@@ -787,6 +847,7 @@ class RunWriter:
             raise KeyError(f"group {group!r}: {name!r} is not a static (all fixed dims) variable "
                            f"(known: {known})")
         a = self._value(group, v, values, g.dims, leading=False)
+        self._ensure_space(a.nbytes, "variable")
         with self._lock.writing():
             g.nc[name][tuple(slice(0, n) for n in a.shape)] = a
             self._sync()
@@ -853,6 +914,7 @@ class RunWriter:
         rewrite can lose those rows (see the module docstring); automatic flushes never rewrite.
         """
         self._check_open()
+        self._ensure_space(sum(self._rows_bytes(g) for g in self._groups.values()), "rows")
         with self._lock.writing():
             for g in self._groups.values():
                 self._flush_group(g)
@@ -867,8 +929,13 @@ class RunWriter:
             with self._lock.writing():
                 try:
                     try:
+                        self._ensure_space(sum(self._rows_bytes(g) for g in self._groups.values()), "rows")
                         for g in self._groups.values():
                             self._flush_group(g)
+                    except OSError as e:
+                        if e.errno != errno.ENOSPC:
+                            raise
+                        status = f"{status}; rows not yet written dropped: {e}"[:1000]   # the file stays valid
                     finally:
                         self._nc.setncattr("pyrod_status", status)
                 finally:
@@ -905,6 +972,18 @@ class RunWriter:
 
     def _sync(self) -> None:
         self._nc.sync()
+
+    def _ensure_space(self, nbytes: int, what: str) -> None:
+        ensure_space(self._target, nbytes, shown=self.path, what=f"write of {what}")
+
+    @staticmethod
+    def _rows_bytes(g: _Group) -> int:
+        """Bytes the buffered rows of ``g`` take when written (every variable along ``t``, uncompressed)."""
+        n = len(g.rows)
+        if not n:
+            return 0
+        return sum(n * math.prod(g.dims[d] for d in v.dims[1:]) * np.dtype(v.dtype).itemsize
+                   for v in g.vars.values() if v.dims and v.dims[0] == "t")
 
     @staticmethod
     def _value(group, v: Var, x, dims, leading: bool) -> np.ndarray:

@@ -38,6 +38,13 @@ TITLE = "Eight adaptive optimizers at the AEoS: λmax(P⁻¹H) equilibrates at e
 PAPER = "Cohen et al. 2022 (AEoS) Fig. 5"
 RUNTIME = "~6 min with --jobs 2"
 
+#: help of this experiment's own parameters (shared ones: common.PARAM_HELP)
+PARAM_HELP = {
+    "lrs": "learning rates per optimizer (JSON: {optimizer: [η, …]})",
+    "hyper": "fixed hyper-parameters per optimizer (JSON: {optimizer: {name: value}}; the paper's Appendix G.2)",
+    "optimizers": "optimizers to run, among Adam, AdamW, Adafactor, AMSGrad, Padam, NAdam, RMSProp, Adagrad",
+}
+
 #: a run is at its threshold when its late ratio is within ±TOLERANCE of 1, settled when that ratio moved by at
 #: most SETTLED between the last two late windows (:func:`verdict`)
 TOLERANCE = 0.10

@@ -40,6 +40,32 @@ COMMON_DEFAULTS = {
     "eig_tol": 1e-5,       # LOBPCG residual tolerance of the eigen-solves (eigenvalue error ~ tol²·λ)
 }
 
+#: help text of the parameters that several experiments share (an experiment's own are its ``PARAM_HELP``)
+PARAM_HELP = {
+    "seed": "seed of the model initialisation and of generated data",
+    "dtype": "float64 or float32",
+    "device": "cpu, cuda, or auto (CUDA when available)",
+    "threads": "torch CPU threads per run (1: fastest for these small problems on a shared machine)",
+    "data_path": "local cifar-10-batches-py folder (data=cifar10, paper scale)",
+    "eig_tol": "LOBPCG relative residual of the eigen-solves (eigenvalue error ~ tol² · λ)",
+    "steps": "optimizer steps of each run",
+    "model": "model: mlp, cnn, vit or gpt",
+    "data": "data set: digits, cifar10, synthetic_classification, synthetic_regression, zipf or zipf_pcfg",
+    "data_kwargs": "the data set's own options (JSON), e.g. {\"dim\": 16}",
+    "classes": "number of classes kept (the first ones)",
+    "n": "number of training points (full batch)",
+    "loss": "mse (one-hot targets) or ce (cross-entropy)",
+    "width": "hidden width of the model",
+    "depth": "number of hidden layers (transformer blocks for gpt)",
+    "activation": "activation function: tanh, relu, gelu, …",
+    "eigs": "top eigenvalues of P⁻¹H measured",
+    "eig_every": "steps between eigenvalue measurements",
+    "late_fraction": "last fraction of each run over which late-run means are taken",
+    "lrs": "learning rates η",
+    "optimizers": "optimizers to run",
+    "hyper": "fixed hyper-parameters per optimizer (JSON, merged key by key into the default)",
+}
+
 
 class ExperimentError(ValueError):
     """A bad experiment name, parameter or value, or a missing prerequisite (clear message, no traceback)."""

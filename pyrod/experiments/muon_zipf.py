@@ -33,6 +33,10 @@ TITLE = "Zipf imbalance sweep: Adam-to-Muon NDS and curvature-penalty ratios vs 
 PAPER = "Muon vs Adam curvature paper (seed 003) Fig. 3"
 RUNTIME = "~2 min (~70 s with --jobs 2 on idle cores)"
 
+#: help of this experiment's own parameters (shared ones: common.PARAM_HELP; the rest: muon-curvature's)
+PARAM_HELP = {**mc.PARAM_HELP,
+              "alphas": "Zipf exponents α swept", "seeds": "seeds per α (mean ± sd over them)"}
+
 _BASE = {**mc._BASE, "alphas": [0.0, 0.5, 1.0, 1.5, 2.0], "seeds": [0, 1, 2]}
 
 DEFAULTS = {

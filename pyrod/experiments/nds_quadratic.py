@@ -34,6 +34,15 @@ TITLE = "Stylized heterogeneous quadratic: Muon's NDS below GD's (closed form vs
 PAPER = "Muon vs Adam curvature paper (seed 003) §5, Thm. + Fig. 7"
 RUNTIME = "~10 s"
 
+#: help of this experiment's own parameters (shared ones: common.PARAM_HELP)
+PARAM_HELP = {
+    "m": "the parameter W is an m × m matrix", "q": "number of orthonormal rank-one curvature modes (q ≤ m)",
+    "kappas": "curvature ratios κ = h_max / h_min swept (heterogeneity)",
+    "h_max": "largest curvature", "c": "W0 = c Σ M_i (the gradient is aligned with the modes)",
+    "steps": "steps of the short GD and Muon training runs",
+    "step_norm": "update norm of the one-step comparison (every direction scaled to it)",
+}
+
 METHODS = ["GD", "Adam", "Muon"]
 
 DEFAULTS = {

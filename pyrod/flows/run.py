@@ -97,6 +97,7 @@ class FlowRun:
         self.loss0 = None
         self.max_norm = None   # ‖y‖ bound (divergence), set from the initial state
         self.fp = None
+        self.progress = None   # optional callback(t) after each accepted step (progress display; not state)
         # the "eos" event's warm-started eigen tracker (state, restored by load_state_dict)
         self._eos_tracker = None
         if any(e.kind == "eos" for e in self.event_specs):
@@ -227,8 +228,13 @@ class FlowRun:
                            diverged=self._score_hook() if self.tensors else self._diverged,
                            min_step=self.min_step, max_rhs_per_unit=self.max_rhs_per_unit)
 
+    def _report(self, t):
+        if self.progress is not None and isinstance(t, (float, int, np.floating)):
+            self.progress(float(t))
+
     def _diverged(self, t, y):
         """Divergence check after each accepted step: the loss at the flow centre (one forward pass)."""
+        self._report(t)
         w, _ = self.model.centre(self._to_torch(y))
         L = float(self.problem.loss(w))
         if not math.isfinite(L):
@@ -248,6 +254,7 @@ class FlowRun:
     def _diverged_score(self, t, y):
         """Tensor form of :meth:`_diverged` for tensor backends: ``L(centre) − bound`` as a 0-dim tensor (``> 0`` or
         NaN is divergence), read by the backend in its one host transfer per step; ``explain`` gives the message."""
+        self._report(t)
         w, _ = self.model.centre(y)
         L = self.problem.loss(w)
         bound = self.divergence_factor * max(self.loss0 or 0.0, 1e-300)
