@@ -11,7 +11,6 @@ import pytest
 import pyrod
 from pyrod.cli import RunCommand, parse_run
 from pyrod.cli_errors import CommandLineError
-from pyrod.spec import SpecError
 
 ROOT = Path(__file__).resolve().parents[1]
 
