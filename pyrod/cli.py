@@ -12,6 +12,7 @@ import ast
 import dataclasses
 import inspect
 import json
+import os
 import sys
 import textwrap
 import typing
@@ -212,6 +213,8 @@ def resume_main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         cmd = tyro_cli(ResumeCommand, args=argv, prog="python -m pyrod resume")
+        if not os.path.exists(cmd.path):     # answered before torch is loaded
+            return fail(f"cannot resume {cmd.path}: no such file")
         tree = pyrod.resume(cmd.path, steps=cmd.steps, progress=cmd.progress, threads=cmd.threads)
     except KeyboardInterrupt as e:
         return _interrupted(e)

@@ -31,9 +31,10 @@ def unknown(names, valid, where: str) -> str | None:
     return f"unknown option{'s' if len(bad) > 1 else ''} {what} in {where}{hints}; valid names: {sorted(valid)}"
 
 
-def parameters_of(fn, skip=()) -> set | None:
-    """Keyword names ``fn`` accepts, less ``skip``; None when it takes ``**kwargs`` (any name)."""
+def parameters_of(fn, skip=(), named_only: bool = False) -> set | None:
+    """Keyword names ``fn`` accepts, less ``skip``; None when it takes ``**kwargs`` (any name), unless
+    ``named_only`` (then its named parameters only)."""
     params = inspect.signature(fn).parameters.values()
-    if any(p.kind is p.VAR_KEYWORD for p in params):
+    if not named_only and any(p.kind is p.VAR_KEYWORD for p in params):
         return None
     return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - set(skip)

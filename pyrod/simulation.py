@@ -93,10 +93,9 @@ def _explain_failure(e, *, path, k, problem, ckpt_k):
                               f"exact full-batch values, computed over micro-batches in bounded memory (fewer "
                               f"eigenvalues, eigs=, also need less){kept}")
     if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-        msg = f"{e}; the run stopped at step {k}{kept.replace('continue with', 'free some space, then continue with')}"
-        err = OSError(errno.ENOSPC, msg)
-        err.args = (msg,)
-        return err
+        from .output import os_error
+        return os_error(OSError, errno.ENOSPC, f"{e}; the run stopped at step {k}"
+                        f"{kept.replace('continue with', 'free some space, then continue with')}")
     return None
 
 
@@ -177,10 +176,8 @@ def resume(path, steps: int | None = None, *, progress: bool | None = None, prob
     cut elsewhere, same accuracy, not the same bits). ``threads``: CPU threads (default: the count the run was
     started with, which bit-identity needs).
     """
-    from . import checkpoint as _ckpt
-
     path = os.fspath(path)
-    payload = _ckpt.load(_ckpt.path_for(path))
+    payload = _checkpoint_of(path)
     spec = RunSpec.from_dict(payload["spec"])
     done = int(payload["k"])
     if steps is not None:
@@ -200,6 +197,46 @@ def resume(path, steps: int | None = None, *, progress: bool | None = None, prob
         problem = build_problem(spec.problem)
     opt = _optimizers.from_config(spec.optimizer)
     return _execute(spec, problem, opt, progress, payload=payload)
+
+
+def _checkpoint_of(path: str) -> dict:
+    """The checkpoint of the pyrod file ``path``, or an error that says what is wrong with ``path`` itself: missing,
+    a folder, not NetCDF, not written by pyrod, damaged, written without checkpoints, stopped before its first
+    checkpoint, or a checkpoint that belongs to another run."""
+    from . import checkpoint as _ckpt
+    from .output import config_of as _raw_config
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"cannot resume {path}: no such file")
+    try:
+        cfg = _raw_config(path)
+    except (OSError, ValueError) as e:
+        e.args = (f"cannot resume: {e}",)
+        raise
+    ckpt = _ckpt.path_for(path)
+    if not os.path.exists(ckpt):
+        every = (cfg.get("output") or {}).get("checkpoint_every") if "spec_version" in cfg else None
+        if every == 0:
+            why = "the run was written without checkpoints (checkpoint_every=0)"
+        else:
+            chunk = (cfg.get("output") or {}).get("chunk", "chunk")
+            why = (f"the run stopped before the end of its first chunk (step {chunk}), or the checkpoint was moved "
+                   f"or deleted; start it again with "
+                   f"pyrod.simulate(pyrod.spec_of({path!r}).replace({{'output.overwrite': True}}))")
+        raise _ckpt.CheckpointError(f"cannot resume {path}: no checkpoint {ckpt}: {why}")
+    payload = _ckpt.load(ckpt)
+    if "spec_version" in cfg and _experiment(payload["spec"]) != _experiment(cfg):
+        raise _ckpt.CheckpointError(f"cannot resume {path}: its checkpoint {ckpt} belongs to another run (problem, "
+                                    f"optimizer or runs differ from the file's); delete it and start the run again")
+    return payload
+
+
+def _experiment(spec_dict: dict) -> tuple:
+    """What identifies a run's experiment in its spec (for matching a checkpoint to its file)."""
+    import json
+
+    return tuple(json.dumps(spec_dict.get(k), sort_keys=True, default=str) for k in ("problem", "optimizer", "runs",
+                                                                                      "restart_at"))
 
 
 def spec_of(path_or_tree) -> RunSpec:
@@ -392,12 +429,25 @@ def _add_groups(writer, spec, runs, problem):
         if spec.output.snapshot_every:
             dvars = dvars + [Var("w", ("t_snap", "param"), "discrete parameters w_k", "1")]
             dims.update({"t_snap": None, "param": problem.dim})
-        writer.add_group("discrete", dvars, dims=dims, attrs={"run": "discrete"})
+        writer.add_group("discrete", dvars, dims=dims, attrs={"run": "discrete"}, coords=_index_coords(dims))
     for name, run in runs.items():
         if name == "discrete":
             continue
         attrs = run.attrs() if hasattr(run, "attrs") else {"run": name}
-        writer.add_group(name, run.variables(), dims={"eig": k, **_model_dims(run)}, attrs=attrs)
+        dims = {"eig": k, **_model_dims(run)}
+        writer.add_group(name, run.variables(), dims=dims, attrs=attrs, coords=_index_coords(dims))
+
+
+#: dims of the run groups whose positions are ranks: their coordinate values are 1, 2, … (long name, units)
+INDEX_DIMS = {"eig": "rank of the eigenvalue (1 = the largest)",
+              "track": "rank of the tracked eigen-direction (1 = the largest eigenvalue)"}
+
+
+def _index_coords(dims: dict) -> dict:
+    import numpy as np
+
+    return {d: (np.arange(1, n + 1, dtype="i4"), INDEX_DIMS[d], "1") for d, n in dims.items()
+            if d in INDEX_DIMS and n is not None}
 
 
 def _model_dims(run) -> dict:
@@ -436,7 +486,8 @@ def _loop(spec, problem, optimizer, out_path, checkpoints, progress, payload, th
             torch.set_rng_state(payload["rng"])
         pending = payload["pending"]
         cut = {g: (pending[g]["times"][0] if pending.get(g, {}).get("times") else float(k)) for g in groups}
-        writer = RunWriter.resume(out_path, cut=cut, config=config, attrs=attrs, chunk=chunk)
+        expect = {g: int(pending[g]["n_t"]) for g in groups if "n_t" in pending.get(g, {})}
+        writer = RunWriter.resume(out_path, cut=cut, config=config, attrs=attrs, chunk=chunk, expect_rows=expect)
         for g in groups:
             for t, row in zip(pending[g]["times"], pending[g]["rows"], strict=False):
                 writer.append(g, t, row)

@@ -578,15 +578,16 @@ def _integrator_name_errors(ig) -> list[str]:
         if backend.lower() in ("julia", "auto"):
             return []
     names = (backend.lower(),) if backend is not None else ("scipy", "torch")
+    which = f"{names[0]!r}" if backend is not None else "'scipy' or 'torch' (backend=None)"
     out = []
     if isinstance(method, str):
         methods = [m for b in names for m in integrate.methods_of(b)]
         if method.lower() not in {m.lower() for m in methods}:
-            out.append(f"integrator.method={method!r} is not a method of backend {' or '.join(names)}"
+            out.append(f"integrator.method={method!r} is not a method of backend {which}"
                        f"{suggest(method, methods)}; valid methods: {sorted(set(methods))}")
     if isinstance(options, dict) and options:
         valid = {k for b in names for k in integrate.options_of(b, method if isinstance(method, str) else None)}
-        msg = unknown(options, valid, f"integrator.options of backend {' or '.join(names)}")
+        msg = unknown(options, valid, f"integrator.options of backend {which}")
         if msg:
             out.append(msg)
     return out

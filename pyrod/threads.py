@@ -5,8 +5,10 @@
 1. When the environment sets ``OMP_NUM_THREADS`` (a batch system, a Dask worker, ``scripts/test.sh``), torch's
    own setting is kept: whoever set it knows how many cores this process may use.
 2. Otherwise pyrod times one gradient of the problem on one thread (CPU time, so a busy machine does not inflate
-   it): below :data:`SMALL_GRADIENT_SECONDS` the run uses one thread, above it every core this process may use
-   (``os.sched_getaffinity``). Problems on a CUDA device keep torch's setting (the CPU only feeds the GPU).
+   it): below :data:`SMALL_GRADIENT_SECONDS` the run uses one thread; above it every core this process may use
+   (``os.sched_getaffinity``), unless the machine is busy — the 1-minute load average, less this process, leaves
+   less than one core free — when it uses one thread too. Problems on a CUDA device keep torch's setting (the CPU
+   only feeds the GPU).
 
 Why: for small problems (the README's examples, the digits MLPs: a gradient in a few milliseconds) torch's
 default of one thread per core is slower than one thread even on an idle 2-core machine, and many times slower
@@ -24,7 +26,7 @@ import contextlib
 import os
 import time
 
-__all__ = ["SMALL_GRADIENT_SECONDS", "available_cores", "choose", "using", "gradient_cpu_seconds"]
+__all__ = ["SMALL_GRADIENT_SECONDS", "available_cores", "busy_cores", "choose", "using", "gradient_cpu_seconds"]
 
 #: one-thread CPU time of one gradient below which a run uses one thread (benchmarks/threads.py)
 SMALL_GRADIENT_SECONDS = 0.02
@@ -67,9 +69,23 @@ def choose(threads, problem) -> tuple[int | None, str]:
     if cores == 1:
         return 1, "one core available"
     sec = gradient_cpu_seconds(problem)
+    grad = f"one gradient takes {sec * 1e3:.3g} ms"
     if sec < SMALL_GRADIENT_SECONDS:
-        return 1, f"small problem: one gradient takes {sec * 1e3:.2g} ms < {SMALL_GRADIENT_SECONDS * 1e3:g} ms"
-    return cores, f"large problem: one gradient takes {sec * 1e3:.3g} ms >= {SMALL_GRADIENT_SECONDS * 1e3:g} ms"
+        return 1, f"small problem: {grad} < {SMALL_GRADIENT_SECONDS * 1e3:g} ms"
+    others = busy_cores()
+    if others is not None and cores - others < 1:
+        return 1, f"large problem ({grad}), but the machine is busy (load of other work {others:.1f} on {cores} cores)"
+    return cores, f"large problem: {grad} >= {SMALL_GRADIENT_SECONDS * 1e3:g} ms"
+
+
+def busy_cores() -> float | None:
+    """Cores other work keeps busy: the 1-minute load average less this process's own share (None where the
+    load average is unknown)."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+    return max(0.0, load - 1.0)
 
 
 @contextlib.contextmanager

@@ -1,7 +1,7 @@
-"""pyrod experiments: the seeds' headline figures, reproducible from the command line.
+"""pyrod experiments: the headline figures of the papers pyrod reproduces (pyrod.papers), from the command line.
 
-    python -m experiments list
-    python -m experiments run NAME [--scale tiny|small|paper] [--out DIR] [--set key=value ...]
+    python -m pyrod experiments list
+    python -m pyrod experiments run NAME [--scale tiny|small|paper] [--out DIR] [--set key=value ...]
 
 Each experiment writes NetCDF file(s) (one per simulation, pyrod's schema), PNG plots and ``summary.json``
 (its key numbers, computed from the NetCDF files). From Python::

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..papers import cite
 from .common import (
     ExperimentError,
     auto_ylim,
@@ -29,7 +30,7 @@ from .common import (
 
 NAME = "aeos"
 TITLE = "Adam at the adaptive EoS: λmax(P⁻¹H) equilibrates at (2+2β1)/((1−β1)η); raw λmax(H) alongside"
-PAPER = "Cohen et al. 2022 (AEoS) Fig. 1 (+ Fig. 8)"
+PAPER = cite("aeos", "Fig. 1 (+ Fig. 8)")
 RUNTIME = "~5-8 min"
 
 #: help of this experiment's own parameters (shared ones: common.PARAM_HELP)

@@ -20,6 +20,7 @@ import math
 
 import numpy as np
 
+from ..papers import cite
 from .common import (
     ExperimentError,
     auto_ylim,
@@ -35,7 +36,7 @@ from .common import (
 
 NAME = "aeos-optimizers"
 TITLE = "Eight adaptive optimizers at the AEoS: λmax(P⁻¹H) equilibrates at each optimizer's threshold"
-PAPER = "Cohen et al. 2022 (AEoS) Fig. 5"
+PAPER = cite("aeos", "Fig. 5")
 RUNTIME = "~6 min with --jobs 2"
 
 #: help of this experiment's own parameters (shared ones: common.PARAM_HELP)

@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..papers import cite
 from .common import ExperimentError, figure, finite, fmt, require_positive, savefig
 
 NAME = "central-flow"
 TITLE = "Central flow for GD and RMSProp: predicted loss, effective-Hessian eigenvalues at 2, ν coordinates"
-PAPER = "Cohen, Damian et al. 2025 (central flows); Damian's talk slides 'Validating the RMSProp central flow'"
+PAPER = (cite("central-flows") + "; " + cite("central-flows-adaptive", "slides 'Validating the RMSProp central flow'"))
 RUNTIME = "~10-15 min"
 
 #: help of this experiment's own parameters (shared ones: common.PARAM_HELP)

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..papers import cite
 from .common import auto_ylim, colors, eos_stats, figure, finite, fmt, require_positive, savefig, threshold_line
 
 NAME = "frozen-adam"
 TITLE = "Frozen Adam (fixed preconditioner) at the EoS: λmax(P⁻¹H) → 38/η, raw sharpness stops rising"
-PAPER = "Cohen et al. 2022 (AEoS) Fig. 3"
+PAPER = cite("aeos", "Fig. 3")
 RUNTIME = "~2 min"
 
 #: help of this experiment's own parameters (shared ones: common.PARAM_HELP)

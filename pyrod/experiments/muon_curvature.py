@@ -1,4 +1,5 @@
-"""Why Muon beats Adam, a curvature view (seed 003 Figs. 1, 2, 4, 9): one-step decomposition along training.
+"""Why Muon beats Adam, a curvature view ("Why Muon Outperforms Adam: A Curvature Perspective", arXiv 2606.04662,
+Figs. 1, 2, 4, 9): one-step decomposition along training.
 
 Adam and Muon train the same network full batch. Default setting (the paper's): a small causal transformer
 (``model="gpt"``) on next-token prediction over Zipf-PCFG token sequences (``data="zipf_pcfg"``, grammar
@@ -36,11 +37,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..papers import cite
 from .common import Context, ExperimentError, figure, require_positive, savefig
 
 NAME = "muon-curvature"
 TITLE = "Muon vs Adam: one-step gain / curvature penalty / NDS / ‖Δw‖² at matched loss, within vs cross layer"
-PAPER = "Muon vs Adam curvature paper (seed 003) Figs. 1, 2, 4, 9"
+PAPER = cite("muon-curvature", "Figs. 1, 2, 4, 9")
 RUNTIME = "~40 s (~26 s with --jobs 2 on idle cores)"
 
 #: help of this experiment's own parameters (shared ones: common.PARAM_HELP)

@@ -24,11 +24,12 @@ import math
 
 import numpy as np
 
+from ..papers import cite
 from .common import ExperimentError, figure, finite, fmt, require_positive, savefig
 
 NAME = "rod-tracking"
 TITLE = "Rod flow vs stable flow tracking the discrete run (9 optimizers × MLP/CNN/ViT) + restart table"
-PAPER = "Regis & Chewi, rod flow for Adam, Figs. 3, 6-13"
+PAPER = cite("rod-flow-adam", "Figs. 3, 6-13")
 RUNTIME = "~35 min (27 flow runs + 27 restarts; ~10 min with --set archs=mlp)"
 
 #: help of this experiment's own parameters (shared ones: common.PARAM_HELP)

@@ -18,7 +18,7 @@ import torch
 from ..integrate import get_backend, resolve_backend, takes_tensors
 from ..integrate.base import Event, EventRecord, FlowProblem
 from ..integrate.fixed_step import DEFAULT_SUBSTEPS
-from ..output import Var
+from ..output import PARAMETER_UNITS, Var
 from ..runs.measure import standard_variables
 from .cost import CountingProblem
 
@@ -161,7 +161,7 @@ class FlowRun:
     def variables(self) -> list:
         return standard_variables(self.measurer.k, self.opt.has_nu) + [
             Var("centre_distance", ("t",), "distance of the flow centre to the discrete centre (w_k+w_{k+1})/2 "
-                f"(flow read at k+{self.model.compare_shift:g})", "1"),
+                f"(flow read at k+{self.model.compare_shift:g})", PARAMETER_UNITS),
             Var("relative_centre_distance", ("t",), "centre_distance / norm of (w_k+w_{k+1})/2", "1"),
             Var("n_grad", ("t",), "cumulative gradient evaluations of this run", "1"),
             Var("n_hvp", ("t",), "cumulative Hessian-vector products of this run", "1"),

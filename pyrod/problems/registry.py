@@ -154,7 +154,7 @@ def check_config(cfg: dict, where: str = "problem") -> list[str]:
             if own is not None:
                 add(unknown(cfg, {"toy", *_GENERAL_KEYS, *own}, f"{where} (toy {toy!r})"))
         return out
-    add(unknown(cfg, parameters_of(problem, skip=("toy", "factory", "kwargs")) or set(cfg), where))
+    add(unknown(cfg, parameters_of(problem, skip=("toy", "factory", "kwargs"), named_only=True), where))
     model = named("model", MODELS, "model") if "model" in cfg else "mlp"
     data = named("data", DATASETS, "data set") if "data" in cfg else "digits"
     if cfg.get("loss", "mse") not in ("mse", "ce"):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..optimizers.base import OptState
-from ..output import Var
+from ..output import PARAMETER_UNITS, Var
 from .measure import Measurer, standard_variables
 
 __all__ = ["DiscreteState", "Chunk", "DiscreteRun", "MidpointRun"]
@@ -143,7 +143,8 @@ class MidpointRun:
 
     def variables(self) -> list:
         return standard_variables(self.measurer.k, self.opt.has_nu) + [
-            Var("distance_to_discrete", ("t",), "Euclidean distance between w*_k and the discrete w_k", "1")]
+            Var("distance_to_discrete", ("t",), "Euclidean distance between w*_k and the discrete w_k",
+                PARAMETER_UNITS)]
 
     def state_dict(self) -> dict:
         return {"prev_w": self.prev_w, "measurer": self.measurer.state_dict()}
