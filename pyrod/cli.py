@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import inspect
 import json
 import os
 import sys
-import textwrap
 import typing
 from dataclasses import dataclass, field
 from typing import Annotated
@@ -30,10 +30,20 @@ _DEFAULT_PROBLEM = '{"model": "mlp", "data": "digits", "classes": 4, "n": 300}'
 _DEFAULT_OPTIMIZER = '{"name": "GD", "lr": 0.5}'
 
 
+@functools.lru_cache(maxsize=None)
+def _module_classes(filename: str) -> dict:
+    """``{class name: ast.ClassDef}`` of a source file, parsed once (inspect.getsource would parse it per class)."""
+    with open(filename, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    return {node.name: node for node in ast.walk(tree) if isinstance(node, ast.ClassDef)}
+
+
 def field_docs(cls) -> dict:
     """``{field: docstring}`` of a dataclass whose fields are documented by a string literal under them."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body
+    node = _module_classes(inspect.getsourcefile(cls)).get(cls.__name__)
+    if node is None:
+        return {}
+    body = node.body
     out = {}
     for node, nxt in zip(body, body[1:], strict=False):
         if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(nxt, ast.Expr) \

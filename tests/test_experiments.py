@@ -116,7 +116,7 @@ def test_typed_parameters_and_resolve_params():
             parse_value(aeos, "tiny", key, text, like)
     with pytest.raises(ExperimentError, match=r"hyper='\[1': expected JSON"):
         parse_value(rod, "tiny", "hyper", "[1", {})
-    with pytest.raises(SystemExit):        # an unknown typed flag is refused by the parser
+    with pytest.raises(ValueError, match=r"--stesp.*did you mean --steps\?"):   # refused by the parser, one line
         parse_flags(aeos, "tiny", ["--stesp", "3"])
     mod = get_experiment("aeos")
     p = resolve_params(mod, "tiny", {"steps": "30", "lrs": "0.01,0.02"})

@@ -56,10 +56,16 @@ def problem(model: str = "mlp", data: str = "digits", *, classes: int | None = 4
         device=, batch_size=)`` (``factory="package.module:function"``); the other arguments are then unused.
         This is how the config of a factory-built problem replays.
 
-    NumPy integers are accepted wherever an int is (``n``, ``classes``, ``seed``, ``batch_size``, values in
-    ``model_kwargs``/``data_kwargs``/toy options) and are recorded as Python ints.
+    Returns
+    -------
+    Problem
+        A :class:`Problem` whose ``config`` rebuilds it: ``pyrod.problem(**prob.config)``.
 
-    Returns a :class:`Problem` whose ``config`` rebuilds it: ``pyrod.problem(**prob.config)``.
+    Notes
+    -----
+    NumPy integers are accepted wherever an int is (``n``, ``classes``, ``seed``, ``batch_size``, values in
+    ``model_kwargs``/``data_kwargs``/toy options) and are recorded as Python ints. Every name is checked before
+    anything is built (:func:`check_config`), with the closest valid name for a typo.
     """
     if UNREPRODUCIBLE_KEY in toy_kwargs:
         raise ValueError(f"this config cannot be replayed: {toy_kwargs[UNREPRODUCIBLE_KEY]}")
