@@ -89,7 +89,8 @@ def _explain_failure(e, *, path, k, problem, ckpt_k):
                   "a batch_size, e.g. pyrod.problem(..., batch_size=256) or problem.batch_size in the run spec")
         where = f"on {problem.device}" if getattr(problem, "device", None) is not None else ""
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return RunOutOfMemory(f"out of memory {where} at step {k} ({first}); give the problem {remedy}: the same "
+        when = f"at step {k}" if k is not None else "while setting the run up"
+        return RunOutOfMemory(f"out of memory {where} {when} ({first}); give the problem {remedy}: the same "
                               f"exact full-batch values, computed over micro-batches in bounded memory (fewer "
                               f"eigenvalues, eigs=, also need less){kept}")
     if isinstance(e, OSError) and e.errno == errno.ENOSPC:
@@ -387,6 +388,10 @@ def _execute(spec: RunSpec, problem, optimizer, progress, payload=None):
             _loop(spec, problem, optimizer, out_path, checkpoints, progress, payload,
                   threads={"threads": used, "threads_rule": why})
         return open_tree(out_path)
+    except (torch.cuda.OutOfMemoryError, MemoryError) as e:   # before the loop (the first gradient): no file yet
+        if isinstance(e, RunOutOfMemory):
+            raise
+        raise _explain_failure(e, path=None, k=None, problem=problem, ckpt_k=None) from e
     finally:
         if tmpdir is not None:
             tmpdir.cleanup()

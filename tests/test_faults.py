@@ -268,3 +268,15 @@ def test_cuda_out_of_memory_names_batch_size_and_keeps_the_run(tmp_path, monkeyp
     monkeypatch.setattr(type(prob), "loss_and_grad", orig)
     assert pyrod.open(path)["discrete"].ds.sizes["t"] == 15
     assert pyrod.resume(path).attrs["steps_completed"] == 40
+
+
+def test_out_of_memory_at_the_first_gradient(monkeypatch, tmp_path):
+    """Out of memory before the first step (the gradient that starts the run) names batch_size too."""
+    prob = pyrod.problem(**MLP)
+
+    def alloc(self, w):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+
+    monkeypatch.setattr(type(prob), "loss_and_grad", alloc)
+    with pytest.raises(pyrod.simulation.RunOutOfMemory, match=r"while setting the run up .*batch_size"):
+        pyrod.simulate(prob, pyrod.optimizers.GD(lr=0.5), steps=4, path=tmp_path / "x.nc")
