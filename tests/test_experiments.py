@@ -154,6 +154,7 @@ def test_aeos_tiny_and_summary_from_file(tmp_path):
     lr, b1 = row["lr"], row["beta1"]
     assert row["threshold"] == pytest.approx((2 + 2 * b1) / ((1 - b1) * lr), rel=1e-12)
     assert pyrod.config_of(tmp_path / row["file"])["optimizer"]["lr"] == lr
+    assert pyrod.spec_of(tmp_path / row["file"]).threads == 1       # the experiment's threads parameter, per run
     # the numbers change when the data change: not typed in
     s2 = run_experiment("aeos", scale="tiny", out=tmp_path / "b", progress=False,
                         overrides={"steps": "30", "beta1s": "", "beta2s": ""})

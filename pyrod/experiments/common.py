@@ -220,6 +220,7 @@ class Context:
 
         kw.setdefault("progress", self.progress)
         kw.setdefault("eig_tol", float(self.params.get("eig_tol", 1e-8)))
+        kw.setdefault("threads", int(self.params.get("threads", 1)))     # the experiment's --threads, per run
         return pyrod.simulate(problem, optimizer, path=self.path(filename), overwrite=True, **kw)
 
     def spec(self, problem, optimizer, **kw):
@@ -228,6 +229,7 @@ class Context:
         from pyrod.spec import spec_from_kwargs
 
         kw.setdefault("eig_tol", float(self.params.get("eig_tol", 1e-8)))
+        kw.setdefault("threads", int(self.params.get("threads", 1)))     # the experiment's --threads, per run
         return spec_from_kwargs(problem_config(problem), optimizer.config(), kw)
 
     def sweep(self, base, grid, folder: str, *, name=None, zip=None):  # noqa: A002
