@@ -4,4 +4,4 @@ import sys
 from pyrod.experiments.__main__ import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="python -m experiments"))

@@ -14,15 +14,18 @@ One time unit = one optimizer step everywhere.
 """
 from __future__ import annotations
 
-from . import optimizers
 from ._version import __version__
-from .problems import Problem, problem
 
 __all__ = ["__version__", "optimizers", "Problem", "problem", "simulate", "resume", "open", "config_of", "spec_of",
            "RunSpec", "spec", "sweep", "open_sweep"]
 
 
-def __getattr__(name):  # lazy: keep `import pyrod` light (no xarray/netCDF4/juliacall until needed)
+def __getattr__(name):  # lazy: `import pyrod` loads no torch, xarray, netCDF4, dask or juliacall until needed
+    if name in ("problem", "Problem"):
+        from . import problems
+        value = getattr(problems, name)
+        globals()[name] = value
+        return value
     if name in ("simulate", "resume", "config_of", "spec_of", "RunInterrupted"):
         from . import simulation
         value = getattr(simulation, name)
@@ -42,7 +45,8 @@ def __getattr__(name):  # lazy: keep `import pyrod` light (no xarray/netCDF4/jul
         from . import output
         globals()["open"] = output.open_tree
         return output.open_tree
-    if name in ("spec", "checkpoint", "spectra", "analysis", "flows", "integrate", "output", "plotting"):
+    if name in ("optimizers", "spec", "checkpoint", "spectra", "analysis", "flows", "integrate", "output", "plotting",
+                "threads", "experiments"):
         import importlib
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'pyrod' has no attribute {name!r}")

@@ -20,7 +20,7 @@ import os
 
 import torch
 
-__all__ = ["path_for", "save", "load", "CHECKPOINT_FORMAT", "CheckpointError"]
+__all__ = ["path_for", "save", "load", "remove_stale", "CHECKPOINT_FORMAT", "CheckpointError"]
 
 CHECKPOINT_FORMAT = 1
 
@@ -40,6 +40,8 @@ def save(path, payload: dict) -> int:
     buf = io.BytesIO()
     torch.save({"format": CHECKPOINT_FORMAT, **payload}, buf)
     data = buf.getbuffer()
+    from .output import ensure_space
+    ensure_space(path, len(data), what="checkpoint")    # the previous checkpoint stays whole either way
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
@@ -51,6 +53,14 @@ def save(path, payload: dict) -> int:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return len(data)
+
+
+def remove_stale(path) -> None:
+    """Delete the checkpoint ``path`` left by an earlier run of the same file (a new run replaced that file)."""
+    try:
+        os.unlink(os.fspath(path))
+    except FileNotFoundError:
+        pass
 
 
 def load(path, map_location=None) -> dict:

@@ -8,14 +8,21 @@ runs one simulation: every field of every :mod:`pyrod.spec` section is a typed f
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
+import inspect
 import json
+import os
 import sys
+import typing
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import tyro
 
-from .spec import CentralSpec, EigSpec, IntegratorSpec, OutputSpec, RodSpec, RunSpec, SpecError, StableSpec, StopSpec
+from .cli_errors import CommandLineError, fail, tyro_cli, user_errors
+from .spec import CentralSpec, EigSpec, IntegratorSpec, OutputSpec, RodSpec, RunSpec, StableSpec, StopSpec
 
 __all__ = ["RunCommand", "run_main", "resume_main"]
 
@@ -23,14 +30,78 @@ _DEFAULT_PROBLEM = '{"model": "mlp", "data": "digits", "classes": 4, "n": 300}'
 _DEFAULT_OPTIMIZER = '{"name": "GD", "lr": 0.5}'
 
 
-# IntegratorSpec's fields as flags, except ``options`` (a dict), which the command line takes as JSON text; made
-# from the spec's own fields so that names, types and defaults cannot drift apart
-IntegratorArgs = dataclasses.make_dataclass(
-    "IntegratorArgs",
-    [(f.name, "str", dataclasses.field(default="{}")) if f.name == "options" else (f.name, f.type, dataclasses.field(
-        default=f.default)) for f in dataclasses.fields(IntegratorSpec)])
-IntegratorArgs.__doc__ = ("How flows are integrated (pyrod.spec.IntegratorSpec); --integrator.options is the backend's "
-                          "own options as JSON, e.g. '{\"jac\": \"jvp\"}'")
+@functools.lru_cache(maxsize=None)
+def _module_classes(filename: str) -> dict:
+    """``{class name: ast.ClassDef}`` of a source file, parsed once (inspect.getsource would parse it per class)."""
+    with open(filename, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    return {node.name: node for node in ast.walk(tree) if isinstance(node, ast.ClassDef)}
+
+
+def field_docs(cls) -> dict:
+    """``{field: docstring}`` of a dataclass whose fields are documented by a string literal under them."""
+    node = _module_classes(inspect.getsourcefile(cls)).get(cls.__name__)
+    if node is None:
+        return {}
+    body = node.body
+    out = {}
+    for node, nxt in zip(body, body[1:], strict=False):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(nxt, ast.Expr) \
+                and isinstance(getattr(nxt, "value", None), ast.Constant) and isinstance(nxt.value.value, str):
+            out[node.target.id] = " ".join(nxt.value.value.split())
+    return out
+
+
+def help_text(doc) -> str:
+    """A docstring as command-line help: one paragraph, without reST markup."""
+    return " ".join(str(doc or "").replace("``", "").split())
+
+
+#: section fields the command line takes as JSON text
+_JSON_FIELDS = {"options"}
+
+
+def section_args(section) -> type:
+    """The command-line twin of a spec section: the same fields, types and defaults, with each field's docstring as
+    its help; dict fields (``options``) as JSON text. Made from the section itself, so that names, types, defaults
+    and help cannot drift apart. ``to_section(args)`` / ``from_section(spec_section)`` convert."""
+    docs, types = field_docs(section), typing.get_type_hints(section)
+    fields = []
+    for f in dataclasses.fields(section):
+        if f.name in _JSON_FIELDS:
+            typ, default, extra = str, "{}", " (JSON text)"
+        else:
+            typ, default, extra = types[f.name], f.default, ""
+        arg = tyro.conf.arg(help=help_text(docs.get(f.name, "")) + extra)
+        fields.append((f.name, Annotated[typ, arg], dataclasses.field(default=default)))
+    cls = dataclasses.make_dataclass(section.__name__.replace("Spec", "Args"), fields)
+    cls.__doc__ = help_text(section.__doc__)
+    cls.section = section
+    return cls
+
+
+def to_section(args):
+    """The spec section of a :func:`section_args` object (JSON fields decoded; invalid values raise SpecError)."""
+    values = {}
+    for f in dataclasses.fields(args):
+        v = getattr(args, f.name)
+        if f.name in _JSON_FIELDS:
+            try:
+                v = json.loads(v)
+            except json.JSONDecodeError as e:
+                raise CommandLineError(f"--{args.section._where}.{f.name} {v!r} is not JSON ({e})") from None
+        values[f.name] = v
+    return args.section(**values)
+
+
+def from_section(args_cls, section):
+    return args_cls(**{f.name: json.dumps(getattr(section, f.name)) if f.name in _JSON_FIELDS
+                       else getattr(section, f.name) for f in dataclasses.fields(section)})
+
+
+EigArgs, IntegratorArgs, StableArgs, RodArgs, CentralArgs, StopArgs, OutputArgs = (
+    section_args(c) for c in (EigSpec, IntegratorSpec, StableSpec, RodSpec, CentralSpec, StopSpec, OutputSpec))
+_SECTIONS = ("eig", "integrator", "stable", "rod", "central", "stop", "output")
 
 
 @dataclass
@@ -47,13 +118,15 @@ class RunCommand:
     """flows start from the discrete state at this step"""
     events: tuple[str, ...] = ()
     """flow events: eos, loss<VALUE, divergence (append ! for terminal)"""
-    eig: EigSpec = field(default_factory=EigSpec)
+    eig: EigArgs = field(default_factory=EigArgs)
     integrator: IntegratorArgs = field(default_factory=IntegratorArgs)
-    stable: StableSpec = field(default_factory=StableSpec)
-    rod: RodSpec = field(default_factory=RodSpec)
-    central: CentralSpec = field(default_factory=CentralSpec)
-    stop: StopSpec = field(default_factory=StopSpec)
-    output: OutputSpec = field(default_factory=lambda: OutputSpec(path="run.nc"))
+    stable: StableArgs = field(default_factory=StableArgs)
+    rod: RodArgs = field(default_factory=RodArgs)
+    central: CentralArgs = field(default_factory=CentralArgs)
+    stop: StopArgs = field(default_factory=StopArgs)
+    output: OutputArgs = field(default_factory=lambda: OutputArgs(path="run.nc"))
+    threads: int | None = None
+    """CPU threads (None: 1 for a small problem, all cores for a large one; torch's own if OMP_NUM_THREADS is set)"""
     progress: bool = True
     """show a progress bar"""
 
@@ -61,26 +134,20 @@ class RunCommand:
         try:
             problem = json.loads(self.problem)
             optimizer = json.loads(self.optimizer)
-            options = json.loads(self.integrator.options)
         except json.JSONDecodeError as e:
-            raise SpecError(f"--problem/--optimizer/--integrator.options must be JSON: {e}") from None
-        ig = dataclasses.asdict(self.integrator)
-        ig["options"] = options
+            raise CommandLineError(f"--problem/--optimizer must be JSON: {e}") from None
         return RunSpec(problem=problem, optimizer=optimizer, runs=self.runs, restart_at=self.restart_at,
-                       events=self.events, eig=self.eig, integrator=IntegratorSpec(**ig), stable=self.stable,
-                       rod=self.rod, central=self.central, stop=self.stop, output=self.output)
+                       events=self.events, threads=self.threads,
+                       **{name: to_section(getattr(self, name)) for name in _SECTIONS})
 
     @classmethod
     def from_spec(cls, spec: RunSpec) -> "RunCommand":
-        ig = spec.integrator.to_dict()
-        ig["options"] = json.dumps(ig["options"])
-        ig["max_step"] = spec.integrator.max_step
         ev = []
         for e in spec.events:
             ev.append(e.name + ("!" if e.terminal and e.kind != "divergence" else ""))
+        sections = {name: from_section(type(getattr(cls(), name)), getattr(spec, name)) for name in _SECTIONS}
         return cls(problem=json.dumps(spec.problem), optimizer=json.dumps(spec.optimizer), runs=tuple(spec.runs),
-                   restart_at=spec.restart_at, events=tuple(ev), eig=spec.eig, integrator=IntegratorArgs(**ig),
-                   stable=spec.stable, rod=spec.rod, central=spec.central, stop=spec.stop, output=spec.output)
+                   restart_at=spec.restart_at, events=tuple(ev), threads=spec.threads, **sections)
 
 
 def _spec_file(argv):
@@ -90,10 +157,17 @@ def _spec_file(argv):
         if a == "--spec" or a.startswith("--spec="):
             value = a.split("=", 1)[1] if "=" in a else (argv[i + 1] if i + 1 < len(argv) else None)
             if value is None:
-                raise SpecError("--spec needs a file name")
+                raise CommandLineError("--spec needs a file name")
             del argv[i:i + (1 if "=" in a else 2)]
-            with open(value) as f:
-                return RunSpec.from_json(f.read()), argv
+            try:
+                with open(value) as f:
+                    text = f.read()
+            except OSError as e:
+                raise CommandLineError(f"--spec {value}: {e.strerror or e}") from None
+            try:
+                return RunSpec.from_json(text), argv
+            except json.JSONDecodeError as e:
+                raise CommandLineError(f"--spec {value}: not a JSON run spec ({e})") from None
     return None, argv
 
 
@@ -101,9 +175,15 @@ def parse_run(argv) -> tuple[RunSpec, bool]:
     """Parse ``python -m pyrod run`` arguments into ``(spec, progress)``."""
     base, argv = _spec_file(argv)
     default = RunCommand.from_spec(base) if base is not None else RunCommand()
-    cmd = tyro.cli(RunCommand, args=argv, default=default, prog="python -m pyrod run",
+    cmd = tyro_cli(RunCommand, args=argv, default=default, prog="python -m pyrod run",
                    description=RunCommand.__doc__ + " Start from a saved spec with --spec FILE.json; flags override it.")
     return cmd.to_spec(), cmd.progress
+
+
+def _interrupted(e) -> int:
+    """A run stopped by Ctrl-C: its message, with the command that continues it (when it can be continued)."""
+    print(e.message("cli") if hasattr(e, "message") else "pyrod: interrupted", file=sys.stderr)
+    return 130
 
 
 def run_main(argv=None) -> int:
@@ -113,12 +193,10 @@ def run_main(argv=None) -> int:
     try:
         spec, progress = parse_run(argv)
         tree = pyrod.simulate(spec, progress=progress)
-    except (SpecError, ValueError, FileExistsError, FileNotFoundError, IsADirectoryError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except pyrod.RunInterrupted as e:
-        print(str(e), file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        return _interrupted(e)
+    except user_errors() as e:
+        return fail(e)
     print(json.dumps({"path": spec.output.path, "stop_reason": tree.attrs.get("stop_reason"),
                       "steps_completed": int(tree.attrs.get("steps_completed", 0)),
                       "runs": list(spec.runs)}, indent=2))
@@ -133,22 +211,25 @@ class ResumeCommand:
     """the run's NetCDF file"""
     steps: int | None = None
     """the new total number of steps (default: the run's own)"""
+    threads: int | None = None
+    """CPU threads (default: the count the run was started with, which a bit-identical resume needs)"""
     progress: bool = True
+    """show a progress bar"""
 
 
 def resume_main(argv=None) -> int:
     import pyrod
 
     argv = sys.argv[1:] if argv is None else argv
-    cmd = tyro.cli(ResumeCommand, args=argv, prog="python -m pyrod resume")
     try:
-        tree = pyrod.resume(cmd.path, steps=cmd.steps, progress=cmd.progress)
-    except (SpecError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except pyrod.RunInterrupted as e:
-        print(str(e), file=sys.stderr)
-        return 130
+        cmd = tyro_cli(ResumeCommand, args=argv, prog="python -m pyrod resume")
+        if not os.path.exists(cmd.path):     # answered before torch is loaded
+            return fail(f"cannot resume {cmd.path}: no such file")
+        tree = pyrod.resume(cmd.path, steps=cmd.steps, progress=cmd.progress, threads=cmd.threads)
+    except KeyboardInterrupt as e:
+        return _interrupted(e)
+    except user_errors() as e:
+        return fail(e)
     print(json.dumps({"path": cmd.path, "stop_reason": tree.attrs.get("stop_reason"),
                       "steps_completed": int(tree.attrs.get("steps_completed", 0))}, indent=2))
     return 0

@@ -95,12 +95,14 @@ Design notes (tested facts):
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import glob
 import json
 import math
 import os
 import secrets
+import shutil
 import socket
 import time
 import warnings
@@ -114,13 +116,18 @@ import numpy as np
 
 from ._version import __version__
 
-__all__ = ["Var", "RunWriter", "FileBusyError", "open_tree", "config_of", "json_attr", "TIME_UNITS"]
+__all__ = ["Var", "RunWriter", "FileBusyError", "DamagedFileError", "open_tree", "config_of", "json_attr",
+           "TIME_UNITS", "PARAMETER_UNITS", "ensure_space", "hdf5_sizes"]
 
 TIME_UNITS = "optimizer steps"
+#: units of a distance or norm in parameter space (the model's parameters carry no physical unit of their own)
+PARAMETER_UNITS = "parameter units (Euclidean norm in w-space)"
 _JSON_MARKER = "pyrod_json_attrs"
 _RESERVED_ROOT = ("pyrod_version", "created", "Conventions", "pyrod_config", "pyrod_status", _JSON_MARKER)
 _CHUNK_BYTES = 1 << 20  # target HDF5 chunk size
 _READ_PATIENCE_S = 10.0  # readers of a file being written retry this long for a write-free moment
+#: bytes a writer leaves free on the device beyond the data of a write (HDF5 metadata, attributes, the close)
+SPACE_RESERVE = 512 * 1024
 _BASE_ROOT = ("pyrod_version", "created", "Conventions", "pyrod_status", "history")
 
 
@@ -239,6 +246,51 @@ def _tmp_path(target: Path) -> Path:
     return target.with_name(f".{target.name}.pyrod-{secrets.token_hex(4)}.tmp")
 
 
+def cannot_write(err: OSError, shown, target: Path) -> OSError:
+    """``err`` (raised while creating the lock, temporary or data file next to ``target``) as an error of the same
+    class that names the user's path ``shown`` and what is wrong with it, never pyrod's hidden side files."""
+    folder = os.fspath(target.parent)
+    reason = {errno.EACCES: f"the folder {folder} is not writable", errno.EPERM: f"the folder {folder} is not writable",
+              errno.EROFS: f"the folder {folder} is on a read-only file system",
+              errno.ENOENT: f"the folder {folder} does not accept new files (a virtual file system such as /proc?)",
+              errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded"}.get(
+        err.errno, err.strerror or str(err))
+    return os_error(type(err), err.errno, f"cannot write {os.fspath(shown)}: {reason}")
+
+
+@contextlib.contextmanager
+def _writing_to(shown, target: Path):
+    """Turn OS errors of the block into :func:`cannot_write` errors naming ``shown``."""
+    try:
+        yield
+    except OSError as e:
+        if isinstance(e, (FileExistsError, IsADirectoryError)) or getattr(e, "_pyrod_named", False):
+            raise
+        err = cannot_write(e, shown, target)
+        err._pyrod_named = True
+        raise err from None
+
+
+def ensure_space(path, nbytes: int, shown=None, what: str = "write") -> None:
+    """Raise ``OSError(ENOSPC)`` naming ``shown`` (default ``path``) when the device of ``path`` has less than
+    ``nbytes`` + :data:`SPACE_RESERVE` bytes free. Checked before every write: HDF5 does not survive a write
+    that fails for lack of space (the file becomes unreadable), so pyrod stops before it, with the file valid."""
+    folder = os.path.dirname(os.path.abspath(os.fspath(path))) or "."
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    if free < nbytes + SPACE_RESERVE:
+        raise os_error(OSError, errno.ENOSPC,
+                       f"no space left on the device of {os.fspath(shown if shown is not None else path)}: the next "
+                       f"{what} needs ~{_kib(nbytes)} and {_kib(free)} are free ({_kib(SPACE_RESERVE)} are kept for "
+                       f"the file's own bookkeeping)")
+
+
+def _kib(n: int) -> str:
+    return f"{n / 1024:.0f} KiB" if n < 1 << 20 else f"{n / (1 << 20):.1f} MiB"
+
+
 def _parse_lock(text: bytes) -> dict[str, str]:
     info = {}
     for line in text.decode("utf-8", "replace").splitlines():
@@ -281,7 +333,8 @@ class _Lock:
         """Take the lock or raise :class:`FileBusyError` naming the holder. ``shown``: the path in messages."""
         lock_path = _lock_path(target)
         while True:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            with _writing_to(shown, target):
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -469,13 +522,14 @@ class RunWriter:
         for v in extra.values():
             _attr_value(v)  # type errors before touching the file
         target = self._target
-        target.parent.mkdir(parents=True, exist_ok=True)
+        with _writing_to(self.path, target):
+            target.parent.mkdir(parents=True, exist_ok=True)
         self._lock = _Lock.acquire(target, self.path)  # refuses a second writer before anything is touched
         tmp = None
         try:
             if target.exists() and not overwrite:
                 raise FileExistsError(f"{self.path} exists; pass overwrite=True to replace it")
-            with self._lock.writing():
+            with _writing_to(self.path, target), self._lock.writing():
                 tmp = _tmp_path(target)
                 self._nc = netCDF4.Dataset(tmp, "w", format="NETCDF4", clobber=False)
                 self._closed = False
@@ -530,7 +584,7 @@ class RunWriter:
 
     @classmethod
     def resume(cls, path, *, cut: Mapping[str, float], config: dict | None = None, attrs: dict | None = None,
-               chunk: int | None = None) -> "RunWriter":
+               chunk: int | None = None, expect_rows: Mapping[str, int] | None = None) -> "RunWriter":
         """Reopen the pyrod file ``path`` to continue a run: keep each group's rows with ``t < cut[group]``
         and return a writer in append mode.
 
@@ -543,6 +597,9 @@ class RunWriter:
             Root ``pyrod_status`` becomes ``"running"``, and a line "resumed ..." is added to ``history``.
         chunk : rows between writes for the continued run; default: the file's (the HDF5 chunk length of
             ``t``). The ``t``-variables are re-chunked to it.
+        expect_rows : group -> rows along ``t`` that must survive the cut (a checkpoint knows them). Fewer (rows
+            before the cut are unreadable: a damaged file) raise :class:`DamagedFileError` and leave the file as
+            it was, instead of continuing with a gap.
 
         Every kept dimension, variable (dtype, fill value, compression), variable attribute and group/root
         attribute is copied exactly (raw values, bit for bit) into a temporary file in the same folder, which
@@ -584,7 +641,8 @@ class RunWriter:
         self._lock = _Lock.acquire(target, self.path)
         tmp = None
         try:
-            with self._lock.writing(), _open_nc(os.fspath(target), os.fspath(self.path)) as src:
+            with _open_nc(os.fspath(target), os.fspath(self.path)) as src, _writing_to(self.path, target), \
+                    self._lock.writing():
                 _check_pyrod(src, self.path)
                 unknown = sorted(set(cuts) - set(src.groups))
                 if unknown:
@@ -605,8 +663,15 @@ class RunWriter:
                                                     os.fspath(self.path))
                     marker = sg.getncattr(_JSON_MARKER) if _JSON_MARKER in sg.ncattrs() else "[]"
                     self._json_names[name] = set(json.loads(marker))
+                short = {g: (self._groups[g].n_t, int(n)) for g, n in (expect_rows or {}).items()
+                         if g in self._groups and self._groups[g].n_t < int(n)}
+                if short:
+                    raise os_error(DamagedFileError, errno.EIO, f"cannot resume {self.path}: rows written before its "
+                                   f"checkpoint are unreadable (group: rows readable / rows expected: {short}); the "
+                                   f"file is damaged and left as it was; pyrod.open reads what is left of it")
                 self._nc.sync()
-            os.replace(tmp, target)  # the old file stays whole until here
+            with _writing_to(self.path, target):
+                os.replace(tmp, target)  # the old file stays whole until here
             tmp = None
         except BaseException:
             self._abandon(tmp)
@@ -640,7 +705,7 @@ class RunWriter:
 
     # ------------------------------------------------------------------ structure
     def add_group(self, group: str, variables: list[Var], *, dims: dict[str, int | None] | None = None,
-                  attrs: dict | None = None) -> None:
+                  attrs: dict | None = None, coords: Mapping[str, tuple] | None = None) -> None:
         """Create run group ``group`` with ``variables``.
 
         ``dims``: fixed sizes (``{"eig": k, "param": d}``) or ``None`` for an unlimited snapshot dim
@@ -648,7 +713,8 @@ class RunWriter:
         steps", axis "T") is always created and must not be given a size. Snapshot dims get a float64
         coordinate variable (default long_name "time of snapshot", units "optimizer steps"; declare a Var
         with the dim's name to override). Every variable gets long_name, units and a NaN (floats) or
-        default (ints) ``_FillValue``; zlib complevel 4.
+        default (ints) ``_FillValue``; zlib complevel 4. ``coords``: values of fixed dims, ``{dim: (values,
+        long_name, units)}`` (e.g. the rank 1..k of the ``eig`` dim), written as coordinate variables.
         """
         self._check_open()
         if not group or "/" in group or group in self._groups:
@@ -689,9 +755,22 @@ class RunWriter:
                     raise ValueError(f"variable {v.name!r} has the name of a dim; only unlimited snapshot "
                                      "dims may be overridden this way, with dims=(name,)")
             _fill_for(np.dtype(v.dtype))  # validates dtype
+        fixed = {}
+        for d, (values, long_name, units) in (coords or {}).items():
+            if dims.get(d) is None or d in {v.name for v in variables}:
+                raise ValueError(f"coords[{d!r}]: {d!r} is not a fixed dim of group {group!r} without a variable")
+            values = np.asarray(values)
+            if values.shape != (dims[d],):
+                raise ValueError(f"coords[{d!r}]: {values.shape[0] if values.ndim else 0} values for a dim of "
+                                 f"size {dims[d]}")
+            fixed[d] = (Var(d, (d,), long_name, units, values.dtype.str[1:]), values)
         snap_dims = [d for d, n in dims.items() if n is None and d != "t"]
         with self._lock.writing():
-            self._create_group(group, variables, dims, coord_over, snap_dims, attrs)
+            self._create_group(group, variables + [v for v, _ in fixed.values()], dims, coord_over, snap_dims,
+                               attrs)
+            for d, (_, values) in fixed.items():
+                self._groups[group].nc[d][:] = values
+            self._nc.sync()
 
     def _create_group(self, group, variables, dims, coord_over, snap_dims, attrs) -> None:
         g = self._nc.createGroup(group)
@@ -709,8 +788,9 @@ class RunWriter:
                 chunks = _chunksizes(shape[1:], dt.itemsize, 1)
             else:  # static
                 chunks = _chunksizes(shape[1:], dt.itemsize, shape[0], aligned=False)
+            fixed_coord = v.dims == (v.name,) and dims.get(v.name) is not None   # written whole, never missing
             var = g.createVariable(v.name, dt, v.dims, zlib=True, complevel=4, chunksizes=chunks,
-                                   fill_value=_fill_for(dt))
+                                   fill_value=False if fixed_coord else _fill_for(dt))
             var.setncatts({"long_name": v.long_name, "units": v.units})
             self._set_attrs_nosync(var, None, dict(v.attrs), marker=False)
             state.vars[v.name] = v
@@ -743,6 +823,7 @@ class RunWriter:
         g.rows.append(row)
         g.times.append(t)
         if (g.n_t + len(g.rows)) % self.chunk == 0:  # at a chunk boundary (re-aligns after a flush())
+            self._ensure_space(self._rows_bytes(g), "rows")
             with self._lock.writing():
                 self._flush_group(g)
                 self._sync()
@@ -770,6 +851,7 @@ class RunWriter:
                 raise KeyError(f"group {group!r}: {name!r} is not a variable along {dim!r} (known: {known})")
             arrays[name] = self._value(group, v, x, g.dims, leading=True)
         i = g.n_snap[dim]
+        self._ensure_space(sum(a.nbytes for a in arrays.values()) + 8, "snapshot")
         with self._lock.writing():
             for name, a in arrays.items():
                 g.nc[name][(i, *(slice(0, n) for n in a.shape))] = a
@@ -787,6 +869,7 @@ class RunWriter:
             raise KeyError(f"group {group!r}: {name!r} is not a static (all fixed dims) variable "
                            f"(known: {known})")
         a = self._value(group, v, values, g.dims, leading=False)
+        self._ensure_space(a.nbytes, "variable")
         with self._lock.writing():
             g.nc[name][tuple(slice(0, n) for n in a.shape)] = a
             self._sync()
@@ -853,6 +936,7 @@ class RunWriter:
         rewrite can lose those rows (see the module docstring); automatic flushes never rewrite.
         """
         self._check_open()
+        self._ensure_space(sum(self._rows_bytes(g) for g in self._groups.values()), "rows")
         with self._lock.writing():
             for g in self._groups.values():
                 self._flush_group(g)
@@ -867,8 +951,13 @@ class RunWriter:
             with self._lock.writing():
                 try:
                     try:
+                        self._ensure_space(sum(self._rows_bytes(g) for g in self._groups.values()), "rows")
                         for g in self._groups.values():
                             self._flush_group(g)
+                    except OSError as e:
+                        if e.errno != errno.ENOSPC:
+                            raise
+                        status = f"{status}; rows not yet written dropped: {e}"[:1000]   # the file stays valid
                     finally:
                         self._nc.setncattr("pyrod_status", status)
                 finally:
@@ -905,6 +994,18 @@ class RunWriter:
 
     def _sync(self) -> None:
         self._nc.sync()
+
+    def _ensure_space(self, nbytes: int, what: str) -> None:
+        ensure_space(self._target, nbytes, shown=self.path, what=f"write of {what}")
+
+    @staticmethod
+    def _rows_bytes(g: _Group) -> int:
+        """Bytes the buffered rows of ``g`` take when written (every variable along ``t``, uncompressed)."""
+        n = len(g.rows)
+        if not n:
+            return 0
+        return sum(n * math.prod(g.dims[d] for d in v.dims[1:]) * np.dtype(v.dtype).itemsize
+                   for v in g.vars.values() if v.dims and v.dims[0] == "t")
 
     @staticmethod
     def _value(group, v: Var, x, dims, leading: bool) -> np.ndarray:
@@ -1048,23 +1149,80 @@ def open_tree(path) -> "xarray.DataTree":  # noqa: F821
     return _read_consistent(shown, lambda src: _load_tree(src, shown))
 
 
+class DamagedFileError(OSError):
+    """A NetCDF-4 file whose HDF5 structure cannot be read (truncated, or overwritten in its index)."""
+
+
+def os_error(cls, code: int, message: str) -> OSError:
+    """An ``OSError`` subclass instance with ``errno`` set whose text is just ``message`` (no "[Errno N]")."""
+    err = cls(message)
+    err.errno = code
+    return err
+
+
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def hdf5_sizes(src) -> tuple[int, int | None]:
+    """``(bytes on disk, bytes the HDF5 superblock says the file has)`` of a path or bytes (second None when the
+    superblock cannot be read). A file shorter than its superblock's end-of-file address was truncated."""
+    head = src[:128] if isinstance(src, bytes) else Path(src).open("rb").read(128)
+    size = len(src) if isinstance(src, bytes) else os.path.getsize(src)
+    if len(head) < 16 or not head.startswith(_HDF5_SIGNATURE):
+        return size, None
+    version = head[8]
+    if version in (2, 3):            # sig, version, offset size, length size, flags, base, ext, EOF, ...
+        width, at = head[9], 12
+    elif version in (0, 1):          # sig, 5 version bytes, offset size, length size, reserved, 2+2 K, 4 flags
+        width, at = head[13], 24 + (4 if version == 1 else 0)
+    else:
+        return size, None
+    eof_at = at + 2 * width          # after the base address and the extension / free-space address
+    if width not in (4, 8) or len(head) < eof_at + width:
+        return size, None
+    return size, int.from_bytes(head[eof_at:eof_at + width], "little")
+
+
+def _damaged(src, shown, err) -> DamagedFileError:
+    try:
+        size, eof = hdf5_sizes(src)
+    except OSError:
+        size, eof = None, None
+    if eof is not None and size is not None and size < eof:
+        what = (f"it is truncated: {size} of its {eof} bytes are there, and NetCDF-4 (HDF5) keeps the index of the "
+                f"data at the end of the file, so none of it can be located")
+    else:
+        what = (f"its HDF5 structure is damaged ({err}); if another program has it open for writing (HDF5 locks it), "
+                f"wait for it to finish or read a copy")
+    return os_error(DamagedFileError, errno.EIO, f"{shown} cannot be read: {what}")
+
+
 def _open_nc(src, shown) -> "netCDF4.Dataset":
-    """Open ``src`` (a path, or the bytes of a file) for reading, with errors that name ``shown``."""
+    """Open ``src`` (a path, or the bytes of a file) for reading, with errors that name ``shown``: missing, a
+    folder, not NetCDF, truncated or damaged (:class:`DamagedFileError`)."""
     try:
         if isinstance(src, bytes):
             return netCDF4.Dataset(shown, "r", memory=src)
         return netCDF4.Dataset(src, "r")
     except FileNotFoundError:
-        raise FileNotFoundError(f"{shown}: no such file") from None
-    except OSError as err:
+        raise os_error(FileNotFoundError, errno.ENOENT, f"{shown}: no such file") from None
+    except (OSError, RuntimeError) as err:
         if os.path.isdir(shown):
-            raise ValueError(f"{shown!r} is a directory, not a NetCDF file") from None
+            raise ValueError(f"{shown} is a directory, not a NetCDF file") from None
         if "Unknown file format" in str(err):
-            raise ValueError(f"{shown} is not a NetCDF4/HDF5 file ({err})") from None
-        if "HDF error" in str(err):
-            err.add_note(f"If another program has {shown} open for writing (HDF5 locks it), wait for it to "
-                         "finish or read a copy of the file.")
+            kind = "an HDF5 file that is not NetCDF-4" if _is_hdf5(src) else "not a NetCDF4/HDF5 file"
+            raise ValueError(f"{shown} is {kind}: pyrod writes NetCDF-4 files (pyrod.open, pyrod.resume)") from None
+        if "HDF error" in str(err) or isinstance(err, OSError):
+            raise _damaged(src, shown, err) from None
         raise
+
+
+def _is_hdf5(src) -> bool:
+    try:
+        head = src[:8] if isinstance(src, bytes) else Path(src).open("rb").read(8)
+    except OSError:
+        return False
+    return head == _HDF5_SIGNATURE
 
 
 def _check_pyrod(nc, shown) -> None:
@@ -1107,32 +1265,30 @@ def _load_tree(src, shown):
 
 
 def _salvage(src, shown: str):
-    """Load a file (path or bytes) whose last rows along an unlimited dim cannot be read (a writer killed
-    inside a flush): per group and unlimited dim, step back one HDF5 chunk at a time until all its variables
-    read."""
+    """Load a file (path or bytes) some of whose HDF5 chunks cannot be read, keeping every value that can be:
+
+    * trailing chunks along an unlimited dim with any unreadable variable are dropped (a writer killed inside a
+      flush leaves exactly that);
+    * inside the file, rows whose coordinate is unreadable are dropped and unreadable chunks of other variables
+      read as NaN (damage on disk); variables that cannot be read at all are left out.
+
+    Warns with what was dropped or blanked."""
     import xarray as xr
 
     # no default indexes: building the index of `t` would read all of it, unreadable chunk included
     lazy = xr.open_datatree(src, engine="netcdf4", create_default_indexes=False)
     try:
-        out, dropped = {}, {}
+        out, dropped, blanked, lost = {}, {}, {}, []
         for node in lazy.subtree:
             ds = node.to_dataset(inherit=False)
             for d in sorted(ds.encoding.get("unlimited_dims", ()) or ()):
-                names = [v for v in ds.variables if d in ds[v].dims]
-                n = n_ok = ds.sizes[d]
-                step = max(1, int((ds[d].encoding.get("chunksizes") or (1,))[0])) if d in ds.variables else 1
-                while True:
-                    try:
-                        ds[names].isel({d: slice(0, n_ok)}).load()
-                        break
-                    except (RuntimeError, OSError):
-                        if n_ok == 0:
-                            raise
-                        n_ok = ((n_ok - 1) // step) * step
-                if n_ok < n:
-                    ds = ds.isel({d: slice(0, n_ok)})
-                    dropped[f"{node.path}:{d}"] = n - n_ok
+                ds = _salvage_dim(ds, d, f"{node.path}:{d}", dropped, blanked)
+            for name in list(ds.data_vars):
+                try:
+                    ds[name].load()
+                except (RuntimeError, OSError):
+                    lost.append(f"{node.path}/{name}")
+                    ds = ds.drop_vars(name)
             ds = ds.load()
             for d in ds.dims:
                 if d in ds.coords and ds[d].dims == (d,) and d not in ds.xindexes:
@@ -1141,9 +1297,68 @@ def _salvage(src, shown: str):
         tree = xr.DataTree.from_dict(out)
     finally:
         lazy.close()
-    warnings.warn(f"{shown}: unreadable trailing rows dropped {dropped} (the writer was killed during a "
-                  "flush; every earlier synced chunk was read)", RuntimeWarning, stacklevel=6)
+    parts = []
+    if dropped:
+        parts.append(f"unreadable trailing rows dropped {dropped} (a writer killed during a flush leaves these; every "
+                     f"earlier synced chunk was read)")
+    if blanked:
+        parts.append(f"damaged chunks inside the file: {blanked} (rows without a readable coordinate dropped, other "
+                     f"unreadable values set to NaN; everything else was read)")
+    if lost:
+        parts.append(f"unreadable variables left out: {lost}")
+    warnings.warn(f"{shown}: " + "; ".join(parts or ["read with the HDF5 salvage path"]), RuntimeWarning,
+                  stacklevel=6)
     return tree
+
+
+def _readable(da) -> np.ndarray | None:
+    try:
+        return np.asarray(da.values)
+    except (RuntimeError, OSError):
+        return None
+
+
+def _salvage_dim(ds, d, where, dropped, blanked):
+    """``ds`` with the damage along the unlimited dim ``d`` handled as :func:`_salvage` says."""
+    names = [v for v in ds.variables if d in ds[v].dims]
+    n = ds.sizes[d]
+    step = max(1, int((ds[d].encoding.get("chunksizes") or (1,))[0])) if d in ds.variables else 1
+    starts = range(0, n, step)
+    parts = {v: [_readable(ds[v].isel({d: slice(c, c + step)})) for c in starts] for v in names}
+    n_ok = n
+    while n_ok > 0 and any(parts[v][(n_ok - 1) // step] is None for v in names):
+        n_ok = ((n_ok - 1) // step) * step
+    if n_ok < n:
+        dropped[where] = n - n_ok
+    keep = np.ones(n_ok, bool)
+    values, bad = {}, {}
+    for v in names:
+        da = ds[v]
+        chunks = parts[v][:-(-n_ok // step) or None] if n_ok else []
+        if all(c is not None for c in chunks):
+            values[v] = np.concatenate(chunks) if chunks else np.asarray(da.isel({d: slice(0, 0)}).values)
+            continue
+        kind = da.dtype if da.dtype.kind == "f" else np.float64
+        shape = (n_ok, *[ds.sizes[x] for x in da.dims[1:]])
+        arr = np.full(shape, np.nan, dtype=kind)
+        for i, c in enumerate(chunks):
+            rows = slice(i * step, min((i + 1) * step, n_ok))
+            if c is not None:
+                arr[rows] = c[:rows.stop - rows.start]
+            elif v == d:
+                keep[rows] = False
+            else:
+                bad.setdefault(f"rows {rows.start}-{rows.stop - 1}", []).append(v)
+        values[v] = arr
+    if not keep.all():
+        bad["rows without a readable coordinate (dropped)"] = [str(int((~keep).sum()))]
+    if bad:
+        blanked[where] = {k: ", ".join(v) for k, v in bad.items()}
+    new = ds.isel({d: slice(0, n_ok)})
+    new = new.assign({v: (new[v].dims, values[v], new[v].attrs) for v in names if v != d and v in new.data_vars})
+    coords = {v: (new[v].dims, values[v], new[v].attrs) for v in names if v in new.coords}
+    new = new.assign_coords(coords)
+    return new.isel({d: np.flatnonzero(keep)}) if not keep.all() else new
 
 
 def config_of(path_or_tree) -> dict:

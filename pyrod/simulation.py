@@ -13,6 +13,7 @@ continues from the checkpoint and gives, for the same spec, the same bits as a r
 """
 from __future__ import annotations
 
+import errno
 import numbers
 import os
 import signal
@@ -24,6 +25,7 @@ import time
 import torch
 
 from . import optimizers as _optimizers
+from . import threads as _threads
 from .output import RunWriter, Var, open_tree
 from .problems import Problem
 from .runs.discrete import DiscreteRun, MidpointRun
@@ -31,7 +33,7 @@ from .runs.measure import Measurer
 from .spec import RunSpec, check_placement, spec_from_kwargs
 
 __all__ = ["simulate", "resume", "spec_of", "config_of", "RunInterrupted", "RUNS", "build_problem",
-           "NotReproducible"]
+           "NotReproducible", "RunOutOfMemory"]
 
 #: run name -> factory; flows register themselves in pyrod.flows
 RUNS: dict = {}
@@ -43,7 +45,59 @@ MAX_EIGS = 1024
 
 
 class RunInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped a run. The message says at which step and where the (valid) file and checkpoint are."""
+    """Ctrl-C stopped a run. The message says at which step, that the file is valid, and how to continue — only
+    when a checkpoint exists to continue from. Attributes: ``path`` (the file), ``step`` (steps done),
+    ``resumable`` (a checkpoint of this run exists); :meth:`message` gives the text with the hint as a Python
+    call (``form="python"``) or as a command line (``form="cli"``)."""
+
+    def __init__(self, what: str, *, path=None, step=None, resumable: bool = False, why_not: str = ""):
+        self.what, self.path, self.step, self.resumable, self.why_not = what, path, step, resumable, why_not
+        super().__init__(self.message())
+
+    def message(self, form: str = "python") -> str:
+        text = f"pyrod: run {self.what}; the file {self.path!r} is valid"
+        if self.resumable:
+            how = (f"python -m pyrod resume {_shell_quote(self.path)}" if form == "cli"
+                   else f"pyrod.resume({self.path!r})")
+            return f"{text}; continue with {how}"
+        return f"{text}; it cannot be resumed: {self.why_not}" if self.why_not else text
+
+
+def _shell_quote(path) -> str:
+    import shlex
+    return shlex.quote(os.fspath(path))
+
+
+class RunOutOfMemory(torch.cuda.OutOfMemoryError):
+    """A run ran out of memory (CUDA or host). The message names the step, what is kept, and the remedy: a
+    problem ``batch_size`` (exact full-batch values over micro-batches, in bounded memory)."""
+
+
+def _explain_failure(e, *, path, k, problem, ckpt_k):
+    """A clearer error for a run stopped by ``e`` (None: ``e`` says enough): out of memory (CUDA or host) names
+    ``batch_size`` as the remedy; a full disk says what the file holds. Both say how to continue."""
+    kept = ""
+    if path is not None:
+        kept = f"; {path} holds the steps before {k} and is valid"
+        if ckpt_k is not None:
+            kept += f"; continue with pyrod.resume({path!r}) (from its checkpoint at step {ckpt_k})"
+    oom = isinstance(e, (torch.cuda.OutOfMemoryError, MemoryError)) or (
+        isinstance(e, RuntimeError) and "can't allocate memory" in str(e))
+    if oom and not isinstance(e, RunOutOfMemory):
+        bs = getattr(problem, "batch_size", None)
+        remedy = (f"a smaller batch_size than {bs}" if bs else
+                  "a batch_size, e.g. pyrod.problem(..., batch_size=256) or problem.batch_size in the run spec")
+        where = f"on {problem.device}" if getattr(problem, "device", None) is not None else ""
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        when = f"at step {k}" if k is not None else "while setting the run up"
+        return RunOutOfMemory(f"out of memory {where} {when} ({first}); give the problem {remedy}: the same "
+                              f"exact full-batch values, computed over micro-batches in bounded memory (fewer "
+                              f"eigenvalues, eigs=, also need less){kept}")
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        from .output import os_error
+        return os_error(OSError, errno.ENOSPC, f"{e}; the run stopped at step {k}"
+                        f"{kept.replace('continue with', 'free some space, then continue with')}")
+    return None
 
 
 class NotReproducible(ValueError):
@@ -69,7 +123,8 @@ def simulate(problem=None, optimizer=None, steps=None, runs=None, *, progress: b
       ``snapshot_every``, ``loss_target``, ``divergence_factor``, ``restart_at``, ``events``, ``backend``,
       ``method``, ``rtol``, ``atol``, ``max_step``, ``substeps``, ``min_step``, ``max_rhs_per_unit``, ``bea``,
       the central flow's ``sdcp_threshold``, ``track_threshold``, ``tau``, ``max_track``, ``sdcp_tol``,
-      ``refresh_tol``), backend options (``jac``, ``max_steps``, ``linsolver``, …) and whole sections
+      ``refresh_tol``), ``threads`` (CPU threads; default: one for a small problem, every core for a large one:
+      :mod:`pyrod.threads`), backend options (``jac``, ``max_steps``, ``linsolver``, …) and whole sections
       (``eig=``, ``integrator=``, ``stable=``, ``rod=``, ``central=``, ``stop=``, ``output=``; a spec section
       or a dict). An unknown keyword fails at once with the closest valid name.
 
@@ -110,7 +165,7 @@ def simulate(problem=None, optimizer=None, steps=None, runs=None, *, progress: b
     return _execute(spec, prob, opt, progress)
 
 
-def resume(path, steps: int | None = None, *, progress: bool | None = None, problem=None):
+def resume(path, steps: int | None = None, *, progress: bool | None = None, problem=None, threads: int | None = None):
     """Continue the run written to ``path`` from its checkpoint ``PATH.ckpt``.
 
     Works for a run that was killed (even SIGKILL: rows written after the checkpoint are dropped and
@@ -119,12 +174,11 @@ def resume(path, steps: int | None = None, *, progress: bool | None = None, prob
     problem has no replay config (``Problem.from_module``). For the same spec the resumed file is
     bit-identical, variable by variable, to a run that was never stopped (flows of a finished run extended
     past a step count that is not a multiple of ``chunk`` are the exception: their integration segments are
-    cut elsewhere, same accuracy, not the same bits).
+    cut elsewhere, same accuracy, not the same bits). ``threads``: CPU threads (default: the count the run was
+    started with, which bit-identity needs).
     """
-    from . import checkpoint as _ckpt
-
     path = os.fspath(path)
-    payload = _ckpt.load(_ckpt.path_for(path))
+    payload = _checkpoint_of(path)
     spec = RunSpec.from_dict(payload["spec"])
     done = int(payload["k"])
     if steps is not None:
@@ -136,12 +190,54 @@ def resume(path, steps: int | None = None, *, progress: bool | None = None, prob
                              f"(steps is the new total)")
         spec = spec.replace({"stop.steps": steps})
     spec = spec.replace({"output.path": path, "output.overwrite": True})
+    if threads is not None:
+        spec = spec.replace({"threads": threads})
     if problem is None:
         if spec.problem is None:
             raise NotReproducible(f"cannot resume {path!r}: {_NOT_REPRODUCIBLE}")
         problem = build_problem(spec.problem)
     opt = _optimizers.from_config(spec.optimizer)
     return _execute(spec, problem, opt, progress, payload=payload)
+
+
+def _checkpoint_of(path: str) -> dict:
+    """The checkpoint of the pyrod file ``path``, or an error that says what is wrong with ``path`` itself: missing,
+    a folder, not NetCDF, not written by pyrod, damaged, written without checkpoints, stopped before its first
+    checkpoint, or a checkpoint that belongs to another run."""
+    from . import checkpoint as _ckpt
+    from .output import config_of as _raw_config
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"cannot resume {path}: no such file")
+    try:
+        cfg = _raw_config(path)
+    except (OSError, ValueError) as e:
+        e.args = (f"cannot resume: {e}",)
+        raise
+    ckpt = _ckpt.path_for(path)
+    if not os.path.exists(ckpt):
+        every = (cfg.get("output") or {}).get("checkpoint_every") if "spec_version" in cfg else None
+        if every == 0:
+            why = "the run was written without checkpoints (checkpoint_every=0)"
+        else:
+            chunk = (cfg.get("output") or {}).get("chunk", "chunk")
+            why = (f"the run stopped before the end of its first chunk (step {chunk}), or the checkpoint was moved "
+                   f"or deleted; start it again with "
+                   f"pyrod.simulate(pyrod.spec_of({path!r}).replace({{'output.overwrite': True}}))")
+        raise _ckpt.CheckpointError(f"cannot resume {path}: no checkpoint {ckpt}: {why}")
+    payload = _ckpt.load(ckpt)
+    if "spec_version" in cfg and _experiment(payload["spec"]) != _experiment(cfg):
+        raise _ckpt.CheckpointError(f"cannot resume {path}: its checkpoint {ckpt} belongs to another run (problem, "
+                                    f"optimizer or runs differ from the file's); delete it and start the run again")
+    return payload
+
+
+def _experiment(spec_dict: dict) -> tuple:
+    """What identifies a run's experiment in its spec (for matching a checkpoint to its file)."""
+    import json
+
+    return tuple(json.dumps(spec_dict.get(k), sort_keys=True, default=str) for k in ("problem", "optimizer", "runs",
+                                                                                      "restart_at"))
 
 
 def spec_of(path_or_tree) -> RunSpec:
@@ -251,9 +347,10 @@ def _flow_run(name, spec: RunSpec, problem, optimizer, measurer):
 class _InterruptFlag:
     """First Ctrl-C: finish the chunk, checkpoint, stop. Second: stop now (KeyboardInterrupt)."""
 
-    def __init__(self):
+    def __init__(self, checkpoints: bool = True):
         self.requested = False
         self._old = None
+        self._then = "to save a checkpoint" if checkpoints else "(this run writes no checkpoints)"
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -267,7 +364,7 @@ class _InterruptFlag:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("\npyrod: Ctrl-C: finishing the current chunk to save a checkpoint (Ctrl-C again to stop now)",
+        print(f"\npyrod: Ctrl-C: finishing the current chunk {self._then} (Ctrl-C again to stop now)",
               file=sys.stderr, flush=True)
 
     def __exit__(self, *exc):
@@ -285,12 +382,27 @@ def _execute(spec: RunSpec, problem, optimizer, progress, payload=None):
         out_path, checkpoints = os.path.join(tmpdir.name, "run.nc"), False
     else:
         out_path, checkpoints = spec.output.path, spec.output.checkpoint_every != 0
+    count, why = _threads_for(spec, problem, payload)
     try:
-        _loop(spec, problem, optimizer, out_path, checkpoints, progress, payload)
+        with _threads.using(count) as used:
+            _loop(spec, problem, optimizer, out_path, checkpoints, progress, payload,
+                  threads={"threads": used, "threads_rule": why})
         return open_tree(out_path)
+    except (torch.cuda.OutOfMemoryError, MemoryError) as e:   # before the loop (the first gradient): no file yet
+        if isinstance(e, RunOutOfMemory):
+            raise
+        raise _explain_failure(e, path=None, k=None, problem=problem, ckpt_k=None) from e
     finally:
         if tmpdir is not None:
             tmpdir.cleanup()
+
+
+def _threads_for(spec, problem, payload):
+    """The thread count of this run (:func:`pyrod.threads.choose`); a resumed run uses the count it was started
+    with unless the spec names one (bit-identical resume needs the same count)."""
+    if spec.threads is None and payload is not None and payload.get("threads"):
+        return int(payload["threads"]), "the count the run was started with"
+    return _threads.choose(spec.threads, problem)
 
 
 def _build_runs(spec, problem, optimizer):
@@ -322,12 +434,25 @@ def _add_groups(writer, spec, runs, problem):
         if spec.output.snapshot_every:
             dvars = dvars + [Var("w", ("t_snap", "param"), "discrete parameters w_k", "1")]
             dims.update({"t_snap": None, "param": problem.dim})
-        writer.add_group("discrete", dvars, dims=dims, attrs={"run": "discrete"})
+        writer.add_group("discrete", dvars, dims=dims, attrs={"run": "discrete"}, coords=_index_coords(dims))
     for name, run in runs.items():
         if name == "discrete":
             continue
         attrs = run.attrs() if hasattr(run, "attrs") else {"run": name}
-        writer.add_group(name, run.variables(), dims={"eig": k, **_model_dims(run)}, attrs=attrs)
+        dims = {"eig": k, **_model_dims(run)}
+        writer.add_group(name, run.variables(), dims=dims, attrs=attrs, coords=_index_coords(dims))
+
+
+#: dims of the run groups whose positions are ranks: their coordinate values are 1, 2, … (long name, units)
+INDEX_DIMS = {"eig": "rank of the eigenvalue (1 = the largest)",
+              "track": "rank of the tracked eigen-direction (1 = the largest eigenvalue)"}
+
+
+def _index_coords(dims: dict) -> dict:
+    import numpy as np
+
+    return {d: (np.arange(1, n + 1, dtype="i4"), INDEX_DIMS[d], "1") for d, n in dims.items()
+            if d in INDEX_DIMS and n is not None}
 
 
 def _model_dims(run) -> dict:
@@ -336,13 +461,13 @@ def _model_dims(run) -> dict:
     return dict(model.extra_dims()) if hasattr(model, "extra_dims") else {}
 
 
-def _loop(spec, problem, optimizer, out_path, checkpoints, progress, payload):
+def _loop(spec, problem, optimizer, out_path, checkpoints, progress, payload, threads=None):
     from . import checkpoint as _ckpt
 
     runs = _build_runs(spec, problem, optimizer)
     groups = [n for n in runs if n != "discrete" or "discrete" in spec.runs]
     steps, chunk = spec.stop.steps, spec.output.chunk
-    config, attrs = spec.to_dict(), _root_attrs(spec, problem, optimizer)
+    config, attrs = spec.to_dict(), {**_root_attrs(spec, problem, optimizer), **(threads or {})}
     counters = {name: [0, 0] for name in runs}
     counters["discrete"][0] = 1  # the gradient at w_0 taken to initialise the state
     k, wall_before, stop_reason = 0, 0.0, None
@@ -352,6 +477,7 @@ def _loop(spec, problem, optimizer, out_path, checkpoints, progress, payload):
         writer = RunWriter(out_path, config=config, attrs=attrs, overwrite=spec.output.overwrite, chunk=chunk)
         try:
             _add_groups(writer, spec, runs, problem)
+            _ckpt.remove_stale(ckpt_path)   # a checkpoint of the file this run replaced must never be resumed
         except BaseException:
             writer.close(status="failed: could not create the groups")
             raise
@@ -365,7 +491,8 @@ def _loop(spec, problem, optimizer, out_path, checkpoints, progress, payload):
             torch.set_rng_state(payload["rng"])
         pending = payload["pending"]
         cut = {g: (pending[g]["times"][0] if pending.get(g, {}).get("times") else float(k)) for g in groups}
-        writer = RunWriter.resume(out_path, cut=cut, config=config, attrs=attrs, chunk=chunk)
+        expect = {g: int(pending[g]["n_t"]) for g in groups if "n_t" in pending.get(g, {})}
+        writer = RunWriter.resume(out_path, cut=cut, config=config, attrs=attrs, chunk=chunk, expect_rows=expect)
         for g in groups:
             for t, row in zip(pending[g]["times"], pending[g]["rows"], strict=False):
                 writer.append(g, t, row)
@@ -378,22 +505,28 @@ def _loop(spec, problem, optimizer, out_path, checkpoints, progress, payload):
     others = [r for n, r in runs.items() if n != "discrete"]
     wall0 = time.perf_counter()
     last_ckpt = time.perf_counter()
-    show = sys.stderr.isatty() if progress is None else bool(progress)
-    bar = None
-    if show:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=steps, initial=k, desc=f"pyrod {optimizer.name}", unit="step", leave=False)
+    ckpt_k = k if payload is not None else None    # the step of the latest checkpoint of this run
+    bar = _Progress(sys.stderr.isatty() if progress is None else bool(progress), steps, k, list(runs),
+                    f"pyrod {optimizer.name}")
+    discrete.on_step = lambda step: bar.reached("discrete", step + 1)
+    for run in others:
+        run.progress = lambda t, name=run.name: bar.reached(name, t)
 
     def save_checkpoint(reason=None):
+        nonlocal ckpt_k
+        ckpt_k = k
         _ckpt.save(ckpt_path, {
             "spec": config, "k": k, "runs": {n: r.state_dict() for n, r in runs.items()},
             "pending": writer.pending(), "counters": counters, "rng": torch.get_rng_state(),
-            "wall_time_s": wall_before + time.perf_counter() - wall0, "stop_reason": reason})
+            "wall_time_s": wall_before + time.perf_counter() - wall0, "stop_reason": reason,
+            "threads": (threads or {}).get("threads")})
 
     def due() -> bool:
         every = spec.output.checkpoint_every
         if not checkpoints:
             return False
+        if ckpt_k is None:      # the first chunk end: from then on a kill or Ctrl-C leaves a run to resume
+            return True
         if every is None:
             return time.perf_counter() - last_ckpt >= AUTO_CHECKPOINT_SECONDS
         return (k // every) > (k_prev // every)
@@ -402,7 +535,7 @@ def _loop(spec, problem, optimizer, out_path, checkpoints, progress, payload):
     interrupted = None
     k_prev = k
     try:
-        with _InterruptFlag() as flag:
+        with _InterruptFlag(checkpoints) as flag:
             try:
                 while k < steps and stop_reason is None:
                     n = min(chunk, steps - k)
@@ -425,8 +558,7 @@ def _loop(spec, problem, optimizer, out_path, checkpoints, progress, payload):
                             writer.append(run.name, t, values)
                         _count(counters, run.name, problem, g0, h0)
                     k += ck.n_steps
-                    if bar is not None:
-                        bar.update(ck.n_steps)
+                    bar.chunk_done(k)
                     if discrete.stop_reason:
                         stop_reason = discrete.stop_reason
                     if flag.requested:
@@ -436,7 +568,9 @@ def _loop(spec, problem, optimizer, out_path, checkpoints, progress, payload):
                         save_checkpoint()
                         last_ckpt = time.perf_counter()
             except KeyboardInterrupt:
-                interrupted = f"interrupted at step {k} (the last checkpoint is kept)"
+                interrupted = f"stopped at once at step {k}, inside a chunk"
+                if ckpt_k is not None:
+                    interrupted += f" (the checkpoint of step {ckpt_k} is kept)"
                 status = "interrupted"
                 raise
         if checkpoints:   # at the end, at a stop and after a first Ctrl-C: the state after the last chunk
@@ -444,21 +578,66 @@ def _loop(spec, problem, optimizer, out_path, checkpoints, progress, payload):
     except KeyboardInterrupt:
         pass
     except BaseException as e:
-        status = f"failed: {type(e).__name__}: {e}"[:1000]
-        _finish(writer, runs, groups, counters, stop_reason or status, k, wall_before + time.perf_counter() - wall0,
-                status, bar)
+        explained = _explain_failure(e, path=out_path if spec.output.path is not None else None, k=k,
+                                     problem=problem, ckpt_k=ckpt_k if os.path.exists(ckpt_path) else None)
+        shown = explained or e
+        status = f"failed: {type(shown).__name__}: {shown}"[:1000]
+        try:
+            _finish(writer, runs, groups, counters, stop_reason or status, k,
+                    wall_before + time.perf_counter() - wall0, status, bar)
+        except Exception as close_error:  # noqa: BLE001 - never hide the error that stopped the run
+            shown.add_note(f"pyrod: closing {out_path} also failed: {type(close_error).__name__}: {close_error}")
+        if explained is not None:
+            raise explained from e
         raise
     final = interrupted or stop_reason or f"steps: completed {k} steps"
     _finish(writer, runs, groups, counters, final, k, wall_before + time.perf_counter() - wall0,
             "interrupted" if interrupted else "complete", bar)
     if interrupted:
-        where = f"; continue with pyrod.resume({out_path!r})" if checkpoints else ""
-        raise RunInterrupted(f"pyrod: run {interrupted}; the file {out_path!r} is valid{where}")
+        if not checkpoints:
+            why = ("it was written without checkpoints (checkpoint_every=0)" if spec.output.path is not None
+                   else "it was run without a path (nothing is kept)")
+        else:
+            why = (f"no checkpoint had been written yet (the first is written at the end of the first chunk, "
+                   f"step {min(chunk, steps)}); start the run again")
+        raise RunInterrupted(interrupted, path=out_path, step=k,
+                             resumable=checkpoints and ckpt_k is not None and os.path.exists(ckpt_path),
+                             why_not=why)
+
+
+class _Progress:
+    """The progress bar of a run: its position is the mean over the runs of how far each has got (in optimizer
+    steps), so it moves with every discrete step and every accepted step of a flow's integration, not only at
+    chunk ends."""
+
+    def __init__(self, show: bool, total: int, start: int, names, desc: str):
+        self.bar, self.total = None, total
+        self.at = dict.fromkeys(names, float(start))
+        if show:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=total, initial=start, desc=desc, unit="step", leave=False,
+                            bar_format="{l_bar}{bar}| {n:.0f}/{total} [{elapsed}<{remaining}]")
+
+    def reached(self, name: str, position: float) -> None:
+        if self.bar is None or name not in self.at or position <= self.at[name]:
+            return
+        self.at[name] = min(float(position), self.total)
+        mean = sum(self.at.values()) / len(self.at)
+        if mean > self.bar.n:
+            self.bar.update(mean - self.bar.n)
+
+    def chunk_done(self, k: int) -> None:
+        for name in self.at:
+            self.reached(name, k)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def _finish(writer, runs, groups, counters, reason, k, wall, status, bar):
-    if bar is not None:
-        bar.close()
+    bar.close()
     try:
         for name in groups:
             run = runs[name]

@@ -21,11 +21,12 @@ same object (:func:`spec_from_kwargs`); the table of flat keywords and where eac
 """
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import numbers
 from dataclasses import dataclass, field, fields
+
+from .keys import suggest, unknown
 
 __all__ = ["RunSpec", "EigSpec", "IntegratorSpec", "StableSpec", "RodSpec", "CentralSpec", "StopSpec",
            "OutputSpec", "SpecError", "spec_from_kwargs", "FLAT_KEYWORDS", "RUN_NAMES", "SPEC_VERSION"]
@@ -40,16 +41,11 @@ class SpecError(TypeError, ValueError):
 
 
 # ----------------------------------------------------------------------------------------- value checks
-def _suggest(name, valid) -> str:
-    close = difflib.get_close_matches(str(name), list(valid), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+_suggest = suggest
 
 
 def _unknown(names, valid, where: str):
-    names = sorted(names)
-    hint = _suggest(names[0], valid) if len(names) == 1 else ""
-    raise SpecError(f"unknown option{'s' if len(names) > 1 else ''} {names if len(names) > 1 else repr(names[0])} "
-                    f"in {where}{hint}; valid names: {sorted(valid)}")
+    raise SpecError(unknown(names, valid, where))
 
 
 def _is_int(v) -> bool:
@@ -140,20 +136,22 @@ def _plain(v):
 # ----------------------------------------------------------------------------------------- sections
 @dataclass(frozen=True)
 class EigSpec(_Section):
-    """Eigen measurement of every run: top-``k`` eigenvalues of P⁻¹H every ``every`` steps, warm LOBPCG to a
-    relative residual ``tol`` in at most ``max_iter`` iterations (non-convergence is recorded, never silent).
-    ``flow_every``: the flow runs' own spacing (None: ``every``). The measurement is a read-out, not part of any
-    flow: measuring flows less often than the discrete run saves its cost (the central flow's own tracked
-    eigenvalues are recorded at every step anyway, in ``critical_sharpness``). ``raw``: for an optimizer with a
-    preconditioner, also measure the raw sharpness λmax(H) (a second eigen-solve; False: ``sharpness`` is NaN for
-    such optimizers, which saves that solve)."""
+    """Eigen measurement of every run: the top eigenvalues of P⁻¹H by warm-started LOBPCG (non-convergence is
+    recorded, never silent). The measurement is a read-out, not part of any flow."""
 
     k: int = 1
+    """number of top eigenvalues of P⁻¹H measured (the ``eig`` dimension)"""
     every: int = 10
+    """measure every this many optimizer steps (NaN in between)"""
     tol: float = 1e-6
+    """relative residual at which LOBPCG stops"""
     max_iter: int = 200
+    """most LOBPCG iterations per measurement"""
     flow_every: int | None = None
+    """the flow runs' own spacing (None: ``every``); measuring flows less often saves its cost (the central flow's
+    tracked eigenvalues are recorded every step anyway, in ``critical_sharpness``)"""
     raw: bool = True
+    """with a preconditioner, also measure the raw sharpness λmax(H) (a second solve; False: ``sharpness`` is NaN)"""
 
     _where = "eig"
 
@@ -168,39 +166,30 @@ class EigSpec(_Section):
 
 @dataclass(frozen=True)
 class IntegratorSpec(_Section):
-    """How flows are integrated (every flow run of the spec uses it).
-
-    backend : ``None`` (default): ``"torch"`` for a problem on a CUDA device (the state stays there), ``"scipy"``
-        otherwise (on a CPU the torch backend is not faster); or ``"scipy"``, ``"torch"`` (on the problem's device,
-        no host copy per evaluation), ``"sundials"``, ``"julia"``, ``"auto"`` (torch on CUDA, Julia when a local
-        Julia is found, else SciPy). Each flow group's attribute ``backend`` records the backend used.
-    method : the backend's method. ``None`` (and no ``rtol``/``atol``): each flow's own default — stable and rod:
-        RK23 (SciPy) / bosh3 (torch; the same Bogacki–Shampine pair) at rtol 1e-3, atol 1e-6 (with ``bea=True``
-        the backend's default, DOP853 / dopri5, at 1e-6 / 1e-9); central: Euler with ``substeps`` (4) — recorded
-        in each group's attributes (``method``, ``rtol``, ``atol``, ``method_is_flow_default``).
-        ``"euler"`` = fixed-step Euler, ``substeps`` per unit time.
-    rtol, atol : tolerances of adaptive methods (``None``: the flow's default with its default method, else 1e-6
-        and 1e-9). max_step : largest step (optimizer steps).
-    substeps : Euler steps per unit time (``None`` = 4); for the central flow also the default relaxation time
-        ``τ = 1/substeps``.
-    min_step : a flow whose step size stays below ``min_step·max(1, |t|)`` (ten steps in a row) stops
-        (``flow_status`` says so).
-    max_rhs_per_unit : a flow stops when it needs more right-hand-side evaluations than this per unit time
-        (``None``: no budget; raise it for genuinely stiff flows on explicit methods).
-    options : the backend's own options, checked against what that backend accepts
-        (``pyrod.integrate.check_options``), e.g. ``{"jac": "jvp"}`` for SciPy's implicit methods,
-        ``{"linsolver": "gmres", "krylov_dim": 30}`` for SUNDIALS.
-    """
+    """How flows are integrated (every flow run of the spec uses it). Each flow group's attributes record the
+    backend, method and tolerances used (``backend``, ``method``, ``rtol``, ``atol``, ``method_is_flow_default``)."""
 
     backend: str | None = None
+    """None: torch for a problem on a CUDA device, else scipy; or scipy, torch, sundials, julia, auto (torch on
+    CUDA, Julia when a local Julia is found, else SciPy)"""
     method: str | None = None
+    """the backend's method; None (and no rtol/atol): each flow's default (stable, rod: RK23 / bosh3 at rtol 1e-3;
+    with bea DOP853 / dopri5 at 1e-6; central: Euler with 4 substeps); euler: fixed steps, ``substeps`` per step"""
     rtol: float | None = None
+    """relative tolerance of adaptive methods (None: the flow's default with its default method, else 1e-6)"""
     atol: float | None = None
+    """absolute tolerance of adaptive methods (None: the flow's default with its default method, else 1e-9)"""
     max_step: float = math.inf
+    """largest integration step (optimizer steps)"""
     substeps: int | None = None
+    """Euler steps per optimizer step (None: 4); for the central flow also the default relaxation time 1/substeps"""
     min_step: float = 1e-9
+    """a flow whose step size stays below min_step·max(1, |t|) for ten steps stops (``flow_status`` says so)"""
     max_rhs_per_unit: int | None = 2000
+    """a flow stops when it needs more right-hand sides than this per optimizer step (None: no budget)"""
     options: dict = field(default_factory=dict)
+    """the backend's own options, checked against what it accepts (e.g. {"jac": "jvp"} for SciPy's implicit
+    methods, {"linsolver": "gmres", "krylov_dim": 30} for SUNDIALS)"""
 
     _where = "integrator"
 
@@ -259,9 +248,10 @@ class IntegratorSpec(_Section):
 
 @dataclass(frozen=True)
 class StableSpec(_Section):
-    """Stable flow ``dz/dt = D(z; ν, t)``. ``bea``: add the second-order backward-error correction."""
+    """Stable flow ``dz/dt = D(z; ν, t)``."""
 
     bea: bool = False
+    """add the second-order backward-error correction (exact JVPs)"""
 
     _where = "stable"
 
@@ -271,9 +261,10 @@ class StableSpec(_Section):
 
 @dataclass(frozen=True)
 class RodSpec(_Section):
-    """Rod flow (endpoint form). ``bea``: add the second-order backward-error correction (exact JVPs)."""
+    """Rod flow (endpoint form)."""
 
     bea: bool = False
+    """add the second-order backward-error correction (exact JVPs)"""
 
     _where = "rod"
 
@@ -288,24 +279,27 @@ COUNTER_RATES = ("1", "1/beta2")
 @dataclass(frozen=True)
 class CentralSpec(_Section):
     """Central flow (docs/central_flows.md). Thresholds are fractions of the stability threshold (effective
-    sharpness): ``sdcp_threshold`` (0.975; the reference's 1.95) from which a direction enters the
-    complementarity problem, ``track_threshold`` (0.75; the reference's 1.5) from which it is tracked.
-    ``tau``: relaxation time of the complementarity condition (None → 1/substeps, optimizer steps).
-    ``eig_tol``/``eig_max_iter``: the tracked subspace's LOBPCG refreshes; ``max_track``: cap on tracked
-    eigenpairs; ``sdcp_tol``: SDCP solver tolerance; ``refresh_tol``: Ritz residual above which the subspace is
-    improved. ``counter_rate``: rate of the optimizer's step counter (bias correction, schedules) along the flow:
-    ``"1"`` (one step per unit time, what the equations give) or ``"1/beta2"`` (the reference implementation's
-    convention, for side-by-side comparisons; docs/central_flows.md §7)."""
+    sharpness); the reference implementation's 1.95 and 1.5 are 0.975 and 0.75 here."""
 
     sdcp_threshold: float = 0.975
+    """effective sharpness from which a direction enters the complementarity problem"""
     track_threshold: float = 0.75
+    """effective sharpness from which a direction is tracked"""
     tau: float | None = None
+    """relaxation time of the complementarity condition, in optimizer steps (None: 1/substeps)"""
     eig_tol: float = 1e-6
+    """relative residual of the tracked subspace's LOBPCG refreshes"""
     eig_max_iter: int = 100
+    """most LOBPCG iterations per refresh"""
     max_track: int = 8
+    """most eigenpairs tracked"""
     sdcp_tol: float = 1e-10
+    """tolerance of the semidefinite complementarity solver"""
     refresh_tol: float = 1e-3
+    """Ritz residual above which the tracked subspace is improved"""
     counter_rate: str = "1"
+    """rate of the optimizer's step counter along the flow: "1" (one step per unit time, what the equations give)
+    or "1/beta2" (the reference implementation's convention, for comparisons; docs/central_flows.md §7)"""
 
     _where = "central"
 
@@ -333,13 +327,14 @@ class CentralSpec(_Section):
 
 @dataclass(frozen=True)
 class StopSpec(_Section):
-    """When the run stops: after ``steps`` optimizer steps; when the discrete loss falls to ``loss_target``;
-    when it is not finite or exceeds ``divergence_factor`` × the initial loss (flows use the same factor on
-    their own loss and state norm)."""
+    """When the run stops (the root attribute ``stop_reason`` says why)."""
 
     steps: int = 100
+    """optimizer steps of the run"""
     loss_target: float | None = None
+    """stop when the discrete loss falls to this value"""
     divergence_factor: float = 1e6
+    """stop when the loss is not finite or exceeds this × the initial loss (flows: their own loss and state norm)"""
 
     _where = "stop"
 
@@ -351,24 +346,20 @@ class StopSpec(_Section):
 
 @dataclass(frozen=True)
 class OutputSpec(_Section):
-    """Where and how the run is written.
-
-    path : the NetCDF file (None: a temporary file, the result is returned in memory).
-    overwrite : replace an existing file (it is only replaced once the new run has written its header).
-    chunk : steps per write (and per integration segment of the flows); at most this many steps are lost
-        in a crash of a run without checkpoints.
-    checkpoint_every : write the complete run state to ``PATH.ckpt`` every this many steps (rounded up to a
-        chunk end). ``None`` (default): at chunk ends, at most once every 60 s of wall time, and always at the
-        end and on Ctrl-C. ``0``: never (no resume possible). Only the latest checkpoint is kept, replaced
-        atomically.
-    snapshot_every : also store the discrete parameters ``w`` every this many steps (variable ``w``).
-    """
+    """Where and how the run is written. Only the latest checkpoint ``PATH.ckpt`` is kept, replaced atomically."""
 
     path: str | None = None
+    """the NetCDF file (None: a temporary file; the result is returned in memory)"""
     overwrite: bool = False
+    """replace an existing file (only once the new run has written its header)"""
     chunk: int = 50
+    """steps per write and per integration segment of the flows"""
     checkpoint_every: int | None = None
+    """save the complete run state to PATH.ckpt every this many steps (at the chunk end at or after each multiple);
+    None: at the first chunk end, then at chunk ends at most once a minute; always at the end and on Ctrl-C;
+    0: never (no resume)"""
     snapshot_every: int | None = None
+    """also store the discrete parameters w every this many steps (variable ``w``)"""
 
     _where = "output"
 
@@ -389,6 +380,8 @@ class OutputSpec(_Section):
 
 
 def _events_tuple(events) -> tuple:
+    if not events:
+        return ()
     from .flows.events import parse_events
 
     return tuple(parse_events(events))
@@ -405,6 +398,9 @@ class RunSpec(_Section):
     restart_at : flows start from the discrete state at this step (None: at 0).
     events : flow events (``"eos"``, ``"loss<1e-3"``, ``"divergence"``; ``!`` = terminal; or EventSpec).
     eig, integrator, stable, rod, central, stop, output : the sections above.
+    threads : CPU threads of torch for this run (None: one thread for a small problem, every core for a large one,
+        torch's own setting when the environment sets ``OMP_NUM_THREADS``; :mod:`pyrod.threads`). Not part of
+        the experiment: it changes the speed and the last bits of floating-point sums, never the maths.
     """
 
     problem: dict | None = None
@@ -419,12 +415,16 @@ class RunSpec(_Section):
     central: CentralSpec = field(default_factory=CentralSpec)
     stop: StopSpec = field(default_factory=StopSpec)
     output: OutputSpec = field(default_factory=OutputSpec)
+    threads: int | None = None
 
     _where = "RunSpec"
     _sections = {"eig": EigSpec, "integrator": IntegratorSpec, "stable": StableSpec, "rod": RodSpec,
                  "central": CentralSpec, "stop": StopSpec, "output": OutputSpec}
 
     def __post_init__(self):
+        wrong = name_errors({f.name: getattr(self, f.name) for f in fields(self)})
+        if wrong:    # every unknown name at every depth at once, each with the closest valid one
+            raise SpecError("; ".join(wrong))
         for name, cls in self._sections.items():
             _set(self, name, cls.from_dict(getattr(self, name)))
         if self.problem is not None and not isinstance(self.problem, dict):
@@ -449,6 +449,7 @@ class RunSpec(_Section):
         if self.restart_at is not None and self.restart_at >= self.stop.steps:
             raise ValueError(f"restart_at={self.restart_at} must be < steps={self.stop.steps}")
         _set(self, "events", _events_tuple(self.events))
+        _set(self, "threads", _int("RunSpec", "threads", self.threads, lo=1, none=True))
         if self.events and not self.flows:
             raise SpecError(f"events={[e.name for e in self.events]} apply to flow runs; runs={list(runs)} has none")
 
@@ -480,6 +481,9 @@ class RunSpec(_Section):
         v = d.pop("spec_version", SPEC_VERSION)
         if v != SPEC_VERSION:
             raise SpecError(f"spec_version={v!r} is not supported by this pyrod (expects {SPEC_VERSION})")
+        wrong = name_errors(d)
+        if wrong:
+            raise SpecError("; ".join(wrong))
         return super().from_dict(d)
 
     @classmethod
@@ -523,6 +527,72 @@ class RunSpec(_Section):
         return node
 
 
+def name_errors(d: dict) -> list[str]:
+    """Every unknown name in a spec given as a dict (sections may be dicts or sections), at every depth: top-level
+    keys, section options, the problem config (keys, model, data set, toy, model and data options), the optimizer
+    config (name, options), the integrator's backend, method and backend options, and the events. Each message
+    names the key, where it was given and the closest valid name. Values are checked by the sections."""
+    out = []
+    top = [f.name for f in fields(RunSpec)]
+    msg = unknown(d, top, "RunSpec")
+    if msg:
+        out.append(msg)
+    for name, cls in RunSpec._sections.items():
+        v = d.get(name)
+        if isinstance(v, dict):
+            msg = unknown(v, [f.name for f in fields(cls)], cls._where)
+            if msg:
+                out.append(msg)
+    problem, optimizer = d.get("problem"), d.get("optimizer")
+    if isinstance(problem, dict):
+        from .problems.registry import check_config
+        out += check_config(problem, "problem")
+    if isinstance(optimizer, dict) and "name" in optimizer:
+        from .optimizers import check_config
+        out += check_config(optimizer, "optimizer")
+    out += _integrator_name_errors(d.get("integrator"))
+    events = d.get("events")
+    if events:
+        try:
+            _events_tuple(events)
+        except (TypeError, ValueError) as e:
+            out.append(str(e))
+    return out
+
+
+def _integrator_name_errors(ig) -> list[str]:
+    """Unknown backend, method or backend option names of an integrator section (dict or IntegratorSpec). With
+    ``backend=None`` a name is valid when SciPy or torch accepts it; "julia" and "auto" are checked when used."""
+    if ig is None:
+        return []
+    get = ig.get if isinstance(ig, dict) else lambda k, default=None: getattr(ig, k, default)
+    backend, method, options = get("backend"), get("method"), get("options") or {}
+    if backend is None and method is None and not options:
+        return []
+    from . import integrate
+
+    if backend is not None:
+        if not isinstance(backend, str) or backend.lower() not in integrate.BACKEND_NAMES:
+            return [f"integrator.backend={backend!r} is not a known backend{suggest(backend, integrate.BACKEND_NAMES)};"
+                    f" valid names: {list(integrate.BACKEND_NAMES)} or None"]
+        if backend.lower() in ("julia", "auto"):
+            return []
+    names = (backend.lower(),) if backend is not None else ("scipy", "torch")
+    which = f"{names[0]!r}" if backend is not None else "'scipy' or 'torch' (backend=None)"
+    out = []
+    if isinstance(method, str):
+        methods = [m for b in names for m in integrate.methods_of(b)]
+        if method.lower() not in {m.lower() for m in methods}:
+            out.append(f"integrator.method={method!r} is not a method of backend {which}"
+                       f"{suggest(method, methods)}; valid methods: {sorted(set(methods))}")
+    if isinstance(options, dict) and options:
+        valid = {k for b in names for k in integrate.options_of(b, method if isinstance(method, str) else None)}
+        msg = unknown(options, valid, f"integrator.options of backend {which}")
+        if msg:
+            out.append(msg)
+    return out
+
+
 # ----------------------------------------------------------------------------------------- keyword form
 #: flat keyword of ``pyrod.simulate`` -> dotted place in the spec (``bea`` sets both stable.bea and rod.bea)
 FLAT_KEYWORDS = {
@@ -538,7 +608,7 @@ FLAT_KEYWORDS = {
     "sdcp_threshold": "central.sdcp_threshold", "track_threshold": "central.track_threshold",
     "tau": "central.tau", "max_track": "central.max_track", "sdcp_tol": "central.sdcp_tol",
     "refresh_tol": "central.refresh_tol", "counter_rate": "central.counter_rate",
-    "runs": "runs", "restart_at": "restart_at", "events": "events",
+    "runs": "runs", "restart_at": "restart_at", "events": "events", "threads": "threads",
 }
 #: backend options accepted as flat keywords too (they land in ``integrator.options``)
 _BACKEND_OPTION_KEYWORDS = ("jac", "max_steps", "exact_saves", "linsolver", "krylov_dim", "max_order",

@@ -269,6 +269,7 @@ def _comparable(spec_dict: dict) -> dict:
     d.get("output", {}).pop("path", None)
     d.get("output", {}).pop("overwrite", None)
     d.get("stop", {}).pop("steps", None)
+    d.pop("threads", None)          # the speed of a run, not its experiment
     return d
 
 
@@ -321,8 +322,9 @@ def _classify(state, steps: int) -> tuple[str, str | None]:
 def run_point(spec_dict: dict, *, rerun_changed: bool = False, threads: int | None = 1) -> dict:
     """Bring one point to its spec's end: simulate it, resume it from its checkpoint, or find it done.
 
-    ``spec_dict``: ``RunSpec.to_dict()`` with ``output.path`` set. ``threads``: torch threads in this process
-    (None: leave as is). Pure and idempotent (a rerun after a crash continues from the file's checkpoint), so a
+    ``spec_dict``: ``RunSpec.to_dict()`` with ``output.path`` set. ``threads``: torch threads of a point whose spec
+    does not name them (None: the spec's rule, :mod:`pyrod.threads`; Dask workers pass 1: one thread per worker).
+    Pure and idempotent (a rerun after a crash continues from the file's checkpoint), so a
     scheduler may run it again anywhere. Never raises for a failing run: returns
     ``{"name", "file", "status": "complete"|"stopped"|"failed", "action": "skip"|"resume"|"run",
     "stop_reason", "steps_completed", "error" (traceback or None), "wall_time_s", "host", "pid"}``.
@@ -331,9 +333,6 @@ def run_point(spec_dict: dict, *, rerun_changed: bool = False, threads: int | No
     out = {"file": None, "status": "failed", "action": None, "stop_reason": None, "steps_completed": None,
            "error": None, "host": socket.gethostname(), "pid": os.getpid()}
     try:
-        if threads:
-            import torch
-            torch.set_num_threads(int(threads))
         from . import simulation
         from .checkpoint import path_for
         from .spec import RunSpec
@@ -345,8 +344,10 @@ def run_point(spec_dict: dict, *, rerun_changed: bool = False, threads: int | No
         out["file"] = path
         action = _plan(spec, _file_state(path), rerun_changed)
         out["action"] = action
+        if spec.threads is None and threads:
+            spec = spec.replace({"threads": int(threads)})
         if action == "resume":
-            simulation.resume(path, steps=spec.stop.steps, progress=False)
+            simulation.resume(path, steps=spec.stop.steps, progress=False, threads=spec.threads)
         elif action == "run":
             ckpt = path_for(path)
             if os.path.exists(ckpt):       # a stale checkpoint must never be resumed into a new run

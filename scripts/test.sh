@@ -11,4 +11,7 @@ echo "[test] ruff check (rules in pyproject.toml [tool.ruff]; never --fix here)"
 echo "[test] fatou lint julia/ (static gate: syntax + lint rules in julia/fatou.toml)"
 "$BIN/fatou" lint --config julia/fatou.toml julia/
 echo "[test] pytest"
+# one torch thread per process: the suite's problems are small, and on a shared 2-core machine torch's default
+# (a thread per core) made it many times slower (docs/howto/threads.md); the tests' subprocesses inherit it
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 exec "$PY" -m pytest "$@"

@@ -10,7 +10,7 @@ import pytest
 
 import pyrod
 from pyrod.cli import RunCommand, parse_run
-from pyrod.spec import SpecError
+from pyrod.cli_errors import CommandLineError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,9 +41,9 @@ def test_flags_build_the_spec_and_a_saved_spec_is_the_starting_point(tmp_path):
 
 
 def test_bad_flag_values_are_refused():
-    with pytest.raises(SystemExit):
+    with pytest.raises(CommandLineError, match=r"--stop.steps: invalid literal .* \(see python -m pyrod run --help\)"):
         parse_run(["--stop.steps", "many"])
-    with pytest.raises(SpecError, match="must be JSON"):
+    with pytest.raises(CommandLineError, match="must be JSON"):
         parse_run(["--problem", "{toy: quartic}"])
 
 

@@ -252,3 +252,26 @@ def test_sdcp_with_cuda_tensors():
     cpu = solve_sdcp(A, B)
     gpu = solve_sdcp(A.cuda(), B.cuda())
     np.testing.assert_allclose(np.asarray(gpu.X), np.asarray(cpu.X), atol=1e-10)
+
+
+def test_real_cuda_out_of_memory_names_batch_size_and_batch_size_fixes_it(tmp_path):
+    """A real CUDA out-of-memory error (this process limited to 1 GiB of the GPU): the run stops with
+    pyrod.RunOutOfMemory naming batch_size, the file keeps the steps done; the same run with batch_size fits."""
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, 2**30 / total))
+    try:
+        big = dict(model="mlp", data="synthetic_classification", classes=10, n=20000, data_kwargs={"dim": 2048},
+                   model_kwargs={"width": 2048}, device="cuda")
+        with pytest.raises(torch.cuda.OutOfMemoryError) as e:
+            pyrod.simulate(pyrod.problem(**big), pyrod.optimizers.GD(lr=0.1), steps=4, eigs=1, eig_every=2,
+                           chunk=2, path=tmp_path / "oom.nc")
+        assert isinstance(e.value, pyrod.simulation.RunOutOfMemory) and "batch_size" in str(e.value), str(e.value)
+        if (tmp_path / "oom.nc").exists():     # (out of memory at the first gradient: before the file is made)
+            assert pyrod.open(tmp_path / "oom.nc").attrs["pyrod_status"].startswith("failed: RunOutOfMemory")
+        torch.cuda.empty_cache()
+        tree = pyrod.simulate(pyrod.problem(**big, batch_size=500), pyrod.optimizers.GD(lr=0.1), steps=4, eigs=1,
+                              eig_every=2, chunk=2, path=tmp_path / "fits.nc")
+        assert tree.attrs["steps_completed"] == 4
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+        torch.cuda.empty_cache()

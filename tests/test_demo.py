@@ -121,10 +121,11 @@ def test_cli_keeps_steps_lr_out(tmp_path, monkeypatch, capsys):
     import pyrod.__main__ as m
 
     seen = {}
-    monkeypatch.setattr(m, "demo", lambda out, steps, lr, restart_at=None: seen.update(
-        out=out, steps=steps, lr=lr, restart_at=restart_at) or {"ok": 1})
-    assert main(["demo", "--steps", "7", "--lr", "0.5", "--out", str(tmp_path), "--restart-at", "3"]) == 0
-    assert seen == {"out": str(tmp_path), "steps": 7, "lr": 0.5, "restart_at": 3}
+    monkeypatch.setattr(m, "demo", lambda out, steps, lr, restart_at=None, threads=None, progress=None: seen.update(
+        out=out, steps=steps, lr=lr, restart_at=restart_at, threads=threads) or {"ok": 1})
+    assert main(["demo", "--steps", "7", "--lr", "0.5", "--out", str(tmp_path), "--restart-at", "3",
+                 "--threads", "2"]) == 0
+    assert seen == {"out": str(tmp_path), "steps": 7, "lr": 0.5, "restart_at": 3, "threads": 2}
     assert '"ok": 1' in capsys.readouterr().out
 
 

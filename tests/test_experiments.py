@@ -116,7 +116,7 @@ def test_typed_parameters_and_resolve_params():
             parse_value(aeos, "tiny", key, text, like)
     with pytest.raises(ExperimentError, match=r"hyper='\[1': expected JSON"):
         parse_value(rod, "tiny", "hyper", "[1", {})
-    with pytest.raises(SystemExit):        # an unknown typed flag is refused by the parser
+    with pytest.raises(ValueError, match=r"--stesp.*did you mean --steps\?"):   # refused by the parser, one line
         parse_flags(aeos, "tiny", ["--stesp", "3"])
     mod = get_experiment("aeos")
     p = resolve_params(mod, "tiny", {"steps": "30", "lrs": "0.01,0.02"})
@@ -154,6 +154,7 @@ def test_aeos_tiny_and_summary_from_file(tmp_path):
     lr, b1 = row["lr"], row["beta1"]
     assert row["threshold"] == pytest.approx((2 + 2 * b1) / ((1 - b1) * lr), rel=1e-12)
     assert pyrod.config_of(tmp_path / row["file"])["optimizer"]["lr"] == lr
+    assert pyrod.spec_of(tmp_path / row["file"]).threads == 1       # the experiment's threads parameter, per run
     # the numbers change when the data change: not typed in
     s2 = run_experiment("aeos", scale="tiny", out=tmp_path / "b", progress=False,
                         overrides={"steps": "30", "beta1s": "", "beta2s": ""})

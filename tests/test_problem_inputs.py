@@ -65,7 +65,9 @@ def test_bad_counts_are_named(kw, name):
 
 # ============================================================================================ n recorded
 def test_n_larger_than_available_records_the_n_used_and_replays():
-    p = pyrod.problem(model="mlp", data="digits", classes=4, n=1000, device="cpu", model_kwargs={"width": 8})
+    with pytest.raises(ValueError, match=r"n=1000: data='digits' has only 720 points of classes 0–3"):
+        pyrod.problem(model="mlp", data="digits", classes=4, n=1000, device="cpu", model_kwargs={"width": 8})
+    p = pyrod.problem(model="mlp", data="digits", classes=4, device="cpu", model_kwargs={"width": 8})  # default n
     assert p.labels.shape == (720,) and p.config["n"] == 720        # digits has 720 points of classes 0-3
     q = pyrod.problem(**p.replay_config())
     assert torch.equal(q.labels, p.labels) and torch.equal(q.w0, p.w0)

@@ -136,7 +136,7 @@ def test_loss_target_stop():
     (dict(runs=[]), "runs"),
     (dict(loss_target=float("nan")), "loss_target"),
     (dict(divergence_factor=0.5), "divergence_factor"),
-    (dict(runs=["discrete", "rod"], method="Heun"), "method='Heun' is not a method of backend 'scipy'"),
+    (dict(runs=["discrete", "rod"], method="Heun"), "method='Heun' is not a method of backend 'scipy' or 'torch'"),
     (dict(runs=["discrete", "rod"], method="euler", substeps=0), "substeps=0"),
     (dict(runs=["discrete", "central"], sdcp_threshold=1.5), "sdcp_threshold=1.5"),
     (dict(runs=["discrete", "central"], bea=True), "bea=True"),

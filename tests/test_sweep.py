@@ -64,9 +64,9 @@ def test_grid_product_zip_and_names(tmp_path):
     # shared short names take the whole key; long or odd names fall back to a hash, deterministically
     short = {"optimizer.lr": "lr", "problem.seed": "seed"}
     assert point_name({"optimizer.lr": 1e-05, "problem.seed": 3}, short) == "lr=1e-05_seed=3"
-    odd = expand_grid(base, {"problem.model_kwargs": [{"width": 4}, {"width": 8}]}, out=tmp_path)
+    odd = expand_grid(base, {"problem.spectrum": [[3.0, 1.0], [5.0, 1.0]]}, out=tmp_path)
     assert odd[0]["name"].startswith("point-") and odd[0]["name"] != odd[1]["name"]
-    assert odd[0]["name"] == expand_grid(base, {"problem.model_kwargs": [{"width": 4}]}, out=tmp_path)[0]["name"]
+    assert odd[0]["name"] == expand_grid(base, {"problem.spectrum": [[3.0, 1.0]]}, out=tmp_path)[0]["name"]
 
 
 def test_grid_errors_name_the_bad_key(tmp_path):

@@ -1,7 +1,7 @@
-"""pyrod experiments: the seeds' headline figures, reproducible from the command line.
+"""pyrod experiments: the headline figures of the papers pyrod reproduces (pyrod.papers), from the command line.
 
-    python -m experiments list
-    python -m experiments run NAME [--scale tiny|small|paper] [--out DIR] [--set key=value ...]
+    python -m pyrod experiments list
+    python -m pyrod experiments run NAME [--scale tiny|small|paper] [--out DIR] [--set key=value ...]
 
 Each experiment writes NetCDF file(s) (one per simulation, pyrod's schema), PNG plots and ``summary.json``
 (its key numbers, computed from the NetCDF files). From Python::
@@ -12,8 +12,6 @@ Each experiment writes NetCDF file(s) (one per simulation, pyrod's schema), PNG 
 from __future__ import annotations
 
 import importlib
-
-from .common import ExperimentError, run_experiment
 
 __all__ = ["EXPERIMENTS", "get_experiment", "run_experiment", "ExperimentError"]
 
@@ -34,6 +32,15 @@ def get_experiment(name: str):
     """The experiment module for ``name`` (``-`` or ``_`` both accepted); ExperimentError when unknown."""
     key = str(name).strip().lower().replace("_", "-")
     if key not in EXPERIMENTS:
+        from .common import ExperimentError
+
         raise ExperimentError(f"unknown experiment {name!r}; valid names: {', '.join(EXPERIMENTS)} "
-                              f"(python -m experiments list)")
+                              f"(python -m pyrod experiments list)")
     return importlib.import_module(f".{EXPERIMENTS[key]}", __name__)
+
+
+def __getattr__(name):  # lazy: `python -m pyrod experiments --help` answers before numpy and torch are loaded
+    if name in ("run_experiment", "ExperimentError"):
+        from . import common
+        return getattr(common, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

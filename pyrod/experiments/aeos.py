@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..papers import cite
 from .common import (
     ExperimentError,
     auto_ylim,
@@ -29,8 +30,17 @@ from .common import (
 
 NAME = "aeos"
 TITLE = "Adam at the adaptive EoS: λmax(P⁻¹H) equilibrates at (2+2β1)/((1−β1)η); raw λmax(H) alongside"
-PAPER = "Cohen et al. 2022 (AEoS) Fig. 1 (+ Fig. 8)"
+PAPER = cite("aeos", "Fig. 1 (+ Fig. 8)")
 RUNTIME = "~5-8 min"
+
+#: help of this experiment's own parameters (shared ones: common.PARAM_HELP)
+PARAM_HELP = {
+    "lrs": "panel (a): learning rates η at beta1, beta2",
+    "beta1": "panel (a): Adam's β1", "beta2": "panels (a, b): Adam's β2",
+    "eps": "Adam's ε", "bias_correction": "Adam's bias correction (the paper's Fig. 1: off)",
+    "lr_beta1": "panel (b): the η at which β1 varies", "beta1s": "panel (b): the β1 values",
+    "lr_beta2": "panel (c): the η at which β2 varies", "beta2s": "panel (c): the β2 values",
+}
 
 _BASE = dict(model="mlp", data="digits", classes=4, n=500, loss="mse", width=32, depth=3, activation="tanh",
              eps=1e-8, bias_correction=False, eigs=1, eig_every=10, late_fraction=0.25)

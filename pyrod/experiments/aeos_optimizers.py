@@ -20,6 +20,7 @@ import math
 
 import numpy as np
 
+from ..papers import cite
 from .common import (
     ExperimentError,
     auto_ylim,
@@ -35,8 +36,15 @@ from .common import (
 
 NAME = "aeos-optimizers"
 TITLE = "Eight adaptive optimizers at the AEoS: λmax(P⁻¹H) equilibrates at each optimizer's threshold"
-PAPER = "Cohen et al. 2022 (AEoS) Fig. 5"
+PAPER = cite("aeos", "Fig. 5")
 RUNTIME = "~6 min with --jobs 2"
+
+#: help of this experiment's own parameters (shared ones: common.PARAM_HELP)
+PARAM_HELP = {
+    "lrs": "learning rates per optimizer (JSON: {optimizer: [η, …]})",
+    "hyper": "fixed hyper-parameters per optimizer (JSON: {optimizer: {name: value}}; the paper's Appendix G.2)",
+    "optimizers": "optimizers to run, among Adam, AdamW, Adafactor, AMSGrad, Padam, NAdam, RMSProp, Adagrad",
+}
 
 #: a run is at its threshold when its late ratio is within ±TOLERANCE of 1, settled when that ratio moved by at
 #: most SETTLED between the last two late windows (:func:`verdict`)

@@ -27,12 +27,26 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..papers import cite
 from .common import ExperimentError, figure, finite, fmt, require_positive, savefig
 
 NAME = "central-flow"
 TITLE = "Central flow for GD and RMSProp: predicted loss, effective-Hessian eigenvalues at 2, ν coordinates"
-PAPER = "Cohen, Damian et al. 2025 (central flows); Damian's talk slides 'Validating the RMSProp central flow'"
+PAPER = (cite("central-flows") + "; " + cite("central-flows-adaptive", "slides 'Validating the RMSProp central flow'"))
 RUNTIME = "~10-15 min"
+
+#: help of this experiment's own parameters (shared ones: common.PARAM_HELP)
+PARAM_HELP = {
+    "optimizers": "optimizers: GD and/or RMSProp",
+    "gd_lr": "GD's learning rate", "rmsprop_lr": "RMSProp's learning rate", "rmsprop_beta2": "RMSProp's β2",
+    "rmsprop_eps": "RMSProp's ε", "rmsprop_bias_correction": "RMSProp's bias correction",
+    "gd_warm_start": "GD steps before the flows start from the discrete state (restart_at)",
+    "rmsprop_warm_start": "RMSProp steps before the flows start from the discrete state (restart_at)",
+    "include_stable": "also run the stable flow",
+    "nu_coords": "RMSProp: number of ν coordinates shown true vs predicted",
+    "smooth": "window (steps) of the running mean of the discrete loss that the predicted loss is compared with",
+    "flow_options": "extra pyrod.simulate keywords for the flows (JSON), e.g. {\"method\": \"RK45\"}",
+}
 
 # small: Gaussian blobs rather than digits: digits have constant (zero) pixels, so some gradient coordinates and ν
 # entries are exactly 0, where ∂√ν/∂ν is infinite and pyrod's RMSProp central flow currently breaks down (NaN)

@@ -18,11 +18,11 @@ import contextlib
 import dataclasses
 import io
 import json
-from typing import Optional
+from typing import Annotated, Optional
 
-from .common import COMMON_DEFAULTS, ExperimentError
+from .common import COMMON_DEFAULTS, PARAM_HELP, ExperimentError
 
-__all__ = ["params_class", "parse_flags", "parse_value", "set_tokens", "JSON_FIELDS"]
+__all__ = ["params_class", "parse_flags", "parse_value", "set_tokens", "param_help", "JSON_FIELDS"]
 
 JSON_FIELDS = "__json_fields__"
 
@@ -53,8 +53,12 @@ def _field_type(value):
 
 
 def params_class(module, scale: str) -> type:
-    """A frozen dataclass with one typed field per parameter of ``module`` at ``scale`` (defaults included)."""
+    """A frozen dataclass with one typed field per parameter of ``module`` at ``scale`` (defaults included), each
+    with its help text (:func:`param_help`)."""
+    import tyro
+
     defaults = {**COMMON_DEFAULTS, **module.DEFAULTS[scale]}
+    helps = param_help(module)
     fields, json_fields = [], set()
     for key, value in defaults.items():
         typ, is_json = _field_type(value)
@@ -63,12 +67,19 @@ def params_class(module, scale: str) -> type:
             value = json.dumps(value)
         elif isinstance(value, list):
             value = tuple(value)
+        typ = Annotated[typ, tyro.conf.arg(help=helps.get(key, ""))]
         fields.append((key, typ, dataclasses.field(default=value)))
     name = "".join(p.capitalize() for p in module.NAME.replace("-", "_").split("_")) + "Params"
     cls = dataclasses.make_dataclass(name, fields, frozen=True)
     cls.__doc__ = f"{module.TITLE} ({module.PAPER}); parameters at --scale {scale}."
     setattr(cls, JSON_FIELDS, frozenset(json_fields))
     return cls
+
+
+def param_help(module) -> dict:
+    """``{parameter: help}`` of an experiment: the shared help (:data:`pyrod.experiments.common.PARAM_HELP`) with the
+    experiment's own ``PARAM_HELP`` over it."""
+    return {**PARAM_HELP, **getattr(module, "PARAM_HELP", {})}
 
 
 def _typed(cls, key, value):
@@ -86,9 +97,11 @@ def parse_flags(module, scale: str, tokens, *, prog: str | None = None) -> dict:
     ``scale``; return only the parameters that were given, typed. ``--help`` prints them all with defaults."""
     import tyro
 
+    from ..cli_errors import tyro_cli
+
     cls = params_class(module, scale)
-    parsed = tyro.cli(cls, args=list(tokens), prog=prog, description=cls.__doc__,
-                      config=(tyro.conf.FlagConversionOff,))
+    parsed = tyro_cli(cls, args=list(tokens), prog=prog or f"python -m pyrod experiments run {module.NAME}",
+                      description=cls.__doc__, config=(tyro.conf.FlagConversionOff,))
     base = cls()
     return {f.name: _typed(cls, f.name, getattr(parsed, f.name)) for f in dataclasses.fields(cls)
             if getattr(parsed, f.name) != getattr(base, f.name)}

@@ -40,6 +40,32 @@ COMMON_DEFAULTS = {
     "eig_tol": 1e-5,       # LOBPCG residual tolerance of the eigen-solves (eigenvalue error ~ tol²·λ)
 }
 
+#: help text of the parameters that several experiments share (an experiment's own are its ``PARAM_HELP``)
+PARAM_HELP = {
+    "seed": "seed of the model initialisation and of generated data",
+    "dtype": "float64 or float32",
+    "device": "cpu, cuda, or auto (CUDA when available)",
+    "threads": "torch CPU threads per run (1: fastest for these small problems on a shared machine)",
+    "data_path": "local cifar-10-batches-py folder (data=cifar10, paper scale)",
+    "eig_tol": "LOBPCG relative residual of the eigen-solves (eigenvalue error ~ tol² · λ)",
+    "steps": "optimizer steps of each run",
+    "model": "model: mlp, cnn, vit or gpt",
+    "data": "data set: digits, cifar10, synthetic_classification, synthetic_regression, zipf or zipf_pcfg",
+    "data_kwargs": "the data set's own options (JSON), e.g. {\"dim\": 16}",
+    "classes": "number of classes kept (the first ones)",
+    "n": "number of training points (full batch)",
+    "loss": "mse (one-hot targets) or ce (cross-entropy)",
+    "width": "hidden width of the model",
+    "depth": "number of hidden layers (transformer blocks for gpt)",
+    "activation": "activation function: tanh, relu, gelu, …",
+    "eigs": "top eigenvalues of P⁻¹H measured",
+    "eig_every": "steps between eigenvalue measurements",
+    "late_fraction": "last fraction of each run over which late-run means are taken",
+    "lrs": "learning rates η",
+    "optimizers": "optimizers to run",
+    "hyper": "fixed hyper-parameters per optimizer (JSON, merged key by key into the default)",
+}
+
 
 class ExperimentError(ValueError):
     """A bad experiment name, parameter or value, or a missing prerequisite (clear message, no traceback)."""
@@ -194,6 +220,7 @@ class Context:
 
         kw.setdefault("progress", self.progress)
         kw.setdefault("eig_tol", float(self.params.get("eig_tol", 1e-8)))
+        kw.setdefault("threads", int(self.params.get("threads", 1)))     # the experiment's --threads, per run
         return pyrod.simulate(problem, optimizer, path=self.path(filename), overwrite=True, **kw)
 
     def spec(self, problem, optimizer, **kw):
@@ -202,6 +229,7 @@ class Context:
         from pyrod.spec import spec_from_kwargs
 
         kw.setdefault("eig_tol", float(self.params.get("eig_tol", 1e-8)))
+        kw.setdefault("threads", int(self.params.get("threads", 1)))     # the experiment's --threads, per run
         return spec_from_kwargs(problem_config(problem), optimizer.config(), kw)
 
     def sweep(self, base, grid, folder: str, *, name=None, zip=None):  # noqa: A002

@@ -15,12 +15,22 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..papers import cite
 from .common import auto_ylim, colors, eos_stats, figure, finite, fmt, require_positive, savefig, threshold_line
 
 NAME = "frozen-adam"
 TITLE = "Frozen Adam (fixed preconditioner) at the EoS: λmax(P⁻¹H) → 38/η, raw sharpness stops rising"
-PAPER = "Cohen et al. 2022 (AEoS) Fig. 3"
+PAPER = cite("aeos", "Fig. 3")
 RUNTIME = "~2 min"
+
+#: help of this experiment's own parameters (shared ones: common.PARAM_HELP)
+PARAM_HELP = {
+    "beta1": "Adam's β1 (source run and frozen runs)", "beta2": "Adam's β2 (source run)", "eps": "Adam's ε",
+    "freeze_at": "step of the source Adam run whose ν becomes the frozen preconditioner",
+    "lr_source": "learning rate of the source Adam run",
+    "lrs": "learning rates η of the frozen (and adaptive) runs",
+    "compare_adaptive": "also run ordinary Adam at the same learning rates, for contrast",
+}
 
 _BASE = dict(model="mlp", data="digits", classes=4, n=500, loss="mse", width=32, depth=3, activation="tanh",
              beta1=0.9, beta2=0.99, eps=1e-8, eigs=1, eig_every=10, late_fraction=0.25)

@@ -1,4 +1,5 @@
-"""Why Muon beats Adam, a curvature view (seed 003 Figs. 1, 2, 4, 9): one-step decomposition along training.
+"""Why Muon beats Adam, a curvature view ("Why Muon Outperforms Adam: A Curvature Perspective", arXiv 2606.04662,
+Figs. 1, 2, 4, 9): one-step decomposition along training.
 
 Adam and Muon train the same network full batch. Default setting (the paper's): a small causal transformer
 (``model="gpt"``) on next-token prediction over Zipf-PCFG token sequences (``data="zipf_pcfg"``, grammar
@@ -36,12 +37,30 @@ from pathlib import Path
 
 import numpy as np
 
+from ..papers import cite
 from .common import Context, ExperimentError, figure, require_positive, savefig
 
 NAME = "muon-curvature"
 TITLE = "Muon vs Adam: one-step gain / curvature penalty / NDS / ‖Δw‖² at matched loss, within vs cross layer"
-PAPER = "Muon vs Adam curvature paper (seed 003) Figs. 1, 2, 4, 9"
+PAPER = cite("muon-curvature", "Figs. 1, 2, 4, 9")
 RUNTIME = "~40 s (~26 s with --jobs 2 on idle cores)"
+
+#: help of this experiment's own parameters (shared ones: common.PARAM_HELP)
+PARAM_HELP = {
+    "alpha": "Zipf exponent α of the grammar's rule / terminal probabilities (or of the class sizes, data=zipf)",
+    "grammar": "the Zipf-PCFG grammar's options (JSON; pyrod/problems/pcfg.py)",
+    "n": "training sequences (data=zipf_pcfg) or points (data=zipf)",
+    "width": "model width (embedding size for gpt)",
+    "heads": "attention heads (gpt)", "mlp_ratio": "MLP width / model width (gpt)",
+    "data_base": "data=zipf: the data the imbalanced classes are drawn from (digits or blobs)",
+    "adam_lr": "Adam's learning rate", "adam_beta1": "Adam's β1", "adam_beta2": "Adam's β2",
+    "muon_lr": "Muon's learning rate", "muon_momentum": "Muon's momentum",
+    "muon_ns_dtype": "dtype of Muon's Newton–Schulz iteration",
+    "muon_split": "which tensors Muon updates: hidden (the transformer's hidden matrices) or all2d",
+    "analyze_every": "steps between one-step decompositions of the update",
+    "levels": "matched training-loss levels at which Adam and Muon are compared",
+    "match_window": "analysed steps averaged around each matched level",
+}
 
 SCALARS = ("loss", "gain", "curvature", "nds", "update_norm_sq", "grad_norm", "predicted_decrease",
            "actual_decrease", "gap", "within", "cross", "within_nds", "cross_nds")

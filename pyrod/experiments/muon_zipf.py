@@ -1,4 +1,5 @@
-"""Data imbalance and Muon's curvature advantage (seed 003 Fig. 3): sweep of the Zipf exponent α, several seeds.
+"""Data imbalance and Muon's curvature advantage ("Why Muon Outperforms Adam: A Curvature Perspective", arXiv
+2606.04662, Fig. 3): sweep of the Zipf exponent α, several seeds.
 
 For each α and each seed, Adam and Muon train the same network full batch and their updates are decomposed as in
 ``muon-curvature`` (NDS only: one HVP per analysed step). Default setting (the paper's): the causal transformer
@@ -25,13 +26,18 @@ import functools
 
 import numpy as np
 
+from ..papers import cite
 from . import muon_curvature as mc
 from .common import ExperimentError, figure, require_positive, savefig
 
 NAME = "muon-zipf"
 TITLE = "Zipf imbalance sweep: Adam-to-Muon NDS and curvature-penalty ratios vs α (several seeds)"
-PAPER = "Muon vs Adam curvature paper (seed 003) Fig. 3"
+PAPER = cite("muon-curvature", "Fig. 3")
 RUNTIME = "~2 min (~70 s with --jobs 2 on idle cores)"
+
+#: help of this experiment's own parameters (shared ones: common.PARAM_HELP; the rest: muon-curvature's)
+PARAM_HELP = {**mc.PARAM_HELP,
+              "alphas": "Zipf exponents α swept", "seeds": "seeds per α (mean ± sd over them)"}
 
 _BASE = {**mc._BASE, "alphas": [0.0, 0.5, 1.0, 1.5, 2.0], "seeds": [0, 1, 2]}
 

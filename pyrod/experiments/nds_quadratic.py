@@ -1,5 +1,5 @@
 """The stylized heterogeneous-curvature quadratic where Muon's NDS is provably below GD's
-(seed 003 §5; docs/theory/nds.md).
+("Why Muon Outperforms Adam: A Curvature Perspective", arXiv 2606.04662, §5; docs/theory/nds.md).
 
 ``L(W) = ½ Σ_i h_i ⟨M_i, W⟩²`` over W ∈ R^{m×m} with orthonormal rank-one matrices ``M_i = u_i v_iᵀ``
 (i = 1..q; U, V random orthogonal), curvatures ``h_i`` spread geometrically over a ratio κ (heterogeneity), and
@@ -27,12 +27,22 @@ import math
 
 import numpy as np
 
+from ..papers import cite
 from .common import ExperimentError, figure, require_positive, savefig
 
 NAME = "nds-quadratic"
 TITLE = "Stylized heterogeneous quadratic: Muon's NDS below GD's (closed form vs measured, κ sweep)"
-PAPER = "Muon vs Adam curvature paper (seed 003) §5, Thm. + Fig. 7"
+PAPER = cite("muon-curvature", "§5, theorem and Fig. 7")
 RUNTIME = "~10 s"
+
+#: help of this experiment's own parameters (shared ones: common.PARAM_HELP)
+PARAM_HELP = {
+    "m": "the parameter W is an m × m matrix", "q": "number of orthonormal rank-one curvature modes (q ≤ m)",
+    "kappas": "curvature ratios κ = h_max / h_min swept (heterogeneity)",
+    "h_max": "largest curvature", "c": "W0 = c Σ M_i (the gradient is aligned with the modes)",
+    "steps": "steps of the short GD and Muon training runs",
+    "step_norm": "update norm of the one-step comparison (every direction scaled to it)",
+}
 
 METHODS = ["GD", "Adam", "Muon"]
 

@@ -24,12 +24,26 @@ import math
 
 import numpy as np
 
+from ..papers import cite
 from .common import ExperimentError, figure, finite, fmt, require_positive, savefig
 
 NAME = "rod-tracking"
 TITLE = "Rod flow vs stable flow tracking the discrete run (9 optimizers × MLP/CNN/ViT) + restart table"
-PAPER = "Regis & Chewi, rod flow for Adam, Figs. 3, 6-13"
+PAPER = cite("rod-flow-adam", "Figs. 3, 6-13")
 RUNTIME = "~35 min (27 flow runs + 27 restarts; ~10 min with --set archs=mlp)"
+
+#: help of this experiment's own parameters (shared ones: common.PARAM_HELP)
+PARAM_HELP = {
+    "archs": "architectures: mlp, cnn, vit",
+    "optimizers": "optimizers: GD, HeavyBall, Nesterov, ScalarRMSProp, RMSProp, ScalarAdam, Adam, ScalarNAdam, NAdam",
+    "models": "model options per architecture (JSON: {arch: {option: value}})",
+    "hyper": "optimizer options per architecture and optimizer (JSON: {arch: {optimizer: {name: value}}})",
+    "backend": "integrator backend of the flows (scipy, torch, …)", "method": "integration method of the flows",
+    "rtol": "relative tolerance of the flows' integrator", "atol": "absolute tolerance of the flows' integrator",
+    "restart": "also restart both flows inside the EoS (the restart table)",
+    "restart_fracs": "restart points as fractions of the way from the EoS onset to the end of the run",
+    "restart_window": "steps over which a restarted flow is compared with the discrete run",
+}
 
 OPTIMIZERS = ["GD", "HeavyBall", "Nesterov", "ScalarRMSProp", "RMSProp", "ScalarAdam", "Adam", "ScalarNAdam",
               "NAdam"]

@@ -16,6 +16,8 @@ import math
 import re
 from dataclasses import dataclass
 
+from ..keys import suggest, unknown
+
 __all__ = ["EventSpec", "parse_events"]
 
 _KINDS = ("eos", "loss_target", "divergence")
@@ -29,7 +31,8 @@ class EventSpec:
 
     def __post_init__(self):
         if self.kind not in _KINDS:
-            raise ValueError(f"event kind={self.kind!r} is unknown; valid kinds: {list(_KINDS)}")
+            raise ValueError(f"event kind={self.kind!r} is unknown{suggest(self.kind, _KINDS)}; valid kinds: "
+                             f"{list(_KINDS)}")
         if self.kind == "loss_target" and (self.value is None or not math.isfinite(self.value)):
             raise ValueError(f"loss_target event needs a finite value, got {self.value!r}")
 
@@ -51,6 +54,9 @@ def parse_events(events) -> list:
         if isinstance(e, EventSpec):
             out.append(e)
         elif isinstance(e, dict):
+            msg = unknown(e, ("kind", "value", "terminal"), f"event {e!r}")
+            if msg:
+                raise TypeError(msg)
             out.append(EventSpec(**e))
         elif isinstance(e, str):
             s, terminal = (e[:-1], True) if e.endswith("!") else (e, False)
@@ -67,8 +73,8 @@ def parse_events(events) -> list:
                     raise ValueError(f"event {e!r}: cannot read the loss value") from None
                 out.append(EventSpec("loss_target", v, terminal))
             else:
-                raise ValueError(f"event {e!r} is unknown; use 'eos', 'loss<VALUE', 'divergence' "
-                                 f"(append '!' for terminal) or EventSpec")
+                raise ValueError(f"event {e!r} is unknown{suggest(s, ('eos', 'divergence', 'loss<VALUE'))}; use "
+                                 f"'eos', 'loss<VALUE', 'divergence' (append '!' for terminal) or EventSpec")
         else:
             raise TypeError(f"event {e!r} must be a str, dict or EventSpec")
     return out

@@ -316,13 +316,13 @@ class RodFlow(FlowModel):
         return self.layout.unpack(y).get("nu")
 
     def extra_variables(self) -> list:
-        from ..output import Var
+        from ..output import PARAMETER_UNITS, Var
         return [
             Var("iterate_distance", ("t",), "distance of the predicted iterate zbar(k-1/2)+(-1)^k delta(k) "
-                "to the discrete w_k", "1"),
+                "to the discrete w_k", PARAMETER_UNITS),
             Var("relative_iterate_distance", ("t",), "iterate_distance / norm of w_k", "1"),
-            Var("half_length", ("t",), "rod half-length norm ||delta_w(k)||", "1"),
-            Var("discrete_half_length", ("t",), "discrete half-amplitude ||w_k - w_{k+1}||/2", "1"),
+            Var("half_length", ("t",), "rod half-length norm ||delta_w(k)||", PARAMETER_UNITS),
+            Var("discrete_half_length", ("t",), "discrete half-amplitude ||w_k - w_{k+1}||/2", PARAMETER_UNITS),
             Var("rod_loss", ("t",), "rod-averaged loss (L(w+) + L(w-))/2", "1"),
         ]
 

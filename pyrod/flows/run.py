@@ -18,7 +18,7 @@ import torch
 from ..integrate import get_backend, resolve_backend, takes_tensors
 from ..integrate.base import Event, EventRecord, FlowProblem
 from ..integrate.fixed_step import DEFAULT_SUBSTEPS
-from ..output import Var
+from ..output import PARAMETER_UNITS, Var
 from ..runs.measure import standard_variables
 from .cost import CountingProblem
 
@@ -98,6 +98,7 @@ class FlowRun:
         self.loss0 = None
         self.max_norm = None   # ‖y‖ bound (divergence), set from the initial state
         self.fp = None
+        self.progress = None   # optional callback(t) after each accepted step (progress display; not state)
         # the "eos" event's warm-started eigen tracker (state, restored by load_state_dict)
         self._eos_tracker = None
         if any(e.kind == "eos" for e in self.event_specs):
@@ -161,7 +162,7 @@ class FlowRun:
     def variables(self) -> list:
         return standard_variables(self.measurer.k, self.opt.has_nu) + [
             Var("centre_distance", ("t",), "distance of the flow centre to the discrete centre (w_k+w_{k+1})/2 "
-                f"(flow read at k+{self.model.compare_shift:g})", "1"),
+                f"(flow read at k+{self.model.compare_shift:g})", PARAMETER_UNITS),
             Var("relative_centre_distance", ("t",), "centre_distance / norm of (w_k+w_{k+1})/2", "1"),
             Var("n_grad", ("t",), "cumulative gradient evaluations of this run", "1"),
             Var("n_hvp", ("t",), "cumulative Hessian-vector products of this run", "1"),
@@ -231,8 +232,13 @@ class FlowRun:
                            diverged=self._score_hook() if self.tensors else self._diverged,
                            min_step=self.min_step, max_rhs_per_unit=self.max_rhs_per_unit)
 
+    def _report(self, t):
+        if self.progress is not None and isinstance(t, (float, int, np.floating)):
+            self.progress(float(t))
+
     def _diverged(self, t, y):
         """Divergence check after each accepted step: the loss at the flow centre (one forward pass)."""
+        self._report(t)
         w, _ = self.model.centre(self._to_torch(y))
         L = float(self.problem.loss(w))
         if not math.isfinite(L):
@@ -252,6 +258,7 @@ class FlowRun:
     def _diverged_score(self, t, y):
         """Tensor form of :meth:`_diverged` for tensor backends: ``L(centre) − bound`` as a 0-dim tensor (``> 0`` or
         NaN is divergence), read by the backend in its one host transfer per step; ``explain`` gives the message."""
+        self._report(t)
         w, _ = self.model.centre(y)
         L = self.problem.loss(w)
         bound = self.divergence_factor * max(self.loss0 or 0.0, 1e-300)

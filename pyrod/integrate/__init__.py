@@ -28,6 +28,7 @@ import importlib
 
 import numpy as np
 
+from ..keys import suggest
 from . import scipy_backend, sundials_backend, torch_backend
 from .base import BackendUnavailable, Event, EventRecord, FlowProblem, Segment
 
@@ -210,7 +211,9 @@ def check_options(backend: str, options, method=None) -> None:
     unknown = sorted(set(options) - set(valid))
     if unknown:
         what = f"backend {backend!r}" + (f" with method={method!r}" if method is not None else "")
-        raise TypeError(f"integrator option(s) {unknown} are not accepted by {what}; valid options: {sorted(valid)}")
+        hint = suggest(unknown[0], valid) if len(unknown) == 1 else ""
+        raise TypeError(f"integrator option(s) {unknown} are not accepted by {what}{hint}; valid options: "
+                        f"{sorted(valid)}")
 
 
 def solve(problem: FlowProblem, t0: float, y0, t1: float, t_save=(), backend: str = "scipy") -> Segment:

@@ -9,6 +9,9 @@ See :mod:`pyrod.optimizers.base` for the conventions every flow relies on.
 """
 from __future__ import annotations
 
+import dataclasses
+
+from ..keys import suggest, unknown
 from .base import Optimizer, OptState, bias_factor
 from .family import (
     GD,
@@ -29,7 +32,7 @@ from .family import (
 
 __all__ = ["Optimizer", "OptState", "bias_factor", "PreconditionedMomentum", "GD", "HeavyBall", "Nesterov",
            "RMSProp", "ScalarRMSProp", "Adam", "ScalarAdam", "NAdam", "ScalarNAdam", "AdamW", "AMSGrad",
-           "Padam", "Adagrad", "REGISTRY", "get", "from_config"]
+           "Padam", "Adagrad", "REGISTRY", "get", "from_config", "check_config"]
 
 REGISTRY: dict[str, type[Optimizer]] = {
     cls.name: cls for cls in (GD, HeavyBall, Nesterov, RMSProp, ScalarRMSProp, Adam, ScalarAdam, NAdam,
@@ -55,13 +58,29 @@ def get(name: str) -> type[Optimizer]:
     for key, cls in REGISTRY.items():
         if key.lower() == str(name).lower():
             return cls
-    raise ValueError(f"optimizer={name!r} is unknown; valid names: {sorted(REGISTRY)}")
+    raise ValueError(f"optimizer={name!r} is unknown{suggest(name, REGISTRY)}; valid names: {sorted(REGISTRY)}")
+
+
+def check_config(cfg: dict, where: str = "optimizer") -> list[str]:
+    """What is wrong with the names in an optimizer config (``{"name": "GD", "lr": 0.1}``): an unknown optimizer or
+    unknown options, each with the closest valid name. Values are checked when the optimizer is built."""
+    try:
+        cls = get(cfg.get("name"))
+    except ValueError as e:
+        return [f"{where}: {e}"]
+    msg = unknown(set(cfg) - {"name"}, [f.name for f in dataclasses.fields(cls)], f"{where} {cls.name}")
+    return [msg] if msg else []
 
 
 def from_config(cfg: dict) -> Optimizer:
     """Rebuild an optimizer from :meth:`Optimizer.config` output."""
     import torch
 
+    from ..spec import SpecError
+
+    wrong = check_config(cfg)
+    if wrong:
+        raise SpecError("; ".join(wrong))
     cfg = dict(cfg)
     cls = get(cfg.pop("name"))
     if cfg.get("frozen_nu") is not None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..optimizers.base import OptState
-from ..output import Var
+from ..output import PARAMETER_UNITS, Var
 from .measure import Measurer, standard_variables
 
 __all__ = ["DiscreteState", "Chunk", "DiscreteRun", "MidpointRun"]
@@ -62,6 +62,7 @@ class DiscreteRun:
         self.state = state
         self.loss0 = None
         self.stop_reason = None
+        self.on_step = None     # optional callback(k) after each step k (progress display; not state)
 
     def variables(self) -> list:
         return standard_variables(self.measurer.k, self.opt.has_nu)
@@ -113,6 +114,8 @@ class DiscreteRun:
             chunk.states.append(DiscreteState(st.k, st.w, st.m, nu_p, loss_f))
             chunk.n_steps += 1
             self.state = new_state
+            if self.on_step is not None:
+                self.on_step(st.k)
             if loss_f > self.divergence_factor * max(self.loss0, 1e-300):
                 self.stop_reason = (f"diverged: loss {loss_f:.3g} exceeded divergence_factor="
                                     f"{self.divergence_factor:g} x initial loss at step {st.k}")
@@ -141,7 +144,8 @@ class MidpointRun:
 
     def variables(self) -> list:
         return standard_variables(self.measurer.k, self.opt.has_nu) + [
-            Var("distance_to_discrete", ("t",), "Euclidean distance between w*_k and the discrete w_k", "1")]
+            Var("distance_to_discrete", ("t",), "Euclidean distance between w*_k and the discrete w_k",
+                PARAMETER_UNITS)]
 
     def state_dict(self) -> dict:
         return {"prev_w": self.prev_w, "measurer": self.measurer.state_dict()}
