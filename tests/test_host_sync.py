@@ -13,6 +13,7 @@ CUDA version of the same check is in tests/test_cuda.py. What one accepted Euler
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import numpy as np
@@ -32,13 +33,39 @@ from pyrod.spectra import hessian_operator, top_eigs
 DECLARED = ((host, "to_host"), (torch_backend, "_to_host"), (spectra, "_to_host"))
 
 
-def _gd_at_eos(monkeypatch, eigs=2, eig_every=1, width=16, steps=30, restart=12):
+def _allow_syncs_in_declared_transfers(monkeypatch):
+    """Inside the declared transfers the CUDA sync debug mode is lifted (and restored to "error" after)."""
+    for owner, name in DECLARED:
+        fn = getattr(owner, name)
+
+        def allowed(*a, _fn=fn, **k):
+            torch.cuda.set_sync_debug_mode(0)
+            try:
+                return _fn(*a, **k)
+            finally:
+                torch.cuda.set_sync_debug_mode("error")
+        monkeypatch.setattr(owner, name, allowed)
+
+
+@contextlib.contextmanager
+def _cuda_sync_errors():
+    """``torch.cuda.set_sync_debug_mode("error")`` for the block."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+
+
+def _gd_at_eos(monkeypatch, eigs=2, eig_every=1, width=16, steps=30, restart=12, device="cpu"):
     """GD at η = 2.2/λ0 on a small digits MLP, discrete + central from ``restart``, the central flow on the torch
-    backend (Euler ×4) under :func:`forbid_host_reads`. Returns (tree, log): the log holds, in order, ``("T",)``
-    per declared transfer, ``("accept", t)`` per accepted step, ``("refresh",)``, ``("kc", k)`` per evaluation."""
-    prob = pyrod.problem(model="mlp", data="digits", classes=4, n=64, seed=0,
+    backend (Euler ×4) with every host read outside the declared transfers an error (CPU: :func:`forbid_host_reads`;
+    CUDA: the sync debug mode). Returns (tree, log): the log holds, in order, ``("T",)`` per declared transfer,
+    ``("accept", t)`` per accepted step, ``("refresh",)``, ``("kc", k)`` per evaluation."""
+    prob = pyrod.problem(model="mlp", data="digits", classes=4, n=64, seed=0, device=device,
                          model_kwargs={"width": width, "depth": 2, "activation": "gelu"})
-    lam = float(top_eigs(hessian_operator(prob, prob.w0), prob.dim, 1, dtype=prob.dtype, device="cpu")[0][0])
+    lam = float(top_eigs(hessian_operator(prob, prob.w0), prob.dim, 1, dtype=prob.dtype, device=device)[0][0])
     log = []
     orig_backend = integ.BACKENDS["torch"]
     for owner, name in DECLARED:
@@ -54,9 +81,12 @@ def _gd_at_eos(monkeypatch, eigs=2, eig_every=1, width=16, steps=30, restart=12)
         monkeypatch.setattr(CentralFlow, name, wrapped)
 
     def strict(problem, t0, y0, t1, t_save):
-        with forbid_host_reads(DECLARED):
+        guard = _cuda_sync_errors() if device == "cuda" else forbid_host_reads(DECLARED)
+        with guard:
             return orig_backend(problem, t0, y0, t1, t_save)
     strict.TENSORS = True
+    if device == "cuda":
+        _allow_syncs_in_declared_transfers(monkeypatch)
     monkeypatch.setitem(integ.BACKENDS, "torch", strict)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -81,10 +111,16 @@ def _per_step(log):
     return out
 
 
-def test_central_flow_reads_the_device_once_per_step(monkeypatch):
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA GPU here: torch.cuda.is_available() is False")])]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_central_flow_reads_the_device_once_per_step(monkeypatch, device):
     """Between two integer times (no read-out due) and without a refresh, an accepted step makes exactly one
-    transfer with at most one critical direction, two with more (the SDCP's)."""
-    tree, log = _gd_at_eos(monkeypatch, eig_every=6)
+    transfer with at most one critical direction, two with more (the SDCP's). On CUDA any other synchronisation
+    raises (sync debug mode)."""
+    tree, log = _gd_at_eos(monkeypatch, eig_every=6, device=device)
     assert tree["central"].ds.attrs["flow_status"] == "ok"
     steps = _per_step(log)
     assert len(steps) >= 4 * 15
@@ -95,10 +131,11 @@ def test_central_flow_reads_the_device_once_per_step(monkeypatch):
         assert n == (1 if kc <= 1 else 2), (t, n, kc)
 
 
-def test_central_flow_with_eigenvalues_every_step_stays_in_declared_transfers(monkeypatch):
+@pytest.mark.parametrize("device", DEVICES)
+def test_central_flow_with_eigenvalues_every_step_stays_in_declared_transfers(monkeypatch, device):
     """Eigen-diagnostics every step (the benchmark's setting): still no host read outside the declared transfers
-    (forbid_host_reads would raise), and the integer-time steps add a bounded number of them."""
-    tree, log = _gd_at_eos(monkeypatch, eig_every=1)
+    (the guard would raise), and the integer-time steps add a bounded number of them."""
+    tree, log = _gd_at_eos(monkeypatch, eig_every=1, device=device)
     assert tree["central"].ds.attrs["flow_status"] == "ok"
     assert np.isfinite(tree["central"].ds["eigs"].values[12:]).all()
     for t, n, refreshed, _kc in _per_step(log):

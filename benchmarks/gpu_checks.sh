@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# One GPU session's checks, in priority order, each under its own time limit (about 8 minutes in all on an H200).
+#
+#   OUT=results/gpu bash benchmarks/gpu_checks.sh           # from the repository root, on a machine with a CUDA GPU
+#
+# Logs go to $OUT/<part>.log (and stdout). Before a machine without internet access (this project's lent GPUs),
+# prepare two ignored folders beside the code, on a machine that has it:
+#   .whl/  wheels of what the GPU machine's Python lacks, for its Python version, e.g. (Python 3.12, x86-64):
+#          pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#            --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl netCDF4 cftime dask \
+#            distributed partd locket tblib zict tornado importlib_metadata cvxpy cvxopt clarabel osqp qdldl
+#          (cvxpy imports without scs, highspy and sparsediffpy; the reference solves its SDCP with CVXOPT)
+#   .ref/centralflows/  a checkout of the reference central-flows code (mahyarjn80/centralflows, commit 1f074fb;
+#          no license: it is run from there, never copied into pyrod)
+# Parts (limit in seconds): vs_reference (200): pyrod vs the reference, widths 32/512/2048, GD and RMSProp, on the
+# GPU; cuda_tests (100): tests marked cuda (the central flow under torch.cuda.set_sync_debug_mode("error") among
+# them); gpu_flows (110): benchmarks/gpu.py, rod vs central per unit time on the CIFAR-shaped MLP/CNN/ViT;
+# hvp_modes (40): HVP and third-derivative modes on CUDA; then the mini-batch and rod-adam-map checks when present.
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-results/gpu}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+PY=${PYTHON:-python3}
+if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/pyrod_site \
+    .whl/*.whl || exit 1
+  export PYTHONPATH="$PWD:/tmp/pyrod_site${PYTHONPATH:+:$PYTHONPATH}"
+else
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
+"$PY" -c "import torch, numpy, xarray, netCDF4; print('torch', torch.__version__, torch.cuda.get_device_name(0), \
+'numpy', numpy.__version__, 'xarray', xarray.__version__)" 2>&1 | tee "$OUT/env.log"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee -a "$OUT/env.log"
+
+part() {   # part NAME LIMIT COMMAND...
+  local name=$1 limit=$2; shift 2
+  echo "=== $name (limit ${limit}s): $*"
+  local t0=$SECONDS
+  timeout -k 5 "$limit" "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  tail -n 60 "$OUT/$name.log"
+  echo "=== $name: exit $rc after $((SECONDS - t0)) s"
+}
+
+REF=${PYROD_REF:-.ref/centralflows}
+part vs_reference 200 "$PY" benchmarks/vs_reference.py --reference "$REF" --device cuda --widths 32,512,2048 \
+  --opts gd,rmsprop --steps 30 --steady 10 --chunk 5 --probe-steps 100
+part cuda_tests 100 "$PY" -m pytest -p no:cacheprovider -q -m cuda -x tests/test_cuda.py tests/test_host_sync.py \
+  tests/test_hvp_modes.py
+part gpu_flows 110 "$PY" benchmarks/gpu.py --cpu-n 0 --models mlp,cnn,vit --regimes eos,start --flow-steps 4
+part hvp_modes 40 "$PY" benchmarks/hvp_modes.py --device cuda
+if [ -f benchmarks/minibatch_cost.py ]; then
+  part minibatch 45 "$PY" -S benchmarks/minibatch_cost.py --device cuda --size gpu --budget 35
+fi
+echo "=== all parts done in $SECONDS s"
