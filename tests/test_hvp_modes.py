@@ -207,3 +207,69 @@ def test_no_device_sync_at_a_cached_point_on_cuda(mode):
         p.d3(w, V[:, 0], V[:, 1])
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_flow_run_hands_equal_numpy_states_over_as_the_same_tensor():
+    """A SciPy backend passes the accepted state to on_accept, the divergence check and the next right-hand side as
+    separate NumPy arrays: FlowRun._to_torch returns one tensor for them, so the identity-keyed graph cache hits."""
+    import types
+
+    import numpy as np
+
+    from pyrod.flows.run import FlowRun
+    run = types.SimpleNamespace(problem=types.SimpleNamespace(device=torch.device("cpu"), dtype=torch.float64))
+    y = np.linspace(0.0, 1.0, 7)
+    a = FlowRun._to_torch(run, y)
+    assert FlowRun._to_torch(run, y.copy()) is a                   # equal values, another array: same tensor
+    y2 = y.copy()
+    y2[3] += 1e-12
+    b = FlowRun._to_torch(run, y2)
+    assert b is not a and float(b[3]) == y2[3]                     # other values: a new tensor
+    assert FlowRun._to_torch(run, y) is not a                      # (the memo holds the last state only)
+    c = FlowRun._to_torch(run, y)
+    c.add_(1.0)                                                     # a consumer wrote the tensor in place
+    d = FlowRun._to_torch(run, y)
+    assert d is not c and torch.equal(d, torch.as_tensor(y))        # never handed out with stale values
+    y[0] = 5.0                                                      # the caller's array is copied, not aliased
+    assert float(d[0]) == 0.0
+
+
+def test_hvp_modes_benchmark_runs_at_a_tiny_size(capsys):
+    """benchmarks/hvp_modes.py end to end on the CPU (tiny sizes): a markdown table with every mode, and the modes'
+    results agree (its last column)."""
+    import os
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    import hvp_modes
+    hvp_modes.main(["--device", "cpu", "--models", "cnn,ref8", "--n", "4", "--ref-n", "8", "--ks", "1,3",
+                    "--ms", "2", "--min-time", "0", "--max-reps", "1", "--dtype", "float64"])
+    torch.set_num_threads(1)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("|")]
+    assert lines[0].startswith("| model | d | n | grad s | build / grad | op | k | graph | batched | forward |")
+    rows = lines[2:]
+    assert len(rows) == 2 * 3 and rows[0].startswith("| cnn |") and rows[3].startswith("| ref8 |")
+    for row in rows:
+        diff = float(row.rstrip(" |").rsplit("|", 1)[1])
+        assert diff < 1e-10, row                       # float64: the modes agree to round-off
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here: torch.cuda.is_available() is False")
+@pytest.mark.parametrize("mode", MODES)
+def test_no_device_sync_at_a_new_point_on_cuda(mode):
+    """A new point (graph built afresh in the graph modes; a content-equal copy and an in-place write included)
+    costs no device synchronisation either, once the first call has set up the device."""
+    p = pyrod.problem(model="mlp", n=40, dtype="float32", device="cuda", model_kwargs={"width": 16}, hvp_mode=mode)
+    V = torch.randn(p.dim, 3, device="cuda")
+    p.hvp(p.w0, V)
+    p.d3(p.w0, V, V)
+    w = p.w0 + 0.01
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        p.hvp(w, V[:, 0])
+        p.hvp(w.clone(), V)
+        w.add_(0.01)
+        p.d3(w, V, V)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
