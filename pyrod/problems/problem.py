@@ -581,7 +581,7 @@ class _HessianGraphCache:
     copies and pickles of a problem start empty (a non-leaf tensor with a graph can be neither copied nor pickled)."""
 
     def __init__(self):
-        self.entry = None        # (w values, w leaf, ∇L(w leaf) with graph)
+        self.entry = None        # (TensorKey of the caller's w, w leaf, ∇L(w leaf) with graph)
         self.disabled = False
 
     def __deepcopy__(self, memo):
