@@ -1,6 +1,6 @@
 """Cost of Hessian-vector products and third-derivative columns in each ``hvp_mode``, as ratios to a gradient.
 
-    python benchmarks/hvp_modes.py --device cuda                     # CIFAR-shaped n = 5000 (< 1 min on an H200)
+    python benchmarks/hvp_modes.py --device cuda                     # CIFAR-shaped n = 5000 (~1 min on an H200)
     python benchmarks/hvp_modes.py --device cpu --n 128 --ref-n 200  # one CPU thread (process_time)
     python benchmarks/hvp_modes.py --device cpu --n 8 --ref-n 8 --models mlp,cnn --ks 1,2 --ms 1   # smoke test
 
@@ -11,11 +11,16 @@ Models: the MLP (2×256 GELU), CNN (channels 32, 64) and ViT (patch 4, dim 64, d
 For each model it times at one point ``w``: a gradient (``Problem.grad``); building the cached graph of ∇L
 (``build``: what the "graph" and "batched" modes pay once per new point, on top of their per-call cost); and, for
 each mode of ``pyrod.problems.problem.HVP_MODES``, one ``hvp(w, V)`` with ``V`` of ``k`` columns (``--ks``) and one
-``d3(w, U, V)`` with ``m`` paired columns (``--ms``) at a point whose graph is cached (for "forward" nothing is
-cached: every call pays its whole cost). Each cell is the ratio to one gradient, then seconds per call. ``d3`` in
-"batched" mode is the "graph" computation (torch has no batched double backward), so it is not repeated. The last
-column is what ``hvp_mode="auto"`` picks on this device (``AUTO_HVP_MODES``); ``max rel diff`` is the largest
-relative difference (max norm) of a mode's result to the "graph" mode's (exactness check).
+``d3(w, U, V)`` with ``m`` paired columns (``--ms``), and ``d3_pairs(w, U, iu, ju)`` over the upper triangle
+``i ≤ j`` of a basis of ``k`` columns (``--pair-ks``; ``m = k(k+1)/2`` pairs, the central flow's third derivatives;
+the graph modes share one first backward pass per column), at a point whose graph is cached (for "forward" nothing
+is cached: every call pays its whole cost). Each cell is the ratio to one gradient, then seconds per call. ``d3``
+and ``d3_pairs`` in "batched" mode are the "graph" computation (torch has no batched double backward), so they are
+not repeated. The last column is what ``hvp_mode="auto"`` picks on this device (``AUTO_HVP_MODES``); ``max rel
+diff`` is the largest relative difference (max norm) of a mode's result to the "graph" mode's (exactness check).
+
+The whole CUDA run (five models, n = 5000 and 200, float32) is sized for about a minute on an H200 (estimated from
+benchmarks/gpu.py's rates; ``--ks``, ``--ms``, ``--pair-ks``, ``--max-reps`` shrink it).
 
 Timing: one warm-up call, then repeated calls until ``--min-time`` seconds or ``--max-reps`` calls (at least one),
 best call kept. CPU: ``time.process_time`` (CPU seconds; with ``--threads 1`` little disturbed by other processes).
@@ -93,7 +98,7 @@ def bench_model(model, args, timer):
     p = make_problem(model, args.n, args.ref_n, args.device, args.dtype, "graph")
     w = p.w0
     gen = torch.Generator().manual_seed(1)
-    kmax, mmax = max(args.ks), max(args.ms)
+    kmax, mmax = max(args.ks), max(args.ms + args.pair_ks)
     V = torch.randn(p.dim, max(kmax, mmax), generator=gen, dtype=torch.float64).to(device=w.device, dtype=w.dtype)
     U = torch.randn(p.dim, mmax, generator=gen, dtype=torch.float64).to(device=w.device, dtype=w.dtype)
     t_grad, _ = timer(lambda: p.grad(w))
@@ -105,11 +110,11 @@ def bench_model(model, args, timer):
     n = args.ref_n if model.startswith("ref") else args.n
     head = f"| {model} | {p.dim} | {n} | {t_grad:.3g} | {t_build / t_grad:.2f} |"
     rows = []
-    for op, sizes in (("hvp", args.ks), ("d3", args.ms)):
+    for op, sizes in (("hvp", args.ks), ("d3", args.ms), ("d3_pairs", args.pair_ks)):
         for k in sizes:
             cells, results = [], {}
             for mode in MODES:
-                if op == "d3" and mode == "batched":
+                if op != "hvp" and mode == "batched":
                     cells.append("= graph")
                     continue
                 p.hvp_mode = check_hvp_mode(mode)
@@ -118,16 +123,20 @@ def bench_model(model, args, timer):
                 if op == "hvp":
                     Vk = V[:, 0] if k == 1 else V[:, :k]
                     t, out = timer(lambda Vk=Vk: p.hvp(w, Vk))
-                else:
+                elif op == "d3":
                     Uk, Vk = (U[:, 0], V[:, 0]) if k == 1 else (U[:, :k], V[:, :k])
                     t, out = timer(lambda Uk=Uk, Vk=Vk: p.d3(w, Uk, Vk))
+                else:
+                    iu, ju = torch.triu_indices(k, k)
+                    t, out = timer(lambda k=k, iu=iu, ju=ju: p.d3_pairs(w, U[:, :k], iu, ju))
                 results[mode] = out
                 mem = f", {torch.cuda.max_memory_allocated() / 2 ** 30:.1f} GiB" if timer.cuda else ""
                 cells.append(f"{t / t_grad:.2f} ({t:.3g} s{mem})")
             diff = max(rel_diff(out, results["graph"]) for out in results.values())
-            opname = "hvp" if k == 1 else "hvp_block"
-            rows.append(f"{head} {op} | {k} | " + " | ".join(cells)
-                        + f" | {auto_hvp_mode(w.device.type, opname if op == 'hvp' else 'd3')} | {diff:.1e} |")
+            opname = ("hvp" if k == 1 else "hvp_block") if op == "hvp" else "d3"
+            size = f"{k} (m = {k * (k + 1) // 2})" if op == "d3_pairs" else k
+            rows.append(f"{head} {op} | {size} | " + " | ".join(cells)
+                        + f" | {auto_hvp_mode(w.device.type, opname)} | {diff:.1e} |")
             head = "| | | | | |"
     p._hcache.entry = None
     return rows
@@ -142,12 +151,14 @@ def main(argv=None):
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--ks", default="1,2,4,8", help="HVP column counts")
     ap.add_argument("--ms", default="1,3,6", help="d3 pair counts")
+    ap.add_argument("--pair-ks", default="2,3", help="d3_pairs basis sizes k (all m = k(k+1)/2 pairs i <= j)")
     ap.add_argument("--min-time", type=float, default=0.2, help="seconds of timed calls per cell, at least")
     ap.add_argument("--max-reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
     args = ap.parse_args(argv)
     args.ks = [int(x) for x in args.ks.split(",")]
     args.ms = [int(x) for x in args.ms.split(",")]
+    args.pair_ks = [int(x) for x in args.pair_ks.split(",")] if args.pair_ks else []
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch.cuda.is_available() is False")
     torch.set_num_threads(args.threads)

@@ -205,6 +205,7 @@ def test_no_device_sync_at_a_cached_point_on_cuda(mode):
         p.hvp(w, V)
         p.d3(w, V, V)
         p.d3(w, V[:, 0], V[:, 1])
+        p.d3_pairs(w, V, [0, 0, 1], [0, 1, 1])
     finally:
         torch.cuda.set_sync_debug_mode("default")
 
@@ -241,13 +242,13 @@ def test_hvp_modes_benchmark_runs_at_a_tiny_size(capsys):
     import sys
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
     import hvp_modes
-    hvp_modes.main(["--device", "cpu", "--models", "cnn,ref8", "--n", "4", "--ref-n", "8", "--ks", "1,3",
+    hvp_modes.main(["--device", "cpu", "--models", "cnn,ref8", "--n", "4", "--ref-n", "8", "--ks", "1,3", "--pair-ks", "2",
                     "--ms", "2", "--min-time", "0", "--max-reps", "1", "--dtype", "float64"])
     torch.set_num_threads(1)
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("|")]
     assert lines[0].startswith("| model | d | n | grad s | build / grad | op | k | graph | batched | forward |")
     rows = lines[2:]
-    assert len(rows) == 2 * 3 and rows[0].startswith("| cnn |") and rows[3].startswith("| ref8 |")
+    assert len(rows) == 2 * 4 and rows[0].startswith("| cnn |") and rows[4].startswith("| ref8 |")
     for row in rows:
         diff = float(row.rstrip(" |").rsplit("|", 1)[1])
         assert diff < 1e-10, row                       # float64: the modes agree to round-off
@@ -273,3 +274,33 @@ def test_no_device_sync_at_a_new_point_on_cuda(mode):
         p.d3(w, V, V)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_d3_pairs_equals_d3_on_gathered_columns_and_counts_its_passes(mode):
+    from pyrod.flows.cost import CountingProblem
+    p = _cnn(hvp_mode=mode)
+    w = p.w0 + 0.05
+    U = torch.randn(p.dim, 3, dtype=torch.float64)
+    iu, ju = torch.triu_indices(3, 3)                  # the 6 pairs i ≤ j of a symmetric 3×3 matrix (CPU tensors)
+    want = p.d3(w, U[:, iu], U[:, ju])
+    view = CountingProblem(p)
+    n0 = p.n_hvp
+    got = view.d3_pairs(w, U, iu, ju)
+    passes = 6 + 3 if mode != "forward" else 2 * 6   # graph: one first pass per distinct column U[:, j]
+    assert p.n_hvp - n0 == passes and view.n_hvp == passes
+    if mode == "forward":
+        assert torch.allclose(got, want, rtol=1e-12, atol=1e-15)
+    else:
+        assert torch.equal(got, want)                  # the same backward passes, shared: bit for bit
+    some = p.d3_pairs(w, U, [2, 0], (1, 1))                # lists / tuples of ints, unsorted, repeated j
+    assert torch.allclose(some, p.d3(w, U[:, [2, 0]], U[:, [1, 1]]), rtol=1e-12, atol=1e-15)
+    assert p.d3_pairs(w, U, [], []).shape == (p.dim, 0)
+    with pytest.raises(ValueError, match=r"ju has indices \[3\] outside \[0, 3\)"):
+        p.d3_pairs(w, U, [0], [3])
+    with pytest.raises(ValueError, match="iu and ju must have one length"):
+        p.d3_pairs(w, U, [0, 1], [1])
+    with pytest.raises(ValueError, match="host"):
+        p.d3_pairs(w, U, torch.tensor([0.0]), [1])
+    with pytest.raises(ValueError, match=r"U must be a \(d, k\) tensor"):
+        p.d3_pairs(w, U[:, 0], [0], [0])

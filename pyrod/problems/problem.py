@@ -5,17 +5,18 @@ wraps a pure, differentiable function ``loss_fn(w) -> scalar`` (built from a
 ``torch.nn.Module`` + tensors + loss by :meth:`Problem.from_module`, or written directly
 for analytic toys) and exposes the derivatives pyrod needs through ``torch.func``:
 
-=====================  ===========================================  ==================
-method                 returns                                      shape
-=====================  ===========================================  ==================
-``loss(w)``            L(w)                                         ``()``
-``grad(w)``            ∇L(w)                                        ``(d,)``
-``loss_and_grad(w)``   (L(w), ∇L(w))                                ``()``, ``(d,)``
-``hvp(w, v)``          H(w) v  (``v`` of shape (d,) or (d, k))      same as ``v``
-``jvp_grad``           alias of ``hvp`` (the Jacobian of ∇L is H)
-``d3(w, u, v)``        ∇_w (uᵀ H(w) v)   (third derivative)          ``(d,)``
-``accuracy(w)``        classification accuracy, NaN for regression  ``()`` float
-=====================  ===========================================  ==================
+=========================  ============================================  ==================
+method                     returns                                       shape
+=========================  ============================================  ==================
+``loss(w)``                L(w)                                          ``()``
+``grad(w)``                ∇L(w)                                         ``(d,)``
+``loss_and_grad(w)``       (L(w), ∇L(w))                                 ``()``, ``(d,)``
+``hvp(w, v)``              H(w) v  (``v`` of shape (d,) or (d, k))       same as ``v``
+``jvp_grad``               alias of ``hvp`` (the Jacobian of ∇L is H)
+``d3(w, u, v)``            ∇_w (uᵀ H(w) v)   (third derivative)          ``(d,)``
+``d3_pairs(w, U, i, j)``   columns ∇_w (U_iᵀ H(w) U_j), pairs (i, j)     ``(d, m)``
+``accuracy(w)``            classification accuracy, NaN for regression   ``()`` float
+=========================  ============================================  ==================
 
 HVPs and third derivatives are computed in one of the modes of :data:`HVP_MODES` (``Problem.hvp_mode``, same values
 up to rounding): by default (``"auto"``, :data:`AUTO_HVP_MODES`) they differentiate a graph of ``∇L`` built once per
@@ -42,6 +43,7 @@ import importlib
 import json
 import math
 import numbers
+import operator
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -336,18 +338,8 @@ class Problem:
             return u.new_zeros(u.shape)
         gr = self._hessian_graph(w) if self._mode("d3") != "forward" else None
         if gr is not None:
-            ww, g = gr
             uu, vv = (u[:, None], v[:, None]) if u.ndim == 1 else (u, v)
-            cols = []
-            with torch.enable_grad():
-                for i in range(m):
-                    hv = torch.autograd.grad(g, ww, vv[:, i].to(ww.dtype), retain_graph=True, create_graph=True)[0]
-                    if not hv.requires_grad:          # H constant (quadratic loss): no third derivative
-                        cols.append(torch.zeros_like(ww))
-                        continue
-                    col = torch.autograd.grad(hv, ww, uu[:, i].to(ww.dtype), retain_graph=True, allow_unused=True)[0]
-                    cols.append(torch.zeros_like(ww) if col is None else col)
-            out = torch.stack(cols, dim=1).detach().to(self.dtype)
+            out = _d3_on_graph(*gr, [(vv[:, i], [(i, uu[:, i])]) for i in range(m)], m).to(self.dtype)
             return out[:, 0] if u.ndim == 1 else out
         total = None
         for c, grad_b in self._terms:      # one term per micro-batch (reverse mode over all would keep them all)
@@ -361,6 +353,29 @@ class Problem:
                 t = c * t
             total = t if total is None else total + t
         return total.to(self.dtype)
+
+    def d3_pairs(self, w: torch.Tensor, U: torch.Tensor, iu, ju) -> torch.Tensor:
+        """``(d, m)``: column ``p`` is ∇_w (U[:, iu[p]]ᵀ H(w) U[:, ju[p]]), the third derivative along pairs of
+        columns of one basis ``U`` of shape ``(d, k)`` (e.g. the upper triangle ``iu ≤ ju`` of a symmetric k×k
+        matrix). The same values as ``d3(w, U[:, iu], U[:, ju])``; in the graph modes each distinct column
+        ``U[:, j]`` gets one first backward pass (``H u_j`` with its graph), shared by every pair with that ``j``:
+        ``m + len(set(ju))`` backward passes instead of ``2m``, and ``n_hvp`` counts those. ``iu``, ``ju``: host
+        integers (lists, tuples or CPU integer tensors) of one length ``m``, each in ``[0, k)``; being on the host,
+        grouping them needs no device synchronisation."""
+        if not isinstance(U, torch.Tensor) or U.ndim != 2:
+            raise ValueError(f"U must be a (d, k) tensor, got {type(U).__name__} of shape {getattr(U, 'shape', None)}")
+        iu, ju = _host_indices("iu", iu, U.shape[1]), _host_indices("ju", ju, U.shape[1])
+        if len(iu) != len(ju):
+            raise ValueError(f"iu and ju must have one length, got {len(iu)} and {len(ju)}")
+        m = len(iu)
+        gr = self._hessian_graph(w) if m and self._mode("d3") != "forward" else None
+        if gr is None:
+            return self.d3(w, U[:, list(iu)], U[:, list(ju)])
+        groups = {}
+        for p, (i, j) in enumerate(zip(iu, ju, strict=True)):
+            groups.setdefault(j, []).append((p, U[:, i]))
+        self.n_hvp += m + len(groups)
+        return _d3_on_graph(*gr, [(U[:, j], pairs) for j, pairs in groups.items()], m).to(self.dtype)
 
     def hessian(self, w: torch.Tensor) -> torch.Tensor:
         """Dense Hessian ``(d, d)``; for small problems and tests only."""
@@ -619,6 +634,40 @@ def _batched_backward(g: torch.Tensor, ww: torch.Tensor, cotangents: torch.Tenso
         return torch.autograd.grad(g, ww, cotangents, retain_graph=True, is_grads_batched=True)[0]
     except RuntimeError:
         return None
+
+
+def _d3_on_graph(ww: torch.Tensor, g: torch.Tensor, groups, m: int) -> torch.Tensor:
+    """``(d, m)`` third-derivative columns on the retained graph of ``g = ∇L(ww)``. ``groups``: ``[(b, [(p, a), …]),
+    …]``; for each ``b`` one backward pass with ``create_graph`` gives ``H b`` with its graph, then one backward
+    pass per ``(p, a)`` gives column ``p`` = ∇(aᵀ H b). Only one group's graph of ``H b`` is alive at a time."""
+    cols = [None] * m
+    with torch.enable_grad():
+        for b, pairs in groups:
+            hb = torch.autograd.grad(g, ww, b.to(ww.dtype), retain_graph=True, create_graph=True)[0]
+            for p, a in pairs:
+                col = None
+                if hb.requires_grad:              # else H is constant (quadratic loss): no third derivative
+                    col = torch.autograd.grad(hb, ww, a.to(ww.dtype), retain_graph=True, allow_unused=True)[0]
+                cols[p] = torch.zeros_like(ww) if col is None else col
+            del hb
+    return torch.stack(cols, dim=1).detach()
+
+
+def _host_indices(name: str, idx, k: int) -> tuple:
+    """Host integer indices in ``[0, k)`` as a tuple of ints (ValueError naming ``name`` otherwise)."""
+    if isinstance(idx, torch.Tensor):
+        if idx.device.type != "cpu" or idx.is_floating_point() or idx.ndim != 1:
+            raise ValueError(f"{name} must be host (CPU) integers of one dimension, got a {idx.dtype} tensor of shape "
+                             f"{tuple(idx.shape)} on {idx.device}: grouping device indices would synchronise")
+        idx = idx.tolist()
+    try:
+        out = tuple(operator.index(i) for i in idx)
+    except TypeError:
+        raise ValueError(f"{name}={idx!r} must be a sequence of ints") from None
+    bad = [i for i in out if not 0 <= i < k]
+    if bad:
+        raise ValueError(f"{name} has indices {bad[:5]} outside [0, {k})")
+    return out
 
 
 def check_batch_size(batch_size) -> int | None:
