@@ -20,7 +20,11 @@ not repeated. The last column is what ``hvp_mode="auto"`` picks on this device (
 diff`` is the largest relative difference (max norm) of a mode's result to the "graph" mode's (exactness check).
 
 The whole CUDA run (five models, n = 5000 and 200, float32) is sized for about a minute on an H200 (estimated from
-benchmarks/gpu.py's rates; ``--ks``, ``--ms``, ``--pair-ks``, ``--max-reps`` shrink it).
+benchmarks/gpu.py's rates; ``--ks``, ``--ms``, ``--pair-ks``, ``--max-reps`` shrink it). A cell that runs out of GPU
+memory says so (with the peak reached) and the run goes on. The "forward" mode holds the activations (with tangents
+and cotangents) of all ``k`` columns or ``m`` pairs at once: measured on the CPU at n = 128, float32, memory added by
+one call: CNN d3 m = 6 2.4 GB ("graph" 0.44 GB), ViT d3 m = 6 10.3 GB ("graph" 1.25 GB), ViT hvp k = 8 3.6 GB
+("batched" 1.5 GB); growing linearly in n, the ViT's forward cells cannot fit at n = 5000 on one GPU.
 
 Timing: one warm-up call, then repeated calls until ``--min-time`` seconds or ``--max-reps`` calls (at least one),
 best call kept. CPU: ``time.process_time`` (CPU seconds; with ``--threads 1`` little disturbed by other processes).
@@ -120,19 +124,30 @@ def bench_model(model, args, timer):
                 p.hvp_mode = check_hvp_mode(mode)
                 if timer.cuda:
                     torch.cuda.reset_peak_memory_stats()
-                if op == "hvp":
-                    Vk = V[:, 0] if k == 1 else V[:, :k]
-                    t, out = timer(lambda Vk=Vk: p.hvp(w, Vk))
-                elif op == "d3":
-                    Uk, Vk = (U[:, 0], V[:, 0]) if k == 1 else (U[:, :k], V[:, :k])
-                    t, out = timer(lambda Uk=Uk, Vk=Vk: p.d3(w, Uk, Vk))
-                else:
-                    iu, ju = torch.triu_indices(k, k)
-                    t, out = timer(lambda k=k, iu=iu, ju=ju: p.d3_pairs(w, U[:, :k], iu, ju))
+                try:
+                    if op == "hvp":
+                        Vk = V[:, 0] if k == 1 else V[:, :k]
+                        t, out = timer(lambda Vk=Vk: p.hvp(w, Vk))
+                    elif op == "d3":
+                        Uk, Vk = (U[:, 0], V[:, 0]) if k == 1 else (U[:, :k], V[:, :k])
+                        t, out = timer(lambda Uk=Uk, Vk=Vk: p.d3(w, Uk, Vk))
+                    else:
+                        iu, ju = torch.triu_indices(k, k)
+                        t, out = timer(lambda k=k, iu=iu, ju=ju: p.d3_pairs(w, U[:, :k], iu, ju))
+                except torch.OutOfMemoryError:
+                    out = None
+                    if timer.cuda:
+                        torch.cuda.empty_cache()
+                        mem = f"{torch.cuda.max_memory_allocated() / 2 ** 30:.0f}"
+                        cells.append(f"out of memory (> {mem} GiB)")
+                    else:
+                        cells.append("out of memory")
+                    continue
                 results[mode] = out
                 mem = f", {torch.cuda.max_memory_allocated() / 2 ** 30:.1f} GiB" if timer.cuda else ""
                 cells.append(f"{t / t_grad:.2f} ({t:.3g} s{mem})")
-            diff = max(rel_diff(out, results["graph"]) for out in results.values())
+            diff = max((rel_diff(out, results["graph"]) for out in results.values()), default=float("nan")) \
+                if "graph" in results else float("nan")
             opname = ("hvp" if k == 1 else "hvp_block") if op == "hvp" else "d3"
             size = f"{k} (m = {k * (k + 1) // 2})" if op == "d3_pairs" else k
             rows.append(f"{head} {op} | {size} | " + " | ".join(cells)
