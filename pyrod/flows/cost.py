@@ -5,7 +5,8 @@ two runs never mix. The view forwards everything to the shared problem, whose gl
 (``problem.n_grad``/``n_hvp``) keep counting too (older code diffs them).
 
 Counted like :class:`~pyrod.problems.Problem` itself: ``grad`` and ``loss_and_grad`` are one gradient each;
-``hvp(w, v)`` one HVP per column of ``v``; ``d3(w, u, v)`` two HVPs per column; ``loss`` and ``grad_fn`` (the
+``hvp(w, v)`` one HVP per column of ``v``; ``d3(w, u, v)`` two HVPs per column; ``d3_pairs`` as the problem counts
+it (one per pair plus one per distinct second column on its cached graph); ``loss`` and ``grad_fn`` (the
 pure function used inside flow right-hand sides) are not counted — flows add their RHS gradients with
 :meth:`CountingProblem.count`.
 """
@@ -72,6 +73,14 @@ class CountingProblem:
     def d3(self, w, u, v):
         object.__setattr__(self, "_n_hvp", self._n_hvp + (2 if u.ndim == 1 else 2 * int(u.shape[1])))
         return self.base.d3(w, u, v)
+
+    def d3_pairs(self, w, U, iu, ju):
+        """Counted as the shared problem counts it (``m + len(set(ju))`` backward passes on its graph, ``2m`` in
+        its forward mode)."""
+        before = self.base.n_hvp
+        out = self.base.d3_pairs(w, U, iu, ju)
+        object.__setattr__(self, "_n_hvp", self._n_hvp + self.base.n_hvp - before)
+        return out
 
     def hessian(self, w):
         import torch

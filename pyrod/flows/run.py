@@ -186,10 +186,21 @@ class FlowRun:
 
     # ------------------------------------------------------------------ numpy <-> torch
     def _to_torch(self, y):
+        """The state ``y`` as a tensor on the problem's device and dtype. A NumPy state equal to the one converted
+        last (``np.array_equal``, on the host: no device synchronisation) gets the very same tensor back, unless
+        that tensor was written in place since: a SciPy backend hands the accepted state to ``on_accept``, the
+        divergence check and the next right-hand side as separate arrays, and caches keyed by tensor identity
+        (the problem's Hessian graph, :class:`pyrod.tensor_identity.TensorKey`) then see one point, not three."""
         if isinstance(y, torch.Tensor):   # a tensor backend's state: already on the device (no copy when it matches)
             return y.to(device=self.problem.device, dtype=self.problem.dtype)
-        return torch.as_tensor(np.array(y, dtype=np.float64, copy=True)).to(
-            device=self.problem.device, dtype=self.problem.dtype)
+        memo = getattr(self, "_np_memo", None)
+        if memo is not None and memo[1]._version == memo[2] and np.shape(y) == memo[0].shape \
+                and np.array_equal(memo[0], y):
+            return memo[1]
+        arr = np.array(y, dtype=np.float64, copy=True)
+        t = torch.as_tensor(arr.copy()).to(device=self.problem.device, dtype=self.problem.dtype)
+        self._np_memo = (arr, t, t._version)
+        return t
 
     @staticmethod
     def _to_numpy(y):

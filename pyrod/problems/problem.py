@@ -5,21 +5,25 @@ wraps a pure, differentiable function ``loss_fn(w) -> scalar`` (built from a
 ``torch.nn.Module`` + tensors + loss by :meth:`Problem.from_module`, or written directly
 for analytic toys) and exposes the derivatives pyrod needs through ``torch.func``:
 
-=====================  ===========================================  ==================
-method                 returns                                      shape
-=====================  ===========================================  ==================
-``loss(w)``            L(w)                                         ``()``
-``grad(w)``            ∇L(w)                                        ``(d,)``
-``loss_and_grad(w)``   (L(w), ∇L(w))                                ``()``, ``(d,)``
-``hvp(w, v)``          H(w) v  (``v`` of shape (d,) or (d, k))      same as ``v``
-``jvp_grad``           alias of ``hvp`` (the Jacobian of ∇L is H)
-``d3(w, u, v)``        ∇_w (uᵀ H(w) v)   (third derivative)          ``(d,)``
-``accuracy(w)``        classification accuracy, NaN for regression  ``()`` float
-=====================  ===========================================  ==================
+=========================  ============================================  ==================
+method                     returns                                       shape
+=========================  ============================================  ==================
+``loss(w)``                L(w)                                          ``()``
+``grad(w)``                ∇L(w)                                         ``(d,)``
+``loss_and_grad(w)``       (L(w), ∇L(w))                                 ``()``, ``(d,)``
+``hvp(w, v)``              H(w) v  (``v`` of shape (d,) or (d, k))       same as ``v``
+``jvp_grad``               alias of ``hvp`` (the Jacobian of ∇L is H)
+``d3(w, u, v)``            ∇_w (uᵀ H(w) v)   (third derivative)          ``(d,)``
+``d3_pairs(w, U, i, j)``   columns ∇_w (U_iᵀ H(w) U_j), pairs (i, j)     ``(d, m)``
+``accuracy(w)``            classification accuracy, NaN for regression   ``()`` float
+=========================  ============================================  ==================
 
-HVPs and third derivatives differentiate a graph of ``∇L`` built once per point ``w`` (reverse over reverse;
-one backward pass per vector at that point); with micro-batches they are forward-over-reverse (``jvp`` of
-``grad``), a batch of ``k`` vectors being one ``vmap`` call. The device defaults to CUDA when available, the dtype to float64.
+HVPs and third derivatives are computed in one of the modes of :data:`HVP_MODES` (``Problem.hvp_mode``, same values
+up to rounding): by default (``"auto"``, :data:`AUTO_HVP_MODES`) they differentiate a graph of ``∇L`` built once per
+point ``w`` (reverse over reverse; one backward pass per vector at that point), the point being recognised by tensor
+identity and version, never by reading its values (:class:`pyrod.tensor_identity.TensorKey`); with micro-batches
+they are forward-over-reverse (``jvp`` of ``grad``), a batch of ``k`` vectors being one ``vmap`` call
+(``benchmarks/hvp_modes.py`` measures the modes). The device defaults to CUDA when available, the dtype to float64.
 
 Micro-batching (``batch_size``): the loss is a mean over the ``n`` samples, so
 ``L(w) = Σ_b (n_b / n) L_b(w)`` over consecutive micro-batches ``b`` of ``n_b ≤ batch_size`` samples, and
@@ -39,14 +43,17 @@ import importlib
 import json
 import math
 import numbers
+import operator
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
 from torch.func import functional_call, grad, grad_and_value, jvp, vmap
 
-__all__ = ["Problem", "Block", "resolve_device", "resolve_dtype", "check_batch_size", "UNREPRODUCIBLE_KEY",
-           "FROM_MODULE_MESSAGE"]
+from ..tensor_identity import TensorKey
+
+__all__ = ["Problem", "Block", "resolve_device", "resolve_dtype", "check_batch_size", "check_hvp_mode",
+           "auto_hvp_mode", "HVP_MODES", "AUTO_HVP_MODES", "UNREPRODUCIBLE_KEY", "FROM_MODULE_MESSAGE"]
 
 #: key of ``Problem.config`` marking a problem that no config can rebuild (its value says why)
 UNREPRODUCIBLE_KEY = "unreproducible"
@@ -54,6 +61,22 @@ FROM_MODULE_MESSAGE = ("built with Problem.from_module: use Problem.from_factory
                        "reproducible")
 _DIRECT_MESSAGE = ("built directly from a loss function (Problem(loss_fn=..., w0=...)): use "
                    "Problem.from_factory('module:function', ...) to make it reproducible")
+
+#: How a Problem computes HVPs and third derivatives (``Problem.hvp_mode``); every mode gives the same values up to
+#: float rounding. "graph": a graph of ∇L cached per point, one backward pass per HVP column and two per d3 column;
+#: "batched": the same graph, the columns of a (d, k) HVP in one batched backward pass (d3 as "graph");
+#: "forward": nothing cached, HVP = jvp of ∇L (forward-over-reverse), d3 = gradient of uᵀ(jvp of ∇L along v)
+#: (reverse-over-forward-over-reverse), columns in one vmap; "auto": by device type from AUTO_HVP_MODES.
+#: Micro-batched problems always use "forward" (bounded memory).
+HVP_MODES = ("auto", "graph", "batched", "forward")
+
+#: What ``hvp_mode="auto"`` uses, by device type (``w.device.type``) and operation: "hvp" (one vector), "hvp_block"
+#: (k ≥ 2 columns), "d3". Device types not listed use the "cpu" row. Measured with benchmarks/hvp_modes.py (ratios
+#: to a gradient; docs/notes in the benchmark's docstring); change a row here when a device measures otherwise.
+AUTO_HVP_MODES = {
+    "cpu": {"hvp": "graph", "hvp_block": "graph", "d3": "graph"},
+    "cuda": {"hvp": "graph", "hvp_block": "graph", "d3": "graph"},
+}
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32, "double": torch.float64, "float": torch.float32}
 
@@ -118,6 +141,9 @@ class Problem:
         (``c_b = n_b / n`` for a mean over samples). When given, every derivative is accumulated term by
         term, so at most one term's intermediate tensors are alive at a time (module docstring).
     batch_size : the micro-batch size the terms were made with (information; ``None`` = one full batch).
+    hvp_mode : how :meth:`hvp` and :meth:`d3` are computed, one of :data:`HVP_MODES` (``"auto"``: by device type,
+        :data:`AUTO_HVP_MODES`); all give the same values up to rounding; micro-batched problems take ``"auto"``
+        or ``"forward"`` only.
     """
 
     loss_fn: Callable[[torch.Tensor], torch.Tensor]
@@ -129,6 +155,7 @@ class Problem:
     name: str = "problem"
     batches: Sequence[tuple] = ()
     batch_size: int | None = None
+    hvp_mode: str = "auto"
 
     def __post_init__(self):
         if not isinstance(self.w0, torch.Tensor) or self.w0.ndim != 1:
@@ -139,6 +166,7 @@ class Problem:
         if not self.blocks:
             self.blocks = (Block("w", 0, self.dim, (self.dim,)),)
         self.batches = tuple((float(c), f) for c, f in self.batches)
+        self.hvp_mode = check_hvp_mode(self.hvp_mode, self.batch_size if self.batches else None)
         if self.batches:
             # one (weight, ∇L_b, (∇L_b, L_b)) per micro-batch; sums of pure torch.func functions stay pure
             terms = tuple((c, grad(f), grad_and_value(f)) for c, f in self.batches)
@@ -218,28 +246,36 @@ class Problem:
         return value.detach(), g.detach()
 
     def hvp(self, w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """H(w) v for ``v`` of shape ``(d,)``, or H(w) V for ``V`` of shape ``(d, k)``.
+        """H(w) v for ``v`` of shape ``(d,)``, or H(w) V for ``V`` of shape ``(d, k)`` (same shape out).
 
-        Without micro-batches: reverse-over-reverse on a graph of ``∇L`` built once per point ``w`` and kept until
-        the next point (:meth:`_hessian_graph`), so every further HVP at the same ``w`` costs one backward pass
-        (eigen-solvers and the central flow do many at one point). With micro-batches (or inside a ``torch.func``
-        transform) the ``jvp`` runs through the weighted sum of per-batch gradients, so the activations alive at
-        a time are those of one micro-batch (``k`` of them for ``(d, k)``)."""
+        How, by :attr:`hvp_mode` (see :data:`HVP_MODES`; ``"auto"`` resolves by :func:`auto_hvp_mode`):
+        ``"graph"`` one backward pass per column through a graph of ∇L built once per point ``w`` and kept until
+        the next point (:meth:`_hessian_graph`; eigen-solvers and the central flow do many HVPs at one point);
+        ``"batched"`` the same graph, all ``k`` columns in one batched backward pass; ``"forward"``
+        forward-over-reverse, ``jvp`` of ``∇L`` with the ``k`` columns in one ``vmap`` (nothing cached). With
+        micro-batches, or for ``w`` inside a ``torch.func`` transform or requiring grad, it is always
+        ``"forward"``: through the weighted sum of per-batch gradients the activations alive at a time are those
+        of one micro-batch (``k`` of them for ``(d, k)``)."""
         if v.ndim not in (1, 2):
             raise ValueError(f"v must have shape (d,) or (d, k), got {tuple(v.shape)}")
         k = 1 if v.ndim == 1 else v.shape[1]
         self.n_hvp += k
         if k == 0:
             return v.clone()
-        gr = self._hessian_graph(w)
+        mode = self._mode("hvp" if k == 1 else "hvp_block")
+        gr = self._hessian_graph(w) if mode != "forward" else None
         if gr is not None:
             ww, g = gr
+            vv = v.to(ww.dtype)
             with torch.enable_grad():
                 if v.ndim == 1:
-                    out = torch.autograd.grad(g, ww, v.to(ww.dtype), retain_graph=True)[0]
-                else:
-                    out = torch.stack([torch.autograd.grad(g, ww, v[:, i].to(ww.dtype), retain_graph=True)[0]
-                                       for i in range(k)], dim=1)
+                    return torch.autograd.grad(g, ww, vv, retain_graph=True)[0].detach().to(self.dtype)
+                if mode == "batched" and k > 1:
+                    out = _batched_backward(g, ww, vv.T)
+                    if out is not None:
+                        return out.T.detach().to(self.dtype)
+                out = torch.stack([torch.autograd.grad(g, ww, vv[:, i], retain_graph=True)[0] for i in range(k)],
+                                  dim=1)
             return out.detach().to(self.dtype)
         if v.ndim == 1:
             return jvp(self._grad, (w,), (v,))[1].detach().to(self.dtype)
@@ -248,17 +284,28 @@ class Problem:
 
     jvp_grad = hvp
 
+    def _mode(self, op: str) -> str:
+        """The mode used for ``op`` (``"hvp"``: one vector, ``"hvp_block"``: ``k ≥ 2`` columns, ``"d3"``)."""
+        if self.batches:
+            return "forward"
+        if self.hvp_mode != "auto":
+            return self.hvp_mode
+        return auto_hvp_mode(self.device.type, op)
+
     def _hessian_graph(self, w: torch.Tensor):
         """``(w_leaf, ∇L(w_leaf))`` with the graph of ∇L kept for higher derivatives (``create_graph``), cached for
-        the last point ``w`` (compared by value: a new tensor holding the same values reuses it). None where this
-        path does not apply: micro-batches (bounded memory), ``w`` inside a ``torch.func`` transform, or a loss
-        that cannot be differentiated twice by autograd (then the ``torch.func`` path is used from then on)."""
+        the last point ``w``. A later ``w`` reuses it when it is the same tensor memory, unchanged since
+        (:class:`pyrod.tensor_identity.TensorKey`: same storage, offset, shape, strides, dtype, device and version
+        counter; the values are never read, so a CUDA device is never synchronised); a copy with equal values
+        builds a new graph. Writes to ``w`` that bypass torch's version counter (``w.data``, a NumPy array
+        sharing its memory) are not seen. None where this path does not apply: micro-batches (bounded memory),
+        ``w`` inside a ``torch.func`` transform or requiring grad, or a loss that cannot be differentiated twice
+        by autograd (then the ``torch.func`` path is used from then on)."""
         cache = self._hcache
         if self.batches or cache.disabled or torch._C._functorch.is_functorch_wrapped_tensor(w) or w.requires_grad:
             return None
         hit = cache.entry
-        if hit is not None and hit[0].shape == w.shape and hit[0].dtype == w.dtype and hit[0].device == w.device \
-                and torch.equal(hit[0], w):
+        if hit is not None and hit[0].matches(w):
             return hit[1], hit[2]
         cache.entry = None
         try:
@@ -270,37 +317,32 @@ class Problem:
         except RuntimeError:
             cache.disabled = True
             return None
-        cache.entry = (w.detach().clone(), ww, g)
+        cache.entry = (TensorKey(w), ww, g)
         return ww, g
 
     def d3(self, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """∇_w (uᵀ H(w) v), shape ``(d,)``: the third derivative contracted twice.
 
-        ``u, v`` may be ``(d, m)`` (paired columns), returning ``(d, m)``: without micro-batches two backward passes
-        per column on the cached graph of ∇L (:meth:`_hessian_graph`); with micro-batches one vmap per micro-batch.
+        ``u, v`` may be ``(d, m)`` (paired columns), returning ``(d, m)``. By :attr:`hvp_mode`: ``"graph"`` and
+        ``"batched"`` two backward passes per column on the cached graph of ∇L (:meth:`_hessian_graph`; torch has
+        no batched form of this double backward); ``"forward"`` (always with micro-batches) the gradient of
+        ``uᵀ (jvp of ∇L along v)`` (reverse-over-forward-over-reverse), all ``m`` pairs in one ``vmap``, one
+        micro-batch at a time (memory: one micro-batch's activations times ``m``).
         """
-        if u.ndim == 1:
-            self.n_hvp += 2
-        else:
-            self.n_hvp += 2 * u.shape[1]
-        gr = self._hessian_graph(w)
+        if u.shape != v.shape or u.ndim not in (1, 2):
+            raise ValueError(f"u and v must both have shape (d,) or (d, m), got {tuple(u.shape)} and "
+                             f"{tuple(v.shape)}")
+        m = 1 if u.ndim == 1 else u.shape[1]
+        self.n_hvp += 2 * m
+        if m == 0:
+            return u.new_zeros(u.shape)
+        gr = self._hessian_graph(w) if self._mode("d3") != "forward" else None
         if gr is not None:
-            ww, g = gr
             uu, vv = (u[:, None], v[:, None]) if u.ndim == 1 else (u, v)
-            cols = []
-            with torch.enable_grad():
-                for i in range(uu.shape[1]):
-                    hv = torch.autograd.grad(g, ww, vv[:, i].to(ww.dtype), retain_graph=True, create_graph=True)[0]
-                    if not hv.requires_grad:          # H constant (quadratic loss): no third derivative
-                        cols.append(None)
-                        continue
-                    cols.append(torch.autograd.grad(hv, ww, uu[:, i].to(ww.dtype), retain_graph=True,
-                                                    allow_unused=True)[0])
-            cols = [torch.zeros_like(ww) if c is None else c for c in cols]
-            out = torch.stack(cols, dim=1).detach().to(self.dtype) if cols else u.new_zeros(u.shape)
+            out = _d3_on_graph(*gr, [(vv[:, i], [(i, uu[:, i])]) for i in range(m)], m).to(self.dtype)
             return out[:, 0] if u.ndim == 1 else out
         total = None
-        for c, grad_b in self._terms:      # one term per micro-batch (reverse mode would keep them all)
+        for c, grad_b in self._terms:      # one term per micro-batch (reverse mode over all would keep them all)
             def quad(w_, a, b, grad_b=grad_b):
                 return torch.dot(a, jvp(grad_b, (w_,), (b,))[1])
 
@@ -311,6 +353,29 @@ class Problem:
                 t = c * t
             total = t if total is None else total + t
         return total.to(self.dtype)
+
+    def d3_pairs(self, w: torch.Tensor, U: torch.Tensor, iu, ju) -> torch.Tensor:
+        """``(d, m)``: column ``p`` is ∇_w (U[:, iu[p]]ᵀ H(w) U[:, ju[p]]), the third derivative along pairs of
+        columns of one basis ``U`` of shape ``(d, k)`` (e.g. the upper triangle ``iu ≤ ju`` of a symmetric k×k
+        matrix). The same values as ``d3(w, U[:, iu], U[:, ju])``; in the graph modes each distinct column
+        ``U[:, j]`` gets one first backward pass (``H u_j`` with its graph), shared by every pair with that ``j``:
+        ``m + len(set(ju))`` backward passes instead of ``2m``, and ``n_hvp`` counts those. ``iu``, ``ju``: host
+        integers (lists, tuples or CPU integer tensors) of one length ``m``, each in ``[0, k)``; being on the host,
+        grouping them needs no device synchronisation."""
+        if not isinstance(U, torch.Tensor) or U.ndim != 2:
+            raise ValueError(f"U must be a (d, k) tensor, got {type(U).__name__} of shape {getattr(U, 'shape', None)}")
+        iu, ju = _host_indices("iu", iu, U.shape[1]), _host_indices("ju", ju, U.shape[1])
+        if len(iu) != len(ju):
+            raise ValueError(f"iu and ju must have one length, got {len(iu)} and {len(ju)}")
+        m = len(iu)
+        gr = self._hessian_graph(w) if m and self._mode("d3") != "forward" else None
+        if gr is None:
+            return self.d3(w, U[:, list(iu)], U[:, list(ju)])
+        groups = {}
+        for p, (i, j) in enumerate(zip(iu, ju, strict=True)):
+            groups.setdefault(j, []).append((p, U[:, i]))
+        self.n_hvp += m + len(groups)
+        return _d3_on_graph(*gr, [(U[:, j], pairs) for j, pairs in groups.items()], m).to(self.dtype)
 
     def hessian(self, w: torch.Tensor) -> torch.Tensor:
         """Dense Hessian ``(d, d)``; for small problems and tests only."""
@@ -361,7 +426,7 @@ class Problem:
     @classmethod
     def from_module(cls, model: torch.nn.Module, X: torch.Tensor, Y: torch.Tensor, loss: str | Callable = "mse",
                     *, dtype="float64", device=None, name: str | None = None, config: dict | None = None,
-                    batch_size: int | None = None) -> "Problem":
+                    batch_size: int | None = None, hvp_mode: str = "auto") -> "Problem":
         """Build a problem from any ``torch.nn.Module`` and full-batch tensors ``X (n, …)``, ``Y (n, …)``.
 
         ``loss`` is ``"mse"`` (targets one-hot for integer labels; ½·mean over points of the squared
@@ -385,10 +450,13 @@ class Problem:
           with ``batch_size`` added. Without it the config is ``{"unreproducible": "built with
           Problem.from_module: …"}`` and :meth:`replay_config` refuses; use :meth:`from_factory` for custom
           problems that can be replayed.
+        * ``hvp_mode``: how HVPs and third derivatives are computed (:data:`HVP_MODES`; class docstring). Recorded
+          in the config when it is not ``"auto"``.
         """
         dt = resolve_dtype(dtype)
         dev = resolve_device(device)
         batch_size = check_batch_size(batch_size)
+        check_hvp_mode(hvp_mode)
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(X, torch.Tensor) or not isinstance(Y, torch.Tensor):
@@ -452,14 +520,17 @@ class Problem:
 
         cfg = dict(config) if config is not None else {UNREPRODUCIBLE_KEY: FROM_MODULE_MESSAGE}
         cfg["batch_size"] = batch_size
+        if hvp_mode != "auto":
+            cfg["hvp_mode"] = hvp_mode
         return cls(loss_fn=loss_fn, w0=w0, output_fn=output_fn if classification else None,
                    labels=Y if classification else None, blocks=tuple(blocks),
                    config=cfg, name=name or type(model).__name__, batches=batches,
-                   batch_size=None if not batches else batch_size)
+                   batch_size=None if not batches else batch_size, hvp_mode=hvp_mode)
 
     @classmethod
     def from_factory(cls, factory: str, *, factory_kwargs: dict | None = None, dtype=None, device=None,
-                     batch_size: int | None = None, name: str | None = None, **kwargs) -> "Problem":
+                     batch_size: int | None = None, name: str | None = None, hvp_mode: str = "auto",
+                     **kwargs) -> "Problem":
         """Build a custom problem from an importable function, recording how so that it can be rebuilt.
 
         ``factory`` is ``"package.module:function"`` (the part after the colon may be dotted,
@@ -481,6 +552,8 @@ class Problem:
         ``{"factory": factory, "kwargs": {…}, "dtype": "float64"|"float32", "batch_size": …}`` and
         ``pyrod.problem(**config)`` rebuilds the identical problem (same ``w0``, data and values). The device
         is not recorded: like every pyrod config, a replay uses CUDA when available unless ``device=`` is given.
+        ``hvp_mode`` (:data:`HVP_MODES`), when not ``"auto"``, is set on the result and recorded in the config
+        (``"auto"`` leaves the mode of a returned Problem as the factory set it).
         """
         fn = _import_factory(factory)
         given = dict(factory_kwargs or {})
@@ -492,6 +565,7 @@ class Problem:
         given.update(kwargs)
         fkw = _json_kwargs(given)
         batch_size = check_batch_size(batch_size)
+        check_hvp_mode(hvp_mode)
         made = fn(**fkw)
         if isinstance(made, Problem):
             prob = made
@@ -508,13 +582,17 @@ class Problem:
         elif isinstance(made, tuple) and len(made) == 4:
             model, X, Y, loss = made
             prob = cls.from_module(model, X, Y, loss, dtype="float64" if dtype is None else dtype, device=device,
-                                   batch_size=batch_size, name=name or factory.rpartition(":")[2])
+                                   batch_size=batch_size, name=name or factory.rpartition(":")[2],
+                                   hvp_mode=hvp_mode)
         else:
             raise TypeError(f"factory {factory!r} returned {type(made).__name__}"
                             + (f" of length {len(made)}" if isinstance(made, tuple) else "")
                             + "; expected a pyrod Problem or a tuple (model, X, Y, loss)")
         prob.config = {"factory": factory, "kwargs": fkw, "dtype": str(prob.dtype).replace("torch.", ""),
                        "batch_size": prob.batch_size}
+        if hvp_mode != "auto":
+            prob.hvp_mode = check_hvp_mode(hvp_mode, prob.batch_size if prob.batches else None)
+            prob.config["hvp_mode"] = hvp_mode
         return prob
 
 
@@ -523,7 +601,7 @@ class _HessianGraphCache:
     copies and pickles of a problem start empty (a non-leaf tensor with a graph can be neither copied nor pickled)."""
 
     def __init__(self):
-        self.entry = None        # (w values, w leaf, ∇L(w leaf) with graph)
+        self.entry = None        # (TensorKey of the caller's w, w leaf, ∇L(w leaf) with graph)
         self.disabled = False
 
     def __deepcopy__(self, memo):
@@ -534,6 +612,67 @@ class _HessianGraphCache:
 
     def __reduce__(self):
         return (_HessianGraphCache, ())
+
+
+def check_hvp_mode(hvp_mode, batch_size=None) -> str:
+    """A valid ``hvp_mode`` (one of :data:`HVP_MODES`) for a problem with ``batch_size`` micro-batches; ValueError
+    naming the value otherwise (micro-batched problems take only "auto" or "forward": the cached graph of the
+    other modes would hold every micro-batch's activations at once)."""
+    if not isinstance(hvp_mode, str) or hvp_mode not in HVP_MODES:
+        raise ValueError(f"hvp_mode={hvp_mode!r} is unknown; valid values: {list(HVP_MODES)}")
+    if batch_size is not None and hvp_mode in ("graph", "batched"):
+        raise ValueError(f"hvp_mode={hvp_mode!r} keeps a graph of the full batch, which micro-batches "
+                         f"(batch_size={batch_size!r}) exist to avoid; use hvp_mode='auto' or 'forward'")
+    return hvp_mode
+
+
+def auto_hvp_mode(device_type: str, op: str) -> str:
+    """The mode ``hvp_mode="auto"`` uses on ``device_type`` for ``op`` ("hvp", "hvp_block" or "d3"):
+    :data:`AUTO_HVP_MODES`, the "cpu" row for device types it does not list."""
+    return AUTO_HVP_MODES.get(device_type, AUTO_HVP_MODES["cpu"])[op]
+
+
+def _batched_backward(g: torch.Tensor, ww: torch.Tensor, cotangents: torch.Tensor):
+    """``(k, d)``: row i = (∂g/∂ww)ᵀ cotangents[i], in one batched backward pass through the retained graph of ``g``
+    (``is_grads_batched``); None when autograd cannot batch some operation of the graph (then loop)."""
+    try:
+        return torch.autograd.grad(g, ww, cotangents, retain_graph=True, is_grads_batched=True)[0]
+    except RuntimeError:
+        return None
+
+
+def _d3_on_graph(ww: torch.Tensor, g: torch.Tensor, groups, m: int) -> torch.Tensor:
+    """``(d, m)`` third-derivative columns on the retained graph of ``g = ∇L(ww)``. ``groups``: ``[(b, [(p, a), …]),
+    …]``; for each ``b`` one backward pass with ``create_graph`` gives ``H b`` with its graph, then one backward
+    pass per ``(p, a)`` gives column ``p`` = ∇(aᵀ H b). Only one group's graph of ``H b`` is alive at a time."""
+    cols = [None] * m
+    with torch.enable_grad():
+        for b, pairs in groups:
+            hb = torch.autograd.grad(g, ww, b.to(ww.dtype), retain_graph=True, create_graph=True)[0]
+            for p, a in pairs:
+                col = None
+                if hb.requires_grad:              # else H is constant (quadratic loss): no third derivative
+                    col = torch.autograd.grad(hb, ww, a.to(ww.dtype), retain_graph=True, allow_unused=True)[0]
+                cols[p] = torch.zeros_like(ww) if col is None else col
+            del hb
+    return torch.stack(cols, dim=1).detach()
+
+
+def _host_indices(name: str, idx, k: int) -> tuple:
+    """Host integer indices in ``[0, k)`` as a tuple of ints (ValueError naming ``name`` otherwise)."""
+    if isinstance(idx, torch.Tensor):
+        if idx.device.type != "cpu" or idx.is_floating_point() or idx.ndim != 1:
+            raise ValueError(f"{name} must be host (CPU) integers of one dimension, got a {idx.dtype} tensor of shape "
+                             f"{tuple(idx.shape)} on {idx.device}: grouping device indices would synchronise")
+        idx = idx.tolist()
+    try:
+        out = tuple(operator.index(i) for i in idx)
+    except TypeError:
+        raise ValueError(f"{name}={idx!r} must be a sequence of ints") from None
+    bad = [i for i in out if not 0 <= i < k]
+    if bad:
+        raise ValueError(f"{name} has indices {bad[:5]} outside [0, {k})")
+    return out
 
 
 def check_batch_size(batch_size) -> int | None:

@@ -9,7 +9,7 @@ from ..keys import parameters_of, suggest, unknown
 from . import data as _data
 from . import models as _models
 from . import toys as _toys
-from .problem import UNREPRODUCIBLE_KEY, Problem, check_batch_size, resolve_device, resolve_dtype
+from .problem import UNREPRODUCIBLE_KEY, Problem, check_batch_size, check_hvp_mode, resolve_device, resolve_dtype
 
 MODELS = _models.MODELS
 DATASETS = _data.DATASETS
@@ -31,7 +31,7 @@ def problem(model: str = "mlp", data: str = "digits", *, classes: int | None = 4
             loss: str = "mse", dtype=None, device=None, seed: int = 0, toy: str | None = None,
             data_path: str | None = None, model_kwargs: dict | None = None, data_kwargs: dict | None = None,
             batch_size: int | None = None, factory: str | None = None, kwargs: dict | None = None,
-            **toy_kwargs) -> Problem:
+            hvp_mode: str = "auto", **toy_kwargs) -> Problem:
     """Build a named problem.
 
     Parameters
@@ -55,6 +55,9 @@ def problem(model: str = "mlp", data: str = "digits", *, classes: int | None = 4
     factory, kwargs : a custom problem from ``Problem.from_factory(factory, factory_kwargs=kwargs, dtype=,
         device=, batch_size=)`` (``factory="package.module:function"``); the other arguments are then unused.
         This is how the config of a factory-built problem replays.
+    hvp_mode : how HVPs and third derivatives are computed: ``"auto"`` (by device type), ``"graph"``,
+        ``"batched"`` or ``"forward"`` (``pyrod.problems.problem.HVP_MODES``; same values up to rounding).
+        Recorded in the config when not ``"auto"``.
 
     Returns
     -------
@@ -79,13 +82,14 @@ def problem(model: str = "mlp", data: str = "digits", *, classes: int | None = 4
             raise SpecError("; ".join(wrong))
     if factory is not None:
         return Problem.from_factory(factory, factory_kwargs=kwargs, dtype=dtype, device=device,
-                                    batch_size=batch_size)
+                                    batch_size=batch_size, hvp_mode=hvp_mode)
     if kwargs is not None:
         raise TypeError(f"kwargs={kwargs!r} is only used with factory='module:function'")
     dt = resolve_dtype("float64" if dtype is None else dtype)
     dev = resolve_device(device)
     seed = _as_int("seed", seed)
     batch_size = check_batch_size(batch_size)
+    check_hvp_mode(hvp_mode)
     if toy is not None:
         if toy not in TOYS:
             raise ValueError(f"toy={toy!r} is unknown; valid names: {sorted(TOYS)}")
@@ -94,6 +98,9 @@ def problem(model: str = "mlp", data: str = "digits", *, classes: int | None = 4
         toy_kwargs = _py(toy_kwargs)
         prob = TOYS[toy](dtype=dt, device=dev, seed=seed, **toy_kwargs)
         prob.config = {"toy": toy, "dtype": str(dt).replace("torch.", ""), "seed": seed, **_jsonable(toy_kwargs)}
+        if hvp_mode != "auto":
+            prob.hvp_mode = hvp_mode
+            prob.config["hvp_mode"] = hvp_mode
         return prob
     if toy_kwargs:
         raise TypeError(f"unexpected keyword arguments {sorted(toy_kwargs)} (toy options need toy=...)")
@@ -121,7 +128,7 @@ def problem(model: str = "mlp", data: str = "digits", *, classes: int | None = 4
            "dtype": str(dt).replace("torch.", ""), "seed": seed, "data_path": data_path,
            "model_kwargs": _jsonable(model_kwargs), "data_kwargs": _jsonable(data_kwargs), "batch_size": batch_size}
     return Problem.from_module(net, X, Y, loss, dtype=dt, device=dev, name=f"{model}-{data}", config=cfg,
-                               batch_size=batch_size)
+                               batch_size=batch_size, hvp_mode=hvp_mode)
 
 
 #: keys of a problem config besides the toy's own options (toy form) and pyrod.problem's (model × data form)
