@@ -5,11 +5,13 @@ every host read of a tensor outside :func:`pyrod.host.to_host` and the torch bac
 CUDA version of the same check is in tests/test_cuda.py. What one accepted Euler step of the central flow reads:
 
 * every step: one transfer, the torch backend's, which also carries the tracking's Rayleigh–Ritz matrices
-  (:meth:`~pyrod.flows.central_tracking.SubspaceTracking.probe`);
+  (:meth:`~pyrod.flows.central_tracking.SubspaceTracking.probe`); one more when the tracked basis, accurate enough
+  on its own at the last check, needs its Davidson expansion after all;
 * with two or more critical directions, one more: the k×k SDCP's data (with one, the SDCP is solved on the device);
 * at integer times, the read-out's (one) and the eigen-diagnostics' (one per LOBPCG iteration, none when the tracked
   Ritz pairs already meet the tolerance);
-* a refresh of the tracked subspace (a warm LOBPCG, when the tracked set grows or shrinks): one per iteration.
+* a refresh of the tracked subspace (a warm LOBPCG, when the tracked set grows or shrinks): one per iteration, and
+  one for the first Rayleigh–Ritz on the new basis, at the next evaluation.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import pyrod
 import pyrod.integrate as integ
 from pyrod import host, spectra
 from pyrod.flows.central import CentralFlow
+from pyrod.flows.central_tracking import SubspaceTracking
 from pyrod.integrate import torch_backend
 from pyrod.optimizers import GD
 from pyrod.spectra import hessian_operator, top_eigs
@@ -71,6 +74,22 @@ def _gd_at_eos(monkeypatch, eigs=2, eig_every=1, width=16, steps=30, restart=12,
     for owner, name in DECLARED:
         fn = getattr(owner, name)
         monkeypatch.setattr(owner, name, lambda *a, _fn=fn, **k: (log.append(("T",)), _fn(*a, **k))[1])
+    in_probe = [False]
+    probe, expansion = SubspaceTracking.probe, SubspaceTracking._expansion_grams
+
+    def probing(self, *a, **k):
+        in_probe[0] = True
+        try:
+            return probe(self, *a, **k)
+        finally:
+            in_probe[0] = False
+
+    def expanding(self, *a, **k):
+        if not in_probe[0]:
+            log.append(("expand",))      # an expansion decided after the step's transfer: a transfer of its own
+        return expansion(self, *a, **k)
+    monkeypatch.setattr(SubspaceTracking, "probe", probing)
+    monkeypatch.setattr(SubspaceTracking, "_expansion_grams", expanding)
     for name, tag in (("on_accept", "accept"), ("_refresh", "refresh"), ("_evaluate", "kc")):
         fn = getattr(CentralFlow, name)
 
@@ -81,6 +100,7 @@ def _gd_at_eos(monkeypatch, eigs=2, eig_every=1, width=16, steps=30, restart=12,
         monkeypatch.setattr(CentralFlow, name, wrapped)
 
     def strict(problem, t0, y0, t1, t_save):
+        log.append(("segment",))
         guard = _cuda_sync_errors() if device == "cuda" else forbid_host_reads(DECLARED)
         with guard:
             return orig_backend(problem, t0, y0, t1, t_save)
@@ -96,18 +116,25 @@ def _gd_at_eos(monkeypatch, eigs=2, eig_every=1, width=16, steps=30, restart=12,
 
 
 def _per_step(log):
-    """Split the log at the accepted steps: [(t, transfers, refreshed, max kc)] for each accepted step."""
-    out, n, refreshed, kc = [], 0, False, 0
+    """Split the log at the accepted steps: [(t, transfers, refreshed, max kc, expansions decided after the step's
+    transfer)] for each accepted step that is not the first of an integration segment (what happens between two
+    segments, e.g. the discrete run's chunk, is logged too)."""
+    out, n, refreshed, kc, late, first = [], 0, False, 0, 0, True
     for entry in log:
-        if entry[0] == "T":
+        if entry[0] == "segment":
+            n, refreshed, kc, late, first = 0, False, 0, 0, True
+        elif entry[0] == "T":
             n += 1
         elif entry[0] == "refresh":
             refreshed = True
         elif entry[0] == "kc":
             kc = max(kc, entry[1])
+        elif entry[0] == "expand":
+            late += 1
         else:
-            out.append((entry[1], n, refreshed, kc))
-            n, refreshed, kc = 0, False, 0
+            if not first:
+                out.append((entry[1], n, refreshed, kc, late))
+            n, refreshed, kc, late, first = 0, False, 0, 0, False
     return out
 
 
@@ -125,10 +152,16 @@ def test_central_flow_reads_the_device_once_per_step(monkeypatch, device):
     steps = _per_step(log)
     assert len(steps) >= 4 * 15
     assert np.any(tree["central"].ds["n_critical"].values > 0)       # the projection was exercised
-    plain = [(t, n, kc) for t, n, refreshed, kc in steps if t != round(t) and not refreshed]
+    # steps between integer times, not at or right after a refresh (whose new basis has its first Rayleigh–Ritz at
+    # the next evaluation, a transfer of its own)
+    plain = [(t, n, kc, late) for (t, n, refreshed, kc, late), before in zip(steps[1:], steps[:-1], strict=True)
+             if t != round(t) and not refreshed and not before[2]]
     assert len(plain) >= 30
-    for t, n, kc in plain:
-        assert n == (1 if kc <= 1 else 2), (t, n, kc)
+    for t, n, kc, late in plain:
+        assert n == 1 + (kc >= 2) + late, (t, n, kc, late)
+    # the tracking's expansion rides in the step's transfer on most steps (a late one follows a step whose basis
+    # was still accurate on its own and then drifted)
+    assert sum(late for *_, late in plain) <= len(plain) // 2
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -138,7 +171,7 @@ def test_central_flow_with_eigenvalues_every_step_stays_in_declared_transfers(mo
     tree, log = _gd_at_eos(monkeypatch, eig_every=1, device=device)
     assert tree["central"].ds.attrs["flow_status"] == "ok"
     assert np.isfinite(tree["central"].ds["eigs"].values[12:]).all()
-    for t, n, refreshed, _kc in _per_step(log):
+    for t, n, refreshed, _kc, _late in _per_step(log):
         if t == round(t) and not refreshed:
             assert n <= 2 + 1 + 30, (t, n)   # step + SDCP + read-out + at most 30 LOBPCG iterations
 

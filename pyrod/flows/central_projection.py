@@ -100,7 +100,8 @@ def project(flow, ev: Eval, tgt0) -> Eval:
     s = torch.where(iu == ju, 1.0, _SQRT2).to(dtype=g.dtype, device=g.device)
     # --- third derivatives T_p = ∇(u_iᵀ H u_j), all pairs in one batched call
     t0 = time.perf_counter()
-    T = prob.d3(w, Uc[:, iu], Uc[:, ju])
+    iu_h, ju_h = np.triu_indices(kc)                       # the same (row-major upper-triangle) order, on the host
+    T = prob.d3_pairs(w, Uc, iu_h.tolist(), ju_h.tolist())
     flow.stats["t_t3"] += time.perf_counter() - t0
     flow.stats["n_t3"] += int(iu.numel())
     flow.stats["n_t3_calls"] += 1
