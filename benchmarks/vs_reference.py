@@ -21,9 +21,10 @@ MSE (½·mean over points of the squared error on one-hot targets). Parameters: 
 
 Learning rate and restart (``--lr auto``, the default): every row must time the edge of stability, so η is set from
 the problem — GD: ``η = 1.9/λ0`` (effective sharpness 0.95 at initialisation, λ0 = λmax(H(w0)), the harness's
-``probe_scale.py`` rule); RMSProp (β2 = 0.99, ε = 1e-7, bias correction): ``η = 1.9/λ0(P⁻¹H)`` with ν after the
-warm-up steps (nearly independent of η for small η). A discrete probe run then finds the onset (the first step with
-effective sharpness ≥ 1) and both implementations start their flows ``--lead`` (3) steps before it (the reference's
+``probe_scale.py`` rule); RMSProp (β2 = 0.99, ε = 1e-7, bias correction): the first η of ``--rms-lrs``
+(5e-5, 1e-4, 2e-4) whose discrete run reaches the edge of stability within ``--probe-steps``. A discrete probe run
+finds the onset (the first step with effective sharpness ≥ 1; RMSProp: from step 5 on) and both implementations
+start their flows ``--lead`` (3) steps before it (the reference's
 ``warm_start``; pyrod's ``restart_at``), and run ``--steps`` steps from there; the steady timing window is the steps
 from ``--steady`` after the restart on. The table says, per row, whether the central flow's critical set is non-empty
 on every step of the steady window (``in EoS``). ``--lr 0.037`` (a number) fixes η for GD instead (RMSProp keeps 5e-5
@@ -202,17 +203,12 @@ def _optimizer(opt_name, lr):
     return pyrod.optimizers.RMSProp(lr=lr, **RMS, bias_correction=True, nu_rate="(1-beta2)/beta2")
 
 
-def auto_lr(opt_name, X, y, width, dtype, device) -> float:
-    """``1.9/λ0``: λ0 = λmax(H(w0)) (GD) or λmax(P⁻¹H) after ``RMS_WARM`` steps at a tiny η (RMSProp, whose ν then
-    holds the first gradients' squares), to 3 significant digits: effective sharpness 0.95 at the start."""
-    import pyrod
+def auto_lr(X, y, width, dtype, device) -> float:
+    """GD's ``1.9/λ0`` (λ0 = λmax(H(w0))) to 3 significant digits: effective sharpness 0.95 at the start."""
+    from pyrod.spectra import hessian_operator, top_eigs
     prob = _problem(X, y, width, dtype, device)
-    warm = 0 if opt_name == "gd" else RMS_WARM
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds = pyrod.simulate(prob, _optimizer(opt_name, 1e-9), steps=warm + 1, runs=["discrete"], eigs=1,
-                            eig_every=max(warm, 1), eig_tol=1e-4, eig_raw=False, progress=False)["discrete"].ds
-    lam0 = float(ds["preconditioned_sharpness"].values[warm])
+    lam0 = float(top_eigs(hessian_operator(prob, prob.w0), prob.dim, 1, dtype=prob.dtype, device=prob.device,
+                          tol=1e-4)[0][0])
     return float(f"{1.9 / lam0:.3g}")
 
 
@@ -323,6 +319,8 @@ def main(argv=None):
     ap.add_argument("--steady", type=int, default=10, help="the steady window starts this many steps after the "
                                                            "restart")
     ap.add_argument("--lead", type=int, default=3, help="--lr auto: restart this many steps before the onset")
+    ap.add_argument("--rms-lrs", default="5e-5,1e-4,2e-4",
+                    help="--lr auto: RMSProp's η, the first of these whose run reaches the EoS within --probe-steps")
     ap.add_argument("--probe-steps", type=int, default=120, help="--lr auto: discrete steps searched for the onset")
     ap.add_argument("--chunk", type=int, default=5, help="pyrod chunk length (timing granularity)")
     ap.add_argument("--eig-tols", default="ref",
@@ -355,10 +353,14 @@ def main(argv=None):
         for opt_name in [o.strip() for o in args.opts.split(",") if o.strip()]:
             t_row = time.perf_counter()
             if args.lr == "auto":
-                lr = auto_lr(opt_name, X, y, width, dtypes[0], device)
-                onset = find_onset(opt_name, X, y, width, dtypes[0], device, lr, args.probe_steps)
+                lrs = [auto_lr(X, y, width, dtypes[0], device)] if opt_name == "gd" else \
+                    [float(v) for v in args.rms_lrs.split(",")]
+                for lr in lrs:
+                    onset = find_onset(opt_name, X, y, width, dtypes[0], device, lr, args.probe_steps)
+                    if onset is not None:
+                        break
                 if onset is None:
-                    print(f"  [w{width} {opt_name}] η = {lr:.3g}: no EoS within {args.probe_steps} steps; skipped",
+                    print(f"  [w{width} {opt_name}] η in {lrs}: no EoS within {args.probe_steps} steps; skipped",
                           flush=True)
                     continue
                 restart = max(onset - args.lead, RMS_WARM if opt_name == "rmsprop" else 0)

@@ -26,7 +26,7 @@ NUMPY_DTYPE = {torch.float32: np.float32, torch.float64: np.float64}
 def to_host(x: torch.Tensor) -> np.ndarray:
     """``x`` as a float64 NumPy array on the host: the one device → host transfer of a step (synchronises a CUDA
     device). Callers stack everything they need into ``x`` first (:func:`stack_scalars`)."""
-    return np.array(x.detach().cpu().numpy(), dtype=np.float64)
+    return x.detach().to(device="cpu", dtype=torch.float64).numpy().copy()
 
 
 def to_device(a, like: torch.Tensor | None = None, *, dtype=None, device=None) -> torch.Tensor:

@@ -190,7 +190,7 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
                           refresh_nonfinite=0, refresh_unconverged=0, refresh_hvp=0,
                           n_expand=0, expand_hvp=0, rr_hvp=0, n_t3=0, n_t3_calls=0, n_sdcp=0,
                           sdcp_iterations=0, sdcp_unconverged=0, sdcp_max_merit=0.0, t_eig=0.0, t_t3=0.0,
-                          t_sdcp=0.0, max_critical=0, max_tracked=1, readout_fresh=0,
+                          t_sdcp=0.0, max_critical=0, max_tracked=1, readout_fresh=0, refine_hvp=0,
                           sdcp_max_asymmetry=0.0)
 
     def warn_once(self, key: str, message: str) -> None:
@@ -315,7 +315,7 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
             self.opt.t0 = float(state["clock_t0"])
         self._X_prev = None if state["X_prev"] is None else np.array(state["X_prev"])
         self._stash = {int(k): _stash_entry(v) for k, v in state["stash"].items()}
-        self.stats = dict(state["stats"])
+        self.stats = {**{k: type(v)(0) for k, v in self.stats.items()}, **state["stats"]}   # counters added later: 0
         self._warned = set(state["warned"])
 
     def _stash_readout(self, t, y):
@@ -336,6 +336,9 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
             p = self.layout.unpack(y)
             Pt = self.P_tilde(p.get("nu"), float(k))
             rr = self._ritz(float(k), y, p["w"], p.get("nu"), Pt)
+            need = self.spectrum_needs(k) if self.spectrum_needs is not None else None
+            if need is not None:       # polish the pairs the measurement needs (not the tracked basis: the flow
+                rr = self._refine(p["w"], Pt, rr, *need)   # does not depend on how often it is measured)
             sq = Pt.sqrt()[:, None] if Pt.numel() > 1 else Pt.sqrt()[0]
             # V = P~^{1/2} U and S V = P^{-1/2} H P^{-1/2} V = c P~^{-1/2} H U (no HVPs)
             spec = self.spectrum_at(k, y, sq * rr.U, init_AX=self.c * rr.HU / sq, known=(self.c * rr.lam, rr.rel))

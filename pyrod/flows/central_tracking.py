@@ -354,6 +354,31 @@ class SubspaceTracking:
         self._cache.put("rr", t, y, out)
         return out
 
+    def _refine(self, w, Pt, rr: Ritz, k: int, tol: float, max_iter: int = 4) -> Ritz:
+        """Davidson steps on the first ``k`` Ritz pairs of ``rr`` whose relative residual exceeds ``tol``, at most
+        ``max_iter`` (one HVP per such pair and one transfer each; the search space keeps every direction added,
+        so it grows like a block Krylov space): the pairs a measurement to ``tol`` needs, a few steps away from the
+        tracking's ``refresh_tol``. Returns new Ritz pairs (possibly still above ``tol``: the caller's eigen-solve
+        takes over from them); the tracked basis and the cache are left as they are."""
+        if k > rr.lam.size:
+            return rr
+        S, HS = rr.U, rr.HU
+        Pc = Pt[:, None] if Pt.numel() > 1 else Pt[0]
+        for _ in range(max_iter):
+            act = [i for i in range(k) if not rr.rel[i] <= tol]
+            if not act:
+                break
+            U, HU = rr.U, rr.HU
+            Z = (HU[:, act] - (Pc * U[:, act]) * host.to_device(rr.lam[act], U)) / Pc
+            for _ in range(2):                              # P̃-orthogonal to the whole search space
+                Z = Z - S @ (S.T @ (Pc * Z))
+            Z = Z / torch.sqrt((Z * (Pc * Z)).sum(0)).clamp_min(torch.finfo(Z.dtype).tiny)
+            HZ = self.problem.hvp(w, Z)
+            self.stats["refine_hvp"] += Z.shape[1]
+            S, HS = torch.cat([S, Z], dim=1), torch.cat([HS, HZ], dim=1)
+            rr = self._finish(host.to_host(gram_matrices(S, HS, Pt)), S, HS, False)
+        return rr
+
     def _far(self) -> bool:
         """All tracked eigenvalues were below the track threshold at the last accepted step: no eigenvalue can
         reach the critical one within a step, the right-hand side is the stable flow's (no HVPs)."""

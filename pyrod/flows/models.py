@@ -126,6 +126,9 @@ class FlowModel:
     #: set by FlowRun: ``spectrum_at(k, y, init)`` measures the run's eigen diagnostics at integer time ``k`` from
     #: the flow state ``y`` (``init``: the model's own eigenvectors there, or None); None where none are due at k
     spectrum_at = None
+    #: set by FlowRun: ``spectrum_needs(k)`` -> ``(number of eigenpairs, relative residual tolerance)`` of the
+    #: measurement due at integer time ``k``, or None where none is due
+    spectrum_needs = None
     #: set by FlowRun: True when the backend hands the model's hooks its own state tensors (a tensor backend: the
     #: right-hand side, the event checks and ``on_accept`` at one state get the same tensor); False when each call
     #: gets a fresh conversion (NumPy backends), so that caches must compare states by value

@@ -106,6 +106,7 @@ class FlowRun:
             self._eos_tracker = EigTracker(1, tol=1e-10, max_iter=50, warn=False)
         model.n_eig = measurer.k  # length of the "eig" dim of model-specific (t, eig) variables
         model.spectrum_at = self._spectrum_at
+        model.spectrum_needs = self._spectrum_needs
 
     @property
     def cum(self) -> list:
@@ -374,6 +375,13 @@ class FlowRun:
             self.stopped = f"terminal event {last.name} at t={last.t:.6g}" if last else "terminal event"
         elif seg.status == "failed":
             self.stopped = f"integration failed at t={seg.t_end:.6g}: {seg.message}"
+
+    def _spectrum_needs(self, k):
+        """``(k eigenpairs, relative residual tolerance)`` of the measurement at integer time ``k``; None if none."""
+        if not self.measurer.wants_eigs(k):
+            return None
+        tr = self.measurer.tracker
+        return tr.k, max(tr.tol, tr.floor)
 
     def _spectrum_at(self, k, y, init=None, init_AX=None, known=None):
         """The measurer's eigen diagnostics at integer time ``k`` from the flow state ``y`` (what :meth:`_readout`
