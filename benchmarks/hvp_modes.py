@@ -24,7 +24,7 @@ benchmarks/gpu.py's rates; ``--ks``, ``--ms``, ``--pair-ks``, ``--max-reps`` shr
 memory says so (with the peak reached) and the run goes on. The "forward" mode holds the activations (with tangents
 and cotangents) of all ``k`` columns or ``m`` pairs at once: measured on the CPU at n = 128, float32, memory added by
 one call: CNN d3 m = 6 2.4 GB ("graph" 0.44 GB), ViT d3 m = 6 10.3 GB ("graph" 1.25 GB), ViT hvp k = 8 3.6 GB
-("batched" 1.5 GB); growing linearly in n, the ViT's forward cells cannot fit at n = 5000 on one GPU.
+("batched" 1.5 GB, "graph" 0.22 GB); growing linearly in n, the ViT's forward cells cannot fit at n = 5000 on one GPU.
 
 Timing: one warm-up call, then repeated calls until ``--min-time`` seconds or ``--max-reps`` calls (at least one),
 best call kept. CPU: ``time.process_time`` (CPU seconds; with ``--threads 1`` little disturbed by other processes).
