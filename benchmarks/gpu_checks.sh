@@ -15,7 +15,7 @@
 # Parts (limit in seconds): vs_reference (200): pyrod vs the reference, widths 32/512/2048, GD and RMSProp, on the
 # GPU; cuda_tests (100): tests marked cuda (the central flow under torch.cuda.set_sync_debug_mode("error") among
 # them); gpu_flows (110): benchmarks/gpu.py, rod vs central per unit time on the CIFAR-shaped MLP/CNN/ViT;
-# hvp_modes (40): HVP and third-derivative modes on CUDA; then the mini-batch and rod-adam-map checks when present.
+# hvp_modes (55): HVP and third-derivative modes on CUDA; then the mini-batch and rod-adam-map checks when present.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-results/gpu}
@@ -49,7 +49,7 @@ part vs_reference 200 "$PY" benchmarks/vs_reference.py --reference "$REF" --devi
 part cuda_tests 100 "$PY" -m pytest -p no:cacheprovider -q -m cuda -x tests/test_cuda.py tests/test_host_sync.py \
   tests/test_hvp_modes.py
 part gpu_flows 110 "$PY" benchmarks/gpu.py --cpu-n 0 --models mlp,cnn,vit --regimes eos,start --flow-steps 4
-part hvp_modes 40 "$PY" benchmarks/hvp_modes.py --device cuda
+part hvp_modes 55 "$PY" benchmarks/hvp_modes.py --device cuda --max-reps 3 --min-time 0.2
 if [ -f benchmarks/minibatch_cost.py ]; then
   part minibatch 45 "$PY" -S benchmarks/minibatch_cost.py --device cuda --size gpu --budget 35
 fi

@@ -297,15 +297,16 @@ class SubspaceTracking:
     def _expansion_grams(self, w, Pt, base):
         """Device part of the expanded Rayleigh–Ritz: ``S = [U, Z]`` with ``U`` the basis (or ``base``'s Ritz
         vectors, whose ``HU`` is known) and ``Z = P̃⁻¹HU`` P̃-orthogonalised against ``U`` (twice) and normalised — the
-        span of the Ritz residuals ``P̃⁻¹(HU − P̃UΛ)``, one Davidson step for every column at once (``k`` HVPs, plus
-        ``k`` for ``HU`` without ``base``). Returns ``(grams, S, HS)``; a zero direction of ``Z`` stays 0 and the
-        host Rayleigh–Ritz drops it."""
+        span of the Ritz residuals ``P̃⁻¹(HU − P̃UΛ)``, one Davidson step at once for the watched columns (the critical
+        ones and the next candidate at the last check; the basis is ordered by eigenvalue): as many HVPs, plus ``k``
+        for ``HU`` without ``base``. Returns ``(grams, S, HS)``; a zero direction of ``Z`` stays 0 and the host
+        Rayleigh–Ritz drops it."""
         if base is None:
             U, HU = self.Y, self._hvp_basis(w)
         else:
             U, HU = base.U, base.HU
         Pc = Pt[:, None] if Pt.numel() > 1 else Pt[0]
-        Z = HU / Pc
+        Z = HU[:, :self._n_watched(U.shape[1])] / Pc
         for _ in range(2):
             Z = Z - U @ (U.T @ (Pc * Z))
         nz = torch.sqrt((Z * (Pc * Z)).sum(0))
@@ -315,6 +316,13 @@ class SubspaceTracking:
         self.stats["n_expand"] += 1
         S, HS = torch.cat([U, Z], dim=1), torch.cat([HU, HZ], dim=1)
         return gram_matrices(S, HS, Pt), S, HS
+
+    def _n_watched(self, k) -> int:
+        """The critical pairs and the next candidate at the last check (all ``k`` before the first)."""
+        lam = self.lam_last
+        if lam is None or lam.size == 0 or not np.all(np.isfinite(lam)):
+            return k
+        return min(int((lam > self.s_sdcp).sum()) + 1, k)
 
     def _hvp_basis(self, w):
         self.stats["rr_hvp"] += self.Y.shape[1]
