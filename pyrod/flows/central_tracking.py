@@ -44,14 +44,17 @@ class Ritz:
     """Ritz pairs of the pencil (H, P̃) at one state: ``lam`` (host, float64, descending), ``rel`` (host, relative
     residuals ``‖P̃^{-1/2}(Hu − λP̃u)‖/|λ|``), ``U`` (d × k, P̃-orthonormal, device) and ``HU`` (device).
     ``expanded``: from the basis and its Davidson expansion (2k columns), not the basis alone; and the
-    residuals of the basis's own Ritz pairs (``plain``; the pairs themselves when not expanded)."""
+    residuals of the basis's own Ritz pairs (``plain``; the pairs themselves when not expanded). ``basis_HY``:
+    the products ``H Y`` of the tracked basis itself (device), kept by a plain Rayleigh–Ritz on the basis so that a
+    later expansion at the same state starts from exactly the products a fresh one would compute."""
 
-    __slots__ = ("lam", "rel", "U", "HU", "expanded", "plain")
+    __slots__ = ("lam", "rel", "U", "HU", "expanded", "plain", "basis_HY")
 
-    def __init__(self, lam, rel, U, HU, expanded=False, plain=None):
+    def __init__(self, lam, rel, U, HU, expanded=False, plain=None, basis_HY=None):
         self.lam, self.rel, self.U, self.HU, self.expanded = lam, rel, U, HU, expanded
         #: ``(lam, rel)`` of the basis alone (its Rayleigh–Ritz from the same Gram matrices; these pairs unexpanded)
         self.plain = (lam, rel) if plain is None else plain
+        self.basis_HY = basis_HY
 
 
 class StateCache:
@@ -295,16 +298,16 @@ class SubspaceTracking:
         self.stats["max_tracked"] = max(self.stats["max_tracked"], self.k_track)
 
     def _expansion_grams(self, w, Pt, base):
-        """Device part of the expanded Rayleigh–Ritz: ``S = [U, Z]`` with ``U`` the basis (or ``base``'s Ritz
-        vectors, whose ``HU`` is known) and ``Z = P̃⁻¹HU`` P̃-orthogonalised against ``U`` (twice) and normalised — the
+        """Device part of the expanded Rayleigh–Ritz: ``S = [U, Z]`` with ``U`` the basis (``HU`` taken from ``base``,
+        a plain Rayleigh–Ritz at this state, when it kept them) and ``Z = P̃⁻¹HU`` P̃-orthogonalised against ``U`` (twice) and normalised — the
         span of the Ritz residuals ``P̃⁻¹(HU − P̃UΛ)``, one Davidson step at once for the watched columns (the critical
         ones and the next candidate at the last check; the basis is ordered by eigenvalue): as many HVPs, plus ``k``
-        for ``HU`` without ``base``. Returns ``(grams, S, HS)``; a zero direction of ``Z`` stays 0 and the host
+        for ``HU`` without a ``base`` that kept them. Returns ``(grams, S, HS)``; a zero direction of ``Z`` stays 0 and the host
         Rayleigh–Ritz drops it."""
-        if base is None:
-            U, HU = self.Y, self._hvp_basis(w)
-        else:
-            U, HU = base.U, base.HU
+        # always the basis Y itself (products reused from a plain Rayleigh–Ritz at this state when there was one):
+        # the same arithmetic whether the expansion is read in a tensor backend's step transfer (probe) or here
+        U = self.Y
+        HU = base.basis_HY if base is not None and base.basis_HY is not None else self._hvp_basis(w)
         Pc = Pt[:, None] if Pt.numel() > 1 else Pt[0]
         Z = HU[:, :self._n_watched(U.shape[1])] / Pc
         for _ in range(2):
@@ -339,7 +342,8 @@ class SubspaceTracking:
         if expanded:
             lam_p, rel_p, _ = ritz_from_grams(G[:, :k0, :k0])
             plain = (lam_p[:k], rel_p[:k])
-        return Ritz(lam[:k], rel[:k], (S @ Cd).detach(), (HS @ Cd).detach(), expanded, plain)
+        return Ritz(lam[:k], rel[:k], (S @ Cd).detach(), (HS @ Cd).detach(), expanded, plain,
+                    basis_HY=None if expanded or S is not self.Y else HS)
 
     def _ritz(self, t, y, w, nu, Pt, expand: bool = False) -> Ritz:
         """Rayleigh–Ritz of the pencil (H, P̃) at the state ``y`` (``w``, ``ν`` its parts) on the tracked basis
@@ -351,7 +355,7 @@ class SubspaceTracking:
         if self.Y is None:
             self._refresh(t, w, nu)
         t0 = time.perf_counter()
-        k0 = self.Y.shape[1] if hit is None else hit.U.shape[1]
+        k0 = self.Y.shape[1]
         if expand:
             G, S, HS = self._expansion_grams(w, Pt, hit)
         else:
