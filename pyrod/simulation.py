@@ -238,6 +238,8 @@ def _flow_run(name, spec: RunSpec, problem, optimizer, measurer):
     cls = FLOW_RUNS[name]
     if name == "central":
         model = cls(problem, optimizer, **spec.central.model_options(spec.integrator.substeps))
+    elif name == "rod":
+        model = cls(problem, optimizer, bea=spec.rod.bea, nu=spec.rod.nu)
     else:
         model = cls(problem, optimizer, bea=getattr(spec, name).bea)
     ig = spec.integrator
@@ -366,6 +368,8 @@ def _loop(spec, problem, optimizer, out_path, checkpoints, progress, payload):
         pending = payload["pending"]
         cut = {g: (pending[g]["times"][0] if pending.get(g, {}).get("times") else float(k)) for g in groups}
         writer = RunWriter.resume(out_path, cut=cut, config=config, attrs=attrs, chunk=chunk)
+        for g in groups:   # a file from an older pyrod: variables added since then start here (NaN before)
+            writer.add_missing_variables(g, [v for v in runs[g].variables() if v.dims[0] == "t"])
         for g in groups:
             for t, row in zip(pending[g]["times"], pending[g]["rows"], strict=False):
                 writer.append(g, t, row)

@@ -15,7 +15,10 @@ from dataclasses import dataclass
 import torch
 from torch.func import jvp
 
-__all__ = ["Layout", "FlowModel", "PhaseSpaceState", "StableFlow", "RodFlow", "bea_correction"]
+from ..spec import ROD_NU
+
+__all__ = ["Layout", "FlowModel", "PhaseSpaceState", "StableFlow", "RodFlow", "bea_correction", "rod_nu_offset",
+           "ROD_NU_MODES"]
 
 
 @dataclass(frozen=True)
@@ -236,15 +239,50 @@ class StableFlow(PhaseSpaceState, FlowModel):
         return self._velocity(w, m, nu, t, g, self.opt.nu_target(g) if self.has_nu else None)
 
 
+#: values of ``RodFlow(nu=...)`` (= ``RodSpec.nu``): how the rod carries the second moment
+ROD_NU_MODES = ROD_NU
+
+
+def rod_nu_offset(opt, nu, target_plus, target_minus):
+    """``Δ`` such that the ν the two ends' steps divide by are ``ν̄ + Δ`` (end ``+``) and ``ν̄ − Δ`` (end ``−``) in the
+    two-cycle of the ν update driven by the ends' targets ``tgt(g₊)``, ``tgt(g₋)`` around the smooth ``ν̄``
+    (docs/theory/stable_and_rod_flows.md, "The second moment at the rod's ends").
+
+    With the flows' ν increment ``v(ν, T) = opt.nu_velocity(ν, T)`` (componentwise and affine in ``ν`` for every
+    optimizer with flows: ``r(T − ν)``, Adagrad's ``T``, frozen ``0``) and its slope ``J = ∂v/∂ν`` (a JVP with a
+    tangent of ones)::
+
+        Δ = ½ [v(ν̄, T₊) − v(ν̄, T₋)] / (2 + J)        (EMA: ½ (1−β2)(T₊ − T₋) / (1 + β2))
+
+    This is the half-length of ν in the rod construction applied to the full state, at its quasi-steady value.
+    Clipped to ``|Δ| ≤ ν̄`` (componentwise) so that both ends keep a non-negative ν. Shapes as ``nu``."""
+    v_plus = opt.nu_velocity(nu, target_plus)
+    v_minus = opt.nu_velocity(nu, target_minus)
+    _, slope = jvp(lambda n: opt.nu_velocity(n, target_plus), (nu,), (torch.ones_like(nu),))
+    delta = 0.5 * (v_plus - v_minus) / (2.0 + slope)
+    return torch.minimum(torch.maximum(delta, -nu), nu)
+
+
 class RodFlow(FlowModel):
     """Rod flow in endpoint form (docs/theory/stable_and_rod_flows.md, "Rod flow in endpoint form")::
 
-        dz₊/dt = Φ(z₋; ν, t+½) − z₊,   dz₋/dt = Φ(z₊; ν, t+½) − z₋,
-        dν/dt  = ν-velocity(ν, ½[tgt(g₊) + tgt(g₋)])
+        dz₊/dt = Φ(z₋; ν₋, t+½) − z₊,   dz₋/dt = Φ(z₊; ν₊, t+½) − z₋
 
-    with ``Φ(z) = z + D(z)``. IC ``z₊(0) = z_0``, ``z₋(0) = z_1``, ``ν(0) = ½[ν_used(0) + ν_used(1)]``.
-    Read-out: centre ``z̄ = (z₊+z₋)/2``, half-length ``δ = (z₊−z₋)/2``; iterate predictor
-    ``z_k ≈ z̄(k−½) + (−1)^k δ(k)``.
+    with ``Φ(z) = z + D(z)`` and ``ν±`` the second moment each end's step divides by. ``nu`` chooses how the rod
+    carries the second moment:
+
+    * ``"smooth"`` (default; the rod-flow paper's form): one ν shared by both ends (``ν₊ = ν₋ = ν``),
+      ``dν/dt = ν-velocity(ν, ½[tgt(g₊) + tgt(g₋)])``, ``ν(0) = ½[ν_used(0) + ν_used(1)]``;
+    * ``"quasi_steady"``: the same smooth ν, but each end divides by its own two-cycle value ``ν ± Δ``
+      (:func:`rod_nu_offset`): the first-order correction for ν's own oscillation along the rod;
+    * ``"ends"``: each end carries its own buffer (the rod construction applied to the full state ``(w, m, ν)``):
+      ``dν₊/dt = u₋ − ν₊``, ``dν₋/dt = u₊ − ν₋`` with ``u± = ν± + ν-velocity(ν±, tgt(g±))`` the ν the end's step
+      divides by; ``ν±(0)`` the discrete buffers before steps 0 and 1. Its Euler step of size 1 is the exact
+      two-step recurrence of the full optimizer state.
+
+    IC ``z₊(0) = z_0``, ``z₋(0) = z_1``. Read-out: centre ``z̄ = (z₊+z₋)/2``, half-length ``δ = (z₊−z₋)/2``;
+    iterate predictor ``z_k ≈ z̄(k−½) + (−1)^k δ(k)``; with a second moment also the ν variation over the rod
+    (:mod:`pyrod.runs.nu_variation`, :meth:`nu_over_rod`).
     """
 
     name = "rod"
@@ -254,11 +292,19 @@ class RodFlow(FlowModel):
     default_method = StableFlow.default_method
     default_tolerances = StableFlow.default_tolerances
 
-    def __init__(self, problem, optimizer, **kw):
-        super().__init__(problem, optimizer, **kw)
+    def __init__(self, problem, optimizer, *, bea: bool = False, nu: str = "smooth"):
+        super().__init__(problem, optimizer, bea=bea)
+        if nu not in ROD_NU_MODES:
+            raise ValueError(f"rod nu={nu!r} is unknown; valid: {list(ROD_NU_MODES)}")
+        if nu != "smooth" and not self.has_nu:
+            raise ValueError(f"rod nu={nu!r} applies to optimizers with a second moment; {optimizer.name} has none")
+        self.nu_mode = nu
+        ends = nu == "ends"
         parts = [("wp", self.d)] + ([("mp", self.d)] if self.has_m else [])
+        parts += [("nup", self.nu_size)] if ends else []
         parts += [("wm", self.d)] + ([("mm", self.d)] if self.has_m else [])
-        if self.has_nu:
+        parts += [("num", self.nu_size)] if ends else []
+        if self.has_nu and not ends:
             parts.append(("nu", self.nu_size))
         self.layout = Layout(tuple(parts))
 
@@ -269,25 +315,45 @@ class RodFlow(FlowModel):
         parts = {"wp": even.w, "wm": odd.w}
         if self.has_m:
             parts["mp"], parts["mm"] = even.m, odd.m
-        if self.has_nu:
+        if self.nu_mode == "ends":
+            parts["nup"], parts["num"] = even.nu, odd.nu
+        elif self.has_nu:
             parts["nu"] = 0.5 * (s0.nu_used + nu_next)
         return self.layout.pack(**parts)
 
+    def _end_nus(self, p, target_plus, target_minus):
+        """The ν each end's step divides by, ``(ν₊, ν₋)``."""
+        if self.nu_mode == "ends":
+            nup, num = p["nup"], p["num"]
+            return nup + self.opt.nu_velocity(nup, target_plus), num + self.opt.nu_velocity(num, target_minus)
+        nu = p["nu"]
+        if self.nu_mode == "quasi_steady":
+            delta = rod_nu_offset(self.opt, nu, target_plus, target_minus)
+            return nu + delta, nu - delta
+        return nu, nu
+
     def rhs(self, t, y):
         p = self.layout.unpack(y)
-        wp, wm, nu = p["wp"], p["wm"], p.get("nu")
+        wp, wm = p["wp"], p["wm"]
         mp, mm = p.get("mp"), p.get("mm")
         gp, gm = self.grad(wp), self.grad(wm)
         tt = t + self.tshift
-        dwp, dmp = self.opt.direction(wp, mp, gp, nu, tt)
-        dwm, dmm = self.opt.direction(wm, mm, gm, nu, tt)
-        out = {"wp": (wm + dwm) - wp, "wm": (wp + dwp) - wm}
+        out = {}
+        if self.has_nu:
+            tp, tm = self.opt.nu_target(gp), self.opt.nu_target(gm)
+            nu_p, nu_m = self._end_nus(p, tp, tm)
+            if self.nu_mode == "ends":
+                out["nup"], out["num"] = nu_m - p["nup"], nu_p - p["num"]
+            else:
+                out["nu"] = self.opt.nu_velocity(p["nu"], 0.5 * (tp + tm))
+        else:
+            nu_p = nu_m = None
+        dwp, dmp = self.opt.direction(wp, mp, gp, nu_p, tt)
+        dwm, dmm = self.opt.direction(wm, mm, gm, nu_m, tt)
+        out["wp"], out["wm"] = (wm + dwm) - wp, (wp + dwp) - wm
         if self.has_m:
             out["mp"] = (mm + dmm) - mp
             out["mm"] = (mp + dmp) - mm
-        if self.has_nu:
-            target = 0.5 * (self.opt.nu_target(gp) + self.opt.nu_target(gm))
-            out["nu"] = self.opt.nu_velocity(nu, target)
         return self.layout.pack(**out)
 
     def centre(self, y):
@@ -300,11 +366,36 @@ class RodFlow(FlowModel):
         return 0.5 * (p["wp"] - p["wm"])
 
     def nu_of(self, y):
-        return self.layout.unpack(y).get("nu")
+        """The ν of the rod's centre (``"ends"``: the mean of the two ends' buffers)."""
+        p = self.layout.unpack(y)
+        if self.nu_mode == "ends":
+            return 0.5 * (p["nup"] + p["num"])
+        return p.get("nu")
+
+    def nu_over_rod(self, k: int, y, gp, gm):
+        """The second-moment buffer before and after the step of the end that models ``z_k`` (``+`` for even ``k``),
+        ``(ν_k, ν_{k+1})``: the ν variation over one rod length (:mod:`pyrod.runs.nu_variation`). ``gp``, ``gm``: the
+        gradients at the ends. The buffer before the step is the state for ``"ends"``; for a smooth ν (shared by both
+        ends) the two-cycle value it implies: before its step an end holds what the other end's step divided by,
+        ``ν̄ ∓ Δ`` at ``±`` (:func:`rod_nu_offset`). After the step: ``ν_k + ν-velocity(ν_k, tgt(g))``, one step of
+        the flows' ν increment (the discrete update for the default rate)."""
+        p = self.layout.unpack(y)
+        tp, tm = self.opt.nu_target(gp), self.opt.nu_target(gm)
+        if self.nu_mode == "ends":
+            bp, bm = p["nup"], p["num"]
+        else:
+            delta = rod_nu_offset(self.opt, p["nu"], tp, tm)
+            bp, bm = p["nu"] - delta, p["nu"] + delta
+        before, target = (bp, tp) if k % 2 == 0 else (bm, tm)
+        return before, before + self.opt.nu_velocity(before, target)
+
+    def run_attrs(self) -> dict:
+        return {"rod_nu": self.nu_mode}
 
     def extra_variables(self) -> list:
         from ..output import Var
-        return [
+        from ..runs import nu_variation
+        out = [
             Var("iterate_distance", ("t",), "distance of the predicted iterate zbar(k-1/2)+(-1)^k delta(k) "
                 "to the discrete w_k", "1"),
             Var("relative_iterate_distance", ("t",), "iterate_distance / norm of w_k", "1"),
@@ -312,19 +403,27 @@ class RodFlow(FlowModel):
             Var("discrete_half_length", ("t",), "discrete half-amplitude ||w_k - w_{k+1}||/2", "1"),
             Var("rod_loss", ("t",), "rod-averaged loss (L(w+) + L(w-))/2", "1"),
         ]
+        return out + nu_variation.variables() if self.has_nu else out
 
     def readout(self, k, y_k, y_prev_half, discrete) -> dict:
+        from ..runs import nu_variation
         wbar, _ = self.centre(y_k)
         delta = self.half_length(y_k)
         base = wbar if y_prev_half is None else self.centre(y_prev_half)[0]
         pred = base + (delta if k % 2 == 0 else -delta)
         wk, wk1 = discrete
         p = self.layout.unpack(y_k)
-        with torch.no_grad():
-            rod_loss = 0.5 * (self.problem.loss_fn(p["wp"]) + self.problem.loss_fn(p["wm"]))
+        out = {}
+        if self.has_nu:   # the ends' gradients (counted) give the ν variation over the rod
+            (lp, gp), (lm, gm) = self.problem.loss_and_grad(p["wp"]), self.problem.loss_and_grad(p["wm"])
+            rod_loss = 0.5 * (lp + lm)
+            out = nu_variation.relative_change(*self.nu_over_rod(k, y_k, gp, gm))
+        else:
+            with torch.no_grad():
+                rod_loss = 0.5 * (self.problem.loss_fn(p["wp"]) + self.problem.loss_fn(p["wm"]))
         dist = float(torch.linalg.vector_norm(pred - wk))
         return {"iterate_distance": dist,
                 "relative_iterate_distance": dist / max(float(torch.linalg.vector_norm(wk)), 1e-300),
                 "half_length": float(torch.linalg.vector_norm(delta)),
                 "discrete_half_length": 0.5 * float(torch.linalg.vector_norm(wk - wk1)),
-                "rod_loss": float(rod_loss)}
+                "rod_loss": float(rod_loss), **out}
