@@ -319,11 +319,16 @@ def summarize(out, p) -> dict:
         res[f"geomean_map_ratio_{q}"] = _gmean([r[f"ratio_{q}"] for r in grid])
     res["map_rod_3x_mean"] = [r["name"] for r in grid if r["ratio_mean"] >= 3]
     corr = {}
-    for nu in ("nu_variation_max", "nu_variation_norm"):
+    for nu in ("nu_variation_max", "nu_variation_norm", "nu_variation_max_peak", "nu_variation_norm_peak"):
         x = [r[f"discrete_{nu}"] for r in grid]
         for q in ("mean", "end"):
             corr[f"{nu}_vs_ratio_{q}"] = _spearman(x, [r[f"ratio_{q}"] for r in grid])
             corr[f"{nu}_vs_rod_{q}"] = _spearman(x, [r[f"rod_{q}"] for r in grid])
+    for b2 in sorted({r["beta2"] for r in grid}):      # within one β2 (the variation scales with 1 − β2)
+        sel = [r for r in grid if r["beta2"] == b2]
+        for nu in ("nu_variation_max", "nu_variation_norm"):
+            for y in ("ratio_mean", "rod_mean"):
+                corr[f"{nu}_vs_{y}_beta2={b2:g}"] = _spearman([r[f"discrete_{nu}"] for r in sel], [r[y] for r in sel])
     corr["aeos_fraction_vs_ratio_mean"] = _spearman([r["aeos_fraction"] for r in grid], [r["ratio_mean"] for r in grid])
     corr["discrete_half_length_vs_ratio_mean"] = _spearman([r["discrete_half_length"] for r in grid],
                                                           [r["ratio_mean"] for r in grid])
