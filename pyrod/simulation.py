@@ -238,8 +238,6 @@ def _flow_run(name, spec: RunSpec, problem, optimizer, measurer):
     cls = FLOW_RUNS[name]
     if name == "central":
         model = cls(problem, optimizer, **spec.central.model_options(spec.integrator.substeps))
-    elif name == "rod":
-        model = cls(problem, optimizer, bea=spec.rod.bea, nu=spec.rod.nu)
     else:
         model = cls(problem, optimizer, bea=getattr(spec, name).bea)
     ig = spec.integrator

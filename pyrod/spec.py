@@ -269,26 +269,16 @@ class StableSpec(_Section):
         _bool("stable", "bea", self.bea)
 
 
-#: values of ``rod.nu`` (:class:`pyrod.flows.models.RodFlow`)
-ROD_NU = ("smooth", "ends", "quasi_steady")
-
-
 @dataclass(frozen=True)
 class RodSpec(_Section):
-    """Rod flow (endpoint form). ``bea``: add the second-order backward-error correction (exact JVPs).
-    ``nu``: how the rod carries the second moment (optimizers with one): ``"smooth"`` (default, one ν shared by
-    both ends), ``"quasi_steady"`` (each end divides by its two-cycle value ν̄ ± Δ) or ``"ends"`` (each end
-    carries its own buffer); docs/theory/stable_and_rod_flows.md, "The second moment at the rod's ends"."""
+    """Rod flow (endpoint form). ``bea``: add the second-order backward-error correction (exact JVPs)."""
 
     bea: bool = False
-    nu: str = "smooth"
 
     _where = "rod"
 
     def __post_init__(self):
         _bool("rod", "bea", self.bea)
-        if self.nu not in ROD_NU:
-            raise ValueError(f"rod.nu={self.nu!r} is not one of {list(ROD_NU)}{_suggest(self.nu, ROD_NU)}")
 
 
 #: values of ``central.counter_rate``

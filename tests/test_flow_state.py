@@ -70,8 +70,6 @@ CASES = [
     ("rod-Adam-DOP853", "rod", _mlp, lambda: Adam(lr=0.01),
      dict(method="DOP853", events=["eos", "loss<1e-9"])),
     ("rod-GD-euler", "rod", _mlp, lambda: GD(lr=0.5), dict(method="euler", substeps=2)),
-    ("rod-Adam-nu-ends-RK45", "rod", _mlp, lambda: Adam(lr=0.01), dict(method="RK45", rod={"nu": "ends"})),
-    ("rod-Adam-nu-quasi-steady-RK23", "rod", _mlp, lambda: Adam(lr=0.01), dict(rod={"nu": "quasi_steady"})),
     pytest.param(("rod-GD-bea-RK45", "rod", _mlp, lambda: GD(lr=0.5), dict(method="RK45", bea=True)),
                  marks=pytest.mark.slow),
     ("rod-GD-bea-euler", "rod", _mlp, lambda: GD(lr=0.5), dict(method="euler", bea=True, substeps=1)),

@@ -12,10 +12,7 @@ For every point of the grid β2 × β1 × η × bias correction (and the paper's
 3. **Numbers**, in units of the discrete half-length h = mean over the window of ½‖w_k − w_{k+1}‖: the mean
    centre distance of each flow over the window and its mean over the last ``end_steps`` steps ("end"), their
    ratio stable/rod (> 1: the rod flow is closer), and the ν variation over one rod length of the discrete run
-   (``nu_variation_max``, ``nu_variation_norm``: mean over the window; pyrod/runs/nu_variation.py).
-4. **Refinements** (``rod_variants``): the rod flow again from the same restarts with ``rod.nu`` = ``"ends"`` (ν
-   carried by both ends) or ``"quasi_steady"`` (ν̄ ± Δ at the ends), its centre distance relative to the default
-   (smooth ν) rod's.
+   (``nu_variation_max``, ``nu_variation_norm``: mean and peak over the window; pyrod/runs/nu_variation.py).
 
 η is set per β1 through the threshold-equivalent step η̃ (``lr_effs``): η = η̃ (1+β1)/(1−β1), so that Adam's
 threshold (2+2β1)/((1−β1)η) = 2/η̃ is the same for every β1 at one η̃.
@@ -23,8 +20,8 @@ threshold (2+2β1)/((1−β1)η) = 2/η̃ is the same for every β1 at one η̃.
 Summary (from the files): one row per point (onset, k0, effective sharpness at k0, the fraction of the window's
 measurements at the AEoS, relative distances, ratios, ν variation, gradients per step, flow status), the points
 where the rod flow is ≥ 3× closer, Spearman rank correlations between the ν variation and the ratio (and the rod's
-own error), per-β2 / β1 / bias-correction medians, the refinements' effect, and the paper settings' ratios.
-Figures: ratio vs ν variation coloured by β2 (``rod_adam_map.png``), the refinements (``rod_adam_variants.png``).
+own error; pooled and within each β2), per-β2 / β1 / bias-correction / η̃ medians, and the paper settings' ratios.
+Figure: the ratio against the ν variation, coloured by β2 (``rod_adam_map.png``).
 """
 from __future__ import annotations
 
@@ -41,7 +38,6 @@ PAPER = "Regis & Chewi, rod flow for Adam (arXiv 2605.06821), Figs. 3, 12 and th
 RUNTIME = "~25 min with --jobs 2 (57 points)"
 
 ARCHS = ["mlp", "cnn", "vit"]
-VARIANTS = ["ends", "quasi_steady"]
 
 #: the paper's Adam settings (captions of Figs. 3 and 12): β1 per architecture, β2 = 0.999, bias correction
 PAPER_BETA1 = {"mlp": 0.8, "cnn": 0.5, "vit": 0.4}
@@ -66,14 +62,14 @@ _BASE = dict(data="digits", classes=4, n=256, loss="mse", archs=["mlp"], models=
              beta2s=[0.99, 0.995, 0.999], beta1s=[0.4, 0.8, 0.9], bias_corrections=[True, False],
              lr_effs={"mlp": [0.0015, 0.003, 0.006]}, aeos_steps=1200, aeos_level=0.95, restart_after=100,
              window=100, end_steps=10, eigs=1, eig_every=10, flow_eig_every=50, backend=None, method=None,
-             rtol=1e-6, atol=1e-9, rod_variants=list(VARIANTS), paper_archs=list(ARCHS),
+             rtol=1e-6, atol=1e-9, paper_archs=list(ARCHS),
              paper_lrs=dict(_SMALL_LRS), paper_literal=True)
 
 DEFAULTS = {
     "tiny": {**_BASE, "n": 64, "models": {**_MODELS_SMALL, "mlp": {"width": 6, "depth": 1, "activation": "tanh"}},
              "beta2s": [0.99], "beta1s": [0.8], "bias_corrections": [True], "lr_effs": {"mlp": [0.011]},
              "aeos_steps": 100, "restart_after": 6, "window": 12, "end_steps": 4, "eig_every": 5,
-             "flow_eig_every": 10, "rod_variants": ["quasi_steady"], "paper_archs": ["mlp"],
+             "flow_eig_every": 10, "paper_archs": ["mlp"],
              "paper_lrs": {**_SMALL_LRS, "mlp": 0.1}, "paper_literal": False},
     "small": dict(_BASE),
     "paper": {**_BASE, "data": "cifar10", "n": 1000, "archs": list(ARCHS), "models": _MODELS_PAPER,
@@ -109,9 +105,6 @@ def check_params(p):
             raise ExperimentError(f"paper_lrs has no entry for arch {a!r}")
     if not p["bias_corrections"] or any(not isinstance(b, bool) for b in p["bias_corrections"]):
         raise ExperimentError(f"bias_corrections={p['bias_corrections']!r} must be a non-empty list of true/false")
-    bad = [v for v in p["rod_variants"] if v not in VARIANTS]
-    if bad:
-        raise ExperimentError(f"rod_variants={p['rod_variants']!r}: unknown {bad}; valid: {VARIANTS}")
 
 
 # ------------------------------------------------------------------------------------------------ points
@@ -192,7 +185,7 @@ def run(ctx):
         results = summarize(ctx.out, p)
         plot(ctx, results)
         return results
-    # 2. stable and rod flow restarted inside the AEoS; 3. the rod refinements from the same restarts
+    # 2. the stable and the rod flow restarted inside the AEoS
     base = ctx.spec(problems[restarts[0][0]["arch"]], _optimizer(restarts[0][0]), steps=restarts[0][1] + 2,
                     runs=["discrete", "stable", "rod"], restart_at=restarts[0][1], eigs=p["eigs"],
                     eig_every=p["eig_every"], flow_eig_every=p["flow_eig_every"], **flow_kw)
@@ -203,15 +196,6 @@ def run(ctx):
         rnames[point_key(s.problem, s.optimizer, k0)] = stem(q)
     ctx.sweep(base, {("problem", "optimizer", "restart_at", "stop.steps"): rows}, "restarts",
               name=lambda pt: rnames[point_key(pt["problem"], pt["optimizer"], pt["restart_at"])])
-    if p["rod_variants"]:
-        vrows, vnames = [], {}
-        for v in p["rod_variants"]:
-            for (prob, opt, k0, steps), (q, _) in zip(rows, restarts, strict=True):
-                vrows.append((prob, opt, k0, steps, v))
-                vnames[point_key(prob, opt, k0, v)] = f"{stem(q)}_rod-nu={v}"
-        ctx.sweep(base.replace(runs=("discrete", "rod")),
-                  {("problem", "optimizer", "restart_at", "stop.steps", "rod.nu"): vrows}, "variants",
-                  name=lambda pt: vnames[point_key(pt["problem"], pt["optimizer"], pt["restart_at"], pt["rod.nu"])])
     results = summarize(ctx.out, p)
     plot(ctx, results)
     return results
@@ -297,15 +281,6 @@ def summarize(out, p) -> dict:
             tree = pyrod.open(r)
             row.update(point_numbers(tree, k0, p))
             row["wall_s"] += float(tree.attrs.get("wall_time_s", math.nan))
-            for v in p["rod_variants"]:
-                fv = out / "variants" / f"{stem(q)}_rod-nu={v}.nc"
-                if fv.exists():
-                    tree = pyrod.open(fv)
-                    row["wall_s"] += float(tree.attrs.get("wall_time_s", math.nan))
-                    num = point_numbers(tree, k0, p)
-                    row[f"rod_{v}_mean"], row[f"rod_{v}_end"] = num["rod_mean"], num["rod_end"]
-                    row[f"rod_{v}_gain_mean"] = row["rod_mean"] / num["rod_mean"] if num["rod_mean"] > 0 else math.nan
-                    row[f"rod_{v}_gain_end"] = row["rod_end"] / num["rod_end"] if num["rod_end"] > 0 else math.nan
         rows.append(row)
     done = [r for r in rows if "ratio_mean" in r]
     grid = [r for r in done if r["kind"] == "map"]
@@ -346,18 +321,6 @@ def summarize(out, p) -> dict:
                                                                               for r in sel]))}
         groups[key] = g
     res["by"] = groups
-    variants = {}
-    for v in p["rod_variants"]:
-        gains = [r.get(f"rod_{v}_gain_mean") for r in done]
-        gains = [g for g in gains if g is not None and np.isfinite(g)]
-        variants[v] = {"n": len(gains), "geomean_gain_mean": _gmean(gains),
-                       "geomean_gain_end": _gmean([r.get(f"rod_{v}_gain_end") for r in done]),
-                       "n_better_mean": sum(g > 1 for g in gains),
-                       "n_better_by_10pct_mean": sum(g > 1.1 for g in gains),
-                       "n_worse_by_10pct_mean": sum(g < 1 / 1.1 for g in gains),
-                       "spearman_nu_variation_max_vs_gain": _spearman(
-                           [r["discrete_nu_variation_max"] for r in done], [r.get(f"rod_{v}_gain_mean") for r in done])}
-    res["variants"] = variants
     res["paper_settings"] = [{k: r.get(k) for k in ("arch", "kind", "beta1", "beta2", "lr", "aeos_onset",
                                                    "max_effective_sharpness", "k0", "rod_mean", "stable_mean",
                                                    "rod_end", "stable_end", "ratio_mean", "ratio_end",
@@ -403,15 +366,3 @@ def plot(ctx, results):
     ax[0, 0].set_title(f"rod vs stable flow inside the AEoS (Spearman ρ = {rho:.2f})" if rho is not None else
                        "rod vs stable flow inside the AEoS", fontsize=9)
     savefig(ctx, fig, "rod_adam_map.png")
-    variants = [v for v in ctx.p["rod_variants"] if any(f"rod_{v}_gain_mean" in r for r in pts)]
-    if variants:
-        fig, ax = figure(1, len(variants), width=4.4, height=3.6)
-        for a, v in zip(ax[0], variants, strict=True):
-            for r in pts:
-                x, y = r["discrete_nu_variation_max"], r.get(f"rod_{v}_gain_mean", math.nan)
-                if np.isfinite(x) and np.isfinite(y) and x > 0 and y > 0:
-                    a.scatter([x], [y], s=30, marker=_MARKERS.get(r["beta1"], "o"), color=cols.get(r["beta2"], "k"))
-            a.axhline(1.0, color="k", lw=0.8)
-            a.set(xscale="log", yscale="log", xlabel="ν variation over one rod, max_i (window mean)",
-                  ylabel="smooth-ν rod error / refined rod error", title=f"rod.nu = {v!r} (> 1: refinement helps)")
-        savefig(ctx, fig, "rod_adam_variants.png")

@@ -15,10 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch.func import jvp
 
-from ..spec import ROD_NU
-
-__all__ = ["Layout", "FlowModel", "PhaseSpaceState", "StableFlow", "RodFlow", "bea_correction", "rod_nu_offset",
-           "ROD_NU_MODES"]
+__all__ = ["Layout", "FlowModel", "PhaseSpaceState", "StableFlow", "RodFlow", "bea_correction", "rod_nu_offset"]
 
 
 @dataclass(frozen=True)
@@ -239,14 +236,10 @@ class StableFlow(PhaseSpaceState, FlowModel):
         return self._velocity(w, m, nu, t, g, self.opt.nu_target(g) if self.has_nu else None)
 
 
-#: values of ``RodFlow(nu=...)`` (= ``RodSpec.nu``): how the rod carries the second moment
-ROD_NU_MODES = ROD_NU
-
-
 def rod_nu_offset(opt, nu, target_plus, target_minus):
     """``Δ`` such that the ν the two ends' steps divide by are ``ν̄ + Δ`` (end ``+``) and ``ν̄ − Δ`` (end ``−``) in the
     two-cycle of the ν update driven by the ends' targets ``tgt(g₊)``, ``tgt(g₋)`` around the smooth ``ν̄``
-    (docs/theory/stable_and_rod_flows.md, "The second moment at the rod's ends").
+    (docs/theory/stable_and_rod_flows.md, "The ν variation over one rod length").
 
     With the flows' ν increment ``v(ν, T) = opt.nu_velocity(ν, T)`` (componentwise and affine in ``ν`` for every
     optimizer with flows: ``r(T − ν)``, Adagrad's ``T``, frozen ``0``) and its slope ``J = ∂v/∂ν`` (a JVP with a
@@ -266,22 +259,12 @@ def rod_nu_offset(opt, nu, target_plus, target_minus):
 class RodFlow(FlowModel):
     """Rod flow in endpoint form (docs/theory/stable_and_rod_flows.md, "Rod flow in endpoint form")::
 
-        dz₊/dt = Φ(z₋; ν₋, t+½) − z₊,   dz₋/dt = Φ(z₊; ν₊, t+½) − z₋
+        dz₊/dt = Φ(z₋; ν, t+½) − z₊,   dz₋/dt = Φ(z₊; ν, t+½) − z₋,
+        dν/dt  = ν-velocity(ν, ½[tgt(g₊) + tgt(g₋)])
 
-    with ``Φ(z) = z + D(z)`` and ``ν±`` the second moment each end's step divides by. ``nu`` chooses how the rod
-    carries the second moment:
-
-    * ``"smooth"`` (default; the rod-flow paper's form): one ν shared by both ends (``ν₊ = ν₋ = ν``),
-      ``dν/dt = ν-velocity(ν, ½[tgt(g₊) + tgt(g₋)])``, ``ν(0) = ½[ν_used(0) + ν_used(1)]``;
-    * ``"quasi_steady"``: the same smooth ν, but each end divides by its own two-cycle value ``ν ± Δ``
-      (:func:`rod_nu_offset`): the first-order correction for ν's own oscillation along the rod;
-    * ``"ends"``: each end carries its own buffer (the rod construction applied to the full state ``(w, m, ν)``):
-      ``dν₊/dt = u₋ − ν₊``, ``dν₋/dt = u₊ − ν₋`` with ``u± = ν± + ν-velocity(ν±, tgt(g±))`` the ν the end's step
-      divides by; ``ν±(0)`` the discrete buffers before steps 0 and 1. Its Euler step of size 1 is the exact
-      two-step recurrence of the full optimizer state.
-
-    IC ``z₊(0) = z_0``, ``z₋(0) = z_1``. Read-out: centre ``z̄ = (z₊+z₋)/2``, half-length ``δ = (z₊−z₋)/2``;
-    iterate predictor ``z_k ≈ z̄(k−½) + (−1)^k δ(k)``; with a second moment also the ν variation over the rod
+    with ``Φ(z) = z + D(z)``. IC ``z₊(0) = z_0``, ``z₋(0) = z_1``, ``ν(0) = ½[ν_used(0) + ν_used(1)]``.
+    Read-out: centre ``z̄ = (z₊+z₋)/2``, half-length ``δ = (z₊−z₋)/2``; iterate predictor
+    ``z_k ≈ z̄(k−½) + (−1)^k δ(k)``; with a second moment also the ν variation over the rod
     (:mod:`pyrod.runs.nu_variation`, :meth:`nu_over_rod`).
     """
 
@@ -292,19 +275,11 @@ class RodFlow(FlowModel):
     default_method = StableFlow.default_method
     default_tolerances = StableFlow.default_tolerances
 
-    def __init__(self, problem, optimizer, *, bea: bool = False, nu: str = "smooth"):
-        super().__init__(problem, optimizer, bea=bea)
-        if nu not in ROD_NU_MODES:
-            raise ValueError(f"rod nu={nu!r} is unknown; valid: {list(ROD_NU_MODES)}")
-        if nu != "smooth" and not self.has_nu:
-            raise ValueError(f"rod nu={nu!r} applies to optimizers with a second moment; {optimizer.name} has none")
-        self.nu_mode = nu
-        ends = nu == "ends"
+    def __init__(self, problem, optimizer, **kw):
+        super().__init__(problem, optimizer, **kw)
         parts = [("wp", self.d)] + ([("mp", self.d)] if self.has_m else [])
-        parts += [("nup", self.nu_size)] if ends else []
         parts += [("wm", self.d)] + ([("mm", self.d)] if self.has_m else [])
-        parts += [("num", self.nu_size)] if ends else []
-        if self.has_nu and not ends:
+        if self.has_nu:
             parts.append(("nu", self.nu_size))
         self.layout = Layout(tuple(parts))
 
@@ -315,45 +290,25 @@ class RodFlow(FlowModel):
         parts = {"wp": even.w, "wm": odd.w}
         if self.has_m:
             parts["mp"], parts["mm"] = even.m, odd.m
-        if self.nu_mode == "ends":
-            parts["nup"], parts["num"] = even.nu, odd.nu
-        elif self.has_nu:
+        if self.has_nu:
             parts["nu"] = 0.5 * (s0.nu_used + nu_next)
         return self.layout.pack(**parts)
 
-    def _end_nus(self, p, target_plus, target_minus):
-        """The ν each end's step divides by, ``(ν₊, ν₋)``."""
-        if self.nu_mode == "ends":
-            nup, num = p["nup"], p["num"]
-            return nup + self.opt.nu_velocity(nup, target_plus), num + self.opt.nu_velocity(num, target_minus)
-        nu = p["nu"]
-        if self.nu_mode == "quasi_steady":
-            delta = rod_nu_offset(self.opt, nu, target_plus, target_minus)
-            return nu + delta, nu - delta
-        return nu, nu
-
     def rhs(self, t, y):
         p = self.layout.unpack(y)
-        wp, wm = p["wp"], p["wm"]
+        wp, wm, nu = p["wp"], p["wm"], p.get("nu")
         mp, mm = p.get("mp"), p.get("mm")
         gp, gm = self.grad(wp), self.grad(wm)
         tt = t + self.tshift
-        out = {}
-        if self.has_nu:
-            tp, tm = self.opt.nu_target(gp), self.opt.nu_target(gm)
-            nu_p, nu_m = self._end_nus(p, tp, tm)
-            if self.nu_mode == "ends":
-                out["nup"], out["num"] = nu_m - p["nup"], nu_p - p["num"]
-            else:
-                out["nu"] = self.opt.nu_velocity(p["nu"], 0.5 * (tp + tm))
-        else:
-            nu_p = nu_m = None
-        dwp, dmp = self.opt.direction(wp, mp, gp, nu_p, tt)
-        dwm, dmm = self.opt.direction(wm, mm, gm, nu_m, tt)
-        out["wp"], out["wm"] = (wm + dwm) - wp, (wp + dwp) - wm
+        dwp, dmp = self.opt.direction(wp, mp, gp, nu, tt)
+        dwm, dmm = self.opt.direction(wm, mm, gm, nu, tt)
+        out = {"wp": (wm + dwm) - wp, "wm": (wp + dwp) - wm}
         if self.has_m:
             out["mp"] = (mm + dmm) - mp
             out["mm"] = (mp + dmp) - mm
+        if self.has_nu:
+            target = 0.5 * (self.opt.nu_target(gp) + self.opt.nu_target(gm))
+            out["nu"] = self.opt.nu_velocity(nu, target)
         return self.layout.pack(**out)
 
     def centre(self, y):
@@ -366,31 +321,20 @@ class RodFlow(FlowModel):
         return 0.5 * (p["wp"] - p["wm"])
 
     def nu_of(self, y):
-        """The ν of the rod's centre (``"ends"``: the mean of the two ends' buffers)."""
-        p = self.layout.unpack(y)
-        if self.nu_mode == "ends":
-            return 0.5 * (p["nup"] + p["num"])
-        return p.get("nu")
+        return self.layout.unpack(y).get("nu")
 
     def nu_over_rod(self, k: int, y, gp, gm):
         """The second-moment buffer before and after the step of the end that models ``z_k`` (``+`` for even ``k``),
         ``(ν_k, ν_{k+1})``: the ν variation over one rod length (:mod:`pyrod.runs.nu_variation`). ``gp``, ``gm``: the
-        gradients at the ends. The buffer before the step is the state for ``"ends"``; for a smooth ν (shared by both
-        ends) the two-cycle value it implies: before its step an end holds what the other end's step divided by,
-        ``ν̄ ∓ Δ`` at ``±`` (:func:`rod_nu_offset`). After the step: ``ν_k + ν-velocity(ν_k, tgt(g))``, one step of
-        the flows' ν increment (the discrete update for the default rate)."""
-        p = self.layout.unpack(y)
+        gradients at the ends. The rod's one smooth ν implies a buffer at each end, its two-cycle value: before its
+        step an end holds what the other end's step divided by, ``ν̄ ∓ Δ`` at ``±`` (:func:`rod_nu_offset`). After
+        the step: ``ν_k + ν-velocity(ν_k, tgt(g))``, one step of the flows' ν increment (the discrete update for the
+        default rate)."""
+        nu = self.layout.unpack(y)["nu"]
         tp, tm = self.opt.nu_target(gp), self.opt.nu_target(gm)
-        if self.nu_mode == "ends":
-            bp, bm = p["nup"], p["num"]
-        else:
-            delta = rod_nu_offset(self.opt, p["nu"], tp, tm)
-            bp, bm = p["nu"] - delta, p["nu"] + delta
-        before, target = (bp, tp) if k % 2 == 0 else (bm, tm)
+        delta = rod_nu_offset(self.opt, nu, tp, tm)
+        before, target = (nu - delta, tp) if k % 2 == 0 else (nu + delta, tm)
         return before, before + self.opt.nu_velocity(before, target)
-
-    def run_attrs(self) -> dict:
-        return {"rod_nu": self.nu_mode}
 
     def extra_variables(self) -> list:
         from ..output import Var
