@@ -304,6 +304,10 @@ def summarize(out, p) -> dict:
         for nu in ("nu_variation_max", "nu_variation_norm"):
             for y in ("ratio_mean", "rod_mean"):
                 corr[f"{nu}_vs_{y}_beta2={b2:g}"] = _spearman([r[f"discrete_{nu}"] for r in sel], [r[y] for r in sel])
+    aeos = [r for r in grid if r["aeos_fraction"] >= 0.5]   # windows at least half at the AEoS (by λmax(P⁻¹H))
+    for y in ("ratio_mean", "rod_mean"):
+        corr[f"nu_variation_max_vs_{y}_aeos_fraction>=0.5"] = _spearman([r["discrete_nu_variation_max"] for r in aeos],
+                                                                      [r[y] for r in aeos])
     corr["aeos_fraction_vs_ratio_mean"] = _spearman([r["aeos_fraction"] for r in grid], [r["ratio_mean"] for r in grid])
     corr["discrete_half_length_vs_ratio_mean"] = _spearman([r["discrete_half_length"] for r in grid],
                                                           [r["ratio_mean"] for r in grid])
