@@ -780,26 +780,49 @@ class RunWriter:
         coords = [Var("t", ("t",), "time", TIME_UNITS, "f8", {"axis": "T"})]
         coords += [coord_over.get(d, Var(d, (d,), "time of snapshot", TIME_UNITS, "f8")) for d in snap_dims]
         for v in coords + [v for v in variables if v.name not in coord_over]:
-            dt = np.dtype(v.dtype)
-            shape = tuple(dims[d] if dims[d] is not None else 0 for d in v.dims)
-            if v.dims[0] == "t":  # HDF5 chunks = writer chunks: synced chunks are never rewritten
-                chunks = _chunksizes(shape[1:], dt.itemsize, self.chunk)
-            elif dims[v.dims[0]] is None:  # snapshots: one HDF5 chunk (or more) per snapshot
-                chunks = _chunksizes(shape[1:], dt.itemsize, 1)
-            else:  # static
-                chunks = _chunksizes(shape[1:], dt.itemsize, shape[0], aligned=False)
-            fixed_coord = v.dims == (v.name,) and dims.get(v.name) is not None   # written whole, never missing
-            var = g.createVariable(v.name, dt, v.dims, zlib=True, complevel=4, chunksizes=chunks,
-                                   fill_value=False if fixed_coord else _fill_for(dt))
-            var.setncatts({"long_name": v.long_name, "units": v.units})
-            self._set_attrs_nosync(var, None, dict(v.attrs), marker=False)
-            state.vars[v.name] = v
+            self._create_variable(state, v)
         state.n_snap = {d: 0 for d in snap_dims}
         self._groups[group] = state
         self._json_names[group] = set()
         if attrs:
             self._set_attrs_nosync(g, group, attrs)
         self._nc.sync()
+
+    def _create_variable(self, state: _Group, v: Var) -> None:
+        dims = state.dims
+        dt = np.dtype(v.dtype)
+        shape = tuple(dims[d] if dims[d] is not None else 0 for d in v.dims)
+        if v.dims[0] == "t":  # HDF5 chunks = writer chunks: synced chunks are never rewritten
+            chunks = _chunksizes(shape[1:], dt.itemsize, self.chunk)
+        elif dims[v.dims[0]] is None:  # snapshots: one HDF5 chunk (or more) per snapshot
+            chunks = _chunksizes(shape[1:], dt.itemsize, 1)
+        else:  # static
+            chunks = _chunksizes(shape[1:], dt.itemsize, shape[0], aligned=False)
+        fixed_coord = v.dims == (v.name,) and dims.get(v.name) is not None   # written whole, never missing
+        var = state.nc.createVariable(v.name, dt, v.dims, zlib=True, complevel=4, chunksizes=chunks,
+                                      fill_value=False if fixed_coord else _fill_for(dt))
+        var.setncatts({"long_name": v.long_name, "units": v.units})
+        self._set_attrs_nosync(var, None, dict(v.attrs), marker=False)
+        state.vars[v.name] = v
+
+    def add_missing_variables(self, group: str, variables: list[Var]) -> list[str]:
+        """Create the variables of ``variables`` that ``group`` does not have yet (a file written by an older pyrod,
+        continued by :meth:`resume`); rows already on file read as the fill value (NaN). Variables along ``t``
+        only, on dims the group has. Returns the names created."""
+        g = self._group(group)
+        new = [v for v in variables if v.name not in g.vars]
+        for v in new:
+            if not isinstance(v, Var) or not v.dims or v.dims[0] != "t" or any(d not in g.dims for d in v.dims):
+                raise ValueError(f"group {group!r}: cannot add {v!r}: only variables along 't' on the group's dims "
+                                 f"{sorted(g.dims)}")
+            if not v.long_name or v.units is None:
+                raise ValueError(f"variable {v.name!r}: long_name and units are required")
+        if new:
+            with self._lock.writing():
+                for v in new:
+                    self._create_variable(g, v)
+                self._sync()
+        return [v.name for v in new]
 
     # ------------------------------------------------------------------ data
     def append(self, group: str, t: float, values: Mapping[str, Any]) -> None:

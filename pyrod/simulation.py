@@ -493,6 +493,8 @@ def _loop(spec, problem, optimizer, out_path, checkpoints, progress, payload, th
         cut = {g: (pending[g]["times"][0] if pending.get(g, {}).get("times") else float(k)) for g in groups}
         expect = {g: int(pending[g]["n_t"]) for g in groups if "n_t" in pending.get(g, {})}
         writer = RunWriter.resume(out_path, cut=cut, config=config, attrs=attrs, chunk=chunk, expect_rows=expect)
+        for g in groups:   # a file from an older pyrod: variables added since then start here (NaN before)
+            writer.add_missing_variables(g, [v for v in runs[g].variables() if v.dims[0] == "t"])
         for g in groups:
             for t, row in zip(pending[g]["times"], pending[g]["rows"], strict=False):
                 writer.append(g, t, row)

@@ -247,6 +247,30 @@ def test_rod_tracking_tiny(tmp_path):
     assert int(rt["rod"].ds.attrs["restart_at"]) == rs["k0"]
 
 
+def test_rod_adam_map_tiny(tmp_path):
+    s = run_experiment("rod-adam-map", scale="tiny", out=tmp_path, progress=False)
+    _check_outputs(tmp_path, s, "rod-adam-map")
+    res = s["results"]
+    assert res["n_points"] == 2 and res["n_restarted"] == 2, res      # one map point + the MLP paper setting
+    row = next(r for r in res["points"] if r["kind"] == "map")
+    k0, w = row["k0"], s["params"]["window"]
+    assert k0 % 2 == 0 and k0 >= row["aeos_onset"] + s["params"]["restart_after"]
+    tree = pyrod.open(tmp_path / "restarts" / f"{row['name']}.nc")
+    assert int(tree["rod"].ds.attrs["restart_at"]) == k0 and set(tree.children) == {"discrete", "stable", "rod"}
+    sel = lambda da: da.sel(t=slice(k0 + 0.5, k0 + w)).values   # noqa: E731  (k0, k0 + window]
+    h = float(np.mean(sel(tree["rod"].ds.discrete_half_length)))
+    for run in ("rod", "stable"):
+        cd = sel(tree[run].ds.centre_distance)
+        assert len(cd) == w
+        assert row[f"{run}_mean"] == pytest.approx(np.mean(cd) / h)
+        assert row[f"{run}_end"] == pytest.approx(np.mean(cd[-s["params"]["end_steps"]:]) / h)
+    assert row["ratio_mean"] == pytest.approx(row["stable_mean"] / row["rod_mean"])
+    assert row["discrete_nu_variation_max"] == pytest.approx(np.mean(sel(tree["discrete"].ds.nu_variation_max)))
+    assert row["discrete_nu_variation_max_peak"] == pytest.approx(np.max(sel(tree["discrete"].ds.nu_variation_max)))
+    with pytest.raises(ExperimentError, match="end_steps=50 must not exceed window"):
+        resolve_params(get_experiment("rod-adam-map"), "tiny", {"end_steps": "50"})
+
+
 def test_muon_experiments_tiny(tmp_path):
     s = run_experiment("muon-curvature", scale="tiny", out=tmp_path / "c", progress=False)
     _check_outputs(tmp_path / "c", s, "muon-curvature")

@@ -21,6 +21,7 @@ EXPERIMENTS = {
     "aeos-optimizers": "aeos_optimizers",
     "frozen-adam": "frozen_adam",
     "rod-tracking": "rod_tracking",
+    "rod-adam-map": "rod_adam_map",
     "central-flow": "central_flow",
     "muon-curvature": "muon_curvature",
     "muon-zipf": "muon_zipf",

@@ -190,9 +190,9 @@ def run(ctx):
                               runs=["discrete", "stable", "rod"], eigs=p["eigs"], eig_every=p["eig_every"], **flow_kw)
              for a, o in todo}
     keys = ("problem", "optimizer")
-    stems = {_point_key(specs[t].problem, specs[t].optimizer): filename(*t)[len("runs/"):-3] for t in todo}
+    stems = {point_key(specs[t].problem, specs[t].optimizer): filename(*t)[len("runs/"):-3] for t in todo}
     ctx.sweep(specs[todo[0]], {keys: [(specs[t].problem, specs[t].optimizer) for t in todo]}, "runs",
-              name=lambda pt: stems[_point_key(pt["problem"], pt["optimizer"])])
+              name=lambda pt: stems[point_key(pt["problem"], pt["optimizer"])])
     if p["restart"]:
         rows, rstems = [], {}
         for arch, name in todo:
@@ -200,16 +200,17 @@ def run(ctx):
             for k0 in ks:
                 sp = specs[(arch, name)]
                 rows.append((sp.problem, sp.optimizer, k0, k0 + p["restart_window"]))
-                rstems[_point_key(sp.problem, sp.optimizer, k0)] = filename(arch, name, k0)[len("restarts/"):-3]
+                rstems[point_key(sp.problem, sp.optimizer, k0)] = filename(arch, name, k0)[len("restarts/"):-3]
         if rows:
             ctx.sweep(specs[todo[0]], {("problem", "optimizer", "restart_at", "stop.steps"): rows}, "restarts",
-                      name=lambda pt: rstems[_point_key(pt["problem"], pt["optimizer"], pt["restart_at"])])
+                      name=lambda pt: rstems[point_key(pt["problem"], pt["optimizer"], pt["restart_at"])])
     results = summarize(ctx.out, p)
     plot(ctx, results)
     return results
 
 
-def _point_key(*parts) -> str:
+def point_key(*parts) -> str:
+    """A hashable text key of spec parts (problem and optimizer configs, restart step, ...): names sweep points."""
     import json
 
     return json.dumps(parts, sort_keys=True, default=str)

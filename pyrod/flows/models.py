@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch.func import jvp
 
-__all__ = ["Layout", "FlowModel", "PhaseSpaceState", "StableFlow", "RodFlow", "bea_correction"]
+__all__ = ["Layout", "FlowModel", "PhaseSpaceState", "StableFlow", "RodFlow", "bea_correction", "rod_nu_offset"]
 
 
 @dataclass(frozen=True)
@@ -252,6 +252,26 @@ class StableFlow(PhaseSpaceState, FlowModel):
         return self._velocity(w, m, nu, t, g, self.opt.nu_target(g) if self.has_nu else None)
 
 
+def rod_nu_offset(opt, nu, target_plus, target_minus):
+    """``Δ`` such that the ν the two ends' steps divide by are ``ν̄ + Δ`` (end ``+``) and ``ν̄ − Δ`` (end ``−``) in the
+    two-cycle of the ν update driven by the ends' targets ``tgt(g₊)``, ``tgt(g₋)`` around the smooth ``ν̄``
+    (docs/theory/stable_and_rod_flows.md, "The ν variation over one rod length").
+
+    With the flows' ν increment ``v(ν, T) = opt.nu_velocity(ν, T)`` (componentwise and affine in ``ν`` for every
+    optimizer with flows: ``r(T − ν)``, Adagrad's ``T``, frozen ``0``) and its slope ``J = ∂v/∂ν`` (a JVP with a
+    tangent of ones)::
+
+        Δ = ½ [v(ν̄, T₊) − v(ν̄, T₋)] / (2 + J)        (EMA: ½ (1−β2)(T₊ − T₋) / (1 + β2))
+
+    This is the half-length of ν in the rod construction applied to the full state, at its quasi-steady value.
+    Clipped to ``|Δ| ≤ ν̄`` (componentwise) so that both ends keep a non-negative ν. Shapes as ``nu``."""
+    v_plus = opt.nu_velocity(nu, target_plus)
+    v_minus = opt.nu_velocity(nu, target_minus)
+    _, slope = jvp(lambda n: opt.nu_velocity(n, target_plus), (nu,), (torch.ones_like(nu),))
+    delta = 0.5 * (v_plus - v_minus) / (2.0 + slope)
+    return torch.minimum(torch.maximum(delta, -nu), nu)
+
+
 class RodFlow(FlowModel):
     """Rod flow in endpoint form (docs/theory/stable_and_rod_flows.md, "Rod flow in endpoint form")::
 
@@ -260,7 +280,8 @@ class RodFlow(FlowModel):
 
     with ``Φ(z) = z + D(z)``. IC ``z₊(0) = z_0``, ``z₋(0) = z_1``, ``ν(0) = ½[ν_used(0) + ν_used(1)]``.
     Read-out: centre ``z̄ = (z₊+z₋)/2``, half-length ``δ = (z₊−z₋)/2``; iterate predictor
-    ``z_k ≈ z̄(k−½) + (−1)^k δ(k)``.
+    ``z_k ≈ z̄(k−½) + (−1)^k δ(k)``; with a second moment also the ν variation over the rod
+    (:mod:`pyrod.runs.nu_variation`, :meth:`nu_over_rod`).
     """
 
     name = "rod"
@@ -318,9 +339,23 @@ class RodFlow(FlowModel):
     def nu_of(self, y):
         return self.layout.unpack(y).get("nu")
 
+    def nu_over_rod(self, k: int, y, gp, gm):
+        """The second-moment buffer before and after the step of the end that models ``z_k`` (``+`` for even ``k``),
+        ``(ν_k, ν_{k+1})``: the ν variation over one rod length (:mod:`pyrod.runs.nu_variation`). ``gp``, ``gm``: the
+        gradients at the ends. The rod's one smooth ν implies a buffer at each end, its two-cycle value: before its
+        step an end holds what the other end's step divided by, ``ν̄ ∓ Δ`` at ``±`` (:func:`rod_nu_offset`). After
+        the step: ``ν_k + ν-velocity(ν_k, tgt(g))``, one step of the flows' ν increment (the discrete update for the
+        default rate)."""
+        nu = self.layout.unpack(y)["nu"]
+        tp, tm = self.opt.nu_target(gp), self.opt.nu_target(gm)
+        delta = rod_nu_offset(self.opt, nu, tp, tm)
+        before, target = (nu - delta, tp) if k % 2 == 0 else (nu + delta, tm)
+        return before, before + self.opt.nu_velocity(before, target)
+
     def extra_variables(self) -> list:
         from ..output import PARAMETER_UNITS, Var
-        return [
+        from ..runs import nu_variation
+        out = [
             Var("iterate_distance", ("t",), "distance of the predicted iterate zbar(k-1/2)+(-1)^k delta(k) "
                 "to the discrete w_k", PARAMETER_UNITS),
             Var("relative_iterate_distance", ("t",), "iterate_distance / norm of w_k", "1"),
@@ -328,19 +363,27 @@ class RodFlow(FlowModel):
             Var("discrete_half_length", ("t",), "discrete half-amplitude ||w_k - w_{k+1}||/2", PARAMETER_UNITS),
             Var("rod_loss", ("t",), "rod-averaged loss (L(w+) + L(w-))/2", "1"),
         ]
+        return out + nu_variation.variables() if self.has_nu else out
 
     def readout(self, k, y_k, y_prev_half, discrete) -> dict:
+        from ..runs import nu_variation
         wbar, _ = self.centre(y_k)
         delta = self.half_length(y_k)
         base = wbar if y_prev_half is None else self.centre(y_prev_half)[0]
         pred = base + (delta if k % 2 == 0 else -delta)
         wk, wk1 = discrete
         p = self.layout.unpack(y_k)
-        with torch.no_grad():
-            rod_loss = 0.5 * (self.problem.loss_fn(p["wp"]) + self.problem.loss_fn(p["wm"]))
+        out = {}
+        if self.has_nu:   # the ends' gradients (counted) give the ν variation over the rod
+            (lp, gp), (lm, gm) = self.problem.loss_and_grad(p["wp"]), self.problem.loss_and_grad(p["wm"])
+            rod_loss = 0.5 * (lp + lm)
+            out = nu_variation.relative_change(*self.nu_over_rod(k, y_k, gp, gm))
+        else:
+            with torch.no_grad():
+                rod_loss = 0.5 * (self.problem.loss_fn(p["wp"]) + self.problem.loss_fn(p["wm"]))
         dist = float(torch.linalg.vector_norm(pred - wk))
         return {"iterate_distance": dist,
                 "relative_iterate_distance": dist / max(float(torch.linalg.vector_norm(wk)), 1e-300),
                 "half_length": float(torch.linalg.vector_norm(delta)),
                 "discrete_half_length": 0.5 * float(torch.linalg.vector_norm(wk - wk1)),
-                "rod_loss": float(rod_loss)}
+                "rod_loss": float(rod_loss), **out}

@@ -5,6 +5,10 @@ diagnostics per step and the states ``z_{k0} … z_{k0+n}`` (one step of look-ah
 ``(z_k + z_{k+1})/2`` and the midpoint ``¼(w_{k−1} + 2w_k + w_{k+1})`` need ``z_{k+1}``). Other runs
 (flows, midpoint) consume these chunks, so every run sees the same discrete trajectory and memory stays
 bounded by one chunk.
+
+Besides the standard diagnostics (:mod:`pyrod.runs.measure`), an optimizer with a second moment records the
+variation of ν over one rod length, ``nu_variation_max`` and ``nu_variation_norm``, from its buffers before and
+after each step (:mod:`pyrod.runs.nu_variation`).
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import torch
 
 from ..optimizers.base import OptState
 from ..output import PARAMETER_UNITS, Var
+from . import nu_variation
 from .measure import Measurer, standard_variables
 
 __all__ = ["DiscreteState", "Chunk", "DiscreteRun", "MidpointRun"]
@@ -22,13 +27,15 @@ __all__ = ["DiscreteState", "Chunk", "DiscreteRun", "MidpointRun"]
 
 @dataclass
 class DiscreteState:
-    """The discrete run at integer step ``k``: ``w``, ``m``, and ``nu_used`` (the ν in ``P`` at step ``k``)."""
+    """The discrete run at integer step ``k``: ``w``, ``m``, ``nu_used`` (the ν in ``P`` at step ``k``) and ``nu`` (the
+    second-moment buffer before step ``k``, ``OptState.nu``; ``nu_used`` is the buffer after it)."""
 
     k: int
     w: torch.Tensor
     m: torch.Tensor | None
     nu_used: torch.Tensor | None
     loss: float = math.nan
+    nu: torch.Tensor | None = None
 
 
 @dataclass
@@ -65,7 +72,8 @@ class DiscreteRun:
         self.on_step = None     # optional callback(k) after each step k (progress display; not state)
 
     def variables(self) -> list:
-        return standard_variables(self.measurer.k, self.opt.has_nu)
+        out = standard_variables(self.measurer.k, self.opt.has_nu)
+        return out + nu_variation.variables() if self.opt.has_nu else out
 
     # ------------------------------------------------------------------ explicit state
     def state_dict(self) -> dict:
@@ -101,17 +109,20 @@ class DiscreteRun:
             # the step is queued before anything is read from the device; the loss, the finiteness of the gradient
             # and the diagnostics are then read in one transfer (eigenvalues only at a finite point)
             new_state, nu_p = self.opt.step(st, g)
-            values = self.measurer.measure(st.w, step=st.k, nu=nu_p, t=st.k, loss=loss, grad=g, grad_finite=True)
+            # ν over the rod [z_k, z_{k+1}] (the buffer before and after step k) joins the same transfer
+            extra = nu_variation.relative_change_tensors(st.nu, new_state.nu) if self.opt.has_nu else None
+            values = self.measurer.measure(st.w, step=st.k, nu=nu_p, t=st.k, loss=loss, grad=g, grad_finite=True,
+                                           extra=extra)
             loss_f = values["loss"]
             if self.loss0 is None:
                 self.loss0 = abs(loss_f)
             if not (math.isfinite(loss_f) and values.pop("grad_finite")):
                 records.append((float(st.k), {"loss": loss_f}))
-                chunk.states.append(DiscreteState(st.k, st.w, st.m, None, loss_f))
+                chunk.states.append(DiscreteState(st.k, st.w, st.m, None, loss_f, st.nu))
                 self.stop_reason = "diverged: non-finite loss or gradient at step %d" % st.k
                 break
             records.append((float(st.k), values))
-            chunk.states.append(DiscreteState(st.k, st.w, st.m, nu_p, loss_f))
+            chunk.states.append(DiscreteState(st.k, st.w, st.m, nu_p, loss_f, st.nu))
             chunk.n_steps += 1
             self.state = new_state
             if self.on_step is not None:
@@ -126,7 +137,7 @@ class DiscreteRun:
         if chunk.n_steps == len(chunk.states):
             # look-ahead state z_{k0+n} (its nu_used is not known until its gradient is taken)
             st = self.state
-            chunk.states.append(DiscreteState(st.k, st.w, st.m, None))
+            chunk.states.append(DiscreteState(st.k, st.w, st.m, None, nu=st.nu))
         return records, chunk
 
 
