@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 import tyro
 
-from .spec import CentralSpec, EigSpec, IntegratorSpec, OutputSpec, RodSpec, RunSpec, SpecError, StableSpec, StopSpec
+from .spec import (CentralSpec, EigSpec, IntegratorSpec, MiniBatchSpec, OutputSpec, RodSpec, RunSpec, SpecError,
+                   StableSpec, StopSpec)
 
 __all__ = ["RunCommand", "run_main", "resume_main"]
 
@@ -54,6 +55,7 @@ class RunCommand:
     central: CentralSpec = field(default_factory=CentralSpec)
     stop: StopSpec = field(default_factory=StopSpec)
     output: OutputSpec = field(default_factory=lambda: OutputSpec(path="run.nc"))
+    minibatch: MiniBatchSpec = field(default_factory=MiniBatchSpec)
     progress: bool = True
     """show a progress bar"""
 
@@ -68,7 +70,8 @@ class RunCommand:
         ig["options"] = options
         return RunSpec(problem=problem, optimizer=optimizer, runs=self.runs, restart_at=self.restart_at,
                        events=self.events, eig=self.eig, integrator=IntegratorSpec(**ig), stable=self.stable,
-                       rod=self.rod, central=self.central, stop=self.stop, output=self.output)
+                       rod=self.rod, central=self.central, stop=self.stop, output=self.output,
+                       minibatch=self.minibatch)
 
     @classmethod
     def from_spec(cls, spec: RunSpec) -> "RunCommand":
@@ -80,7 +83,8 @@ class RunCommand:
             ev.append(e.name + ("!" if e.terminal and e.kind != "divergence" else ""))
         return cls(problem=json.dumps(spec.problem), optimizer=json.dumps(spec.optimizer), runs=tuple(spec.runs),
                    restart_at=spec.restart_at, events=tuple(ev), eig=spec.eig, integrator=IntegratorArgs(**ig),
-                   stable=spec.stable, rod=spec.rod, central=spec.central, stop=spec.stop, output=spec.output)
+                   stable=spec.stable, rod=spec.rod, central=spec.central, stop=spec.stop, output=spec.output,
+                   minibatch=spec.minibatch)
 
 
 def _spec_file(argv):

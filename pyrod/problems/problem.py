@@ -45,7 +45,7 @@ from typing import Callable, Sequence
 import torch
 from torch.func import functional_call, grad, grad_and_value, jvp, vmap
 
-__all__ = ["Problem", "Block", "resolve_device", "resolve_dtype", "check_batch_size", "UNREPRODUCIBLE_KEY",
+__all__ = ["Problem", "Block", "Samples", "resolve_device", "resolve_dtype", "check_batch_size", "UNREPRODUCIBLE_KEY",
            "FROM_MODULE_MESSAGE"]
 
 #: key of ``Problem.config`` marking a problem that no config can rebuild (its value says why)
@@ -100,6 +100,34 @@ class Block:
         return self.stop - self.start
 
 
+@dataclass(frozen=True)
+class Samples:
+    """The training samples of a problem built from a model (:meth:`Problem.from_module`), kept so that the same
+    loss can be evaluated on other samples (:meth:`Problem.on_samples`: mini-batches, held-out splits, fresh
+    samples from a stream).
+
+    ``X (n, …)``, ``Y (n, …)``: the problem's samples, already on its device and dtype; ``forward(w, x)``: the
+    model's outputs for inputs ``x`` at flat parameters ``w``; ``loss_of(outputs, y)``: the loss, a mean over the
+    samples; ``classification``: integer labels (accuracy defined)."""
+
+    X: torch.Tensor
+    Y: torch.Tensor
+    forward: Callable
+    loss_of: Callable
+    classification: bool
+
+    @property
+    def n(self) -> int:
+        return int(self.X.shape[0])
+
+    def prepare(self, X, Y) -> tuple[torch.Tensor, torch.Tensor]:
+        """``X``, ``Y`` (tensors or NumPy arrays) on this problem's device, inputs in its dtype, labels as integers
+        (classification) or in its dtype (regression): what :meth:`Problem.from_module` does to its data."""
+        X = torch.as_tensor(X).to(device=self.X.device, dtype=self.X.dtype)
+        Y = torch.as_tensor(Y).to(device=self.Y.device, dtype=self.Y.dtype)
+        return X, Y
+
+
 @dataclass
 class Problem:
     """A full-batch training problem over a flat parameter vector.
@@ -118,6 +146,9 @@ class Problem:
         (``c_b = n_b / n`` for a mean over samples). When given, every derivative is accumulated term by
         term, so at most one term's intermediate tensors are alive at a time (module docstring).
     batch_size : the micro-batch size the terms were made with (information; ``None`` = one full batch).
+    samples : the :class:`Samples` (data, forward, loss) of a problem built from a model, else None; needed by
+        :meth:`on_samples` (mini-batch runs).
+    parent : the problem whose gradient/HVP counters also count this one's (set by :meth:`on_samples`).
     """
 
     loss_fn: Callable[[torch.Tensor], torch.Tensor]
@@ -129,6 +160,8 @@ class Problem:
     name: str = "problem"
     batches: Sequence[tuple] = ()
     batch_size: int | None = None
+    samples: Samples | None = field(default=None, repr=False, compare=False)
+    parent: "Problem | None" = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         if not isinstance(self.w0, torch.Tensor) or self.w0.ndim != 1:
@@ -169,6 +202,14 @@ class Problem:
         self.n_hvp = 0
         self._hcache = _HessianGraphCache()   # graph of ∇L at the last HVP point (not state: never copied)
 
+    def _count(self, grads: int = 0, hvps: int = 0) -> None:
+        """Add to the gradient / HVP counters of this problem and of its parents (cost reports)."""
+        p = self
+        while p is not None:
+            p.n_grad += grads
+            p.n_hvp += hvps
+            p = p.parent
+
     # ------------------------------------------------------------------ basics
     @property
     def dim(self) -> int:
@@ -208,12 +249,12 @@ class Problem:
 
     def grad(self, w: torch.Tensor) -> torch.Tensor:
         """∇L(w), shape ``(d,)``."""
-        self.n_grad += 1
+        self._count(grads=1)
         return self._grad(w).detach()
 
     def loss_and_grad(self, w: torch.Tensor):
         """(L(w), ∇L(w)) in one backward pass."""
-        self.n_grad += 1
+        self._count(grads=1)
         g, value = self._grad_and_value(w)
         return value.detach(), g.detach()
 
@@ -228,7 +269,7 @@ class Problem:
         if v.ndim not in (1, 2):
             raise ValueError(f"v must have shape (d,) or (d, k), got {tuple(v.shape)}")
         k = 1 if v.ndim == 1 else v.shape[1]
-        self.n_hvp += k
+        self._count(hvps=k)
         if k == 0:
             return v.clone()
         gr = self._hessian_graph(w)
@@ -279,10 +320,7 @@ class Problem:
         ``u, v`` may be ``(d, m)`` (paired columns), returning ``(d, m)``: without micro-batches two backward passes
         per column on the cached graph of ∇L (:meth:`_hessian_graph`); with micro-batches one vmap per micro-batch.
         """
-        if u.ndim == 1:
-            self.n_hvp += 2
-        else:
-            self.n_hvp += 2 * u.shape[1]
+        self._count(hvps=2 if u.ndim == 1 else 2 * u.shape[1])
         gr = self._hessian_graph(w)
         if gr is not None:
             ww, g = gr
@@ -417,6 +455,19 @@ class Problem:
             return functional_call(model, ({**unflat(w), **buffers},), (x,))
 
         loss_of = make_loss(loss, classification)
+        if callable(loss) and batch_size is not None and batch_size < X.shape[0]:
+            _check_mean_loss(loss_of, forward, w0, X[:batch_size], Y[:batch_size])
+        samples = Samples(X=X, Y=Y, forward=forward, loss_of=loss_of, classification=classification)
+        cfg = dict(config) if config is not None else {UNREPRODUCIBLE_KEY: FROM_MODULE_MESSAGE}
+        cfg["batch_size"] = batch_size
+        return cls._over_samples(samples, X, Y, w0=w0, blocks=tuple(blocks), config=cfg,
+                                 name=name or type(model).__name__, batch_size=batch_size)
+
+    @classmethod
+    def _over_samples(cls, samples: Samples, X, Y, *, w0, blocks, config, name, batch_size, parent=None):
+        """The problem ``L(w) = loss_of(forward(w, X), Y)`` (micro-batched with ``batch_size``) over the model of
+        ``samples``: the common part of :meth:`from_module` and :meth:`on_samples`."""
+        forward, loss_of = samples.forward, samples.loss_of
         n = X.shape[0]
         batches = ()
         if batch_size is None or batch_size >= n:
@@ -427,8 +478,6 @@ class Problem:
                 return loss_of(output_fn(w), Y)
         else:
             parts = list(zip(X.split(batch_size), Y.split(batch_size), strict=True))
-            if callable(loss):
-                _check_mean_loss(loss_of, forward, w0, *parts[0])
 
             def term(xb, yb):
                 return lambda w: loss_of(forward(w, xb), yb)
@@ -445,12 +494,28 @@ class Problem:
                     total = t if total is None else total + t
                 return total
 
-        cfg = dict(config) if config is not None else {UNREPRODUCIBLE_KEY: FROM_MODULE_MESSAGE}
-        cfg["batch_size"] = batch_size
+        classification = samples.classification
         return cls(loss_fn=loss_fn, w0=w0, output_fn=output_fn if classification else None,
-                   labels=Y if classification else None, blocks=tuple(blocks),
-                   config=cfg, name=name or type(model).__name__, batches=batches,
-                   batch_size=None if not batches else batch_size)
+                   labels=Y if classification else None, blocks=blocks, config=config, name=name,
+                   batches=batches, batch_size=None if not batches else batch_size, samples=samples, parent=parent)
+
+    def on_samples(self, X, Y, name: str | None = None) -> "Problem":
+        """The same model and loss over other samples ``X (m, …)``, ``Y (m, …)`` (tensors or NumPy arrays, cast as
+        :meth:`Samples.prepare` does): a mini-batch, a held-out split, fresh samples from a stream. Same ``w0``,
+        blocks and micro-batch size; its gradient and HVP counts are added to this problem's counters too. It has
+        no replay config of its own (it is part of a run, rebuilt from the run's spec). ValueError for a problem
+        without samples (analytic toys, problems written as a loss function)."""
+        if self.samples is None:
+            raise ValueError(f"problem {self.name!r} has no samples to draw from (analytic toys and problems built "
+                             f"from a loss function have none); build it from a model and data "
+                             f"(pyrod.problem(model=..., data=...) or Problem.from_module)")
+        X, Y = self.samples.prepare(X, Y)
+        if X.shape[0] != Y.shape[0] or X.shape[0] == 0:
+            raise ValueError(f"on_samples: X has {X.shape[0]} rows and Y {Y.shape[0]}; need the same number, >= 1")
+        cfg = {UNREPRODUCIBLE_KEY: f"samples drawn from problem {self.name!r} (rebuilt from the run's spec)"}
+        return Problem._over_samples(self.samples, X, Y, w0=self.w0, blocks=tuple(self.blocks), config=cfg,
+                                     name=name or self.name, parent=self,
+                                     batch_size=(self.config or {}).get("batch_size") or self.batch_size)
 
     @classmethod
     def from_factory(cls, factory: str, *, factory_kwargs: dict | None = None, dtype=None, device=None,

@@ -54,7 +54,7 @@ class DiscreteRun:
         self.loss_target = loss_target
         self.divergence_factor = divergence_factor
         if state is None:
-            loss0, g0 = problem.loss_and_grad(problem.w0)
+            loss0, g0 = self._gradient(problem.w0)
             state = optimizer.init_state(problem.w0, g0)
             self._pending = (loss0, g0)
         else:
@@ -85,11 +85,23 @@ class DiscreteRun:
         self.stop_reason = state["stop_reason"]
         self.measurer.load_state_dict(state["measurer"])
 
+    def _gradient(self, w):
+        """``(loss, gradient)`` that step from ``w`` uses: the full batch here (a mini-batch run draws a batch)."""
+        return self.problem.loss_and_grad(w)
+
     def _loss_grad(self):
         if self._pending is not None:
             out, self._pending = self._pending, None
             return out
-        return self.problem.loss_and_grad(self.state.w)
+        return self._gradient(self.state.w)
+
+    def _measure(self, st: OptState, new_state: OptState, nu_p, loss, g) -> dict:
+        """The row of step ``st.k`` (the step from ``st`` to ``new_state`` taken with gradient ``g``)."""
+        return self.measurer.measure(st.w, step=st.k, nu=nu_p, t=st.k, loss=loss, grad=g)
+
+    def group_attrs(self) -> dict:
+        """Attributes of this run's group in the file."""
+        return {"run": "discrete"}
 
     def run_chunk(self, n: int):
         """Advance ``n`` steps. Returns ``(records, chunk)``; ``records`` is a list of ``(t, values)``."""
@@ -107,7 +119,7 @@ class DiscreteRun:
                 self.stop_reason = "diverged: non-finite loss or gradient at step %d" % st.k
                 break
             new_state, nu_p = self.opt.step(st, g)
-            values = self.measurer.measure(st.w, step=st.k, nu=nu_p, t=st.k, loss=loss, grad=g)
+            values = self._measure(st, new_state, nu_p, loss, g)
             records.append((float(st.k), values))
             chunk.states.append(DiscreteState(st.k, st.w, st.m, nu_p, loss_f))
             chunk.n_steps += 1
