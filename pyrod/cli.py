@@ -15,8 +15,18 @@ from dataclasses import dataclass, field
 
 import tyro
 
-from .spec import (CentralSpec, EigSpec, IntegratorSpec, MiniBatchSpec, OutputSpec, RodSpec, RunSpec, SpecError,
-                   StableSpec, StopSpec)
+from .spec import (
+    CentralSpec,
+    EigSpec,
+    IntegratorSpec,
+    MiniBatchSpec,
+    OutputSpec,
+    RodSpec,
+    RunSpec,
+    SpecError,
+    StableSpec,
+    StopSpec,
+)
 
 __all__ = ["RunCommand", "run_main", "resume_main"]
 

@@ -5,8 +5,8 @@ A mini-batch run (``RunSpec.minibatch.size`` set; docs/minibatch.md) takes each 
 * ``source="dataset"`` — :class:`EpochSampler`: the problem's own samples (its training split: all but the last
   ``heldout``) in shuffled epochs. Epoch ``e`` is the permutation ``default_rng([seed, e, 0xE90C])`` of the
   training indices, read in consecutive slices of ``size``; a batch that reaches the end of an epoch continues
-  with the next one, so every training sample is used exactly once per epoch and never twice in one batch.
-  State: ``(epoch, position)``.
+  with the next one (its samples moved behind in that epoch's order, so that no batch holds a sample twice), so
+  every training sample is used exactly once per epoch. State: the epoch, the position in it and its order.
 * ``source="stream"`` — :class:`StreamSampler`: fresh samples from the data set's generator
   (:data:`pyrod.problems.data.STREAMS`; the Zipf-PCFG's :class:`~pyrod.problems.pcfg.TokenStream`), never reused.
   State: the generator's state and the tokens drawn but not yet used.
@@ -38,8 +38,14 @@ _EPOCH_KEY = 0xE90C
 
 
 class EpochSampler:
-    """Indices of mini-batches of ``size`` out of ``n`` samples, in shuffled epochs without replacement (module
-    docstring). ``next_indices()`` -> int64 array ``(size,)``; ``state_dict()``: ``{"epoch", "position"}``."""
+    """Indices of mini-batches of ``size`` out of ``n`` samples, in shuffled epochs without replacement.
+
+    Epoch ``e`` reads the permutation ``default_rng([seed, e, 0xE90C])`` in consecutive slices of ``size``. A batch
+    that reaches the end of an epoch takes its remaining samples from the start of the next one; so that it never
+    holds a sample twice, the samples it already has are moved behind the ones it takes in that next epoch's order
+    (the order is otherwise the permutation). Every sample is used exactly once per epoch.
+    ``next_indices()`` -> int64 array ``(size,)``; ``state_dict()``: ``{"epoch", "position", "order"}`` (the
+    current epoch's order, None before it starts)."""
 
     def __init__(self, n: int, size: int, seed: int):
         if size > n:
@@ -47,30 +53,40 @@ class EpochSampler:
                              f"sample twice")
         self.n, self.size, self.seed = int(n), int(size), int(seed)
         self.epoch, self.position = 0, 0
-        self._perm = None                       # cache of the current epoch's permutation (not state)
+        self.order = None
 
     def permutation(self, epoch: int) -> np.ndarray:
-        """The order of epoch ``epoch`` (a pure function of the seed and the epoch)."""
+        """The permutation of epoch ``epoch`` (a pure function of the seed and the epoch)."""
         return np.random.default_rng([self.seed, int(epoch), _EPOCH_KEY]).permutation(self.n)
+
+    def _epoch_order(self, epoch: int, taken: np.ndarray, need: int) -> np.ndarray:
+        perm = self.permutation(epoch)
+        if not len(taken):
+            return perm
+        fresh = perm[~np.isin(perm, taken)][:need]            # the batch's other samples, in permutation order
+        return np.concatenate([fresh, perm[~np.isin(perm, fresh)]])
 
     def next_indices(self) -> np.ndarray:
         parts, need = [], self.size
         while need:
-            if self._perm is None or self._perm[0] != self.epoch:
-                self._perm = (self.epoch, self.permutation(self.epoch))
-            take = self._perm[1][self.position:self.position + need]
+            if self.order is None:
+                taken = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+                self.order = self._epoch_order(self.epoch, taken, need)
+            take = self.order[self.position:self.position + need]
             parts.append(take)
             need -= len(take)
             self.position += len(take)
             if self.position == self.n:
-                self.epoch, self.position = self.epoch + 1, 0
+                self.epoch, self.position, self.order = self.epoch + 1, 0, None
         return np.concatenate(parts)
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
+        return {"epoch": self.epoch, "position": self.position,
+                "order": None if self.order is None else self.order.copy()}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self.order = None if state["order"] is None else np.asarray(state["order"], dtype=np.int64).copy()
 
 
 class StreamSampler:
