@@ -305,7 +305,7 @@ def _build_runs(spec, problem, optimizer):
 
         data = MiniBatchData(problem, mb)
         return {"discrete": MiniBatchRun(problem, optimizer, measurer(on=data.measure_problem), data,
-                                         nds_every=mb.nds_every or spec.eig.every, heldout_every=mb.heldout_every,
+                                         nds_every=spec.eig.every if mb.nds_every is None else mb.nds_every, heldout_every=mb.heldout_every,
                                          sharpness_batches=mb.batch_sharpness, loss_target=spec.stop.loss_target,
                                          divergence_factor=spec.stop.divergence_factor)}
     runs = {"discrete": DiscreteRun(problem, optimizer, measurer(), loss_target=spec.stop.loss_target,

@@ -140,8 +140,9 @@ def _plain(v):
 # ----------------------------------------------------------------------------------------- sections
 @dataclass(frozen=True)
 class EigSpec(_Section):
-    """Eigen measurement of every run: top-``k`` eigenvalues of P⁻¹H every ``every`` steps, warm LOBPCG to a
-    relative residual ``tol`` in at most ``max_iter`` iterations (non-convergence is recorded, never silent).
+    """Eigen measurement of every run: top-``k`` eigenvalues of P⁻¹H every ``every`` steps (``every=0``: never),
+    warm LOBPCG to a relative residual ``tol`` in at most ``max_iter`` iterations (non-convergence is recorded,
+    never silent).
     ``flow_every``: the flow runs' own spacing (None: ``every``). The measurement is a read-out, not part of any
     flow: measuring flows less often than the discrete run saves its cost (the central flow's own tracked
     eigenvalues are recorded at every step anyway, in ``critical_sharpness``). ``raw``: for an optimizer with a
@@ -159,7 +160,7 @@ class EigSpec(_Section):
 
     def __post_init__(self):
         _set(self, "k", _int("eig", "k", self.k, lo=1))
-        _set(self, "every", _int("eig", "every", self.every, lo=1))
+        _set(self, "every", _int("eig", "every", self.every, lo=0))
         _set(self, "tol", _float("eig", "tol", self.tol, lo=0, hi=1))
         _set(self, "max_iter", _int("eig", "max_iter", self.max_iter, lo=1))
         _set(self, "flow_every", _int("eig", "flow_every", self.flow_every, lo=1, none=True))
@@ -415,7 +416,7 @@ class MiniBatchSpec(_Section):
         Recorded in the group attribute ``measured_on``.
     measure_size : samples of the fixed held-out measurement batch (None: the whole held-out split).
     nds_every : the NDS of the update actually taken, ``ΔwᵀH_MΔw/‖Δw‖²`` on the measurement set M, every this many
-        steps (None: with the eigenvalues, every ``eig.every``).
+        steps (None: with the eigenvalues, every ``eig.every``; 0: never).
     batch_sharpness : with the eigenvalues (every ``eig.every`` steps), the batch sharpness
         ``mean_B ⟨g_B, H_B g_B⟩/‖g_B‖²`` over this many fresh mini-batches ``B`` of ``size`` samples (0: off).
     """
@@ -442,7 +443,7 @@ class MiniBatchSpec(_Section):
         if self.measure_on is not None and self.measure_on not in MEASURE_ON:
             raise ValueError(f"minibatch.measure_on={self.measure_on!r} is not one of {list(MEASURE_ON)} or None")
         _set(self, "measure_size", _int("minibatch", "measure_size", self.measure_size, lo=1, none=True))
-        _set(self, "nds_every", _int("minibatch", "nds_every", self.nds_every, lo=1, none=True))
+        _set(self, "nds_every", _int("minibatch", "nds_every", self.nds_every, lo=0, none=True))
         _set(self, "batch_sharpness", _int("minibatch", "batch_sharpness", self.batch_sharpness, lo=0))
         if self.size is None:
             changed = [f.name for f in fields(self) if getattr(self, f.name) != f.default]
@@ -545,6 +546,9 @@ class RunSpec(_Section):
         _set(self, "events", _events_tuple(self.events))
         if self.events and not self.flows:
             raise SpecError(f"events={[e.name for e in self.events]} apply to flow runs; runs={list(runs)} has none")
+        if self.minibatch.batch_sharpness and self.eig.every == 0:
+            raise ValueError(f"minibatch.batch_sharpness={self.minibatch.batch_sharpness} is measured with the "
+                             f"eigenvalues, every eig.every steps; eig.every=0 measures never: give eig.every >= 1")
         if self.minibatch.active:
             model_runs = [r for r in runs if r != "discrete"]
             if model_runs:

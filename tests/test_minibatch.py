@@ -345,6 +345,35 @@ def test_minibatch_section_refuses_unknown_keys_and_toys():
 
 
 # ---------------------------------------------------------------------------------------------- the threshold
+def _sgd_digits(batch, steps):
+    prob = pyrod.problem(model="mlp", data="digits", classes=10, n=1000, loss="mse", device="cpu",
+                         model_kwargs={"width": 32, "activation": "tanh"})
+    tree = pyrod.simulate(prob, pyrod.optimizers.GD(lr=1.0), steps=steps, minibatch_size=batch, batch_sharpness=8,
+                          eig_every=20, heldout_every=100)
+    ds = tree["discrete"].ds
+    return ds.batch_sharpness.dropna("t"), ds.sharpness.dropna("t")
+
+
 @pytest.mark.slow
 def test_sgd_batch_sharpness_settles_at_two_over_eta():
-    """Andreyev & Beneventano: SGD's batch sharpness rises to 2/η and stays there. Tolerance in the body."""
+    """Andreyev & Beneventano: SGD's batch sharpness mean_B g_BᵀH_Bg_B/‖g_B‖² rises to 2/η and hovers there, while
+    λmax of the full-batch Hessian is held at or below it (lower for smaller batches).
+
+    SGD (η = 1, threshold 2/η = 2) on a tanh MLP (2×32) over 1000 digits, MSE, batch sharpness over 8 fresh batches
+    every 20 steps. Tolerance: the mean over the second half of the run within 10% of 2/η. One measurement
+    scatters by ~6% (8 batches) and the paper's own curves hover within about ±10% of 2/η; the mean of ≥ 50
+    measurements has a statistical error near 1%, so 10% leaves room for the hovering itself but excludes the
+    pre-threshold phase (0.6–0.8 of 2/η before step 200 here). Measured (2-core CPU, float64): batch 64: 0.99 of 2/η
+    over steps 1000–5000, λmax 1.02–1.05; batch 16: 0.95, λmax 0.85 (~4 min for both)."""
+    thr = 2.0 / 1.0
+    bs64, lmax64 = _sgd_digits(64, 2500)
+    early = float(bs64.sel(t=slice(0, 200)).isel(t=slice(1, None)).mean()) / thr
+    late = float(bs64.sel(t=slice(1250, None)).mean()) / thr
+    assert early < 0.85, early                         # it starts below the threshold and rises to it
+    assert abs(late - 1.0) <= 0.10, late
+    bs16, lmax16 = _sgd_digits(16, 4000)
+    late16 = float(bs16.sel(t=slice(2000, None)).mean()) / thr
+    lmax16_late = float(lmax16.sel(t=slice(2000, None)).mean()) / thr
+    lmax64_late = float(lmax64.sel(t=slice(1250, None)).mean()) / thr
+    assert abs(late16 - 1.0) <= 0.10, late16
+    assert lmax16_late < late16 and lmax16_late < lmax64_late, (lmax16_late, late16, lmax64_late)

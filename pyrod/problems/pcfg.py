@@ -35,6 +35,8 @@ loss, as the paper does.
 """
 from __future__ import annotations
 
+import bisect
+import functools
 import math
 from dataclasses import dataclass
 
@@ -129,9 +131,17 @@ def make_grammar(*, alpha=1.0, n_terminals=32, n_nonterminals=8, depth=3, n_rule
                    rule_probs=tuple(rule_probs), emit=emit, emit_probs=tuple(p_emit for _ in emit))
 
 
-def _draw(p: np.ndarray, rng: np.random.Generator) -> int:
-    """Index ``i`` with probability ``p[i]`` (inverse CDF of one uniform draw)."""
-    return min(int(np.searchsorted(np.cumsum(p), rng.random(), side="right")), len(p) - 1)
+@functools.lru_cache(maxsize=4096)
+def _cdf(p: tuple) -> list:
+    """The cumulative sums of ``p`` (``np.cumsum``, as Python floats), computed once per probability vector."""
+    return [float(x) for x in np.cumsum(np.asarray(p, dtype=np.float64))]
+
+
+def _draw(p, rng: np.random.Generator) -> int:
+    """Index ``i`` with probability ``p[i]`` (inverse CDF of one uniform draw: the first cumulative sum above it,
+    i.e. ``searchsorted(cumsum(p), u, side="right")``)."""
+    cdf = _cdf(p if isinstance(p, tuple) else tuple(float(x) for x in p))
+    return min(bisect.bisect_right(cdf, rng.random()), len(cdf) - 1)
 
 
 def sample_sentence(g: Grammar, rng: np.random.Generator) -> list[int]:

@@ -13,7 +13,7 @@ Recorded per step (group ``discrete``; one time unit = one optimizer step):
 * every ``eig.every`` steps, on the measurement set M (attribute ``measured_on``): ``eigs``, ``sharpness``,
   ``preconditioned_sharpness``, ``threshold``, ``effective_sharpness``, ``eig_residual``, and with
   ``minibatch.batch_sharpness > 0`` the ``batch_sharpness`` over that many fresh mini-batches;
-* every ``minibatch.nds_every`` steps (default ``eig.every``): ``nds`` = ΔwᵀH_MΔw/‖Δw‖² of the update actually taken,
+* every ``minibatch.nds_every`` steps (default ``eig.every``; 0: never): ``nds`` = ΔwᵀH_MΔw/‖Δw‖² of the update actually taken,
   Δw = w_{k+1} − w_k, and ``update_norm_sq`` = ‖Δw‖².
 
 State (``state_dict``): the discrete run's (optimizer state, pending gradient, …) plus the sampler's position.
@@ -112,6 +112,6 @@ class MiniBatchRun(DiscreteRun):
             values.update(self.measurer.spectrum(st.w, nu_p, float(k)))
             if self.sharpness_batches:
                 values["batch_sharpness"] = batch_sharpness(st.w, data.sharpness_batches(k, self.sharpness_batches))[0]
-        if k % self.nds_every == 0:
+        if self.nds_every and k % self.nds_every == 0:
             values.update(update_nds(data.measure_problem, st.w, new_state.w - st.w))
         return values
