@@ -375,5 +375,7 @@ def test_sgd_batch_sharpness_settles_at_two_over_eta():
     late16 = float(bs16.sel(t=slice(2000, None)).mean()) / thr
     lmax16_late = float(lmax16.sel(t=slice(2000, None)).mean()) / thr
     lmax64_late = float(lmax64.sel(t=slice(1250, None)).mean()) / thr
+    print(f"\nbatch sharpness / (2/η): batch 64 early {early:.3f} late {late:.3f} (λmax {lmax64_late:.3f}); "
+          f"batch 16 late {late16:.3f} (λmax {lmax16_late:.3f})")
     assert abs(late16 - 1.0) <= 0.10, late16
     assert lmax16_late < late16 and lmax16_late < lmax64_late, (lmax16_late, late16, lmax64_late)
