@@ -122,8 +122,9 @@ def _point_name(point: dict) -> str:
 
 def tune(ctx, alphas, folder: str = "tune") -> dict:
     """Both optimizers at every rate of their grid, per α, on ``tune_seed``; ``{f"{α:g}": {"adam": lr, "muon": lr,
-    "scores": {"adam": {lr: score}, "muon": {...}}}}`` with score = the mean held-out loss over the last
-    ``select_last`` evaluations (+∞ for a run that stopped early or has non-finite losses)."""
+    "adam_at_grid_edge": bool, "muon_at_grid_edge": bool, "scores": {"adam": {lr: score}, "muon": {...}}}}`` with
+    score = the mean held-out loss over the last ``select_last`` evaluations (+∞ for a run that stopped early or has
+    non-finite losses)."""
     p = ctx.p
     cfgs = [optimizer_config(p, "adam", lr) for lr in p["adam_lrs"]] + \
            [optimizer_config(p, "muon", lr) for lr in p["muon_lrs"]]
@@ -140,12 +141,14 @@ def tune(ctx, alphas, folder: str = "tune") -> dict:
         score = float(np.mean(h[-p["select_last"]:])) if ok else math.inf
         out.setdefault(f"{alpha:g}", {"scores": {"adam": {}, "muon": {}}})["scores"][kind][f"{cfg['lr']:g}"] = score
     for a, d in out.items():
-        for kind in ("adam", "muon"):
+        for kind, grid in (("adam", p["adam_lrs"]), ("muon", p["muon_lrs"])):
             sc = d["scores"][kind]
             best = min(sc, key=lambda k: sc[k])
             if not math.isfinite(sc[best]):
                 raise ExperimentError(f"every {kind} learning rate diverged at α={a}: {sc}")
             d[kind] = float(best)
+            # the best rate at an end of the grid: the optimum may lie outside it (reported, not hidden)
+            d[f"{kind}_at_grid_edge"] = float(best) in (float(min(grid)), float(max(grid)))
     return out
 
 
