@@ -79,6 +79,11 @@ def test_zipf_medium_summary_is_computed_from_the_files(zipf_medium):
         assert ci["lo"] < ci["mean"] < ci["hi"] and ci["n"] == 2
     slopes = [(row[1] - row[0]) / 2.0 for row in ratios]
     assert r["nds_ratio_slope_vs_alpha_per_seed"] == pytest.approx(slopes, rel=1e-9)
+    sens = r["tuning_seed_ratio_by_rates"]["2"]          # every rate pair on the tuning seed
+    A = ms.load_group(out / "tune" / "alpha2_adam_lr0.001.nc")
+    M = ms.load_group(out / "tune" / "alpha2_muon_lr0.03.nc")
+    assert sens["0.001 / 0.03"] == pytest.approx(ms.matched_on_heldout(A, M, 4, 3, 5)["nds_ratio_median"], rel=1e-12)
+    assert len(sens) == 4
     assert r["verdict"].split(":")[0] in ("reproduces", "does not reproduce", "cannot tell at this power")
     assert r["memorisation_check_passed"] == (r["memorisation_gap_max"] <= 0.05)
 

@@ -304,8 +304,26 @@ def summarize_medium(out, p, chosen: dict, points, folder: str = "runs") -> dict
                         f"the lowest mean held-out loss over the last {p['select_last']} evaluations on tuning seed "
                         f"{p['tune_seed']} (not a reported seed)"),
     }
+    results["tuning_seed_ratio_by_rates"] = rate_sensitivity(out, p, alphas)
     results["verdict"] = verdict(results, alphas)
     return results
+
+
+def rate_sensitivity(out, p, alphas, folder: str = "tune") -> dict:
+    """On the tuning seed, the median Adam/Muon NDS ratio at matched held-out loss for *every* pair of rates of the
+    grids (``{α: {"adam lr / muon lr": ratio}}``): how much the ratio depends on the rates, beside the chosen pair.
+    From the tuning runs (no extra run)."""
+    res = {}
+    for a in alphas:
+        row = {}
+        for la in p["adam_lrs"]:
+            A = ms.load_group(out / folder / f"alpha{a:g}_adam_lr{la:g}.nc")
+            for lm in p["muon_lrs"]:
+                M = ms.load_group(out / folder / f"alpha{a:g}_muon_lr{lm:g}.nc")
+                row[f"{la:g} / {lm:g}"] = ms.matched_on_heldout(A, M, p["levels"], p["match_window"],
+                                                               p["heldout_every"])["nds_ratio_median"]
+        res[f"{a:g}"] = row
+    return res
 
 
 def verdict(r: dict, alphas) -> str:
