@@ -18,7 +18,7 @@ runs (``--jobs``; on one GPU several processes share it, so that division is opt
 
 Needs only torch, numpy, xarray and netCDF4 besides pyrod (no scipy, matplotlib, dask). Usage::
 
-    PYTHONPATH=. python3 benchmarks/minibatch_cost.py --device cuda --size gpu          # the GPU check (< 90 s)
+    PYTHONPATH=. python3 benchmarks/minibatch_cost.py --device cuda --size gpu --threads 16   # the GPU check (< 90 s)
     OMP_NUM_THREADS=1 PYTHONPATH=. python3 benchmarks/minibatch_cost.py --device cpu --size cpu --steps 200
     OMP_NUM_THREADS=1 PYTHONPATH=. python3 benchmarks/minibatch_cost.py --device cpu --size tiny --steps 20
 """
@@ -128,6 +128,9 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=20, help="repetitions of each timed piece")
     ap.add_argument("--jobs", type=int, default=2, help="parallel runs assumed by the projection")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--budget", type=float, default=75.0,
+                    help="seconds for the simulated steps of both optimizers together: --steps is lowered (not below "
+                         "heldout_every) when the timed pieces say they would take longer")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -147,9 +150,13 @@ def main(argv=None) -> int:
         lr = grid[len(grid) // 2]
         spec = ms.run_spec(p, 1.0, p["seeds"][0], ms.optimizer_config(p, kind, lr))
         steps = args.steps or 10 * spec.minibatch.heldout_every
-        per[kind] = {"lr": lr, "dim": None, **pieces(spec, args.reps), **simulate_per_step(spec, steps)}
+        parts = pieces(spec, args.reps)
+        h = spec.minibatch.heldout_every
+        fit = int(args.budget / 2 / max(parts["per_step_from_pieces_s"], 1e-9)) - 2 * h     # minus the warm-up
+        if fit < steps:
+            steps = max(h, fit)
         from pyrod.simulation import build_problem
-        per[kind]["dim"] = build_problem(spec.problem).dim
+        per[kind] = {"lr": lr, "dim": build_problem(spec.problem).dim, **parts, **simulate_per_step(spec, steps)}
     report["per_optimizer"] = per
     step_s = sum(v["wall_s_per_step"] for v in per.values()) / len(per)
     n_runs = len(p["alphas"]) * (len(p["adam_lrs"]) + len(p["muon_lrs"])) + len(p["alphas"]) * 2 * len(p["seeds"])
