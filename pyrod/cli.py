@@ -22,7 +22,7 @@ from typing import Annotated
 import tyro
 
 from .cli_errors import CommandLineError, fail, tyro_cli, user_errors
-from .spec import CentralSpec, EigSpec, IntegratorSpec, OutputSpec, RodSpec, RunSpec, StableSpec, StopSpec
+from .spec import CentralSpec, EigSpec, IntegratorSpec, MiniBatchSpec, OutputSpec, RodSpec, RunSpec, StableSpec, StopSpec
 
 __all__ = ["RunCommand", "run_main", "resume_main"]
 
@@ -99,9 +99,10 @@ def from_section(args_cls, section):
                        else getattr(section, f.name) for f in dataclasses.fields(section)})
 
 
-EigArgs, IntegratorArgs, StableArgs, RodArgs, CentralArgs, StopArgs, OutputArgs = (
-    section_args(c) for c in (EigSpec, IntegratorSpec, StableSpec, RodSpec, CentralSpec, StopSpec, OutputSpec))
-_SECTIONS = ("eig", "integrator", "stable", "rod", "central", "stop", "output")
+EigArgs, IntegratorArgs, StableArgs, RodArgs, CentralArgs, StopArgs, OutputArgs, MiniBatchArgs = (
+    section_args(c) for c in (EigSpec, IntegratorSpec, StableSpec, RodSpec, CentralSpec, StopSpec, OutputSpec,
+                              MiniBatchSpec))
+_SECTIONS = ("eig", "integrator", "stable", "rod", "central", "stop", "output", "minibatch")
 
 
 @dataclass
@@ -125,6 +126,7 @@ class RunCommand:
     central: CentralArgs = field(default_factory=CentralArgs)
     stop: StopArgs = field(default_factory=StopArgs)
     output: OutputArgs = field(default_factory=lambda: OutputArgs(path="run.nc"))
+    minibatch: MiniBatchArgs = field(default_factory=MiniBatchArgs)
     threads: int | None = None
     """CPU threads (None: 1 for a small problem, all cores for a large one; torch's own if OMP_NUM_THREADS is set)"""
     progress: bool = True

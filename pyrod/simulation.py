@@ -406,10 +406,20 @@ def _threads_for(spec, problem, payload):
 
 
 def _build_runs(spec, problem, optimizer):
-    def measurer(every=spec.eig.every):
-        return Measurer(problem, optimizer, spec.eig.k, every, eig_tol=spec.eig.tol,
+    def measurer(every=spec.eig.every, on=problem):
+        return Measurer(on, optimizer, spec.eig.k, every, eig_tol=spec.eig.tol,
                         eig_max_iter=spec.eig.max_iter, raw=spec.eig.raw)
 
+    mb = spec.minibatch
+    if mb.active:      # a mini-batch run: the same optimizer step on mini-batch gradients (pyrod.runs.minibatch)
+        from .runs.minibatch import MiniBatchRun
+        from .runs.sampling import MiniBatchData
+
+        data = MiniBatchData(problem, mb)
+        return {"discrete": MiniBatchRun(problem, optimizer, measurer(on=data.measure_problem), data,
+                                         nds_every=spec.eig.every if mb.nds_every is None else mb.nds_every, heldout_every=mb.heldout_every,
+                                         sharpness_batches=mb.batch_sharpness, loss_target=spec.stop.loss_target,
+                                         divergence_factor=spec.stop.divergence_factor)}
     runs = {"discrete": DiscreteRun(problem, optimizer, measurer(), loss_target=spec.stop.loss_target,
                                     divergence_factor=spec.stop.divergence_factor)}
     if "midpoint" in spec.runs:
@@ -434,7 +444,7 @@ def _add_groups(writer, spec, runs, problem):
         if spec.output.snapshot_every:
             dvars = dvars + [Var("w", ("t_snap", "param"), "discrete parameters w_k", "1")]
             dims.update({"t_snap": None, "param": problem.dim})
-        writer.add_group("discrete", dvars, dims=dims, attrs={"run": "discrete"}, coords=_index_coords(dims))
+        writer.add_group("discrete", dvars, dims=dims, attrs=runs["discrete"].group_attrs(), coords=_index_coords(dims))
     for name, run in runs.items():
         if name == "discrete":
             continue

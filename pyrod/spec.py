@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, fields
 from .keys import suggest, unknown
 
 __all__ = ["RunSpec", "EigSpec", "IntegratorSpec", "StableSpec", "RodSpec", "CentralSpec", "StopSpec",
-           "OutputSpec", "SpecError", "spec_from_kwargs", "FLAT_KEYWORDS", "RUN_NAMES", "SPEC_VERSION"]
+           "OutputSpec", "MiniBatchSpec", "MINIBATCH_SOURCES", "MEASURE_ON", "SpecError", "spec_from_kwargs", "FLAT_KEYWORDS", "RUN_NAMES", "SPEC_VERSION"]
 
 SPEC_VERSION = 1
 RUN_NAMES = ("discrete", "midpoint", "stable", "rod", "central")
@@ -142,7 +142,7 @@ class EigSpec(_Section):
     k: int = 1
     """number of top eigenvalues of P⁻¹H measured (the ``eig`` dimension)"""
     every: int = 10
-    """measure every this many optimizer steps (NaN in between)"""
+    """measure every this many optimizer steps (NaN in between; 0: never)"""
     tol: float = 1e-6
     """relative residual at which LOBPCG stops"""
     max_iter: int = 200
@@ -157,7 +157,7 @@ class EigSpec(_Section):
 
     def __post_init__(self):
         _set(self, "k", _int("eig", "k", self.k, lo=1))
-        _set(self, "every", _int("eig", "every", self.every, lo=1))
+        _set(self, "every", _int("eig", "every", self.every, lo=0))
         _set(self, "tol", _float("eig", "tol", self.tol, lo=0, hi=1))
         _set(self, "max_iter", _int("eig", "max_iter", self.max_iter, lo=1))
         _set(self, "flow_every", _int("eig", "flow_every", self.flow_every, lo=1, none=True))
@@ -379,6 +379,93 @@ class OutputSpec(_Section):
         _set(self, "snapshot_every", _int("output", "snapshot_every", self.snapshot_every, lo=1, none=True))
 
 
+#: values of ``minibatch.source`` and ``minibatch.measure_on``
+MINIBATCH_SOURCES = ("dataset", "stream")
+MEASURE_ON = ("heldout", "train")
+
+
+@dataclass(frozen=True)
+class MiniBatchSpec(_Section):
+    """Mini-batch training (docs/minibatch.md). ``size=None`` (the default): full batch, and every other option of
+    this section must stay at its default."""
+
+    size: int | None = None
+    """samples per step (None: full batch; for the gpt model a sample is one window of context tokens)"""
+    seed: int = 0
+    """the sampling seed (independent of the problem's seed, which fixes the model, the data and the grammar)"""
+    source: str = "dataset"
+    """"dataset": mini-batches of the problem's own samples in shuffled epochs (every training sample exactly once
+    per epoch, no sample twice in a batch); "stream": fresh samples from the data set's generator at every step,
+    never reused (zipf_pcfg; pyrod.problems.data.STREAMS)"""
+    heldout: int = 0
+    """held-out samples, never trained on: "dataset": the last heldout samples of the problem's data (the first
+    n − heldout are the training split); "stream": heldout fresh samples from an independent stream (required)"""
+    heldout_every: int = 10
+    """every this many steps the loss on the held-out split (heldout_loss) and, for "dataset", on the whole
+    training split (train_loss)"""
+    measure_on: str | None = None
+    """where sharpness, preconditioned sharpness, NDS of the update and eigenvalues are measured: "heldout" (a fixed
+    held-out batch, the first measure_size held-out samples) or "train" (the whole training split; "dataset" only);
+    None: "heldout" when there is a held-out split, else "train"; recorded in the group attribute measured_on"""
+    measure_size: int | None = None
+    """samples of the fixed held-out measurement batch (None: the whole held-out split)"""
+    nds_every: int | None = None
+    """the NDS of the update actually taken, ΔwᵀH_MΔw/‖Δw‖² on the measurement set M, every this many steps (None:
+    with the eigenvalues, every eig.every; 0: never)"""
+    batch_sharpness: int = 0
+    """with the eigenvalues (every eig.every steps), the batch sharpness mean_B ⟨g_B, H_B g_B⟩/‖g_B‖² over this
+    many fresh mini-batches B of size samples (0: off)"""
+
+    _where = "minibatch"
+
+    def __post_init__(self):
+        _set(self, "size", _int("minibatch", "size", self.size, lo=1, none=True))
+        _set(self, "seed", _int("minibatch", "seed", self.seed, lo=0))
+        if self.source not in MINIBATCH_SOURCES:
+            raise ValueError(f"minibatch.source={self.source!r} is not one of {list(MINIBATCH_SOURCES)}")
+        _set(self, "heldout", _int("minibatch", "heldout", self.heldout, lo=0))
+        _set(self, "heldout_every", _int("minibatch", "heldout_every", self.heldout_every, lo=1))
+        if self.measure_on is not None and self.measure_on not in MEASURE_ON:
+            raise ValueError(f"minibatch.measure_on={self.measure_on!r} is not one of {list(MEASURE_ON)} or None")
+        _set(self, "measure_size", _int("minibatch", "measure_size", self.measure_size, lo=1, none=True))
+        _set(self, "nds_every", _int("minibatch", "nds_every", self.nds_every, lo=0, none=True))
+        _set(self, "batch_sharpness", _int("minibatch", "batch_sharpness", self.batch_sharpness, lo=0))
+        if self.size is None:
+            changed = [f.name for f in fields(self) if getattr(self, f.name) != f.default]
+            if changed:
+                raise SpecError(f"minibatch options {changed} apply to mini-batch runs; set minibatch.size (the "
+                                f"samples per step) too, or leave them out for a full-batch run")
+            return
+        if self.source == "stream" and self.heldout == 0:
+            raise ValueError("minibatch.source='stream' needs minibatch.heldout >= 1: a stream has no training set to "
+                             "evaluate or measure on, so give a held-out split of that many fresh samples")
+        if self.measure_on == "heldout" and self.heldout == 0:
+            raise ValueError("minibatch.measure_on='heldout' needs minibatch.heldout >= 1 held-out samples")
+        if self.measure_on == "train" and self.source == "stream":
+            raise ValueError("minibatch.measure_on='train' needs a finite training set (source='dataset'); a stream "
+                             "is measured on a fixed held-out batch (measure_on='heldout')")
+        if self.measure_size is not None:
+            if self.measured_on != "heldout":
+                raise ValueError(f"minibatch.measure_size={self.measure_size} sets the held-out measurement batch; "
+                                 f"measurements are on the training split here (measure_on='train' or no held-out "
+                                 f"split)")
+            if self.measure_size > self.heldout:
+                raise ValueError(f"minibatch.measure_size={self.measure_size} is more than the "
+                                 f"minibatch.heldout={self.heldout} held-out samples")
+
+    @property
+    def active(self) -> bool:
+        """Whether this is a mini-batch run (``size`` set)."""
+        return self.size is not None
+
+    @property
+    def measured_on(self) -> str:
+        """``"heldout"`` or ``"train"``: where the measurements are taken (``measure_on`` resolved)."""
+        if self.measure_on is not None:
+            return self.measure_on
+        return "heldout" if self.heldout > 0 else "train"
+
+
 def _events_tuple(events) -> tuple:
     if not events:
         return ()
@@ -401,6 +488,8 @@ class RunSpec(_Section):
     threads : CPU threads of torch for this run (None: one thread for a small problem, every core for a large one,
         torch's own setting when the environment sets ``OMP_NUM_THREADS``; :mod:`pyrod.threads`). Not part of
         the experiment: it changes the speed and the last bits of floating-point sums, never the maths.
+    minibatch : the mini-batch section (``minibatch``: full batch
+        unless ``minibatch.size`` is set; files written before it existed read as full batch).
     """
 
     problem: dict | None = None
@@ -416,10 +505,11 @@ class RunSpec(_Section):
     stop: StopSpec = field(default_factory=StopSpec)
     output: OutputSpec = field(default_factory=OutputSpec)
     threads: int | None = None
+    minibatch: MiniBatchSpec = field(default_factory=MiniBatchSpec)
 
     _where = "RunSpec"
     _sections = {"eig": EigSpec, "integrator": IntegratorSpec, "stable": StableSpec, "rod": RodSpec,
-                 "central": CentralSpec, "stop": StopSpec, "output": OutputSpec}
+                 "central": CentralSpec, "stop": StopSpec, "output": OutputSpec, "minibatch": MiniBatchSpec}
 
     def __post_init__(self):
         wrong = name_errors({f.name: getattr(self, f.name) for f in fields(self)})
@@ -452,6 +542,17 @@ class RunSpec(_Section):
         _set(self, "threads", _int("RunSpec", "threads", self.threads, lo=1, none=True))
         if self.events and not self.flows:
             raise SpecError(f"events={[e.name for e in self.events]} apply to flow runs; runs={list(runs)} has none")
+        if self.minibatch.batch_sharpness and self.eig.every == 0:
+            raise ValueError(f"minibatch.batch_sharpness={self.minibatch.batch_sharpness} is measured with the "
+                             f"eigenvalues, every eig.every steps; eig.every=0 measures never: give eig.every >= 1")
+        if self.minibatch.active:
+            model_runs = [r for r in runs if r != "discrete"]
+            if model_runs:
+                raise SpecError(f"runs={list(runs)}: {model_runs} model full-batch training (the flows follow the "
+                                f"full-batch gradient, the midpoint averages full-batch iterates), so they have no "
+                                f"meaning for a mini-batch run (minibatch.size={self.minibatch.size}); pyrod does not "
+                                f"approximate them: run them full batch (minibatch.size=None), or the mini-batch run "
+                                f"alone (runs=['discrete'])")
 
     # ------------------------------------------------------------------ views
     @property
@@ -609,11 +710,15 @@ FLAT_KEYWORDS = {
     "tau": "central.tau", "max_track": "central.max_track", "sdcp_tol": "central.sdcp_tol",
     "refresh_tol": "central.refresh_tol", "counter_rate": "central.counter_rate",
     "runs": "runs", "restart_at": "restart_at", "events": "events", "threads": "threads",
+    "minibatch_size": "minibatch.size", "minibatch_seed": "minibatch.seed", "minibatch_source": "minibatch.source",
+    "heldout": "minibatch.heldout", "heldout_every": "minibatch.heldout_every", "measure_on": "minibatch.measure_on",
+    "measure_size": "minibatch.measure_size", "nds_every": "minibatch.nds_every",
+    "batch_sharpness": "minibatch.batch_sharpness",
 }
 #: backend options accepted as flat keywords too (they land in ``integrator.options``)
 _BACKEND_OPTION_KEYWORDS = ("jac", "max_steps", "exact_saves", "linsolver", "krylov_dim", "max_order",
                             "max_nonlin_iters", "max_conv_fails", "julia_linsolve")
-_SECTION_KEYWORDS = ("eig", "integrator", "stable", "rod", "central", "stop", "output")
+_SECTION_KEYWORDS = ("eig", "integrator", "stable", "rod", "central", "stop", "output", "minibatch")
 
 
 def spec_from_kwargs(problem_config, optimizer_config, kwargs: dict) -> RunSpec:

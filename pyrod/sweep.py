@@ -265,7 +265,10 @@ def _file_state(path) -> dict | None:
 
 
 def _comparable(spec_dict: dict) -> dict:
+    from .spec import MiniBatchSpec
+
     d = json.loads(json.dumps(spec_dict))
+    d.setdefault("minibatch", MiniBatchSpec().to_dict())   # a file written before mini-batch runs: full batch
     d.get("output", {}).pop("path", None)
     d.get("output", {}).pop("overwrite", None)
     d.get("stop", {}).pop("steps", None)

@@ -88,8 +88,9 @@ def _parser(prog):
     ls.add_argument("-v", "--verbose", action="store_true", help="also print every parameter and its default")
     r = sub.add_parser("run", help="run one experiment (run NAME --help: its parameters)", allow_abbrev=False)
     r.add_argument("name", help="experiment name (see `list`)")
-    r.add_argument("--scale", default="small", choices=["tiny", "small", "paper"],
-                   help="tiny: seconds (CI); small (default): minutes on a 2-core CPU; paper: the papers' sizes")
+    r.add_argument("--scale", default="small", choices=["tiny", "small", "medium", "paper"],
+                   help="tiny: seconds (CI); small (default): minutes on a 2-core CPU; medium (muon-zipf, "
+                        "muon-curvature): mini-batches from a stream, ~1 h on 2 cores; paper: the papers' sizes")
     r.add_argument("--out", default=None, help="output folder (default: results/experiments/NAME)")
     r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a parameter (repeatable); `list -v` shows the keys")

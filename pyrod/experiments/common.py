@@ -5,7 +5,11 @@ An experiment is a module with
 * ``NAME`` (CLI name), ``TITLE`` (one line), ``PAPER`` (which figure/table it reproduces), ``RUNTIME`` (rough
   wall time of ``--scale small`` on a 2-core CPU);
 * ``DEFAULTS = {"tiny": {...}, "small": {...}, "paper": {...}}``: every parameter with its default per scale (the
-  same keys at every scale; the type of the default decides how a ``--set key=value`` string is parsed);
+  same keys at these three scales; the type of the default decides how a ``--set key=value`` string is parsed); an
+  experiment may add a ``"medium"`` scale (``muon-zipf``, ``muon-curvature``: mini-batch training on a stream) with
+  keys of its own;
+* optionally ``PRESETS = {key: {value: {param: default, ...}}}``: a parameter that selects a set of defaults
+  (``--set size=gpu``); the preset is applied before the other ``--set`` values, which override it;
 * ``run(ctx) -> dict``: does the work, writes its files through ``ctx`` and returns the ``results`` part of
   ``summary.json``, computed from the files it wrote (:func:`pyrod.open` on them), never typed in.
 
@@ -28,7 +32,7 @@ import numpy as np
 __all__ = ["ExperimentError", "COMMON_DEFAULTS", "SCALES", "Context", "resolve_params",
            "run_experiment", "figure", "threshold_line", "colors", "savefig", "finite", "jsonable"]
 
-SCALES = ("tiny", "small", "paper")
+SCALES = ("tiny", "small", "medium", "paper")
 
 #: parameters every experiment has (the experiment's DEFAULTS may override their values)
 COMMON_DEFAULTS = {
@@ -84,8 +88,16 @@ def resolve_params(module, scale: str, overrides: dict | None = None) -> dict:
     if scale not in defaults:
         raise ExperimentError(f"experiment {module.NAME!r} has no {scale!r} scale")
     params = {**COMMON_DEFAULTS, **defaults[scale]}
+    overrides = dict(overrides or {})
+    for key, choices in getattr(module, "PRESETS", {}).items():   # a preset first, so that --set values win
+        if key in params and key in overrides:
+            value = overrides[key]
+            if value not in choices:
+                raise ExperimentError(f"{key}={value!r}: choose one of {sorted(choices)}")
+            for k, v in choices[value].items():
+                params[k] = _deep_merge(params[k], v) if isinstance(params[k], dict) and isinstance(v, dict) else v
     bad = []
-    for k, v in (overrides or {}).items():
+    for k, v in overrides.items():
         if k not in params:
             bad.append(k)
             continue

@@ -38,12 +38,13 @@ from pathlib import Path
 import numpy as np
 
 from ..papers import cite
+from . import muon_stream as ms
 from .common import Context, ExperimentError, figure, require_positive, savefig
 
 NAME = "muon-curvature"
 TITLE = "Muon vs Adam: one-step gain / curvature penalty / NDS / ‖Δw‖² at matched loss, within vs cross layer"
 PAPER = cite("muon-curvature", "Figs. 1, 2, 4, 9")
-RUNTIME = "~40 s (~26 s with --jobs 2 on idle cores)"
+RUNTIME = "~40 s (~26 s with --jobs 2 on idle cores); medium: ~10 min with --jobs 2"
 
 #: help of this experiment's own parameters (shared ones: common.PARAM_HELP)
 PARAM_HELP = {
@@ -64,13 +65,16 @@ PARAM_HELP = {
 
 SCALARS = ("loss", "gain", "curvature", "nds", "update_norm_sq", "grad_norm", "predicted_decrease",
            "actual_decrease", "gap", "within", "cross", "within_nds", "cross_nds")
+#: the medium scale's extra scalars (mini-batch runs; :func:`train_and_analyze` with ``data``)
+MEDIUM_SCALARS = ("train_loss", "measure_loss")
 _UNITS = {"loss": "training loss L(w)", "gain": "first-order gain G = -g.dw", "curvature":
           "curvature penalty C = dw.H.dw/2", "nds": "normalized directional sharpness dw.H.dw/|dw|^2",
           "update_norm_sq": "squared update norm |dw|^2", "grad_norm": "gradient norm |g|",
           "predicted_decrease": "predicted decrease G - C", "actual_decrease": "actual decrease L(w) - L(w+dw)",
           "gap": "actual - predicted decrease", "within": "within-layer part of dw.H.dw",
           "cross": "cross-layer part of dw.H.dw", "within_nds": "within-layer part / |dw|^2",
-          "cross_nds": "cross-layer part / |dw|^2"}
+          "cross_nds": "cross-layer part / |dw|^2", "train_loss": "mean mini-batch loss around the step",
+          "measure_loss": "loss on the fixed held-out measurement batch"}
 
 #: Zipf-PCFG grammar (pyrod/problems/pcfg.py); every entry goes into the problem's data_kwargs (replayable)
 GRAMMAR = dict(n_terminals=32, n_nonterminals=8, depth=3, n_rules=4, rhs_min=2, rhs_max=3, n_emit=8, context=32,
@@ -90,12 +94,25 @@ DEFAULTS = {
     "paper": {**_BASE, "n": 256, "grammar": {**GRAMMAR, "context": 64, "n_terminals": 128, "n_nonterminals": 16,
                                              "n_emit": 16}, "width": 128, "depth": 4, "heads": 4, "steps": 3000,
               "analyze_every": 20, "levels": 40},
+    # mini-batches of fresh sentences, matched on held-out loss, rates tuned on a grid (pyrod.experiments.muon_stream)
+    "medium": {**ms.MEDIUM, "alpha": 1.0, "analyze_every": 40, "levels": 24},
 }
+PRESETS = ms.PRESETS
 
 _PAIRS = {"gpt": "zipf_pcfg", "mlp": "zipf"}
 
 
+def _medium(p) -> bool:
+    return "batch_size" in p
+
+
 def check_params(p):
+    if _medium(p):
+        ms.check_params(p)
+        require_positive(p, "analyze_every")
+        if p["alpha"] < 0:
+            raise ExperimentError(f"alpha={p['alpha']!r} must be >= 0")
+        return
     require_positive(p, "steps", "analyze_every", "adam_lr", "muon_lr", "levels", "width", "n")
     if p["model"] not in _PAIRS:
         raise ExperimentError(f"model={p['model']!r}: choose 'gpt' (with data=zipf_pcfg) or 'mlp' (with data=zipf)")
@@ -149,8 +166,15 @@ def muon_split_names(muon, problem) -> dict:
     return muon.split([b.name for b in problem.blocks])
 
 
-def train_and_analyze(problem, opt, steps: int, every: int, progress_desc=None, blocks=None):
-    """Train with ``opt`` for ``steps`` full-batch steps; decompose the update every ``every`` steps.
+def train_and_analyze(problem, opt, steps: int, every: int, progress_desc=None, blocks=None, data=None):
+    """Train with ``opt`` for ``steps`` steps; decompose the update every ``every`` steps.
+
+    ``data=None``: full batch, the decomposition on the training loss. ``data``: a
+    :class:`pyrod.runs.sampling.MiniBatchData` (the medium scale): each step's gradient on the next mini-batch, the
+    decomposition on the fixed measurement batch ``data.measure_problem`` (gain, curvature, NDS and actual decrease
+    all on that batch), ``loss`` = the held-out loss (``data.heldout_problem``), ``train_loss`` = the mean
+    mini-batch loss over the ``every`` steps centred on the analysed step (NaN at the end, where the window is
+    cut), ``measure_loss`` = the measurement batch's loss.
 
     ``blocks=None``: the problem's tensors (within/cross split, one batched HVP of one column per tensor);
     ``blocks=()``: NDS only (one HVP). Returns ``(t, rows, block_names, block_nds)``: analysed steps, list of
@@ -159,30 +183,46 @@ def train_and_analyze(problem, opt, steps: int, every: int, progress_desc=None, 
     the split)."""
     from pyrod.analysis import one_step_decomposition, optimizer_update
 
-    loss, g = problem.loss_and_grad(problem.w0)
+    def gradient(w):
+        return problem.loss_and_grad(w) if data is None else data.next_batch().loss_and_grad(w)
+
+    loss, g = gradient(problem.w0)
     state = opt.init_state(problem.w0, g)
-    ts, rows, bnds, bmat = [], [], [], []
+    ts, rows, bnds, bmat, batch_losses = [], [], [], [], []
     names = [b.name for b in problem.blocks]
     it = range(steps)
     if progress_desc:
         from tqdm.auto import tqdm
         it = tqdm(it, desc=progress_desc, unit="step", leave=False)
     for k in it:
+        batch_losses.append(float(loss))
         dw, new_state = optimizer_update(opt, state, g)
         if k % every == 0:
-            r = one_step_decomposition(problem, state.w, dw, blocks=blocks, loss=loss, grad=g)
+            if data is None:
+                r = one_step_decomposition(problem, state.w, dw, blocks=blocks, loss=loss, grad=g)
+            else:
+                r = one_step_decomposition(data.measure_problem, state.w, dw, blocks=blocks)
             if not math.isfinite(r.loss):
                 break
+            row = r.scalars()
+            if data is not None:
+                row["measure_loss"] = row["loss"]
+                row["loss"] = float(data.heldout_problem.loss(state.w))
             ts.append(k)
-            rows.append(r.scalars())
+            rows.append(row)
             bnds.append([r.block_within.get(nm, math.nan) / r.update_norm_sq for nm in names])
             L = len(names)
             bmat.append(np.asarray(r.block_matrix, float) / r.update_norm_sq
                         if r.block_matrix is not None and r.block_matrix.shape == (L, L) else np.full((L, L), np.nan))
         state = new_state
-        loss, g = problem.loss_and_grad(state.w)
+        loss, g = gradient(state.w)
         if not math.isfinite(float(loss)):
             break
+    if data is not None:                 # the training loss around each analysed step (fresh batches: unbiased)
+        bl = np.asarray(batch_losses, float)
+        for t, row in zip(ts, rows, strict=True):
+            lo = t - every // 2
+            row["train_loss"] = float(bl[lo:lo + every].mean()) if lo >= 0 and lo + every <= len(bl) else math.nan
     L = len(names)
     return (np.array(ts, float), rows, names, np.array(bnds, float).reshape(len(ts), L),
             np.array(bmat, float).reshape(len(ts), L, L))
@@ -214,15 +254,18 @@ def layer_split(ds) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
     return within, ds["nds"].values - within, uniq, per
 
 
-def write(path, config: dict, runs: dict, attrs: dict | None = None):
+def write(path, config: dict, runs: dict, attrs: dict | None = None, minibatch: bool = False):
     """Write ``{group: (t, rows, names, block_nds, block_matrix_nds)}`` (the output of
-    :func:`train_and_analyze`) to one NetCDF file (pyrod's RunWriter)."""
+    :func:`train_and_analyze`) to one NetCDF file (pyrod's RunWriter). ``minibatch``: the medium scale's file
+    (``loss`` is the held-out loss; ``train_loss`` and ``measure_loss`` added)."""
     from pyrod.output import RunWriter, Var
 
+    names_ = SCALARS + (MEDIUM_SCALARS if minibatch else ())
+    units = {**_UNITS, "loss": "held-out loss"} if minibatch else _UNITS
     with RunWriter(path, config=config, attrs=attrs or {}, overwrite=True, chunk=64) as w:
         for group, (t, rows, names, bn, bm) in runs.items():
             L = max(1, len(names))
-            vars_ = [Var(k, ("t",), _UNITS.get(k, k), "1") for k in SCALARS]
+            vars_ = [Var(k, ("t",), units.get(k, k), "1") for k in names_]
             vars_.append(Var("block_within_nds", ("t", "block"), "per-tensor within-layer NDS contribution "
                              "dw_l.H_ll.dw_l/|dw|^2", "1"))
             vars_.append(Var("block_matrix_nds", ("t", "block", "block2"), "tensor-pair NDS contributions "
@@ -230,7 +273,7 @@ def write(path, config: dict, runs: dict, attrs: dict | None = None):
             w.add_group(group, vars_, dims={"block": L, "block2": L},
                         attrs={"block_names": names, "optimizer": config["optimizers"][group]})
             for i, tt in enumerate(t):
-                vals = {k: rows[i][k] for k in SCALARS}
+                vals = {k: rows[i][k] for k in names_}
                 vals["block_within_nds"] = bn[i]
                 vals["block_matrix_nds"] = bm[i]
                 w.append(group, tt, vals)
@@ -419,8 +462,74 @@ def train_point(p: dict, name: str, progress: bool = False) -> dict:
             "split": muon_split_names(opts["muon"], prob)}
 
 
+def train_point_medium(p: dict, chosen: dict, name: str) -> dict:
+    """One optimizer's decomposition run at the medium scale (one task of :meth:`Context.map`): mini-batches from the
+    stream (the sweep runs' data: same problem config and sampling), the decomposition on the fixed held-out batch
+    every ``analyze_every`` steps, at the rate ``chosen[name]``. Returns what :func:`train_point` returns."""
+    import torch
+
+    import pyrod
+    from pyrod.runs.sampling import MiniBatchData
+    from pyrod.spec import MiniBatchSpec
+
+    torch.set_num_threads(p["threads"])
+    prob = pyrod.problem(**ms.problem_config(p, p["alpha"], p["seed"]))
+    opts = {k: pyrod.optimizers.from_config(ms.optimizer_config(p, k, chosen[k])).bind(prob) for k in OPTIMIZERS}
+    data = MiniBatchData(prob, MiniBatchSpec(size=p["batch_size"], seed=0, source="stream", heldout=p["heldout"],
+                                             heldout_every=p["heldout_every"], measure_size=p["measure_size"]))
+    result = train_and_analyze(prob, opts[name], p["steps"], p["analyze_every"], data=data)
+    return {"run": result, "problem": prob.config, "optimizer": opts[name].config(), "dim": prob.dim,
+            "split": muon_split_names(opts["muon"], prob)}
+
+
+def run_medium(ctx) -> dict:
+    """Rates from the grid (the tuning sweep at ``alpha`` on ``tune_seed``), then both decomposition runs on seed
+    ``seed`` in parallel; matched on held-out loss; the memorisation check at the matched levels."""
+    p = ctx.p
+    if p["tune_seed"] == p["seed"]:
+        raise ExperimentError(f"tune_seed={p['tune_seed']} equals seed: the rates are chosen on another seed")
+    tuned = ms.tune(ctx, [float(p["alpha"])])[f"{float(p['alpha']):g}"]
+    chosen = {k: tuned[k] for k in OPTIMIZERS}
+    pts = dict(zip(OPTIMIZERS, ctx.map(functools.partial(train_point_medium, p, chosen), OPTIMIZERS, "optimizers"),
+                   strict=True))
+    runs = {name: pt["run"] for name, pt in pts.items()}
+    split = pts["muon"]["split"]
+    config = {"problem": pts["adam"]["problem"], "optimizers": {k: pt["optimizer"] for k, pt in pts.items()},
+              "steps": p["steps"], "analyze_every": p["analyze_every"], "experiment": NAME, "muon_split": split,
+              "minibatch": {"size": p["batch_size"], "source": "stream", "heldout": p["heldout"],
+                            "measure_size": p["measure_size"]}}
+    path = ctx.path("muon_curvature.nc")
+    write(path, config, runs, minibatch=True,
+          attrs={"title": TITLE, "dim": pts["adam"]["dim"], "muon_tensors": split["muon"],
+                 "adam_tensors_under_muon": split["adam"], "matched_on": "held-out loss"})
+    results = summarize_file(path, p["levels"], p["match_window"])
+    results["muon_split"] = split
+    results["tuning"] = tuned
+    results["choice_rule"] = (f"per optimizer, the rate of the grid (adam {p['adam_lrs']}, muon {p['muon_lrs']}) with "
+                              f"the lowest mean held-out loss over the last {p['select_last']} evaluations on tuning "
+                              f"seed {p['tune_seed']}")
+    import pyrod
+
+    tree = pyrod.open(path)
+    levels = np.asarray(results["loss_levels"], float)
+    gaps = []
+    for g in OPTIMIZERS:
+        ds = tree[g].ds
+        held, train = ds["loss"].values, ds["train_loss"].values
+        for lv in levels:
+            hit = np.flatnonzero(held <= lv)
+            if len(hit) and np.isfinite(train[hit[0]]):
+                gaps.append(abs(held[hit[0]] / train[hit[0]] - 1.0))
+    results["memorisation_gap_max"] = float(max(gaps)) if gaps else None
+    results["memorisation_check_passed"] = bool(gaps and max(gaps) <= p["memorisation_tolerance"])
+    plot(ctx, path, loss_name="held-out loss")
+    return results
+
+
 def run(ctx):
     p = ctx.p
+    if _medium(p):
+        return run_medium(ctx)
     # one task per optimizer (each rebuilds the same seeded problem): in parallel with --jobs; per-step bars only
     # when the runs are in this process
     inner = ctx.progress and ctx.in_process
@@ -439,7 +548,7 @@ def run(ctx):
     return results
 
 
-def plot(ctx, path):
+def plot(ctx, path, loss_name: str = "training loss"):
     import pyrod
 
     p = ctx.p
@@ -456,7 +565,7 @@ def plot(ctx, path):
                                    ("actual_decrease", "actual decrease L(w) − L(w+Δw)")], strict=True):
         a.plot(lv, mt[f"a_{k}"], "o-", ms=3, color=ca, label="Adam")
         a.plot(lv, mt[f"b_{k}"], "s-", ms=3, color=cm, label="Muon")
-        a.set(xscale="log", yscale="log", xlabel="training loss level (matched)", ylabel=lab,
+        a.set(xscale="log", yscale="log", xlabel=f"{loss_name} level (matched)", ylabel=lab,
               title=lab.split(" =")[0])
         a.invert_xaxis()
         a.legend(fontsize=7)
@@ -467,18 +576,18 @@ def plot(ctx, path):
     fig, ax = figure(1, 4, width=3.8, height=3.3)
     ax[0, 0].plot(A["t"], A["loss"], color=ca, label="Adam")
     ax[0, 0].plot(M["t"], M["loss"], color=cm, label="Muon")
-    ax[0, 0].set(yscale="log", xlabel="step", ylabel="training loss", title="training loss")
+    ax[0, 0].set(yscale="log", xlabel="step", ylabel=loss_name, title=loss_name)
     ax[0, 1].plot(lv, mt["a_nds"], "o-", ms=3, color=ca, label="Adam")
     ax[0, 1].plot(lv, mt["b_nds"], "s-", ms=3, color=cm, label="Muon")
-    ax[0, 1].set(xscale="log", yscale="log", xlabel="training loss level", ylabel="NDS", title="(a) NDS")
+    ax[0, 1].set(xscale="log", yscale="log", xlabel=f"{loss_name} level", ylabel="NDS", title="(a) NDS")
     ax[0, 2].plot(lv, mt["a_update_norm_sq"], "o-", ms=3, color=ca, label="Adam")
     ax[0, 2].plot(lv, mt["b_update_norm_sq"], "s-", ms=3, color=cm, label="Muon")
-    ax[0, 2].set(xscale="log", yscale="log", xlabel="training loss level", ylabel="‖Δw‖²", title="(b) update norm²")
+    ax[0, 2].set(xscale="log", yscale="log", xlabel=f"{loss_name} level", ylabel="‖Δw‖²", title="(b) update norm²")
     for k, c, lab in (("curvature", "tab:red", "curvature penalty C"), ("nds", "tab:purple", "NDS"),
                       ("update_norm_sq", "tab:gray", "‖Δw‖²")):
         ax[0, 3].plot(lv, mt[f"a_{k}"] / mt[f"b_{k}"], "o-", ms=3, color=c, label=lab)
     ax[0, 3].axhline(1.0, color="k", lw=0.8, ls="--")
-    ax[0, 3].set(xscale="log", yscale="log", xlabel="training loss level", ylabel="Adam / Muon",
+    ax[0, 3].set(xscale="log", yscale="log", xlabel=f"{loss_name} level", ylabel="Adam / Muon",
                  title="(c) Adam-to-Muon ratios")
     for a in ax[0, 1:]:
         a.invert_xaxis()
@@ -492,7 +601,7 @@ def plot(ctx, path):
         a.plot(lv, mt[f"a_{k}"], "o-", ms=3, color=ca, label="Adam")
         a.plot(lv, mt[f"b_{k}"], "s-", ms=3, color=cm, label="Muon")
         a.axhline(0, color="k", lw=0.6)
-        a.set(xscale="log", xlabel="training loss level", ylabel="NDS part", title=title)
+        a.set(xscale="log", xlabel=f"{loss_name} level", ylabel="NDS part", title=title)
         a.invert_xaxis()
         a.legend(fontsize=7)
     a = ax[0, 2]
@@ -500,7 +609,7 @@ def plot(ctx, path):
     a.plot(lv, mt["a_cross_nds"] - mt["b_cross_nds"], "s-", ms=3, color="tab:red", label="cross-layer gap")
     a.plot(lv, mt["a_nds"] - mt["b_nds"], "k--", lw=1, label="total NDS gap")
     a.axhline(0, color="k", lw=0.6)
-    a.set(xscale="log", xlabel="training loss level", ylabel="Adam − Muon", title="(c) NDS gap, layer = tensor")
+    a.set(xscale="log", xlabel=f"{loss_name} level", ylabel="Adam − Muon", title="(c) NDS gap, layer = tensor")
     a.invert_xaxis()
     a.legend(fontsize=7)
     a = ax[0, 3]
@@ -515,7 +624,7 @@ def plot(ctx, path):
         a.plot(lv, mt["a_nds"] - mt["b_nds"], "k--", lw=1, label="total NDS gap")
         a.legend(fontsize=7)
     a.axhline(0, color="k", lw=0.6)
-    a.set(xscale="log", xlabel="training loss level", ylabel="Adam − Muon",
+    a.set(xscale="log", xlabel=f"{loss_name} level", ylabel="Adam − Muon",
           title="(d) NDS gap, layer = transformer layer")
     a.invert_xaxis()
     savefig(ctx, fig, "muon_curvature_layers.png")

@@ -19,21 +19,28 @@ Files: ``runs/zipf_alpha{α}_seed{s}.nc`` (same layout as ``muon-curvature``), `
 files. Each (α, seed) point is one task of :meth:`Context.map <pyrod.experiments.common.Context.map>`: in worker
 processes with ``--jobs N`` (N > 1) or ``--scheduler``, with the same files as ``--jobs 1``; a rerun recomputes every
 point.
+
+``--scale medium`` (:mod:`pyrod.experiments.muon_stream`): mini-batches of fresh sentences from the grammar's
+stream, matched on held-out loss, each optimizer at its best rate from a small grid per α (chosen on a separate
+tuning seed), five seeds, 95% t intervals for the ratio per α and for its slope against α, a verdict. Every run is
+a ``pyrod.sweep`` point (``tune/`` and ``runs/``, one file each; a rerun resumes the unfinished ones).
 """
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 
 from ..papers import cite
 from . import muon_curvature as mc
+from . import muon_stream as ms
 from .common import ExperimentError, figure, require_positive, savefig
 
 NAME = "muon-zipf"
 TITLE = "Zipf imbalance sweep: Adam-to-Muon NDS and curvature-penalty ratios vs α (several seeds)"
 PAPER = cite("muon-curvature", "Fig. 3")
-RUNTIME = "~2 min (~70 s with --jobs 2 on idle cores)"
+RUNTIME = "~2 min (~70 s with --jobs 2 on idle cores); medium: ~1 h with --jobs 2"
 
 #: help of this experiment's own parameters (shared ones: common.PARAM_HELP; the rest: muon-curvature's)
 PARAM_HELP = {**mc.PARAM_HELP,
@@ -45,16 +52,29 @@ DEFAULTS = {
     "tiny": {**mc.DEFAULTS["tiny"], "alphas": [0.0, 1.5], "seeds": [0, 1], "steps": 10, "analyze_every": 2,
              "levels": 4},
     "small": {**_BASE, "steps": 120, "analyze_every": 4, "levels": 16},
+    "medium": {**ms.MEDIUM, "alphas": [0.0, 0.5, 1.0, 1.5, 2.0], "seeds": [0, 1, 2, 3, 4]},
     "paper": {**mc.DEFAULTS["paper"], "alphas": [0.0, 0.5, 1.0, 1.5, 2.0], "seeds": [0, 1, 2, 3, 4]},
 }
+PRESETS = ms.PRESETS
+
+#: the smallest trend of the Adam/Muon NDS ratio against α that the medium verdict calls an effect: a change of 10%
+#: of the mean ratio over α = 0 … 2, i.e. a slope of 5% of the mean ratio per unit α
+SMALLEST_EFFECT = 0.05
 
 _KEYS = ("adam_over_muon_nds_median", "adam_over_muon_curvature_median", "adam_over_muon_update_norm_sq_median",
          "fraction_levels_muon_smaller_nds", "adam_final_loss", "muon_final_loss", "n_levels")
 
 
+def _medium(p) -> bool:
+    return "batch_size" in p
+
+
 def check_params(p):
-    mc.check_params(p)
-    require_positive(p, "n")
+    if _medium(p):
+        ms.check_params(p)
+    else:
+        mc.check_params(p)
+        require_positive(p, "n")
     if not p["alphas"] or any(a < 0 for a in p["alphas"]):
         raise ExperimentError(f"alphas={p['alphas']!r}: give one or more exponents >= 0")
     if not p["seeds"] or any(not isinstance(s, int) or isinstance(s, bool) for s in p["seeds"]):
@@ -85,6 +105,8 @@ def run_point(p: dict, point: tuple) -> str:
 
 def run(ctx):
     p = ctx.p
+    if _medium(p):
+        return run_medium(ctx)
     # the α × seed grid, one task per point: in parallel with --jobs / --scheduler (each point writes its file)
     grid = [(alpha, seed, str(ctx.path(filename(alpha, seed)).resolve())) for seed in p["seeds"]
             for alpha in p["alphas"]]
@@ -203,3 +225,182 @@ def plot(ctx, results):
                  title=f"training loss, seed {seed} (solid Adam, dashed Muon)")
     ax[0, 1].legend(fontsize=6, ncol=2)
     savefig(ctx, fig, "muon_zipf.png")
+
+
+# --------------------------------------------------------------------------------------------- medium scale
+def run_medium(ctx) -> dict:
+    """Tune the rates per α on the tuning seed, run the chosen pairs for every α and seed (two sweeps), summarise."""
+    p = ctx.p
+    alphas, seeds = [float(a) for a in p["alphas"]], list(p["seeds"])
+    if p["tune_seed"] in seeds:
+        raise ExperimentError(f"tune_seed={p['tune_seed']} is one of seeds={seeds}: the rates are chosen on a seed "
+                              f"that is not reported")
+    ctx.log(f"tuning: {len(alphas)} α × {len(p['adam_lrs'])} Adam + {len(p['muon_lrs'])} Muon rates")
+    chosen = ms.tune(ctx, alphas)
+    ctx.log(f"evaluation: {len(alphas)} α × {len(seeds)} seeds × Adam, Muon")
+    res = ms.evaluate(ctx, alphas, seeds, chosen)
+    results = summarize_medium(ctx.out, p, chosen, res.points)
+    plot_medium(ctx, results)
+    return results
+
+
+def _medium_files(points) -> dict:
+    """``{(α, seed, "adam"|"muon"): file}`` of the evaluation sweep's points."""
+    out = {}
+    for pt in points:
+        par = pt["params"]
+        kind = "adam" if par["optimizer"]["name"] == "Adam" else "muon"
+        out[(float(par["problem.data_kwargs.alpha"]), int(par["problem.seed"]), kind)] = pt["file"]
+    return out
+
+
+def summarize_medium(out, p, chosen: dict, points, folder: str = "runs") -> dict:
+    """The medium scale's numbers, from the run files: per run the median Adam/Muon NDS ratio at matched held-out
+    loss and the memorisation gap; per α the mean ratio with its 95% t interval; the per-seed slopes against α and
+    their mean with its interval; the verdict."""
+    alphas, seeds = [float(a) for a in p["alphas"]], list(p["seeds"])
+    files = _medium_files(points)
+    h = p["heldout_every"]
+    R = np.full((len(seeds), len(alphas)), np.nan)
+    U = np.full_like(R, np.nan)
+    per_run, gaps = {}, []
+    for i, seed in enumerate(seeds):
+        for j, a in enumerate(alphas):
+            A = ms.load_group(out / folder / files[(a, seed, "adam")])
+            M = ms.load_group(out / folder / files[(a, seed, "muon")])
+            mt = ms.matched_on_heldout(A, M, p["levels"], p["match_window"], h)
+            R[i, j] = mt["nds_ratio_median"] if mt["nds_ratio_median"] is not None else np.nan
+            U[i, j] = mt["update_norm_sq_ratio_median"] if mt["update_norm_sq_ratio_median"] is not None else np.nan
+            if mt["memorisation_gap_max"] is not None:
+                gaps.append(mt["memorisation_gap_max"])
+            per_run[f"alpha{a:g}_seed{seed}"] = {
+                "adam_over_muon_nds_median": mt["nds_ratio_median"],
+                "adam_over_muon_update_norm_sq_median": mt["update_norm_sq_ratio_median"],
+                "fraction_levels_muon_smaller_nds": mt["fraction_levels_muon_smaller_nds"],
+                "n_levels": int(np.isfinite(mt["nds_ratio"]).sum()),
+                "loss_levels": [float(x) for x in mt["levels"]],
+                "memorisation_gap_max": mt["memorisation_gap_max"],
+                "adam_final_heldout_loss": float(A["heldout_loss"].dropna("t").values[-1]),
+                "muon_final_heldout_loss": float(M["heldout_loss"].dropna("t").values[-1]),
+                "adam_stop_reason": str(A.attrs.get("stop_reason", "")),
+                "muon_stop_reason": str(M.attrs.get("stop_reason", "")),
+            }
+    per_alpha = {}
+    for j, a in enumerate(alphas):
+        ci = ms.t_interval(R[:, j])
+        per_alpha[f"{a:g}"] = {"nds_ratio": ci, "update_norm_sq_ratio": ms.t_interval(U[:, j]),
+                               "adam_lr": chosen[f"{a:g}"]["adam"], "muon_lr": chosen[f"{a:g}"]["muon"],
+                               "fraction_seeds_muon_smaller_nds": float(np.mean(R[:, j][np.isfinite(R[:, j])] > 1))
+                               if np.isfinite(R[:, j]).any() else None}
+    a_arr = np.array(alphas)
+    slopes = [float(np.polyfit(a_arr[np.isfinite(r)], r[np.isfinite(r)], 1)[0]) for r in R
+              if np.isfinite(r).sum() >= 2]
+    slope = ms.t_interval(slopes)
+    mean_ratio = float(np.nanmean(R)) if np.isfinite(R).any() else None
+    gap_max = float(max(gaps)) if gaps else None
+    results = {
+        "per_alpha": per_alpha, "per_run": per_run, "tuning": chosen,
+        "nds_ratio_slope_vs_alpha_per_seed": slopes, "nds_ratio_slope_vs_alpha": slope,
+        "nds_ratio_mean_over_all": mean_ratio,
+        "memorisation_gap_max": gap_max,
+        "memorisation_check_passed": bool(gap_max is not None and gap_max <= p["memorisation_tolerance"]),
+        "smallest_effect_slope": SMALLEST_EFFECT * mean_ratio if mean_ratio is not None else None,
+        "seeds_to_resolve_slope": ms.seeds_to_resolve(slopes),
+        "choice_rule": (f"per α and optimizer, the rate of the grid (adam {p['adam_lrs']}, muon {p['muon_lrs']}) with "
+                        f"the lowest mean held-out loss over the last {p['select_last']} evaluations on tuning seed "
+                        f"{p['tune_seed']} (not a reported seed)"),
+    }
+    results["tuning_seed_ratio_by_rates"] = rate_sensitivity(out, p, alphas)
+    results["verdict"] = verdict(results, alphas)
+    return results
+
+
+def rate_sensitivity(out, p, alphas, folder: str = "tune") -> dict:
+    """On the tuning seed, the median Adam/Muon NDS ratio at matched held-out loss for *every* pair of rates of the
+    grids (``{α: {"adam lr / muon lr": ratio}}``): how much the ratio depends on the rates, beside the chosen pair.
+    From the tuning runs (no extra run)."""
+    res = {}
+    for a in alphas:
+        row = {}
+        for la in p["adam_lrs"]:
+            A = ms.load_group(out / folder / f"alpha{a:g}_adam_lr{la:g}.nc")
+            for lm in p["muon_lrs"]:
+                M = ms.load_group(out / folder / f"alpha{a:g}_muon_lr{lm:g}.nc")
+                row[f"{la:g} / {lm:g}"] = ms.matched_on_heldout(A, M, p["levels"], p["match_window"],
+                                                               p["heldout_every"])["nds_ratio_median"]
+        res[f"{a:g}"] = row
+    return res
+
+
+def verdict(r: dict, alphas) -> str:
+    """Plain verdict on the paper's Fig. 3 claim (larger α widens Muon's NDS advantage: the Adam/Muon NDS ratio
+    above 1 and rising with α) from the slope's 95% interval."""
+    s = r["nds_ratio_slope_vs_alpha"]
+    if s["lo"] is None:
+        return "cannot tell: fewer than two seeds with a slope"
+    above = [a for a in r["per_alpha"] if (r["per_alpha"][a]["nds_ratio"]["lo"] or 0) > 1]
+    level = (f"the ratio is above 1 with 95% confidence at α = {', '.join(above)}" if above else
+             "at no α is the ratio above 1 with 95% confidence")
+    delta = r["smallest_effect_slope"]
+    if s["lo"] > 0:
+        return f"reproduces: the slope of the ratio against α is positive (95% interval {s['lo']:.3g} … " \
+               f"{s['hi']:.3g}); {level}"
+    if s["hi"] < 0:
+        return f"does not reproduce: the ratio falls with α (slope 95% interval {s['lo']:.3g} … {s['hi']:.3g}); {level}"
+    if delta is not None and -delta < s["lo"] and s["hi"] < delta:
+        return (f"does not reproduce: no trend of the size that would matter (slope 95% interval {s['lo']:.3g} … "
+                f"{s['hi']:.3g} lies within ±{delta:.3g}, a 10% change of the mean ratio over α = 0 … 2); {level}")
+    need = r["seeds_to_resolve_slope"]
+    return (f"cannot tell at this power: the slope's 95% interval {s['lo']:.3g} … {s['hi']:.3g} contains 0 and "
+            f"effects larger than ±{delta:.3g}" + (f"; about {need} seeds would resolve a slope of the observed size"
+                                                   if need else "") + f"; {level}")
+
+
+def plot_medium(ctx, results):
+    p = ctx.p
+    alphas = np.array([float(a) for a in p["alphas"]])
+    per = results["per_alpha"]
+    fig, ax = figure(1, 3, width=4.6, height=3.5)
+    m = np.array([per[f"{a:g}"]["nds_ratio"]["mean"] if per[f"{a:g}"]["nds_ratio"]["mean"] is not None else np.nan
+                  for a in alphas])
+    lo = np.array([per[f"{a:g}"]["nds_ratio"]["lo"] if per[f"{a:g}"]["nds_ratio"]["lo"] is not None else np.nan
+                   for a in alphas])
+    hi = np.array([per[f"{a:g}"]["nds_ratio"]["hi"] if per[f"{a:g}"]["nds_ratio"]["hi"] is not None else np.nan
+                   for a in alphas])
+    ax[0, 0].errorbar(alphas, m, yerr=[m - lo, hi - m], fmt="o-", color="tab:purple", capsize=3,
+                      label="mean over seeds, 95% t interval")
+    for seed in p["seeds"]:
+        r = [results["per_run"][f"alpha{a:g}_seed{seed}"]["adam_over_muon_nds_median"] for a in alphas]
+        ax[0, 0].plot(alphas, [v if v is not None else np.nan for v in r], ".", color="tab:purple", alpha=0.4)
+    ax[0, 0].axhline(1.0, color="k", ls="--", lw=0.8)
+    s = results["nds_ratio_slope_vs_alpha"]
+    ax[0, 0].set(xlabel="Zipf exponent α", ylabel="Adam / Muon NDS (median over matched held-out levels)",
+                 title=f"slope {s['mean']:.3g} (95%: {s['lo']:.3g} … {s['hi']:.3g})" if s["lo"] is not None
+                 else "Adam / Muon NDS")
+    ax[0, 0].legend(fontsize=7)
+    files = _medium_files(ctx_points(ctx))
+    seed = p["seeds"][0]
+    for c, a in zip(["C%d" % i for i in range(len(alphas))], alphas, strict=True):
+        for kind, ls in (("adam", "-"), ("muon", "--")):
+            ds = ms.load_group(ctx.out / "runs" / files[(float(a), seed, kind)])
+            h = ds["heldout_loss"].dropna("t")
+            ax[0, 1].plot(h["t"], h.values, color=c, ls=ls, lw=1, label=f"{kind} α={a:g}")
+    ax[0, 1].set(xlabel="step", ylabel="held-out loss", title=f"held-out loss, seed {seed} (solid Adam, dashed Muon)")
+    ax[0, 1].legend(fontsize=6, ncol=2)
+    for kind, mk in (("adam", "o"), ("muon", "s")):
+        for a in alphas:
+            sc = results["tuning"][f"{a:g}"]["scores"][kind]
+            lrs = np.array([float(x) for x in sc])
+            ax[0, 2].plot(lrs, [sc[x] if math.isfinite(sc[x]) else np.nan for x in sc], mk + "-", lw=0.8,
+                          label=f"{kind} α={a:g}")
+    ax[0, 2].set(xscale="log", xlabel="learning rate", ylabel=f"mean held-out loss, last {p['select_last']} evals",
+                 title=f"rate grid on tuning seed {p['tune_seed']}")
+    ax[0, 2].legend(fontsize=5, ncol=2)
+    savefig(ctx, fig, "muon_zipf_medium.png")
+
+
+def ctx_points(ctx) -> list:
+    """The evaluation sweep's points, from its manifest."""
+    from pyrod.sweep import read_manifest
+
+    return read_manifest(ctx.out / "runs")["points"]

@@ -322,6 +322,7 @@ def zipf(*, classes=None, n=None, seed=0, path=None, alpha=1.0, base="blobs", di
 
 
 from .pcfg import zipf_pcfg as _zipf_pcfg  # noqa: E402
+from .pcfg import zipf_pcfg_stream as _zipf_pcfg_stream  # noqa: E402
 
 DATASETS = {
     "digits": digits,
@@ -330,4 +331,12 @@ DATASETS = {
     "synthetic_classification": synthetic_classification,
     "zipf": zipf,
     "zipf_pcfg": _zipf_pcfg,   # token sequences from a Zipf(α) PCFG (pyrod/problems/pcfg.py)
+}
+
+#: data sets that can also give an unlimited stream of fresh samples (mini-batch runs with
+#: ``minibatch.source="stream"``): ``stream(*, key, seed, **options)`` with the data set's own options, returning an
+#: object with ``draw(n) -> (X, Y)`` (NumPy arrays), ``state_dict()`` and ``load_state_dict()``; ``key`` (a tuple of
+#: ints) separates independent streams of one data set (training, held-out, measurement batches)
+STREAMS = {
+    "zipf_pcfg": _zipf_pcfg_stream,
 }

@@ -20,20 +20,31 @@ Sentences are sampled (by ``seed``), joined into one stream ``[0, sentence₁, 0
 ``Y[i] = s[iT+1 : iT+T+1]`` (``T = context``), so ``Y[:, :-1] = X[:, 1:]`` and ``X[i, 0] = Y[i−1, T−1]``.
 Returns ``X (n, T)`` and ``Y (n, T)`` int64 token ids in ``0 … n_terminals``.
 
+An unlimited stream of such windows (:class:`TokenStream`, :func:`zipf_pcfg_stream`) serves mini-batch runs: every
+window it gives is made of freshly sampled sentences, nothing is reused (a short sentence may of course coincide with
+another by chance, as in any corpus), and its position (the generator's state and the tokens drawn but not yet used)
+is explicit state, saved in checkpoints. A stream with the key ``(seed, 0x5EED)`` gives exactly the windows of
+:func:`zipf_pcfg` (drawn in any number of pieces).
+
 Where this differs from the seed paper: the paper trains GPT-2-sized models on a Zipf-PCFG corpus with a held-out
 validation split; its exact grammar sizes are not reproduced here. This generator keeps the ingredients the
 paper varies (a hierarchical grammar whose rule and terminal probabilities are Zipf(α), α controlling the
-imbalance) at a size a 2-core CPU trains full batch in minutes, and the experiments match *training* loss.
+imbalance) at a size a 2-core CPU trains in minutes. The experiments' ``small`` scale trains full batch on a fixed
+set and matches *training* loss; their ``medium`` scale trains on mini-batches from the stream and matches held-out
+loss, as the paper does.
 """
 from __future__ import annotations
 
+import bisect
+import functools
 import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-__all__ = ["Grammar", "make_grammar", "sample_sentence", "zipf_pcfg", "expected_symbol_counts",
+__all__ = ["Grammar", "make_grammar", "sample_sentence", "zipf_pcfg", "zipf_pcfg_stream", "TokenStream",
+           "expected_symbol_counts",
            "expected_token_frequencies", "expected_sentence_length", "GRAMMAR_DEFAULTS"]
 
 #: default grammar parameters of :func:`zipf_pcfg` (all recorded in a problem's ``data_kwargs`` by the experiments)
@@ -120,9 +131,17 @@ def make_grammar(*, alpha=1.0, n_terminals=32, n_nonterminals=8, depth=3, n_rule
                    rule_probs=tuple(rule_probs), emit=emit, emit_probs=tuple(p_emit for _ in emit))
 
 
-def _draw(p: np.ndarray, rng: np.random.Generator) -> int:
-    """Index ``i`` with probability ``p[i]`` (inverse CDF of one uniform draw)."""
-    return min(int(np.searchsorted(np.cumsum(p), rng.random(), side="right")), len(p) - 1)
+@functools.lru_cache(maxsize=4096)
+def _cdf(p: tuple) -> list:
+    """The cumulative sums of ``p`` (``np.cumsum``, as Python floats), computed once per probability vector."""
+    return [float(x) for x in np.cumsum(np.asarray(p, dtype=np.float64))]
+
+
+def _draw(p, rng: np.random.Generator) -> int:
+    """Index ``i`` with probability ``p[i]`` (inverse CDF of one uniform draw: the first cumulative sum above it,
+    i.e. ``searchsorted(cumsum(p), u, side="right")``)."""
+    cdf = _cdf(p if isinstance(p, tuple) else tuple(float(x) for x in p))
+    return min(bisect.bisect_right(cdf, rng.random()), len(cdf) - 1)
 
 
 def sample_sentence(g: Grammar, rng: np.random.Generator) -> list[int]:
@@ -168,6 +187,64 @@ def expected_token_frequencies(g: Grammar) -> np.ndarray:
             f[t] += pre[j] * p
     f[0] = 1.0                                           # one separator per sentence
     return f / f.sum()
+
+
+class TokenStream:
+    """An unlimited stream of next-token windows from grammar ``g`` (module docstring).
+
+    Sentences are sampled by ``numpy.random.default_rng(key)`` and joined as ``[0, sentence₁, 0, sentence₂, 0, …]``;
+    :meth:`draw` cuts the next ``n`` windows of ``context`` tokens from it, each window's targets shifted by one
+    token, consecutive windows continuing the stream (``X[i+1, 0] = Y[i, T−1]``). ``state_dict()`` /
+    ``load_state_dict()``: the generator's state and the tokens sampled but not used yet, so a restored stream
+    continues with the very same windows."""
+
+    def __init__(self, g: Grammar, context: int, key):
+        self.grammar = g
+        self.context = _int("context", context)
+        self.key = [int(k) for k in key]
+        self.rng = np.random.default_rng(self.key)
+        self.buffer: list[int] = [0]           # tokens sampled, not used yet (the first is the next input)
+        self.windows = 0                        # windows drawn so far
+
+    def draw(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The next ``n`` windows: ``X (n, context)``, ``Y (n, context)`` int64 token ids."""
+        n = _int("n", n)
+        T = self.context
+        need = n * T + 1
+        while len(self.buffer) < need:
+            self.buffer.extend(sample_sentence(self.grammar, self.rng))
+            self.buffer.append(0)
+        s = np.asarray(self.buffer[:need], dtype=np.int64)
+        del self.buffer[:n * T]                 # the last target stays: it is the next window's first input
+        self.windows += n
+        return np.ascontiguousarray(s[:-1].reshape(n, T)), np.ascontiguousarray(s[1:].reshape(n, T))
+
+    def state_dict(self) -> dict:
+        return {"key": list(self.key), "rng": self.rng.bit_generator.state, "buffer": list(self.buffer),
+                "windows": self.windows}
+
+    def load_state_dict(self, state: dict) -> None:
+        if list(state["key"]) != self.key:
+            raise ValueError(f"stream state of key {state['key']} loaded into a stream of key {self.key}")
+        self.rng.bit_generator.state = state["rng"]
+        self.buffer = list(state["buffer"])
+        self.windows = int(state["windows"])
+
+
+def zipf_pcfg_stream(*, key, classes=None, n=None, seed=0, path=None, alpha=1.0, n_terminals=32, n_nonterminals=8,
+                     depth=3, n_rules=4, rhs_min=2, rhs_max=3, n_emit=8, context=32, grammar_seed=None) -> TokenStream:
+    """The stream of :func:`zipf_pcfg`'s language (same options, same grammar) with its own sampling key: the
+    generator is ``default_rng([seed, *key])``, so streams with different ``key`` (a tuple of ints) are
+    independent samples of one language, and ``key=(0x5EED,)`` reproduces :func:`zipf_pcfg`'s windows.
+    ``classes``/``n``/``path`` are ignored (the same signature as the data loaders)."""
+    c = _check(alpha, n_terminals, n_nonterminals, depth, n_rules, rhs_min, rhs_max, n_emit, context)
+    if grammar_seed is None:
+        grammar_seed = seed
+    grammar_seed = _int("grammar_seed", grammar_seed, lo=0)
+    g = make_grammar(grammar_seed=grammar_seed, **{k: c[k] for k in ("alpha", "n_terminals", "n_nonterminals",
+                                                                      "depth", "n_rules", "rhs_min", "rhs_max",
+                                                                      "n_emit")})
+    return TokenStream(g, c["context"], [int(seed), *(int(k) for k in key)])
 
 
 def zipf_pcfg(*, classes=None, n=None, seed=0, path=None, alpha=1.0, n_terminals=32, n_nonterminals=8, depth=3,

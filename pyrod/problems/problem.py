@@ -52,7 +52,7 @@ from torch.func import functional_call, grad, grad_and_value, jvp, vmap
 
 from ..tensor_identity import TensorKey
 
-__all__ = ["Problem", "Block", "resolve_device", "resolve_dtype", "check_batch_size", "check_hvp_mode",
+__all__ = ["Problem", "Block", "Samples", "resolve_device", "resolve_dtype", "check_batch_size", "check_hvp_mode",
            "auto_hvp_mode", "HVP_MODES", "AUTO_HVP_MODES", "UNREPRODUCIBLE_KEY", "FROM_MODULE_MESSAGE"]
 
 #: key of ``Problem.config`` marking a problem that no config can rebuild (its value says why)
@@ -123,6 +123,34 @@ class Block:
         return self.stop - self.start
 
 
+@dataclass(frozen=True)
+class Samples:
+    """The training samples of a problem built from a model (:meth:`Problem.from_module`), kept so that the same
+    loss can be evaluated on other samples (:meth:`Problem.on_samples`: mini-batches, held-out splits, fresh
+    samples from a stream).
+
+    ``X (n, …)``, ``Y (n, …)``: the problem's samples, already on its device and dtype; ``forward(w, x)``: the
+    model's outputs for inputs ``x`` at flat parameters ``w``; ``loss_of(outputs, y)``: the loss, a mean over the
+    samples; ``classification``: integer labels (accuracy defined)."""
+
+    X: torch.Tensor
+    Y: torch.Tensor
+    forward: Callable
+    loss_of: Callable
+    classification: bool
+
+    @property
+    def n(self) -> int:
+        return int(self.X.shape[0])
+
+    def prepare(self, X, Y) -> tuple[torch.Tensor, torch.Tensor]:
+        """``X``, ``Y`` (tensors or NumPy arrays) on this problem's device, inputs in its dtype, labels as integers
+        (classification) or in its dtype (regression): what :meth:`Problem.from_module` does to its data."""
+        X = torch.as_tensor(X).to(device=self.X.device, dtype=self.X.dtype)
+        Y = torch.as_tensor(Y).to(device=self.Y.device, dtype=self.Y.dtype)
+        return X, Y
+
+
 @dataclass
 class Problem:
     """A full-batch training problem over a flat parameter vector.
@@ -144,6 +172,9 @@ class Problem:
     hvp_mode : how :meth:`hvp` and :meth:`d3` are computed, one of :data:`HVP_MODES` (``"auto"``: by device type,
         :data:`AUTO_HVP_MODES`); all give the same values up to rounding; micro-batched problems take ``"auto"``
         or ``"forward"`` only.
+    samples : the :class:`Samples` (data, forward, loss) of a problem built from a model, else None; needed by
+        :meth:`on_samples` (mini-batch runs).
+    parent : the problem whose gradient/HVP counters also count this one's (set by :meth:`on_samples`).
     """
 
     loss_fn: Callable[[torch.Tensor], torch.Tensor]
@@ -156,6 +187,8 @@ class Problem:
     batches: Sequence[tuple] = ()
     batch_size: int | None = None
     hvp_mode: str = "auto"
+    samples: Samples | None = field(default=None, repr=False, compare=False)
+    parent: "Problem | None" = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         if not isinstance(self.w0, torch.Tensor) or self.w0.ndim != 1:
@@ -197,6 +230,14 @@ class Problem:
         self.n_hvp = 0
         self._hcache = _HessianGraphCache()   # graph of ∇L at the last HVP point (not state: never copied)
 
+    def _count(self, grads: int = 0, hvps: int = 0) -> None:
+        """Add to the gradient / HVP counters of this problem and of its parents (cost reports)."""
+        p = self
+        while p is not None:
+            p.n_grad += grads
+            p.n_hvp += hvps
+            p = p.parent
+
     # ------------------------------------------------------------------ basics
     @property
     def dim(self) -> int:
@@ -236,12 +277,12 @@ class Problem:
 
     def grad(self, w: torch.Tensor) -> torch.Tensor:
         """∇L(w), shape ``(d,)``."""
-        self.n_grad += 1
+        self._count(grads=1)
         return self._grad(w).detach()
 
     def loss_and_grad(self, w: torch.Tensor):
         """(L(w), ∇L(w)) in one backward pass."""
-        self.n_grad += 1
+        self._count(grads=1)
         g, value = self._grad_and_value(w)
         return value.detach(), g.detach()
 
@@ -259,7 +300,7 @@ class Problem:
         if v.ndim not in (1, 2):
             raise ValueError(f"v must have shape (d,) or (d, k), got {tuple(v.shape)}")
         k = 1 if v.ndim == 1 else v.shape[1]
-        self.n_hvp += k
+        self._count(hvps=k)
         if k == 0:
             return v.clone()
         mode = self._mode("hvp" if k == 1 else "hvp_block")
@@ -333,7 +374,7 @@ class Problem:
             raise ValueError(f"u and v must both have shape (d,) or (d, m), got {tuple(u.shape)} and "
                              f"{tuple(v.shape)}")
         m = 1 if u.ndim == 1 else u.shape[1]
-        self.n_hvp += 2 * m
+        self._count(hvps=2 * m)
         if m == 0:
             return u.new_zeros(u.shape)
         gr = self._hessian_graph(w) if self._mode("d3") != "forward" else None
@@ -374,7 +415,7 @@ class Problem:
         groups = {}
         for p, (i, j) in enumerate(zip(iu, ju, strict=True)):
             groups.setdefault(j, []).append((p, U[:, i]))
-        self.n_hvp += m + len(groups)
+        self._count(hvps=m + len(groups))
         return _d3_on_graph(*gr, [(U[:, j], pairs) for j, pairs in groups.items()], m).to(self.dtype)
 
     def hessian(self, w: torch.Tensor) -> torch.Tensor:
@@ -490,6 +531,22 @@ class Problem:
             return functional_call(model, ({**unflat(w), **buffers},), (x,))
 
         loss_of = make_loss(loss, classification)
+        if callable(loss) and batch_size is not None and batch_size < X.shape[0]:
+            _check_mean_loss(loss_of, forward, w0, X[:batch_size], Y[:batch_size])
+        samples = Samples(X=X, Y=Y, forward=forward, loss_of=loss_of, classification=classification)
+        cfg = dict(config) if config is not None else {UNREPRODUCIBLE_KEY: FROM_MODULE_MESSAGE}
+        cfg["batch_size"] = batch_size
+        if hvp_mode != "auto":
+            cfg["hvp_mode"] = hvp_mode
+        return cls._over_samples(samples, X, Y, w0=w0, blocks=tuple(blocks), config=cfg,
+                                 name=name or type(model).__name__, batch_size=batch_size, hvp_mode=hvp_mode)
+
+    @classmethod
+    def _over_samples(cls, samples: Samples, X, Y, *, w0, blocks, config, name, batch_size, parent=None,
+                      hvp_mode: str = "auto"):
+        """The problem ``L(w) = loss_of(forward(w, X), Y)`` (micro-batched with ``batch_size``) over the model of
+        ``samples``: the common part of :meth:`from_module` and :meth:`on_samples`."""
+        forward, loss_of = samples.forward, samples.loss_of
         n = X.shape[0]
         batches = ()
         if batch_size is None or batch_size >= n:
@@ -500,8 +557,6 @@ class Problem:
                 return loss_of(output_fn(w), Y)
         else:
             parts = list(zip(X.split(batch_size), Y.split(batch_size), strict=True))
-            if callable(loss):
-                _check_mean_loss(loss_of, forward, w0, *parts[0])
 
             def term(xb, yb):
                 return lambda w: loss_of(forward(w, xb), yb)
@@ -518,14 +573,30 @@ class Problem:
                     total = t if total is None else total + t
                 return total
 
-        cfg = dict(config) if config is not None else {UNREPRODUCIBLE_KEY: FROM_MODULE_MESSAGE}
-        cfg["batch_size"] = batch_size
-        if hvp_mode != "auto":
-            cfg["hvp_mode"] = hvp_mode
+        classification = samples.classification
         return cls(loss_fn=loss_fn, w0=w0, output_fn=output_fn if classification else None,
-                   labels=Y if classification else None, blocks=tuple(blocks),
-                   config=cfg, name=name or type(model).__name__, batches=batches,
-                   batch_size=None if not batches else batch_size, hvp_mode=hvp_mode)
+                   labels=Y if classification else None, blocks=blocks, config=config, name=name,
+                   batches=batches, batch_size=None if not batches else batch_size, samples=samples, parent=parent,
+                   hvp_mode=hvp_mode)
+
+    def on_samples(self, X, Y, name: str | None = None) -> "Problem":
+        """The same model and loss over other samples ``X (m, …)``, ``Y (m, …)`` (tensors or NumPy arrays, cast as
+        :meth:`Samples.prepare` does): a mini-batch, a held-out split, fresh samples from a stream. Same ``w0``,
+        blocks and micro-batch size; its gradient and HVP counts are added to this problem's counters too. It has
+        no replay config of its own (it is part of a run, rebuilt from the run's spec). ValueError for a problem
+        without samples (analytic toys, problems written as a loss function)."""
+        if self.samples is None:
+            raise ValueError(f"problem {self.name!r} has no samples to draw from (analytic toys and problems built "
+                             f"from a loss function have none); build it from a model and data "
+                             f"(pyrod.problem(model=..., data=...) or Problem.from_module)")
+        X, Y = self.samples.prepare(X, Y)
+        if X.shape[0] != Y.shape[0] or X.shape[0] == 0:
+            raise ValueError(f"on_samples: X has {X.shape[0]} rows and Y {Y.shape[0]}; need the same number, >= 1")
+        cfg = {UNREPRODUCIBLE_KEY: f"samples drawn from problem {self.name!r} (rebuilt from the run's spec)"}
+        return Problem._over_samples(self.samples, X, Y, w0=self.w0, blocks=tuple(self.blocks), config=cfg,
+                                     name=name or self.name, parent=self,
+                                     batch_size=(self.config or {}).get("batch_size") or self.batch_size,
+                                     hvp_mode=self.hvp_mode)
 
     @classmethod
     def from_factory(cls, factory: str, *, factory_kwargs: dict | None = None, dtype=None, device=None,

@@ -61,7 +61,7 @@ class DiscreteRun:
         self.loss_target = loss_target
         self.divergence_factor = divergence_factor
         if state is None:
-            loss0, g0 = problem.loss_and_grad(problem.w0)
+            loss0, g0 = self._gradient(problem.w0)
             state = optimizer.init_state(problem.w0, g0)
             self._pending = (loss0, g0)
         else:
@@ -94,11 +94,27 @@ class DiscreteRun:
         self.stop_reason = state["stop_reason"]
         self.measurer.load_state_dict(state["measurer"])
 
+    def _gradient(self, w):
+        """``(loss, gradient)`` that step from ``w`` uses: the full batch here (a mini-batch run draws a batch)."""
+        return self.problem.loss_and_grad(w)
+
     def _loss_grad(self):
         if self._pending is not None:
             out, self._pending = self._pending, None
             return out
-        return self.problem.loss_and_grad(self.state.w)
+        return self._gradient(self.state.w)
+
+    def _measure(self, st: OptState, new_state: OptState, nu_p, loss, g) -> dict:
+        """The row of step ``st.k`` (the step from ``st`` to ``new_state`` taken with gradient ``g``), read in one
+        host transfer, with the key ``grad_finite`` (whether ``g`` is finite; :meth:`run_chunk` removes it). The
+        ν variation over the rod ``[z_k, z_{k+1}]`` (the buffer before and after step ``k``) joins that transfer."""
+        extra = nu_variation.relative_change_tensors(st.nu, new_state.nu) if self.opt.has_nu else None
+        return self.measurer.measure(st.w, step=st.k, nu=nu_p, t=st.k, loss=loss, grad=g, grad_finite=True,
+                                     extra=extra)
+
+    def group_attrs(self) -> dict:
+        """Attributes of this run's group in the file."""
+        return {"run": "discrete"}
 
     def run_chunk(self, n: int):
         """Advance ``n`` steps. Returns ``(records, chunk)``; ``records`` is a list of ``(t, values)``."""
@@ -109,10 +125,7 @@ class DiscreteRun:
             # the step is queued before anything is read from the device; the loss, the finiteness of the gradient
             # and the diagnostics are then read in one transfer (eigenvalues only at a finite point)
             new_state, nu_p = self.opt.step(st, g)
-            # ν over the rod [z_k, z_{k+1}] (the buffer before and after step k) joins the same transfer
-            extra = nu_variation.relative_change_tensors(st.nu, new_state.nu) if self.opt.has_nu else None
-            values = self.measurer.measure(st.w, step=st.k, nu=nu_p, t=st.k, loss=loss, grad=g, grad_finite=True,
-                                           extra=extra)
+            values = self._measure(st, new_state, nu_p, loss, g)
             loss_f = values["loss"]
             if self.loss0 is None:
                 self.loss0 = abs(loss_f)

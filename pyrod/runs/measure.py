@@ -4,7 +4,7 @@ One :class:`Measurer` per run holds the warm-started eigen-trackers; :meth:`Meas
 dict of the standard variables at one integer time ``t`` (one time unit = one optimizer step):
 
 * ``loss``, ``accuracy``, ``grad_norm`` every step;
-* every ``eig_every`` steps: ``eigs`` (top-k of P⁻¹H, or of H without a preconditioner; shape ``(k,)``),
+* every ``eig_every`` steps (0: never): ``eigs`` (top-k of P⁻¹H, or of H without a preconditioner; shape ``(k,)``),
   ``sharpness`` = λmax(H), ``preconditioned_sharpness`` = λmax(P⁻¹H), ``threshold``,
   ``effective_sharpness`` = preconditioned_sharpness / threshold, ``eig_residual`` (max relative residual);
 * ``nu_norm`` = ‖ν‖ where the optimizer has a second moment.
@@ -75,7 +75,7 @@ class Measurer:
         self.last_evecs = state["last_evecs"]
 
     def wants_eigs(self, step: int) -> bool:
-        return self.k > 0 and step % self.eig_every == 0
+        return self.k > 0 and self.eig_every > 0 and step % self.eig_every == 0
 
     def preconditioner(self, nu, t):
         """``P(ν, t)`` as a vector/scalar tensor, or None when the optimizer has no preconditioner."""
