@@ -22,7 +22,17 @@ from typing import Annotated
 import tyro
 
 from .cli_errors import CommandLineError, fail, tyro_cli, user_errors
-from .spec import CentralSpec, EigSpec, IntegratorSpec, MiniBatchSpec, OutputSpec, RodSpec, RunSpec, StableSpec, StopSpec
+from .spec import (
+    CentralSpec,
+    EigSpec,
+    IntegratorSpec,
+    MiniBatchSpec,
+    OutputSpec,
+    RodSpec,
+    RunSpec,
+    StableSpec,
+    StopSpec,
+)
 
 __all__ = ["RunCommand", "run_main", "resume_main"]
 
