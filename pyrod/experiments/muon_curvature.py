@@ -61,6 +61,7 @@ PARAM_HELP = {
     "analyze_every": "steps between one-step decompositions of the update",
     "levels": "matched training-loss levels at which Adam and Muon are compared",
     "match_window": "analysed steps averaged around each matched level",
+    **ms.PARAM_HELP,  # the medium scale (pyrod.experiments.muon_stream)
 }
 
 SCALARS = ("loss", "gain", "curvature", "nds", "update_norm_sq", "grad_norm", "predicted_decrease",

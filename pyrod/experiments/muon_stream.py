@@ -48,6 +48,21 @@ MEDIUM = dict(model="gpt", data="zipf_pcfg", loss="ce", dtype="float32", grammar
               muon_momentum=0.95, muon_ns_dtype="float32", muon_split="hidden", muon_adam_lr=3e-3, tune_seed=100,
               select_last=5, levels=16, match_window=3, memorisation_tolerance=0.05, size="cpu")
 
+#: help of the medium scale's own parameters (both experiments)
+PARAM_HELP = {
+    "size": "medium-scale size preset: cpu (about an hour on 2 cores with --jobs 2) or gpu (a larger model, --device cuda)",
+    "batch_size": "fresh windows of the grammar's stream per step (mini-batch size)",
+    "heldout": "held-out windows (an independent stream) evaluated every heldout_every steps",
+    "heldout_every": "steps between held-out evaluations (and NDS measurements)",
+    "measure_size": "windows of the fixed held-out batch on which the NDS of the update is measured",
+    "adam_lrs": "Adam's learning-rate grid (the best per α on tune_seed is used)",
+    "muon_lrs": "Muon's learning-rate grid (the best per α on tune_seed is used)",
+    "muon_adam_lr": "learning rate of Muon's Adam part (embeddings, head, gains)",
+    "tune_seed": "seed of the learning-rate tuning runs (not one of the reported seeds)",
+    "select_last": "held-out evaluations at the end of a tuning run averaged into its score",
+    "memorisation_tolerance": "largest relative gap between held-out and training loss at a matched level",
+}
+
 #: ``size`` presets: applied before the other ``--set`` values (which override them)
 PRESETS = {"size": {
     "cpu": {},

@@ -58,6 +58,29 @@ def _lr_effs_paper():
     return out
 
 
+#: help of this experiment's own parameters (shared ones: common.PARAM_HELP)
+PARAM_HELP = {
+    "archs": "architectures of the map (mlp, cnn, vit)",
+    "models": "each architecture's model options (JSON: {arch: {width, depth, ...}})",
+    "beta2s": "Adam's β2 values of the map",
+    "beta1s": "Adam's β1 values of the map",
+    "bias_corrections": "bias correction on (true) and/or off (false)",
+    "lr_effs": "threshold-equivalent steps η̃ per architecture (JSON); η = η̃ (1+β1)/(1−β1), threshold 2/η̃",
+    "aeos_steps": "Adam steps of the run into the AEoS",
+    "aeos_level": "the AEoS onset: first measurement with λmax(P⁻¹H) at or above this fraction of the threshold",
+    "restart_after": "the flows restart this many steps after the onset (rounded up to an even step)",
+    "window": "steps over which the flows are compared with the discrete run after the restart",
+    "end_steps": "last steps of the window averaged for the end-of-window distances",
+    "flow_eig_every": "steps between eigenvalue measurements on the flow runs",
+    "backend": "integrator backend of the flows (None: the default for the device)",
+    "method": "integration method of the flows (None: the backend's default)",
+    "rtol": "relative tolerance of the flows' integrator",
+    "atol": "absolute tolerance of the flows' integrator",
+    "paper_archs": "architectures whose rod-flow paper setting (β1 0.8/0.5/0.4, β2 0.999, bias correction) is run",
+    "paper_lrs": "η of each paper setting (JSON: {arch: η}); at small scale a larger η, so that Adam reaches the AEoS",
+    "paper_literal": "also run each paper setting at the paper's own η where paper_lrs holds another one",
+}
+
 _BASE = dict(data="digits", classes=4, n=256, loss="mse", archs=["mlp"], models=_MODELS_SMALL,
              beta2s=[0.99, 0.995, 0.999], beta1s=[0.4, 0.8, 0.9], bias_corrections=[True, False],
              lr_effs={"mlp": [0.0015, 0.003, 0.006]}, aeos_steps=1200, aeos_level=0.95, restart_after=100,
