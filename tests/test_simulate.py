@@ -131,7 +131,7 @@ def test_loss_target_stop():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(steps=0), "steps=0"),
     (dict(eigs=0), "eigs=0"),
-    (dict(eig_every=0), "eig_every=0"),
+    (dict(eig_every=-1), "eig_every=-1"),          # 0 is valid: never
     (dict(runs=["nope"]), "run 'nope' is unknown; valid names"),
     (dict(runs=[]), "runs"),
     (dict(loss_target=float("nan")), "loss_target"),

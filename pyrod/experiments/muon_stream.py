@@ -1,4 +1,4 @@
-"""The ``medium`` scale of ``muon-zipf`` and ``muon-curvature``: seed 003's setting with mini-batches from a stream.
+"""The ``medium`` scale of ``muon-zipf`` and ``muon-curvature``: the curvature paper's setting (arXiv 2606.04662) with mini-batches from a stream.
 
 At ``--scale small`` the two experiments train full batch on a fixed set of 32 windows (1,024 tokens), which the
 models memorise, and match Adam and Muon on *training* loss. The paper trains on a stream of Zipf-PCFG sentences
