@@ -35,7 +35,7 @@ from .rod_tracking import _LRS_PAPER, _LRS_SMALL, _MODELS_PAPER, _MODELS_SMALL, 
 NAME = "rod-adam-map"
 TITLE = "Where the rod flow for Adam holds: rod vs stable flow inside the AEoS over (β1, β2, η, bias correction)"
 PAPER = "Regis & Chewi, rod flow for Adam (arXiv 2605.06821), Figs. 3, 12 and the referee's ν diagnostic"
-RUNTIME = "~25 min with --jobs 2 (57 points)"
+RUNTIME = "~20 min with --jobs 2 (60 points; measured 19 min on a shared 2-core machine)"
 
 ARCHS = ["mlp", "cnn", "vit"]
 
