@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+
 import pyrod
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "compat_v1.nc"
