@@ -32,11 +32,9 @@ from .runs.discrete import DiscreteRun, MidpointRun
 from .runs.measure import Measurer
 from .spec import RunSpec, check_placement, spec_from_kwargs
 
-__all__ = ["simulate", "resume", "spec_of", "config_of", "RunInterrupted", "RUNS", "build_problem",
+__all__ = ["simulate", "resume", "spec_of", "config_of", "RunInterrupted", "build_problem",
            "NotReproducible", "RunOutOfMemory"]
 
-#: run name -> factory; flows register themselves in pyrod.flows
-RUNS: dict = {}
 _DISCRETE_RUNS = ("discrete", "midpoint")
 #: default wall-time spacing of automatic checkpoints (``checkpoint_every=None``)
 AUTO_CHECKPOINT_SECONDS = 60.0
@@ -291,9 +289,6 @@ def build_problem(config):
         raise NotReproducible(_NOT_REPRODUCIBLE)
     if isinstance(config, Problem):
         return config
-    from_config = getattr(Problem, "from_config", None)
-    if from_config is not None:
-        return from_config(config)
     from .problems import problem as _make_problem
     return _make_problem(**config)
 

@@ -103,9 +103,6 @@ class CentralFlowExperimentalWarning(UserWarning):
     """The central flow of a momentum method is experimental (docs/momentum_central_flow.md)."""
 
 
-_Eval = Eval   # backwards-compatible name
-
-
 class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
     """Central flow of an optimizer with a smooth increment affine in the gradient (GD, (scalar) RMSProp; momentum
     methods experimentally). State ``y = (w[, m][, ν])`` as the stable flow; IC ``w(0) = w_0``, ``m(0) = 0``,

@@ -42,7 +42,7 @@ import numpy as np
 
 from . import julia_probe
 from .base import BackendUnavailable, EventRecord, FlowProblem, Segment
-from .driver import _NUMERIC_ERRORS, first_step_for, prepare, resolve_method
+from .driver import NUMERIC_ERRORS, first_step_for, prepare, resolve_method
 
 __all__ = ["integrate_segment", "init_julia", "check_available", "available", "METHODS", "DEFAULT_METHOD"]
 
@@ -258,7 +258,7 @@ def integrate_segment(problem: FlowProblem, t0: float, y0: np.ndarray, t1: float
     if bool(res.error):
         if br.exc is None:
             raise RuntimeError(f"PyrodFlows.integrate_segment raised inside the solve: {message}")
-        if not isinstance(br.exc, _NUMERIC_ERRORS):
+        if not isinstance(br.exc, NUMERIC_ERRORS):
             raise br.exc
         status = "failed"
         message = (f"a callback raised {type(br.exc).__name__} near t={float(res.t_end):.10g}: {br.exc}")

@@ -47,7 +47,7 @@ import numpy as np
 
 from .base import FlowProblem, Segment
 from .driver import (  # noqa: F401
-    _NUMERIC_ERRORS,
+    NUMERIC_ERRORS,
     Counter,
     StepFailure,
     crossed,
@@ -179,7 +179,7 @@ def integrate_segment(problem: FlowProblem, t0: float, y0: np.ndarray, t1: float
     try:
         stepper = _ScipyStepper(problem, method, t0, y0, t1, counter, first_step_for(problem, t0, t1),
                                 stops=ts if problem.options.get("exact_saves") else ())
-    except _NUMERIC_ERRORS as e:
+    except NUMERIC_ERRORS as e:
         seg = drive(None, problem, t0, y0, t0, ts, counter)
         seg.status, seg.message = "failed", f"right-hand side raised {type(e).__name__} at t0: {e}"
         return seg

@@ -40,7 +40,7 @@ import math
 import numpy as np
 
 from .base import BackendUnavailable, FlowProblem, Segment
-from .driver import _NUMERIC_ERRORS, Counter, StepFailure, drive, first_step_for, next_stop, prepare, resolve_method
+from .driver import NUMERIC_ERRORS, Counter, StepFailure, drive, first_step_for, next_stop, prepare, resolve_method
 
 __all__ = ["integrate_segment", "available", "METHODS", "DEFAULT_METHOD", "OPTIONS"]
 
@@ -193,7 +193,7 @@ def integrate_segment(problem: FlowProblem, t0: float, y0: np.ndarray, t1: float
     try:
         stepper = _CvodeStepper(problem, method, t0, y0, t1, counter, first_step_for(problem, t0, t1),
                                 stops=ts if problem.options.get("exact_saves") else ())
-    except (StepFailure, *_NUMERIC_ERRORS) as e:
+    except (StepFailure, *NUMERIC_ERRORS) as e:
         seg = drive(None, problem, t0, y0, t0, ts, counter)
         seg.status, seg.message = "failed", f"CVODE could not start at t0={t0:.10g}: {e}"
         return seg

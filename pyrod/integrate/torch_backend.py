@@ -65,7 +65,7 @@ import torch
 
 from .. import host
 from .base import FlowProblem, Segment
-from .driver import _NUMERIC_ERRORS, ArrayOps, Counter, StepFailure, check_length, drive, next_stop, prepare_times
+from .driver import NUMERIC_ERRORS, ArrayOps, Counter, StepFailure, check_length, drive, next_stop, prepare_times
 from .fixed_step import next_grid_time
 
 __all__ = ["integrate_segment", "TENSORS", "METHODS", "ADAPTIVE", "DEFAULT_METHOD", "OPTIONS", "DEFAULT_SUBSTEPS"]
@@ -424,7 +424,7 @@ def integrate_segment(problem: FlowProblem, t0: float, y0, t1: float, t_save) ->
                 stepper.budget = budget
         except _NonFiniteStart:
             stepper = None
-        except _NUMERIC_ERRORS as e:
+        except NUMERIC_ERRORS as e:
             seg = drive(None, problem, t0, y0, t0, ts, counter, max_rhs_per_unit=budget, ops=_TensorOps(score))
             seg.status, seg.message = "failed", f"right-hand side raised {type(e).__name__} at t0: {e}"
             return seg
