@@ -228,7 +228,7 @@ class IntegratorSpec(_Section):
         from . import integrate
 
         if self.backend is None and device is None:
-            candidates = ("scipy", "torch")
+            candidates = tuple(integrate.default_backends().values())
         else:
             candidates = (self.backend_for(device),)
         errors = []
@@ -242,7 +242,7 @@ class IntegratorSpec(_Section):
                 errors.append(e)
         if len(errors) == 1:
             raise errors[0]
-        raise type(errors[0])("integrator with backend=None (torch for a problem on a CUDA device, else scipy): "
+        raise type(errors[0])(f"integrator with backend=None ({_none_rule(integrate)}): "
                               + "; ".join(str(e) for e in errors))
 
 
@@ -661,9 +661,16 @@ def name_errors(d: dict) -> list[str]:
     return out
 
 
+def _none_rule(integrate) -> str:
+    """What ``backend=None`` means, from the registry (e.g. "torch for a problem on a CUDA device, else scipy")."""
+    d = integrate.default_backends()
+    return f"{d['cuda']} for a problem on a CUDA device, else {d['cpu']}" if "cuda" in d else d["cpu"]
+
+
 def _integrator_name_errors(ig) -> list[str]:
     """Unknown backend, method or backend option names of an integrator section (dict or IntegratorSpec). With
-    ``backend=None`` a name is valid when SciPy or torch accepts it; "julia" and "auto" are checked when used."""
+    ``backend=None`` a name is valid when a backend that ``None`` may mean (SciPy or torch) accepts it; "auto" is
+    checked when used."""
     if ig is None:
         return []
     get = ig.get if isinstance(ig, dict) else lambda k, default=None: getattr(ig, k, default)
@@ -673,13 +680,14 @@ def _integrator_name_errors(ig) -> list[str]:
     from . import integrate
 
     if backend is not None:
-        if not isinstance(backend, str) or backend.lower() not in integrate.BACKEND_NAMES:
-            return [f"integrator.backend={backend!r} is not a known backend{suggest(backend, integrate.BACKEND_NAMES)};"
-                    f" valid names: {list(integrate.BACKEND_NAMES)} or None"]
-        if backend.lower() in ("julia", "auto"):
+        valid_names = integrate.backend_names()
+        if not isinstance(backend, str) or backend.lower() not in valid_names:
+            return [f"integrator.backend={backend!r} is not a known backend{suggest(backend, valid_names)};"
+                    f" valid names: {list(valid_names)} or None"]
+        if backend.lower() == "auto":
             return []
-    names = (backend.lower(),) if backend is not None else ("scipy", "torch")
-    which = f"{names[0]!r}" if backend is not None else "'scipy' or 'torch' (backend=None)"
+    names = (backend.lower(),) if backend is not None else tuple(integrate.default_backends().values())
+    which = f"{names[0]!r}" if backend is not None else " or ".join(map(repr, names)) + " (backend=None)"
     out = []
     if isinstance(method, str):
         methods = [m for b in names for m in integrate.methods_of(b)]
@@ -715,9 +723,21 @@ FLAT_KEYWORDS = {
     "measure_size": "minibatch.measure_size", "nds_every": "minibatch.nds_every",
     "batch_sharpness": "minibatch.batch_sharpness",
 }
-#: backend options accepted as flat keywords too (they land in ``integrator.options``)
-_BACKEND_OPTION_KEYWORDS = ("jac", "max_steps", "exact_saves", "linsolver", "krylov_dim", "max_order",
-                            "max_nonlin_iters", "max_conv_fails", "julia_linsolve")
+
+
+def backend_option_keywords() -> tuple:
+    """Backend options accepted as flat keywords too (they land in ``integrator.options``): every option key of
+    every registered backend (:mod:`pyrod.integrate.registry`) that is not itself a flat keyword (``substeps``,
+    ``min_step`` are integrator fields)."""
+    from . import integrate
+
+    keys: list = []
+    for b in integrate.registered_backends().values():
+        for opts in (b.options, *b.method_options.values()):
+            keys += [k for k in opts if k not in FLAT_KEYWORDS and k not in keys]
+    return tuple(keys)
+
+
 _SECTION_KEYWORDS = ("eig", "integrator", "stable", "rod", "central", "stop", "output", "minibatch")
 
 
@@ -735,14 +755,15 @@ def spec_from_kwargs(problem_config, optimizer_config, kwargs: dict) -> RunSpec:
             v = kwargs[name]
             sections[name] = v.to_dict() if isinstance(v, _Section) else dict(v or {})
     opts = dict(sections.get("integrator", {}).get("options", {}) or {})
+    backend_keywords = backend_option_keywords()
     for key, value in kwargs.items():
         if key in _SECTION_KEYWORDS:
             continue
-        if key in _BACKEND_OPTION_KEYWORDS:
+        if key in backend_keywords:
             opts[key] = value
             continue
         if key not in FLAT_KEYWORDS:
-            valid = sorted(set(FLAT_KEYWORDS) | set(_SECTION_KEYWORDS) | set(_BACKEND_OPTION_KEYWORDS))
+            valid = sorted(set(FLAT_KEYWORDS) | set(_SECTION_KEYWORDS) | set(backend_keywords))
             raise SpecError(f"unknown option {key!r}{_suggest(key, valid)}; valid keywords of pyrod.simulate: "
                             f"{valid} (central-flow eig_tol/eig_max_iter: central=dict(eig_tol=...))")
         places = FLAT_KEYWORDS[key]

@@ -125,10 +125,10 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
 
     name = "central"
     #: without a user ``method``: Euler with ``substeps`` per unit time (the reference's scheme, τ = 1/substeps), on
-    #: the SciPy and the torch backend alike (:attr:`FlowModel.default_method`).
+    #: the SciPy and the torch backend alike (:attr:`FlowModel.method_trait`).
     #: An adaptive method at rtol 1e-6 follows the non-smooth right-hand side (the critical set changes, the SDCP
     #: switches) with tiny steps: GD on a 4-class digits MLP (n = 400) did not finish 1200 steps in 30 minutes.
-    default_method = {"scipy": "euler", "torch": "euler"}
+    method_trait = "fixed_step"
     tshift = 0.0
     compare_shift = 0.5
     grads_per_rhs = 1

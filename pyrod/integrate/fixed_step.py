@@ -27,6 +27,7 @@ import numpy as np
 
 from .base import FlowProblem, Segment
 from .driver import NUMERIC_ERRORS, Counter, StepFailure, drive, prepare
+from .registry import check_keys
 
 __all__ = ["integrate_segment", "METHODS", "DEFAULT_METHOD", "DEFAULT_SUBSTEPS", "OPTIONS", "check_substeps",
            "substeps_of"]
@@ -110,8 +111,7 @@ def integrate_segment(problem: FlowProblem, t0: float, y0: np.ndarray, t1: float
     m = problem.method
     if m is not None and str(m).lower() not in METHODS:
         raise ValueError(f"method={m!r} is not supported by the fixed-step backend; valid methods: {list(METHODS)}")
-    from . import check_options
-    check_options("euler", problem.options)
+    check_keys(OPTIONS, problem.options, "backend 'euler'")
     substeps = substeps_of(problem)
     t0, y0, t1, ts = prepare(problem, t0, y0, t1, t_save)
     counter = Counter()
