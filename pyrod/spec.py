@@ -23,9 +23,13 @@ from __future__ import annotations
 
 import json
 import math
-import numbers
 from dataclasses import dataclass, field, fields
 
+from .central_options import COUNTER_RATES, CentralOptions  # noqa: F401  (spec.COUNTER_RATES, as before)
+from .checks import check_bool as _bool
+from .checks import check_float as _float
+from .checks import check_int as _int
+from .checks import set_frozen as _set
 from .keys import suggest, unknown
 
 __all__ = ["RunSpec", "EigSpec", "IntegratorSpec", "StableSpec", "RodSpec", "CentralSpec", "StopSpec",
@@ -46,50 +50,6 @@ _suggest = suggest
 
 def _unknown(names, valid, where: str):
     raise SpecError(unknown(names, valid, where))
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _is_num(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool)
-
-
-def _int(where, name, v, lo=None, none=False):
-    if v is None and none:
-        return None
-    if not _is_int(v) or (lo is not None and v < lo):
-        raise ValueError(f"{where}.{name}={v!r} must be an int" + (f" >= {lo}" if lo is not None else "")
-                         + (" or None" if none else ""))
-    return int(v)
-
-
-def _float(where, name, v, lo=None, hi=None, open_lo=True, open_hi=True, none=False, allow_inf=False):
-    if v is None and none:
-        return None
-    ok = _is_num(v) and (math.isfinite(v) or (allow_inf and v == math.inf))
-    if ok and lo is not None:
-        ok = v > lo if open_lo else v >= lo
-    if ok and hi is not None:
-        ok = v < hi if open_hi else v <= hi
-    if not ok:
-        rng = ""
-        if lo is not None or hi is not None:
-            rng = f" in {'(' if open_lo else '['}{lo if lo is not None else '-inf'}, " \
-                  f"{hi if hi is not None else 'inf'}{')' if open_hi else ']'}"
-        raise ValueError(f"{where}.{name}={v!r} must be a number{rng}" + (" or None" if none else ""))
-    return float(v)
-
-
-def _bool(where, name, v):
-    if not isinstance(v, bool):
-        raise ValueError(f"{where}.{name}={v!r} must be True or False")
-    return v
-
-
-def _set(obj, name, value):
-    object.__setattr__(obj, name, value)
 
 
 class _Section:
@@ -272,57 +232,13 @@ class RodSpec(_Section):
         _bool("rod", "bea", self.bea)
 
 
-#: values of ``central.counter_rate``
-COUNTER_RATES = ("1", "1/beta2")
-
-
 @dataclass(frozen=True)
-class CentralSpec(_Section):
+class CentralSpec(_Section, CentralOptions):
     """Central flow (docs/central_flows.md). Thresholds are fractions of the stability threshold (effective
-    sharpness); the reference implementation's 1.95 and 1.5 are 0.975 and 0.75 here."""
-
-    sdcp_threshold: float = 0.975
-    """effective sharpness from which a direction enters the complementarity problem"""
-    track_threshold: float = 0.75
-    """effective sharpness from which a direction is tracked"""
-    tau: float | None = None
-    """relaxation time of the complementarity condition, in optimizer steps (None: 1/substeps)"""
-    eig_tol: float = 1e-6
-    """relative residual of the tracked subspace's LOBPCG refreshes"""
-    eig_max_iter: int = 100
-    """most LOBPCG iterations per refresh"""
-    max_track: int = 8
-    """most eigenpairs tracked"""
-    sdcp_tol: float = 1e-10
-    """tolerance of the semidefinite complementarity solver"""
-    refresh_tol: float = 1e-3
-    """Ritz residual above which the tracked subspace is improved"""
-    counter_rate: str = "1"
-    """rate of the optimizer's step counter along the flow: "1" (one step per unit time, what the equations give)
-    or "1/beta2" (the reference implementation's convention, for comparisons; docs/central_flows.md §7)"""
+    sharpness); the reference implementation's 1.95 and 1.5 are 0.975 and 0.75 here. The fields, defaults and
+    checks are :class:`pyrod.central_options.CentralOptions` (declared once, read by the flow too)."""
 
     _where = "central"
-
-    def __post_init__(self):
-        _set(self, "sdcp_threshold", _float("central", "sdcp_threshold", self.sdcp_threshold, lo=0, hi=1,
-                                            open_hi=False))
-        _set(self, "track_threshold", _float("central", "track_threshold", self.track_threshold, lo=0,
-                                             hi=self.sdcp_threshold))
-        _set(self, "tau", _float("central", "tau", self.tau, lo=0, none=True))
-        _set(self, "eig_tol", _float("central", "eig_tol", self.eig_tol, lo=0, hi=1))
-        _set(self, "eig_max_iter", _int("central", "eig_max_iter", self.eig_max_iter, lo=1))
-        _set(self, "max_track", _int("central", "max_track", self.max_track, lo=1))
-        _set(self, "sdcp_tol", _float("central", "sdcp_tol", self.sdcp_tol, lo=0, hi=1))
-        _set(self, "refresh_tol", _float("central", "refresh_tol", self.refresh_tol, lo=0, hi=1))
-        if self.counter_rate not in COUNTER_RATES:
-            raise ValueError(f"central.counter_rate={self.counter_rate!r} is not one of {list(COUNTER_RATES)}")
-
-    def model_options(self, substeps: int | None) -> dict:
-        """Keyword options of :class:`pyrod.flows.central.CentralFlow`."""
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
-        if substeps is not None:
-            out["substeps"] = substeps
-        return out
 
 
 @dataclass(frozen=True)
