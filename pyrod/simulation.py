@@ -30,7 +30,11 @@ from .output import RunWriter, Var, open_tree
 from .problems import Problem
 from .runs.discrete import DiscreteRun, MidpointRun
 from .runs.measure import Measurer
-from .spec import RunSpec, check_placement, spec_from_kwargs
+from .spec import (
+    RunSpec,
+    check_placement,
+    problem_config,  # noqa: F401  (simulation.problem_config, as before)
+)
 
 __all__ = ["simulate", "resume", "spec_of", "config_of", "RunInterrupted", "build_problem",
            "NotReproducible", "RunOutOfMemory"]
@@ -151,14 +155,9 @@ def simulate(problem=None, optimizer=None, steps=None, runs=None, *, progress: b
     if not isinstance(opt, _optimizers.Optimizer):
         raise TypeError(f"optimizer must be a pyrod.optimizers.Optimizer or a config dict, got "
                         f"{type(optimizer).__name__}")
-    kw = dict(options)
-    if steps is not None:
-        kw["steps"] = steps
-    elif "steps" not in (kw.get("stop") or {}) and not hasattr(kw.get("stop"), "steps"):
+    if steps is None and "steps" not in (options.get("stop") or {}) and not hasattr(options.get("stop"), "steps"):
         raise TypeError("simulate(problem, optimizer, steps, ...): steps is missing")
-    if runs is not None:
-        kw["runs"] = runs
-    spec = spec_from_kwargs(problem_config(prob), opt.config(), kw)
+    spec = RunSpec.from_call(prob, opt, steps, runs, **options)
     check_placement(spec)   # keyword form: an option for a run that is not asked for is a mistake
     return _execute(spec, prob, opt, progress)
 
@@ -270,17 +269,6 @@ def config_of(path_or_tree) -> dict:
     cfg["steps"] = stop.pop("steps")
     cfg["stop"] = stop
     return cfg
-
-
-def problem_config(problem) -> dict | None:
-    """The replay config of ``problem`` (``None`` when it has none: ``Problem.from_module``)."""
-    replay = getattr(problem, "replay_config", None)
-    if replay is not None:
-        try:
-            return replay()
-        except ValueError:
-            return None
-    return dict(problem.config) if problem.config else None
 
 
 def build_problem(config):

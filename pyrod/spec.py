@@ -489,6 +489,24 @@ class RunSpec(_Section):
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
+    def from_call(cls, problem, optimizer, steps=None, runs=None, **options) -> RunSpec:
+        """The spec of the keyword form ``pyrod.simulate(problem, optimizer, steps, runs, **options)``: the one
+        conversion of keywords to a spec (``simulate``, ``prepare_flows``, the experiments and ``sweep`` use it).
+
+        ``problem``: a :class:`pyrod.Problem` (its replay config is stored; ``None`` for ``Problem.from_module``) or
+        its config dict; ``optimizer``: an optimizer (its ``config()``) or its config dict; ``options``: the flat
+        keywords (:data:`FLAT_KEYWORDS`), backend options and whole sections (:func:`spec_from_kwargs`). Misplaced
+        options (for a run that is not asked for) are checked separately (:func:`check_placement`)."""
+        kw = dict(options)
+        if steps is not None:
+            kw["steps"] = steps
+        if runs is not None:
+            kw["runs"] = runs
+        prob = problem if problem is None or isinstance(problem, dict) else problem_config(problem)
+        opt = optimizer if isinstance(optimizer, dict) else optimizer.config()
+        return spec_from_kwargs(prob, opt, kw)
+
+    @classmethod
     def from_dict(cls, d):
         if isinstance(d, cls):
             return d
@@ -655,6 +673,17 @@ def backend_option_keywords() -> tuple:
 
 
 _SECTION_KEYWORDS = ("eig", "integrator", "stable", "rod", "central", "stop", "output", "minibatch")
+
+
+def problem_config(problem) -> dict | None:
+    """The replay config of ``problem`` (``None`` when it has none: ``Problem.from_module``)."""
+    replay = getattr(problem, "replay_config", None)
+    if replay is not None:
+        try:
+            return replay()
+        except ValueError:
+            return None
+    return dict(problem.config) if problem.config else None
 
 
 def spec_from_kwargs(problem_config, optimizer_config, kwargs: dict) -> RunSpec:

@@ -53,14 +53,14 @@ def prepare_flows(problem, optimizer, flows, *, options: dict | None = None, **k
     ``options``: the backend's own options (``integrator.options``). An unknown or misplaced option fails with the
     same message as in ``simulate``.
     """
-    from ..simulation import _validate, problem_config
-    from ..spec import check_placement, spec_from_kwargs
+    from ..simulation import _validate
+    from ..spec import RunSpec, check_placement
 
     kw = dict(kwargs)
     if options:
         kw["integrator"] = {**dict(kw.get("integrator") or {}), "options": dict(options)}
     kw.setdefault("steps", (kw.get("restart_at") or 0) + 1)   # the spec needs a length; flows do not use it
-    spec = spec_from_kwargs(problem_config(problem), optimizer.config(), {"runs": ["discrete", *flows], **kw})
+    spec = RunSpec.from_call(problem, optimizer, runs=["discrete", *flows], **kw)
     check_placement(spec)
     _validate(spec, problem, optimizer)
     return {name: FlowSpec(name, spec, problem, optimizer) for name in spec.flows}
