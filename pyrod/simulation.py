@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -37,7 +38,7 @@ from .spec import (
 )
 
 __all__ = ["simulate", "resume", "spec_of", "config_of", "RunInterrupted", "build_problem",
-           "NotReproducible", "RunOutOfMemory"]
+           "NotReproducible", "RunOutOfMemory", "prepare_flows", "FlowSpec"]
 
 _DISCRETE_RUNS = ("discrete", "midpoint")
 #: default wall-time spacing of automatic checkpoints (``checkpoint_every=None``)
@@ -651,3 +652,37 @@ def _count(counters, name, problem, g0, h0):
         counters[name][0] += problem.n_grad - g0
         counters[name][1] += problem.n_hvp - h0
 
+
+# ----------------------------------------------------------------------------------- flows without a run
+@dataclass
+class FlowSpec:
+    """One flow of a validated run specification; ``build(measurer)`` makes its :class:`FlowRun` (the same way
+    ``pyrod.simulate`` does)."""
+
+    name: str
+    spec: object       # pyrod.spec.RunSpec
+    problem: object
+    optimizer: object
+
+    def build(self, measurer):
+        return _flow_run(self.name, self.spec, self.problem, self.optimizer, measurer)
+
+
+def prepare_flows(problem, optimizer, flows, *, options: dict | None = None, **kwargs) -> dict:
+    """Validate flow options exactly as :func:`pyrod.simulate` does — through the run specification — and return
+    ``{name: FlowSpec}`` (nothing is computed).
+
+    ``kwargs``: ``simulate``'s keywords for flows (:data:`pyrod.spec.FLAT_KEYWORDS`: ``backend``, ``method``,
+    ``rtol``, ``atol``, ``max_step``, ``substeps``, ``min_step``, ``max_rhs_per_unit``, ``events``, ``bea``,
+    ``restart_at``, ``divergence_factor``, the central flow's options, or whole sections such as ``central=``);
+    ``options``: the backend's own options (``integrator.options``). An unknown or misplaced option fails with the
+    same message as in ``simulate``.
+    """
+    kw = dict(kwargs)
+    if options:
+        kw["integrator"] = {**dict(kw.get("integrator") or {}), "options": dict(options)}
+    kw.setdefault("steps", (kw.get("restart_at") or 0) + 1)   # the spec needs a length; flows do not use it
+    spec = RunSpec.from_call(problem, optimizer, runs=["discrete", *flows], **kw)
+    check_placement(spec)
+    _validate(spec, problem, optimizer)
+    return {name: FlowSpec(name, spec, problem, optimizer) for name in spec.flows}

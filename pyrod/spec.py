@@ -30,18 +30,13 @@ from .checks import check_bool as _bool
 from .checks import check_float as _float
 from .checks import check_int as _int
 from .checks import set_frozen as _set
-from .keys import suggest, unknown
+from .keys import SpecError, suggest, unknown
 
 __all__ = ["RunSpec", "EigSpec", "IntegratorSpec", "StableSpec", "RodSpec", "CentralSpec", "StopSpec",
            "OutputSpec", "MiniBatchSpec", "MINIBATCH_SOURCES", "MEASURE_ON", "SpecError", "spec_from_kwargs", "FLAT_KEYWORDS", "RUN_NAMES", "SPEC_VERSION"]
 
 SPEC_VERSION = 1
 RUN_NAMES = ("discrete", "midpoint", "stable", "rod", "central")
-
-
-class SpecError(TypeError, ValueError):
-    """An unknown, misplaced or ill-typed option (the message names it and lists the valid names). Both a
-    TypeError (wrong keyword) and a ValueError (bad configuration), so either except clause catches it."""
 
 
 # ----------------------------------------------------------------------------------------- value checks

@@ -181,7 +181,7 @@ def test_from_call_is_the_keyword_form():
     """RunSpec.from_call is the one keywords -> spec conversion: simulate's stored spec, prepare_flows, the
     experiments' ctx.spec and a sweep's dict base all give the same spec for the same call."""
     import pyrod
-    from pyrod.flows import prepare_flows
+    from pyrod.simulation import prepare_flows
     from pyrod.sweep import _as_spec
 
     prob = pyrod.problem(toy="quartic")

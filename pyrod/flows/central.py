@@ -433,7 +433,7 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
 
     # ------------------------------------------------------------------ read-out
     def extra_variables(self) -> list:
-        from ..output import Var
+        from ..schema import Var
         return [
             Var("predicted_loss", ("t",), "central-flow prediction of the time-averaged loss L(w) + 1/2 <H, Sigma>",
                 "1"),

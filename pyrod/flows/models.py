@@ -355,8 +355,8 @@ class RodFlow(FlowModel):
         return before, before + self.opt.nu_velocity(before, target)
 
     def extra_variables(self) -> list:
-        from ..output import PARAMETER_UNITS, Var
         from ..runs import nu_variation
+        from ..schema import PARAMETER_UNITS, Var
         out = [
             Var("iterate_distance", ("t",), "distance of the predicted iterate zbar(k-1/2)+(-1)^k delta(k) "
                 "to the discrete w_k", PARAMETER_UNITS),

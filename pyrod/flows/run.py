@@ -18,8 +18,8 @@ import torch
 from ..integrate import get_backend, resolve_backend, takes_tensors, trait_method
 from ..integrate.base import Event, EventRecord, FlowProblem
 from ..integrate.fixed_step import DEFAULT_SUBSTEPS
-from ..output import PARAMETER_UNITS, Var
 from ..runs.measure import standard_variables
+from ..schema import PARAMETER_UNITS, Var
 from .cost import CountingProblem
 
 __all__ = ["FlowRun"]
