@@ -49,7 +49,16 @@ def _module_classes(filename: str) -> dict:
 
 
 def field_docs(cls) -> dict:
-    """``{field: docstring}`` of a dataclass whose fields are documented by a string literal under them."""
+    """``{field: docstring}`` of a dataclass whose fields are documented by a string literal under them (fields
+    declared by a base class, e.g. ``CentralSpec``'s in ``CentralOptions``, with the base's docstrings)."""
+    out = {}
+    for base in reversed(cls.__mro__):
+        if base is not object and hasattr(base, "__dataclass_fields__"):
+            out.update(_own_field_docs(base))
+    return out
+
+
+def _own_field_docs(cls) -> dict:
     node = _module_classes(inspect.getsourcefile(cls)).get(cls.__name__)
     if node is None:
         return {}

@@ -8,7 +8,14 @@ from __future__ import annotations
 import difflib
 import inspect
 
-__all__ = ["suggest", "unknown", "parameters_of"]
+__all__ = ["SpecError", "suggest", "unknown", "parameters_of"]
+
+
+class SpecError(TypeError, ValueError):
+    """An unknown, misplaced or ill-typed option (the message names it and lists the valid names). Both a
+    TypeError (wrong keyword) and a ValueError (bad configuration), so either except clause catches it.
+    (Defined here, below the spec, so that problems and optimizers raise it without importing the spec;
+    ``pyrod.spec.SpecError`` is the same class.)"""
 
 
 def suggest(name, valid) -> str:

@@ -115,13 +115,11 @@ import netCDF4
 import numpy as np
 
 from ._version import __version__
+from .schema import PARAMETER_UNITS, TIME_UNITS, Var  # Var & units live in pyrod.schema (re-exported)
 
 __all__ = ["Var", "RunWriter", "FileBusyError", "DamagedFileError", "open_tree", "config_of", "json_attr",
            "TIME_UNITS", "PARAMETER_UNITS", "ensure_space", "hdf5_sizes"]
 
-TIME_UNITS = "optimizer steps"
-#: units of a distance or norm in parameter space (the model's parameters carry no physical unit of their own)
-PARAMETER_UNITS = "parameter units (Euclidean norm in w-space)"
 _JSON_MARKER = "pyrod_json_attrs"
 _RESERVED_ROOT = ("pyrod_version", "created", "Conventions", "pyrod_config", "pyrod_status", _JSON_MARKER)
 _CHUNK_BYTES = 1 << 20  # target HDF5 chunk size
@@ -139,26 +137,6 @@ class FileBusyError(RuntimeError):
     def __init__(self, message: str, path, pid=None, host=None):
         super().__init__(message)
         self.path, self.pid, self.host = path, pid, host
-
-
-@dataclass
-class Var:
-    """A variable of a run group.
-
-    ``dims``: the leading dim decides how it is written. ``"t"`` -> one row per :meth:`RunWriter.append`;
-    another unlimited dim (declared ``None`` in ``add_group(dims=...)``) -> one row per
-    :meth:`RunWriter.append_snapshot`; all dims fixed -> written once with :meth:`RunWriter.write_static`.
-    ``long_name`` and ``units`` (CF; ``"1"`` for dimensionless) are required. ``dtype``: NumPy code
-    (``"f8"``, ``"f4"``, ``"i8"``, ...). ``attrs``: extra variable attributes (e.g. ``comment``).
-    A Var named like an unlimited snapshot dim, with ``dims=(dim,)``, overrides that coordinate's metadata.
-    """
-
-    name: str
-    dims: tuple[str, ...]
-    long_name: str
-    units: str
-    dtype: str = "f8"
-    attrs: dict = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------- helpers

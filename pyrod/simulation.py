@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -30,13 +31,15 @@ from .output import RunWriter, Var, open_tree
 from .problems import Problem
 from .runs.discrete import DiscreteRun, MidpointRun
 from .runs.measure import Measurer
-from .spec import RunSpec, check_placement, spec_from_kwargs
+from .spec import (
+    RunSpec,
+    check_placement,
+    problem_config,  # noqa: F401  (simulation.problem_config, as before)
+)
 
-__all__ = ["simulate", "resume", "spec_of", "config_of", "RunInterrupted", "RUNS", "build_problem",
-           "NotReproducible", "RunOutOfMemory"]
+__all__ = ["simulate", "resume", "spec_of", "config_of", "RunInterrupted", "build_problem",
+           "NotReproducible", "RunOutOfMemory", "prepare_flows", "FlowSpec"]
 
-#: run name -> factory; flows register themselves in pyrod.flows
-RUNS: dict = {}
 _DISCRETE_RUNS = ("discrete", "midpoint")
 #: default wall-time spacing of automatic checkpoints (``checkpoint_every=None``)
 AUTO_CHECKPOINT_SECONDS = 60.0
@@ -153,14 +156,9 @@ def simulate(problem=None, optimizer=None, steps=None, runs=None, *, progress: b
     if not isinstance(opt, _optimizers.Optimizer):
         raise TypeError(f"optimizer must be a pyrod.optimizers.Optimizer or a config dict, got "
                         f"{type(optimizer).__name__}")
-    kw = dict(options)
-    if steps is not None:
-        kw["steps"] = steps
-    elif "steps" not in (kw.get("stop") or {}) and not hasattr(kw.get("stop"), "steps"):
+    if steps is None and "steps" not in (options.get("stop") or {}) and not hasattr(options.get("stop"), "steps"):
         raise TypeError("simulate(problem, optimizer, steps, ...): steps is missing")
-    if runs is not None:
-        kw["runs"] = runs
-    spec = spec_from_kwargs(problem_config(prob), opt.config(), kw)
+    spec = RunSpec.from_call(prob, opt, steps, runs, **options)
     check_placement(spec)   # keyword form: an option for a run that is not asked for is a mistake
     return _execute(spec, prob, opt, progress)
 
@@ -274,26 +272,12 @@ def config_of(path_or_tree) -> dict:
     return cfg
 
 
-def problem_config(problem) -> dict | None:
-    """The replay config of ``problem`` (``None`` when it has none: ``Problem.from_module``)."""
-    replay = getattr(problem, "replay_config", None)
-    if replay is not None:
-        try:
-            return replay()
-        except ValueError:
-            return None
-    return dict(problem.config) if problem.config else None
-
-
 def build_problem(config):
     """A Problem from its replay config (``pyrod.problem(**config)``, or a factory config)."""
     if config is None:
         raise NotReproducible(_NOT_REPRODUCIBLE)
     if isinstance(config, Problem):
         return config
-    from_config = getattr(Problem, "from_config", None)
-    if from_config is not None:
-        return from_config(config)
     from .problems import problem as _make_problem
     return _make_problem(**config)
 
@@ -668,3 +652,37 @@ def _count(counters, name, problem, g0, h0):
         counters[name][0] += problem.n_grad - g0
         counters[name][1] += problem.n_hvp - h0
 
+
+# ----------------------------------------------------------------------------------- flows without a run
+@dataclass
+class FlowSpec:
+    """One flow of a validated run specification; ``build(measurer)`` makes its :class:`FlowRun` (the same way
+    ``pyrod.simulate`` does)."""
+
+    name: str
+    spec: object       # pyrod.spec.RunSpec
+    problem: object
+    optimizer: object
+
+    def build(self, measurer):
+        return _flow_run(self.name, self.spec, self.problem, self.optimizer, measurer)
+
+
+def prepare_flows(problem, optimizer, flows, *, options: dict | None = None, **kwargs) -> dict:
+    """Validate flow options exactly as :func:`pyrod.simulate` does — through the run specification — and return
+    ``{name: FlowSpec}`` (nothing is computed).
+
+    ``kwargs``: ``simulate``'s keywords for flows (:data:`pyrod.spec.FLAT_KEYWORDS`: ``backend``, ``method``,
+    ``rtol``, ``atol``, ``max_step``, ``substeps``, ``min_step``, ``max_rhs_per_unit``, ``events``, ``bea``,
+    ``restart_at``, ``divergence_factor``, the central flow's options, or whole sections such as ``central=``);
+    ``options``: the backend's own options (``integrator.options``). An unknown or misplaced option fails with the
+    same message as in ``simulate``.
+    """
+    kw = dict(kwargs)
+    if options:
+        kw["integrator"] = {**dict(kw.get("integrator") or {}), "options": dict(options)}
+    kw.setdefault("steps", (kw.get("restart_at") or 0) + 1)   # the spec needs a length; flows do not use it
+    spec = RunSpec.from_call(problem, optimizer, runs=["discrete", *flows], **kw)
+    check_placement(spec)
+    _validate(spec, problem, optimizer)
+    return {name: FlowSpec(name, spec, problem, optimizer) for name in spec.flows}

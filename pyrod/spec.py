@@ -23,10 +23,14 @@ from __future__ import annotations
 
 import json
 import math
-import numbers
 from dataclasses import dataclass, field, fields
 
-from .keys import suggest, unknown
+from .central_options import COUNTER_RATES, CentralOptions  # noqa: F401  (spec.COUNTER_RATES, as before)
+from .checks import check_bool as _bool
+from .checks import check_float as _float
+from .checks import check_int as _int
+from .checks import set_frozen as _set
+from .keys import SpecError, suggest, unknown
 
 __all__ = ["RunSpec", "EigSpec", "IntegratorSpec", "StableSpec", "RodSpec", "CentralSpec", "StopSpec",
            "OutputSpec", "MiniBatchSpec", "MINIBATCH_SOURCES", "MEASURE_ON", "SpecError", "spec_from_kwargs", "FLAT_KEYWORDS", "RUN_NAMES", "SPEC_VERSION"]
@@ -35,61 +39,12 @@ SPEC_VERSION = 1
 RUN_NAMES = ("discrete", "midpoint", "stable", "rod", "central")
 
 
-class SpecError(TypeError, ValueError):
-    """An unknown, misplaced or ill-typed option (the message names it and lists the valid names). Both a
-    TypeError (wrong keyword) and a ValueError (bad configuration), so either except clause catches it."""
-
-
 # ----------------------------------------------------------------------------------------- value checks
 _suggest = suggest
 
 
 def _unknown(names, valid, where: str):
     raise SpecError(unknown(names, valid, where))
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _is_num(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool)
-
-
-def _int(where, name, v, lo=None, none=False):
-    if v is None and none:
-        return None
-    if not _is_int(v) or (lo is not None and v < lo):
-        raise ValueError(f"{where}.{name}={v!r} must be an int" + (f" >= {lo}" if lo is not None else "")
-                         + (" or None" if none else ""))
-    return int(v)
-
-
-def _float(where, name, v, lo=None, hi=None, open_lo=True, open_hi=True, none=False, allow_inf=False):
-    if v is None and none:
-        return None
-    ok = _is_num(v) and (math.isfinite(v) or (allow_inf and v == math.inf))
-    if ok and lo is not None:
-        ok = v > lo if open_lo else v >= lo
-    if ok and hi is not None:
-        ok = v < hi if open_hi else v <= hi
-    if not ok:
-        rng = ""
-        if lo is not None or hi is not None:
-            rng = f" in {'(' if open_lo else '['}{lo if lo is not None else '-inf'}, " \
-                  f"{hi if hi is not None else 'inf'}{')' if open_hi else ']'}"
-        raise ValueError(f"{where}.{name}={v!r} must be a number{rng}" + (" or None" if none else ""))
-    return float(v)
-
-
-def _bool(where, name, v):
-    if not isinstance(v, bool):
-        raise ValueError(f"{where}.{name}={v!r} must be True or False")
-    return v
-
-
-def _set(obj, name, value):
-    object.__setattr__(obj, name, value)
 
 
 class _Section:
@@ -228,7 +183,7 @@ class IntegratorSpec(_Section):
         from . import integrate
 
         if self.backend is None and device is None:
-            candidates = ("scipy", "torch")
+            candidates = tuple(integrate.default_backends().values())
         else:
             candidates = (self.backend_for(device),)
         errors = []
@@ -242,7 +197,7 @@ class IntegratorSpec(_Section):
                 errors.append(e)
         if len(errors) == 1:
             raise errors[0]
-        raise type(errors[0])("integrator with backend=None (torch for a problem on a CUDA device, else scipy): "
+        raise type(errors[0])(f"integrator with backend=None ({_none_rule(integrate)}): "
                               + "; ".join(str(e) for e in errors))
 
 
@@ -272,57 +227,13 @@ class RodSpec(_Section):
         _bool("rod", "bea", self.bea)
 
 
-#: values of ``central.counter_rate``
-COUNTER_RATES = ("1", "1/beta2")
-
-
 @dataclass(frozen=True)
-class CentralSpec(_Section):
+class CentralSpec(_Section, CentralOptions):
     """Central flow (docs/central_flows.md). Thresholds are fractions of the stability threshold (effective
-    sharpness); the reference implementation's 1.95 and 1.5 are 0.975 and 0.75 here."""
-
-    sdcp_threshold: float = 0.975
-    """effective sharpness from which a direction enters the complementarity problem"""
-    track_threshold: float = 0.75
-    """effective sharpness from which a direction is tracked"""
-    tau: float | None = None
-    """relaxation time of the complementarity condition, in optimizer steps (None: 1/substeps)"""
-    eig_tol: float = 1e-6
-    """relative residual of the tracked subspace's LOBPCG refreshes"""
-    eig_max_iter: int = 100
-    """most LOBPCG iterations per refresh"""
-    max_track: int = 8
-    """most eigenpairs tracked"""
-    sdcp_tol: float = 1e-10
-    """tolerance of the semidefinite complementarity solver"""
-    refresh_tol: float = 1e-3
-    """Ritz residual above which the tracked subspace is improved"""
-    counter_rate: str = "1"
-    """rate of the optimizer's step counter along the flow: "1" (one step per unit time, what the equations give)
-    or "1/beta2" (the reference implementation's convention, for comparisons; docs/central_flows.md §7)"""
+    sharpness); the reference implementation's 1.95 and 1.5 are 0.975 and 0.75 here. The fields, defaults and
+    checks are :class:`pyrod.central_options.CentralOptions` (declared once, read by the flow too)."""
 
     _where = "central"
-
-    def __post_init__(self):
-        _set(self, "sdcp_threshold", _float("central", "sdcp_threshold", self.sdcp_threshold, lo=0, hi=1,
-                                            open_hi=False))
-        _set(self, "track_threshold", _float("central", "track_threshold", self.track_threshold, lo=0,
-                                             hi=self.sdcp_threshold))
-        _set(self, "tau", _float("central", "tau", self.tau, lo=0, none=True))
-        _set(self, "eig_tol", _float("central", "eig_tol", self.eig_tol, lo=0, hi=1))
-        _set(self, "eig_max_iter", _int("central", "eig_max_iter", self.eig_max_iter, lo=1))
-        _set(self, "max_track", _int("central", "max_track", self.max_track, lo=1))
-        _set(self, "sdcp_tol", _float("central", "sdcp_tol", self.sdcp_tol, lo=0, hi=1))
-        _set(self, "refresh_tol", _float("central", "refresh_tol", self.refresh_tol, lo=0, hi=1))
-        if self.counter_rate not in COUNTER_RATES:
-            raise ValueError(f"central.counter_rate={self.counter_rate!r} is not one of {list(COUNTER_RATES)}")
-
-    def model_options(self, substeps: int | None) -> dict:
-        """Keyword options of :class:`pyrod.flows.central.CentralFlow`."""
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
-        if substeps is not None:
-            out["substeps"] = substeps
-        return out
 
 
 @dataclass(frozen=True)
@@ -573,6 +484,24 @@ class RunSpec(_Section):
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
+    def from_call(cls, problem, optimizer, steps=None, runs=None, **options) -> RunSpec:
+        """The spec of the keyword form ``pyrod.simulate(problem, optimizer, steps, runs, **options)``: the one
+        conversion of keywords to a spec (``simulate``, ``prepare_flows``, the experiments and ``sweep`` use it).
+
+        ``problem``: a :class:`pyrod.Problem` (its replay config is stored; ``None`` for ``Problem.from_module``) or
+        its config dict; ``optimizer``: an optimizer (its ``config()``) or its config dict; ``options``: the flat
+        keywords (:data:`FLAT_KEYWORDS`), backend options and whole sections (:func:`spec_from_kwargs`). Misplaced
+        options (for a run that is not asked for) are checked separately (:func:`check_placement`)."""
+        kw = dict(options)
+        if steps is not None:
+            kw["steps"] = steps
+        if runs is not None:
+            kw["runs"] = runs
+        prob = problem if problem is None or isinstance(problem, dict) else problem_config(problem)
+        opt = optimizer if isinstance(optimizer, dict) else optimizer.config()
+        return spec_from_kwargs(prob, opt, kw)
+
+    @classmethod
     def from_dict(cls, d):
         if isinstance(d, cls):
             return d
@@ -661,9 +590,16 @@ def name_errors(d: dict) -> list[str]:
     return out
 
 
+def _none_rule(integrate) -> str:
+    """What ``backend=None`` means, from the registry (e.g. "torch for a problem on a CUDA device, else scipy")."""
+    d = integrate.default_backends()
+    return f"{d['cuda']} for a problem on a CUDA device, else {d['cpu']}" if "cuda" in d else d["cpu"]
+
+
 def _integrator_name_errors(ig) -> list[str]:
     """Unknown backend, method or backend option names of an integrator section (dict or IntegratorSpec). With
-    ``backend=None`` a name is valid when SciPy or torch accepts it; "julia" and "auto" are checked when used."""
+    ``backend=None`` a name is valid when a backend that ``None`` may mean (SciPy or torch) accepts it; "auto" is
+    checked when used."""
     if ig is None:
         return []
     get = ig.get if isinstance(ig, dict) else lambda k, default=None: getattr(ig, k, default)
@@ -673,13 +609,14 @@ def _integrator_name_errors(ig) -> list[str]:
     from . import integrate
 
     if backend is not None:
-        if not isinstance(backend, str) or backend.lower() not in integrate.BACKEND_NAMES:
-            return [f"integrator.backend={backend!r} is not a known backend{suggest(backend, integrate.BACKEND_NAMES)};"
-                    f" valid names: {list(integrate.BACKEND_NAMES)} or None"]
-        if backend.lower() in ("julia", "auto"):
+        valid_names = integrate.backend_names()
+        if not isinstance(backend, str) or backend.lower() not in valid_names:
+            return [f"integrator.backend={backend!r} is not a known backend{suggest(backend, valid_names)};"
+                    f" valid names: {list(valid_names)} or None"]
+        if backend.lower() == "auto":
             return []
-    names = (backend.lower(),) if backend is not None else ("scipy", "torch")
-    which = f"{names[0]!r}" if backend is not None else "'scipy' or 'torch' (backend=None)"
+    names = (backend.lower(),) if backend is not None else tuple(integrate.default_backends().values())
+    which = f"{names[0]!r}" if backend is not None else " or ".join(map(repr, names)) + " (backend=None)"
     out = []
     if isinstance(method, str):
         methods = [m for b in names for m in integrate.methods_of(b)]
@@ -715,10 +652,33 @@ FLAT_KEYWORDS = {
     "measure_size": "minibatch.measure_size", "nds_every": "minibatch.nds_every",
     "batch_sharpness": "minibatch.batch_sharpness",
 }
-#: backend options accepted as flat keywords too (they land in ``integrator.options``)
-_BACKEND_OPTION_KEYWORDS = ("jac", "max_steps", "exact_saves", "linsolver", "krylov_dim", "max_order",
-                            "max_nonlin_iters", "max_conv_fails", "julia_linsolve")
+
+
+def backend_option_keywords() -> tuple:
+    """Backend options accepted as flat keywords too (they land in ``integrator.options``): every option key of
+    every registered backend (:mod:`pyrod.integrate.registry`) that is not itself a flat keyword (``substeps``,
+    ``min_step`` are integrator fields)."""
+    from . import integrate
+
+    keys: list = []
+    for b in integrate.registered_backends().values():
+        for opts in (b.options, *b.method_options.values()):
+            keys += [k for k in opts if k not in FLAT_KEYWORDS and k not in keys]
+    return tuple(keys)
+
+
 _SECTION_KEYWORDS = ("eig", "integrator", "stable", "rod", "central", "stop", "output", "minibatch")
+
+
+def problem_config(problem) -> dict | None:
+    """The replay config of ``problem`` (``None`` when it has none: ``Problem.from_module``)."""
+    replay = getattr(problem, "replay_config", None)
+    if replay is not None:
+        try:
+            return replay()
+        except ValueError:
+            return None
+    return dict(problem.config) if problem.config else None
 
 
 def spec_from_kwargs(problem_config, optimizer_config, kwargs: dict) -> RunSpec:
@@ -735,14 +695,15 @@ def spec_from_kwargs(problem_config, optimizer_config, kwargs: dict) -> RunSpec:
             v = kwargs[name]
             sections[name] = v.to_dict() if isinstance(v, _Section) else dict(v or {})
     opts = dict(sections.get("integrator", {}).get("options", {}) or {})
+    backend_keywords = backend_option_keywords()
     for key, value in kwargs.items():
         if key in _SECTION_KEYWORDS:
             continue
-        if key in _BACKEND_OPTION_KEYWORDS:
+        if key in backend_keywords:
             opts[key] = value
             continue
         if key not in FLAT_KEYWORDS:
-            valid = sorted(set(FLAT_KEYWORDS) | set(_SECTION_KEYWORDS) | set(_BACKEND_OPTION_KEYWORDS))
+            valid = sorted(set(FLAT_KEYWORDS) | set(_SECTION_KEYWORDS) | set(backend_keywords))
             raise SpecError(f"unknown option {key!r}{_suggest(key, valid)}; valid keywords of pyrod.simulate: "
                             f"{valid} (central-flow eig_tol/eig_max_iter: central=dict(eig_tol=...))")
         places = FLAT_KEYWORDS[key]

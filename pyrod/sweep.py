@@ -79,7 +79,7 @@ class SweepError(ValueError):
 
 # ----------------------------------------------------------------------------------------- the grid
 def _as_spec(base):
-    from .spec import RunSpec, spec_from_kwargs
+    from .spec import RunSpec
 
     if isinstance(base, RunSpec):
         spec = base
@@ -92,13 +92,7 @@ def _as_spec(base):
             if "problem" not in kw or "optimizer" not in kw:
                 raise SweepError(f"base={sorted(base)!r}: a dict base needs 'problem' and 'optimizer' (the keyword "
                                  f"form of pyrod.simulate) or must be a RunSpec dict")
-            prob, opt = kw.pop("problem"), kw.pop("optimizer")
-            if not isinstance(prob, dict):
-                from .simulation import problem_config
-                prob = problem_config(prob)
-            if not isinstance(opt, dict):
-                opt = opt.config()
-            spec = spec_from_kwargs(prob, opt, kw)
+            spec = RunSpec.from_call(kw.pop("problem"), kw.pop("optimizer"), **kw)
     else:
         raise SweepError(f"base must be a pyrod.RunSpec or a dict of simulate keywords, got {type(base).__name__}")
     if spec.problem is None:

@@ -504,3 +504,29 @@ def test_mlp_rmsprop_eos_variances_match_deltas():
     assert np.all(d2 / X >= 1 / 1.3) and np.all(d2 / X <= 1.3)
     es = c["effective_sharpness"].values
     assert np.nanmax(es) <= 1.001
+
+
+def test_central_options_declared_once():
+    """The spec's central section, the flow's validation and the flow's defaults are one declaration
+    (pyrod.central_options.CentralOptions): same names, same defaults, same refusals."""
+    import dataclasses
+
+    from pyrod.central_options import CentralOptions
+    from pyrod.spec import CentralSpec
+
+    names = CentralOptions.names()
+    assert tuple(f.name for f in dataclasses.fields(CentralSpec)) == names
+    assert set(CENTRAL_OPTIONS) == {*names, "substeps", "bea"}
+    flow = CentralFlow(_quartic(0.05, 1.45), GD(lr=0.5))
+    defaults = CentralOptions()
+    for name in ("sdcp_threshold", "track_threshold", "eig_tol", "eig_max_iter", "sdcp_tol", "refresh_tol",
+                 "counter_rate"):
+        assert getattr(flow, name) == getattr(defaults, name) == getattr(CentralSpec(), name), name
+    assert flow.max_track == min(defaults.max_track, 2) and flow.tau == 1 / flow.substeps
+    for bad in ({"track_threshold": 0.99}, {"max_track": 0}, {"counter_rate": "2"}):
+        msgs = []
+        for make in (lambda b: CentralSpec(**b), lambda b: CentralFlow.validate_options(**b)):
+            with pytest.raises(ValueError) as e:
+                make(bad)
+            msgs.append(str(e.value))
+        assert msgs[0] == msgs[1] and f"central.{next(iter(bad))}=" in msgs[0]

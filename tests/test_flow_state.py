@@ -14,10 +14,10 @@ import pytest
 import torch
 
 import pyrod
-from pyrod.flows import prepare_flows
 from pyrod.optimizers import GD, Adam, RMSProp
 from pyrod.runs.discrete import DiscreteRun
 from pyrod.runs.measure import Measurer
+from pyrod.simulation import prepare_flows
 
 CHUNK, N_CHUNKS = 3, 4
 

@@ -492,7 +492,7 @@ def test_step_is_z_plus_increment(prob, name):
     for k in range(25):
         g = prob.grad(st.w)
         nu_used = opt.nu_update(st.nu, g, k) if opt.has_nu else None
-        dw, dm = opt.increment(st.w, st.m, g, nu_used, k)
+        dw, dm = opt.direction(st.w, st.m, g, nu_used, k)
         new, nu_p = opt.step(st, g)
         assert new.k == k + 1
         assert torch.equal(new.w, st.w + dw)
@@ -636,3 +636,15 @@ def test_adafactor_frozen_nu_is_constant_P(prob, style):
         Adafactor(frozen_nu=-nu)
     with pytest.raises(ValueError, match="style"):
         Adafactor(style="optax")
+
+
+def test_increment_is_a_deprecated_alias_of_direction(prob):
+    """``Optimizer.increment`` (the old name) warns and returns exactly ``direction``."""
+    opt = FLOW9["Adam"]
+    st = opt.init_state(prob.w0, prob.grad(prob.w0))
+    g = prob.grad(st.w)
+    nu = opt.nu_update(st.nu, g, 0)
+    with pytest.warns(DeprecationWarning, match="Optimizer.direction"):
+        old = opt.increment(st.w, st.m, g, nu, 0)
+    new = opt.direction(st.w, st.m, g, nu, 0)
+    assert all(torch.equal(a, b) for a, b in zip(old, new, strict=True))

@@ -175,3 +175,23 @@ def test_a_spec_given_as_data_may_carry_sections_of_runs_it_does_not_ask_for():
     spec = RunSpec(problem={"toy": "quadratic"}, optimizer={"name": "GD", "lr": 0.1}, stop={"steps": 3},
                    integrator={"rtol": 1e-6, "atol": 1e-9}, central={"tau": 0.5})
     assert pyrod.simulate(spec)["discrete"].ds.sizes["t"] == 3
+
+
+def test_from_call_is_the_keyword_form():
+    """RunSpec.from_call is the one keywords -> spec conversion: simulate's stored spec, prepare_flows, the
+    experiments' ctx.spec and a sweep's dict base all give the same spec for the same call."""
+    import pyrod
+    from pyrod.simulation import prepare_flows
+    from pyrod.sweep import _as_spec
+
+    prob = pyrod.problem(toy="quartic")
+    opt = pyrod.optimizers.GD(lr=0.3)
+    kw = dict(eigs=1, eig_every=2, method="euler", substeps=2, sdcp_threshold=0.9)
+    spec = pyrod.RunSpec.from_call(prob, opt, 3, ["discrete", "central"], **kw)
+    assert spec.stop.steps == 3 and spec.central.sdcp_threshold == 0.9 and spec.integrator.substeps == 2
+    assert spec.problem == prob.replay_config() and spec.optimizer == opt.config()
+    tree = pyrod.simulate(prob, opt, 3, ["discrete", "central"], progress=False, **kw)
+    assert pyrod.RunSpec.from_dict(json.loads(tree.attrs["pyrod_config"])) == spec
+    assert _as_spec({"problem": prob, "optimizer": opt, "steps": 3, "runs": ["discrete", "central"], **kw}) == spec
+    flows = prepare_flows(prob, opt, ["central"], steps=3, **kw)
+    assert flows["central"].spec == spec

@@ -237,12 +237,11 @@ class Context:
 
     def spec(self, problem, optimizer, **kw):
         """The :class:`pyrod.RunSpec` of ``ctx.simulate(problem, optimizer, ..., **kw)`` (for :meth:`sweep`)."""
-        from pyrod.simulation import problem_config
-        from pyrod.spec import spec_from_kwargs
+        from pyrod.spec import RunSpec
 
         kw.setdefault("eig_tol", float(self.params.get("eig_tol", 1e-8)))
         kw.setdefault("threads", int(self.params.get("threads", 1)))     # the experiment's --threads, per run
-        return spec_from_kwargs(problem_config(problem), optimizer.config(), kw)
+        return RunSpec.from_call(problem, optimizer, **kw)
 
     def sweep(self, base, grid, folder: str, *, name=None, zip=None):  # noqa: A002
         """``pyrod.sweep`` into ``out/folder`` with this run's ``--jobs``/``--scheduler``: finished points are

@@ -5,17 +5,16 @@
 * ``central`` — central flow with the complementarity projection (registered by :mod:`.central`).
 
 ``pyrod.simulate(..., runs=[...], backend=, rtol=, atol=, method=, events=, bea=, restart_at=)`` builds them
-from its run specification; :func:`prepare_flows` validates flow options the same way without running anything.
+from its run specification; :func:`pyrod.simulation.prepare_flows` validates flow options the same way without
+running anything.
 """
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 from .events import EventSpec, parse_events
 from .models import FlowModel, Layout, RodFlow, StableFlow, bea_correction
 from .run import FlowRun
 
-__all__ = ["FLOW_RUNS", "prepare_flows", "FlowRun", "FlowModel", "StableFlow", "RodFlow", "Layout",
+__all__ = ["FLOW_RUNS", "FlowRun", "FlowModel", "StableFlow", "RodFlow", "Layout",
            "EventSpec", "parse_events", "bea_correction"]
 
 #: flow name -> FlowModel subclass
@@ -28,39 +27,12 @@ except ImportError:  # pragma: no cover
     pass
 
 
-@dataclass
-class FlowSpec:
-    """One flow of a validated run specification; ``build(measurer)`` makes its :class:`FlowRun` (the same way
-    ``pyrod.simulate`` does)."""
-
-    name: str
-    spec: object       # pyrod.spec.RunSpec
-    problem: object
-    optimizer: object
-
-    def build(self, measurer):
-        from ..simulation import _flow_run
-        return _flow_run(self.name, self.spec, self.problem, self.optimizer, measurer)
-
-
-def prepare_flows(problem, optimizer, flows, *, options: dict | None = None, **kwargs) -> dict:
-    """Validate flow options exactly as :func:`pyrod.simulate` does — through the run specification — and return
-    ``{name: FlowSpec}`` (nothing is computed).
-
-    ``kwargs``: ``simulate``'s keywords for flows (:data:`pyrod.spec.FLAT_KEYWORDS`: ``backend``, ``method``,
-    ``rtol``, ``atol``, ``max_step``, ``substeps``, ``min_step``, ``max_rhs_per_unit``, ``events``, ``bea``,
-    ``restart_at``, ``divergence_factor``, the central flow's options, or whole sections such as ``central=``);
-    ``options``: the backend's own options (``integrator.options``). An unknown or misplaced option fails with the
-    same message as in ``simulate``.
-    """
-    from ..simulation import _validate, problem_config
-    from ..spec import check_placement, spec_from_kwargs
-
-    kw = dict(kwargs)
-    if options:
-        kw["integrator"] = {**dict(kw.get("integrator") or {}), "options": dict(options)}
-    kw.setdefault("steps", (kw.get("restart_at") or 0) + 1)   # the spec needs a length; flows do not use it
-    spec = spec_from_kwargs(problem_config(problem), optimizer.config(), {"runs": ["discrete", *flows], **kw})
-    check_placement(spec)
-    _validate(spec, problem, optimizer)
-    return {name: FlowSpec(name, spec, problem, optimizer) for name in spec.flows}
+def __getattr__(name):
+    # prepare_flows / FlowSpec moved to pyrod.simulation (they build runs from a spec: the layer above flows);
+    # the old names stay as deprecated aliases, resolved on first use so that this package imports nothing above it
+    if name in ("prepare_flows", "FlowSpec"):
+        import importlib
+        import warnings
+        warnings.warn(f"pyrod.flows.{name} moved to pyrod.simulation.{name}", DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module("pyrod.simulation"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -53,18 +53,19 @@ import numpy as np
 import torch
 
 from .. import host
+from ..central_options import CentralOptions
 from ..integrate.base import Event
-from ..integrate.fixed_step import check_substeps
-from ..spec import COUNTER_RATES
+from ..integrate.fixed_step import DEFAULT_SUBSTEPS, check_substeps
 from .central_projection import Eval, project
 from .central_tracking import SubspaceTracking
 from .models import FlowModel, PhaseSpaceState
 
 __all__ = ["CentralFlow", "CentralFlowExperimentalWarning", "CENTRAL_OPTIONS"]
 
-#: option names accepted by :class:`CentralFlow` (through ``pyrod.simulate(..., runs=["central"], **options)``)
-CENTRAL_OPTIONS = ("sdcp_threshold", "track_threshold", "substeps", "tau", "eig_tol", "eig_max_iter",
-                   "max_track", "sdcp_tol", "refresh_tol", "counter_rate", "bea")
+#: option names accepted by :class:`CentralFlow` (through ``pyrod.simulate(..., runs=["central"], **options)``):
+#: those of :class:`pyrod.central_options.CentralOptions` (names, defaults and checks declared there, once), the
+#: integrator's ``substeps`` and ``bea`` (refused)
+CENTRAL_OPTIONS = (*CentralOptions.names(), "substeps", "bea")
 
 
 class _CounterClock:
@@ -103,9 +104,6 @@ class CentralFlowExperimentalWarning(UserWarning):
     """The central flow of a momentum method is experimental (docs/momentum_central_flow.md)."""
 
 
-_Eval = Eval   # backwards-compatible name
-
-
 class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
     """Central flow of an optimizer with a smooth increment affine in the gradient (GD, (scalar) RMSProp; momentum
     methods experimentally). State ``y = (w[, m][, ν])`` as the stable flow; IC ``w(0) = w_0``, ``m(0) = 0``,
@@ -128,22 +126,19 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
 
     name = "central"
     #: without a user ``method``: Euler with ``substeps`` per unit time (the reference's scheme, τ = 1/substeps), on
-    #: the SciPy and the torch backend alike (:attr:`FlowModel.default_method`).
+    #: the SciPy and the torch backend alike (:attr:`FlowModel.method_trait`).
     #: An adaptive method at rtol 1e-6 follows the non-smooth right-hand side (the critical set changes, the SDCP
     #: switches) with tiny steps: GD on a 4-class digits MLP (n = 400) did not finish 1200 steps in 30 minutes.
-    default_method = {"scipy": "euler", "torch": "euler"}
+    method_trait = "fixed_step"
     tshift = 0.0
     compare_shift = 0.5
     grads_per_rhs = 1
 
-    def __init__(self, problem, optimizer, *, bea: bool = False, sdcp_threshold: float = 0.975,
-                 track_threshold: float = 0.75, substeps: int = 4, tau: float | None = None,
-                 eig_tol: float = 1e-6, eig_max_iter: int = 100, max_track: int = 8, sdcp_tol: float = 1e-10,
-                 refresh_tol: float = 1e-3, counter_rate: str = "1"):
-        o = self.validate_options(bea=bea, sdcp_threshold=sdcp_threshold, track_threshold=track_threshold,
-                                  substeps=substeps, tau=tau, eig_tol=eig_tol, eig_max_iter=eig_max_iter,
-                                  max_track=max_track, sdcp_tol=sdcp_tol, refresh_tol=refresh_tol,
-                                  counter_rate=counter_rate)
+    def __init__(self, problem, optimizer, *, bea: bool = False, substeps: int = DEFAULT_SUBSTEPS, **options):
+        """``options``: the fields of :class:`pyrod.central_options.CentralOptions` (``sdcp_threshold``,
+        ``track_threshold``, ``tau``, ``eig_tol``, ``eig_max_iter``, ``max_track``, ``sdcp_tol``, ``refresh_tol``,
+        ``counter_rate``; defaults there); ``substeps``: Euler steps per unit time."""
+        o = self.validate_options(bea=bea, substeps=substeps, **options)
         super().__init__(problem, optimizer, bea=False)
         self.counter_rate = o["counter_rate"]
         if self.counter_rate == "1/beta2":
@@ -223,40 +218,14 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
         unknown = set(options) - set(CENTRAL_OPTIONS)
         if unknown:
             raise TypeError(f"unexpected central-flow options {sorted(unknown)}; valid: {sorted(CENTRAL_OPTIONS)}")
-        o = dict(bea=False, sdcp_threshold=0.975, track_threshold=0.75, substeps=4, tau=None, eig_tol=1e-6,
-                 eig_max_iter=100, max_track=8, sdcp_tol=1e-10, refresh_tol=1e-3, counter_rate="1")
-        o.update(options)
-        if o["counter_rate"] not in COUNTER_RATES:
-            raise ValueError(f"counter_rate={o['counter_rate']!r} must be '1' (one optimizer step per unit time) or "
-                             f"'1/beta2' (the reference implementation's convention)")
-        if o["bea"]:
+        o = dict(options)
+        if o.pop("bea", False):
             raise ValueError("bea=True is not available for the central flow: the backward-error correction "
                              "differentiates the right-hand side, which contains the SDCP solve")
-
-        def num(v):
-            return not isinstance(v, bool) and isinstance(v, (int, float, np.integer, np.floating))
-
-        def integer(v):
-            return not isinstance(v, bool) and isinstance(v, (int, np.integer))
-
-        s, tr = o["sdcp_threshold"], o["track_threshold"]
-        if not (num(s) and 0 < s <= 1):
-            raise ValueError(f"sdcp_threshold={s!r} must be a number in (0, 1] (effective sharpness λ/threshold "
-                             f"from which a direction enters the SDCP; the reference's 1.95 is 0.975)")
-        if not (num(tr) and 0 < tr < s):
-            raise ValueError(f"track_threshold={tr!r} must be a number in (0, sdcp_threshold={s!r}) (the "
-                             f"reference's 1.5 is 0.75)")
-        o["substeps"] = check_substeps(o["substeps"])
+        substeps = check_substeps(o.pop("substeps", DEFAULT_SUBSTEPS))
+        o = {**CentralOptions(**o).model_options(substeps), "bea": False}   # ValueError naming a bad value
         if o["tau"] is None:
-            o["tau"] = 1.0 / int(o["substeps"])
-        if not (num(o["tau"]) and 0 < o["tau"] < math.inf):
-            raise ValueError(f"tau={o['tau']!r} must be a positive number (relaxation time, optimizer steps)")
-        for nm in ("max_track", "eig_max_iter"):
-            if not (integer(o[nm]) and o[nm] >= 1):
-                raise ValueError(f"{nm}={o[nm]!r} must be an int >= 1")
-        for nm in ("eig_tol", "sdcp_tol", "refresh_tol"):
-            if not (num(o[nm]) and 0 < o[nm] < 1):
-                raise ValueError(f"{nm}={o[nm]!r} must be a number in (0, 1)")
+            o["tau"] = 1.0 / substeps
         return o
 
     # ------------------------------------------------------------------ FlowModel interface
@@ -464,7 +433,7 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
 
     # ------------------------------------------------------------------ read-out
     def extra_variables(self) -> list:
-        from ..output import Var
+        from ..schema import Var
         return [
             Var("predicted_loss", ("t",), "central-flow prediction of the time-averaged loss L(w) + 1/2 <H, Sigma>",
                 "1"),

@@ -83,10 +83,12 @@ class FlowModel:
     grads_per_rhs = 1
     #: length of the "eig" dim of (t, eig) model variables (set by FlowRun)
     n_eig = 0
-    #: the flow's own integrator method per backend, used when the user gives no method and no tolerances:
-    #: ``{backend name: method}``; a backend not listed runs its own default method (at rtol 1e-6, atol 1e-9)
-    default_method: dict = {}
-    #: (rtol, atol) used with ``default_method`` (any backend); None: (1e-6, 1e-9)
+    #: what this flow asks of the integrator when the user gives no method and no tolerances: a flow trait of
+    #: :data:`pyrod.integrate.registry.FLOW_TRAITS` (``"low_order"``, ``"fixed_step"``); each backend's descriptor
+    #: names its method for a trait (``Backend.trait_methods``), a backend without one runs its own default
+    #: method (at rtol 1e-6, atol 1e-9). None: always the backend's default.
+    method_trait: str | None = None
+    #: (rtol, atol) used with the trait's method (any backend); None: (1e-6, 1e-9)
     default_tolerances = None
 
     def __init__(self, problem, optimizer, *, bea: bool = False):
@@ -234,8 +236,8 @@ class StableFlow(PhaseSpaceState, FlowModel):
     # With bea=True the correction is second order in the step: keep the backend's tight default there
     # (DOP853 / dopri5 at rtol 1e-6, atol 1e-9).
     @property
-    def default_method(self):
-        return {} if self.bea else {"scipy": "RK23", "torch": "bosh3"}
+    def method_trait(self):
+        return None if self.bea else "low_order"
 
     @property
     def default_tolerances(self):
@@ -288,7 +290,7 @@ class RodFlow(FlowModel):
     tshift = 0.5
     compare_shift = 0.0
     grads_per_rhs = 2
-    default_method = StableFlow.default_method
+    method_trait = StableFlow.method_trait
     default_tolerances = StableFlow.default_tolerances
 
     def __init__(self, problem, optimizer, **kw):
@@ -353,8 +355,8 @@ class RodFlow(FlowModel):
         return before, before + self.opt.nu_velocity(before, target)
 
     def extra_variables(self) -> list:
-        from ..output import PARAMETER_UNITS, Var
         from ..runs import nu_variation
+        from ..schema import PARAMETER_UNITS, Var
         out = [
             Var("iterate_distance", ("t",), "distance of the predicted iterate zbar(k-1/2)+(-1)^k delta(k) "
                 "to the discrete w_k", PARAMETER_UNITS),

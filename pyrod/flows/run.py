@@ -15,11 +15,11 @@ import math
 import numpy as np
 import torch
 
-from ..integrate import get_backend, resolve_backend, takes_tensors
+from ..integrate import get_backend, resolve_backend, takes_tensors, trait_method
 from ..integrate.base import Event, EventRecord, FlowProblem
 from ..integrate.fixed_step import DEFAULT_SUBSTEPS
-from ..output import PARAMETER_UNITS, Var
 from ..runs.measure import standard_variables
+from ..schema import PARAMETER_UNITS, Var
 from .cost import CountingProblem
 
 __all__ = ["FlowRun"]
@@ -63,11 +63,12 @@ class FlowRun:
         # dtype: no host copy per right-hand side (see _flow_problem)
         self.tensors = takes_tensors(self.integrate)
         model.tensor_states = self.tensors
-        # per-flow default integrator (``FlowModel.default_method[backend]``: stable / rod RK23 or bosh3, central
+        # per-flow default integrator (``FlowModel.method_trait`` -> ``Backend.trait_methods``: stable / rod RK23 or
+        # bosh3, central
         # Euler) where the user gave no method; the spec keeps method=None (the user's intent), the group attributes
         # record the method used (only when the user chose neither a method nor tolerances: a given rtol means
         # "this accuracy, with the backend's own default method")
-        flow_default = (getattr(model, "default_method", None) or {}).get(backend)
+        flow_default = trait_method(backend, model.method_trait)
         self.method_from_model = method is None and rtol is None and atol is None and flow_default is not None
         if self.method_from_model:
             method = flow_default

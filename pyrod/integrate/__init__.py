@@ -19,6 +19,10 @@ Without a device, ``None`` is ``"scipy"``.
 
 :func:`takes_tensors` says whether a backend's callables receive torch tensors (``TENSORS = True``).
 
+Each backend module declares one :class:`Backend` descriptor (``BACKEND``: name, methods, options, the method per
+flow trait, tensors, the device it is the default on, availability); this package registers the built-in ones and
+only looks things up (:mod:`.registry`). :func:`register_backend` adds a backend from anywhere.
+
 ``get_backend(name)`` returns the callable; :func:`solve` is a one-call convenience.  Importing this
 package does not import scikit-sundae or juliacall.
 """
@@ -28,33 +32,80 @@ import importlib
 
 import numpy as np
 
-from ..keys import suggest
-from . import scipy_backend, sundials_backend, torch_backend
+from . import julia_backend, scipy_backend, sundials_backend, torch_backend
 from .base import BackendUnavailable, Event, EventRecord, FlowProblem, Segment
+from .registry import _LISTENERS as _REGISTRY_LISTENERS
+from .registry import Backend, backend_named, check_keys, registered_backends, unregister_backend
+from .registry import register_backend as _register
 
-__all__ = ["BACKENDS", "BACKEND_NAMES", "get_backend", "resolve_backend", "takes_tensors", "methods_of", "check_method", "check_options", "options_of",
+__all__ = ["BACKENDS", "BACKEND_NAMES", "Backend", "register_backend", "unregister_backend", "backend_named",
+           "registered_backends", "backend_names", "get_backend", "resolve_backend", "takes_tensors", "methods_of",
+           "check_method", "check_options", "options_of", "default_backends", "trait_method",
            "solve", "julia_available",
            "BackendUnavailable", "Event", "EventRecord", "FlowProblem", "Segment"]
 
-BACKENDS = {"scipy": scipy_backend.integrate_segment, "sundials": sundials_backend.integrate_segment,
-            "torch": torch_backend.integrate_segment}
-BACKEND_NAMES = ("scipy", "sundials", "julia", "torch", "auto")
+#: ``{name: integrate_segment}`` of every registered backend (kept in step with the registry; :func:`get_backend`
+#: returns the callable from here, so a test may wrap one with ``monkeypatch.setitem``)
+BACKENDS: dict = {}
+#: the registered backend names, then "auto" (kept in step with the registry)
+BACKEND_NAMES: tuple = ()
+
+
+def _sync(_backend=None) -> None:
+    global BACKEND_NAMES
+    regs = registered_backends()
+    for name in [n for n in BACKENDS if n not in regs]:
+        del BACKENDS[name]
+    for name, b in regs.items():
+        if name not in BACKENDS or _backend is not None and _backend.name == name:
+            BACKENDS[name] = b.integrate_segment
+    BACKEND_NAMES = (*regs, "auto")
+
+
+_REGISTRY_LISTENERS.append(_sync)
+
+
+def register_backend(backend: Backend, *, replace: bool = False) -> Backend:
+    """Register an integrator backend (:class:`Backend`); afterwards ``integrator.backend=backend.name`` selects it
+    everywhere (spec checks, :func:`pyrod.simulate`, the command line). ``replace=True`` replaces one of the same
+    name. Returns ``backend``."""
+    return _register(backend, replace=replace)
+
+
+for _module in (scipy_backend, sundials_backend, julia_backend, torch_backend):
+    register_backend(_module.BACKEND)
+
+
+def backend_names() -> tuple:
+    """The valid ``integrator.backend`` values now: every registered backend, then ``"auto"``."""
+    return BACKEND_NAMES
+
+
+def default_backends() -> dict:
+    """``{device type: backend name}`` of the backends ``backend=None`` picks (``"cpu"``, ``"cuda"``)."""
+    return {b.device_default: n for n, b in registered_backends().items() if b.device_default is not None}
 
 
 def _is_cuda(device) -> bool:
     return device is not None and str(device).startswith("cuda")
 
 
-def resolve_backend(name, device=None) -> str:
-    """The concrete backend name (``"scipy"``, ``"torch"``, ``"sundials"``, ``"julia"``) for ``name`` and a
-    problem on ``device`` (a ``torch.device`` or its string; ``None``: unknown, taken as the CPU).
+def _unknown(name) -> ValueError:
+    return ValueError(f"backend={name!r} is unknown; valid backends: {list(BACKEND_NAMES)}")
 
-    ``None`` (the default of ``IntegratorSpec.backend``): ``"torch"`` on a CUDA device, else ``"scipy"``.
+
+def resolve_backend(name, device=None) -> str:
+    """The concrete backend name (``"scipy"``, ``"torch"``, ``"sundials"``, ``"julia"``, or a registered one) for
+    ``name`` and a problem on ``device`` (a ``torch.device`` or its string; ``None``: unknown, taken as the CPU).
+
+    ``None`` (the default of ``IntegratorSpec.backend``): the backend that is the default on the device's type
+    (``device_default``: ``"torch"`` on a CUDA device, else ``"scipy"``).
     ``"auto"``: ``"torch"`` on a CUDA device, else ``"julia"`` when a local Julia can start without any download,
     else ``"scipy"`` (the choice :func:`get_backend` makes). Other names are returned lower-cased. Raises
     ValueError naming an unknown ``name``."""
+    defaults = default_backends()
     if name is None:
-        return "torch" if _is_cuda(device) else "scipy"
+        return defaults["cuda" if _is_cuda(device) else "cpu"]
     if not isinstance(name, str) or name.lower() not in BACKEND_NAMES:
         raise ValueError(f"backend={name!r} is unknown; valid backends: {list(BACKEND_NAMES)} or None (torch for "
                          f"a problem on a CUDA device, else scipy)")
@@ -62,22 +113,24 @@ def resolve_backend(name, device=None) -> str:
     if name != "auto":
         return name
     if _is_cuda(device):
-        return "torch"
+        return defaults["cuda"]
     from . import julia_probe
     if julia_probe.select_backend("auto") == "julia":
         try:
-            _julia_backend()
+            backend_named("julia").require()
             return "julia"
         except BackendUnavailable:
             pass
-    return "scipy"
+    return defaults["cpu"]
 
 
 def takes_tensors(backend) -> bool:
     """Whether backend ``backend`` (a name or an ``integrate_segment`` callable) passes torch tensors to the
-    problem's callables and returns tensors in its :class:`Segment` (it declares ``TENSORS = True``)."""
-    fn = get_backend(backend) if isinstance(backend, str) or backend is None else backend
-    return bool(getattr(fn, "TENSORS", False))
+    problem's callables and returns tensors in its :class:`Segment` (its descriptor's ``tensors``; a callable:
+    its ``TENSORS`` attribute)."""
+    if isinstance(backend, str) or backend is None:
+        return backend_named(resolve_backend(backend)).tensors
+    return bool(getattr(backend, "TENSORS", False))
 
 
 def _probe_result(res):
@@ -111,62 +164,38 @@ def julia_available() -> tuple:
         return False, f"Julia probe failed: {type(e).__name__}: {e}"
 
 
-def _julia_backend():
-    try:
-        mod = importlib.import_module(".julia_backend", __name__)
-    except ModuleNotFoundError as e:
-        if e.name and e.name.endswith("julia_backend"):
-            raise BackendUnavailable("the 'julia' backend (pyrod.integrate.julia_backend) is not part of this "
-                                     "installation; use backend='scipy' or 'sundials'") from None
-        raise BackendUnavailable(f"the 'julia' backend cannot be imported: {e}") from None
-    fn = getattr(mod, "integrate_segment", None)
-    if fn is None:
-        raise BackendUnavailable("pyrod.integrate.julia_backend has no integrate_segment")
-    return fn
-
-
 def get_backend(name: str | None = "scipy"):
-    """The ``integrate_segment`` callable of backend ``name`` (``"scipy"``, ``"torch"``, ``"sundials"``,
-    ``"julia"``, ``"auto"``; ``None``: ``"scipy"``, as :func:`resolve_backend` without a device). Raises ValueError
-    for an unknown name and :class:`BackendUnavailable` when the backend cannot run here (the message says how to
-    install it)."""
-    if name is None:
-        name = "scipy"
-    if not isinstance(name, str) or name.lower() not in BACKEND_NAMES:
-        raise ValueError(f"backend={name!r} is unknown; valid backends: {list(BACKEND_NAMES)}")
-    name = name.lower()
-    if name == "scipy":
-        return BACKENDS["scipy"]
-    if name == "torch":
-        return BACKENDS["torch"]
-    if name == "sundials":
-        sundials_backend._import_cvode()  # BackendUnavailable with the install hint
-        return BACKENDS["sundials"]
-    if name == "julia":
+    """The ``integrate_segment`` callable of backend ``name`` (a registered name or ``"auto"``; ``None``: the CPU
+    default, as :func:`resolve_backend` without a device). Raises ValueError for an unknown name and
+    :class:`BackendUnavailable` when the backend cannot run here (the message says how to install it)."""
+    if name is not None and (not isinstance(name, str) or name.lower() not in BACKEND_NAMES):
+        raise _unknown(name)
+    chosen = resolve_backend(name)   # auto (no device here: never the CUDA default): Julia only when it can start
+    backend_named(chosen).require()
+    return BACKENDS[chosen]
+
+
+def _concrete(backend) -> str:
+    """``backend`` (None: the CPU default; "auto": the backend it would pick here, without a device) as a
+    registered name; ValueError for an unknown name."""
+    name = (backend or default_backends()["cpu"]).lower()
+    if name == "auto":
         from . import julia_probe
-        julia_probe.require_julia()  # BackendUnavailable with the offline recipe, at selection time
-        return _julia_backend()
-    # auto (no device here: never "torch"): Julia only when it is present and can start without any download
-    chosen = resolve_backend("auto")
-    return _julia_backend() if chosen == "julia" else BACKENDS[chosen]
+        name = julia_probe.select_backend("auto")
+    if name not in BACKENDS:
+        raise _unknown(backend)
+    return name
 
 
 def methods_of(backend: str) -> tuple:
     """Valid ``method`` names of ``backend`` (``"auto"``: those of the backend it would pick here)."""
-    name = (backend or "scipy").lower()
-    if name == "auto":
-        from . import julia_probe
-        name = julia_probe.select_backend("auto")
-    if name == "scipy":
-        return scipy_backend.ALL_METHODS
-    if name == "torch":
-        return torch_backend.METHODS
-    if name == "sundials":
-        return sundials_backend.METHODS
-    if name == "julia":
-        from . import julia_backend
-        return julia_backend.METHODS
-    raise ValueError(f"backend={backend!r} is unknown; valid backends: {list(BACKEND_NAMES)}")
+    return tuple(backend_named(_concrete(backend)).methods)
+
+
+def trait_method(backend: str, trait: str | None):
+    """The method backend ``backend`` runs for a flow with ``method_trait`` ``trait`` when the user names none
+    (None: the backend's own default, with the default tolerances)."""
+    return backend_named(_concrete(backend)).trait_methods.get(trait) if trait else None
 
 
 def check_method(backend: str, method) -> None:
@@ -179,25 +208,12 @@ def check_method(backend: str, method) -> None:
 
 
 def options_of(backend: str, method=None) -> dict:
-    """``{key: description}`` of the ``FlowProblem.options`` keys ``backend`` accepts (``method="euler"`` of the
-    SciPy backend, or ``backend="euler"``: the fixed-step integrator's keys; ``"auto"``: the backend it would pick)."""
-    name = (backend or "scipy").lower()
-    if name == "auto":
-        from . import julia_probe
-        name = julia_probe.select_backend("auto")
-    if name == "euler" or (name == "scipy" and isinstance(method, str) and method.lower() == "euler"):
-        from . import fixed_step
-        return dict(fixed_step.OPTIONS)
-    if name == "scipy":
-        return dict(scipy_backend.OPTIONS)
-    if name == "torch":
-        return dict(torch_backend.OPTIONS)
-    if name == "sundials":
-        return dict(sundials_backend.OPTIONS)
-    if name == "julia":
-        from . import julia_backend
-        return dict(julia_backend.OPTIONS)
-    raise ValueError(f"backend={backend!r} is unknown; valid backends: {list(BACKEND_NAMES)}")
+    """``{key: description}`` of the ``FlowProblem.options`` keys ``backend`` accepts with ``method`` (SciPy's
+    ``method="euler"``, or ``backend="euler"``: the fixed-step integrator's keys; ``"auto"``: the backend it would
+    pick)."""
+    if isinstance(backend, str) and backend.lower() == "euler":
+        backend, method = "scipy", "euler"
+    return backend_named(_concrete(backend)).options_for(method)
 
 
 def check_options(backend: str, options, method=None) -> None:
@@ -207,13 +223,8 @@ def check_options(backend: str, options, method=None) -> None:
         return
     if not isinstance(options, dict):
         raise TypeError(f"options={options!r} must be a dict")
-    valid = options_of(backend, method)
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        what = f"backend {backend!r}" + (f" with method={method!r}" if method is not None else "")
-        hint = suggest(unknown[0], valid) if len(unknown) == 1 else ""
-        raise TypeError(f"integrator option(s) {unknown} are not accepted by {what}{hint}; valid options: "
-                        f"{sorted(valid)}")
+    what = f"backend {backend!r}" + (f" with method={method!r}" if method is not None else "")
+    check_keys(options_of(backend, method), options, what)
 
 
 def solve(problem: FlowProblem, t0: float, y0, t1: float, t_save=(), backend: str = "scipy") -> Segment:

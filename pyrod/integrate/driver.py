@@ -43,8 +43,9 @@ _EPS = np.finfo(float).eps
 #: accepted steps in a row below the step-size floor that count as a collapse
 _SMALL_STEPS = 10
 
-# exceptions from the user's RHS that mean "this trajectory cannot go on" rather than a bug
-_NUMERIC_ERRORS = (FloatingPointError, ZeroDivisionError, OverflowError, np.linalg.LinAlgError)
+#: exceptions from the user's RHS that mean "this trajectory cannot go on" rather than a bug (every backend
+#: turns them into a failed segment)
+NUMERIC_ERRORS = (FloatingPointError, ZeroDivisionError, OverflowError, np.linalg.LinAlgError)
 
 
 class StepFailure(Exception):
@@ -167,7 +168,7 @@ class ArrayOps:
             return None
         try:
             return problem.diverged(t, y)
-        except _NUMERIC_ERRORS as e:
+        except NUMERIC_ERRORS as e:
             return f"divergence check raised {type(e).__name__}: {e}"
 
     def cast(self, x, like):
@@ -227,7 +228,7 @@ def drive(stepper, problem: FlowProblem, t0, y0, t1, ts, counter: Counter, max_s
         return seg("ok")
     try:
         g_prev = [_event_value(ev, t0, y0) for ev in events]
-    except _NUMERIC_ERRORS as e:
+    except NUMERIC_ERRORS as e:
         return seg("failed", f"event function raised {type(e).__name__}: {e}")
 
     while not stepper.finished:
@@ -237,7 +238,7 @@ def drive(stepper, problem: FlowProblem, t0, y0, t1, ts, counter: Counter, max_s
             stepper.step()
         except StepFailure as e:
             return seg("failed", f"{e} (at t={t:.10g})")
-        except _NUMERIC_ERRORS as e:
+        except NUMERIC_ERRORS as e:
             return seg("failed", f"right-hand side raised {type(e).__name__} near t={t:.10g}: {e}")
         t_old, t_new, y_new = stepper.t_old, stepper.t, stepper.y
         if not ops.finite(stepper, y_new):
@@ -330,7 +331,7 @@ def drive(stepper, problem: FlowProblem, t0, y0, t1, ts, counter: Counter, max_s
                                 on_accept(t, y)
                             return seg("event", f"terminal event {ev.name!r} (by projection) at t={t_new:.12g}")
                 g_new = g_p
-        except _NUMERIC_ERRORS as e:
+        except NUMERIC_ERRORS as e:
             return seg("failed", f"{type(e).__name__} in event/save/projection near t={t_new:.10g}: {e}")
 
         t, y, g_prev = t_new, y_acc, g_new
@@ -339,10 +340,8 @@ def drive(stepper, problem: FlowProblem, t0, y0, t1, ts, counter: Counter, max_s
         if changed and not stepper.finished:
             try:
                 stepper.restart(t, y, min(h_last, t1 - t) if h_last else None)
-            except _NUMERIC_ERRORS as e:
+            except NUMERIC_ERRORS as e:
                 return seg("failed", f"right-hand side raised {type(e).__name__} near t={t:.10g}: {e}")
 
     return seg("ok")
 
-
-NUMERIC_ERRORS = _NUMERIC_ERRORS

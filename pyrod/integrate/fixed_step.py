@@ -26,7 +26,8 @@ import math
 import numpy as np
 
 from .base import FlowProblem, Segment
-from .driver import _NUMERIC_ERRORS, Counter, StepFailure, drive, prepare
+from .driver import NUMERIC_ERRORS, Counter, StepFailure, drive, prepare
+from .registry import check_keys
 
 __all__ = ["integrate_segment", "METHODS", "DEFAULT_METHOD", "DEFAULT_SUBSTEPS", "OPTIONS", "check_substeps",
            "substeps_of"]
@@ -110,8 +111,7 @@ def integrate_segment(problem: FlowProblem, t0: float, y0: np.ndarray, t1: float
     m = problem.method
     if m is not None and str(m).lower() not in METHODS:
         raise ValueError(f"method={m!r} is not supported by the fixed-step backend; valid methods: {list(METHODS)}")
-    from . import check_options
-    check_options("euler", problem.options)
+    check_keys(OPTIONS, problem.options, "backend 'euler'")
     substeps = substeps_of(problem)
     t0, y0, t1, ts = prepare(problem, t0, y0, t1, t_save)
     counter = Counter()
@@ -124,7 +124,7 @@ def integrate_segment(problem: FlowProblem, t0: float, y0: np.ndarray, t1: float
             budget = max(float(budget), 2.0 * substeps)
         return drive(stepper, problem, t0, y0, t1, ts, counter, max_steps=problem.options.get("max_steps"),
                      max_rhs_per_unit=budget)
-    except _NUMERIC_ERRORS as e:  # pragma: no cover - drive already converts these
+    except NUMERIC_ERRORS as e:  # pragma: no cover - drive already converts these
         seg = drive(None, problem, t0, y0, t0, ts, counter)
         seg.status, seg.message = "failed", f"right-hand side raised {type(e).__name__}: {e}"
         return seg

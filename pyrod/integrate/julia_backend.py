@@ -42,9 +42,10 @@ import numpy as np
 
 from . import julia_probe
 from .base import BackendUnavailable, EventRecord, FlowProblem, Segment
-from .driver import _NUMERIC_ERRORS, first_step_for, prepare, resolve_method
+from .driver import NUMERIC_ERRORS, first_step_for, prepare, resolve_method
+from .registry import Backend, check_keys
 
-__all__ = ["integrate_segment", "init_julia", "check_available", "available", "METHODS", "DEFAULT_METHOD"]
+__all__ = ["integrate_segment", "init_julia", "check_available", "available", "METHODS", "DEFAULT_METHOD", "BACKEND"]
 
 DEFAULT_METHOD = "Tsit5"
 METHODS = ("Tsit5", "Vern7", "Vern9", "FBDF", "KenCarp47")
@@ -220,8 +221,7 @@ def integrate_segment(problem: FlowProblem, t0: float, y0: np.ndarray, t1: float
     Raises :class:`BackendUnavailable` (within milliseconds, without network) when no local Julia is
     configured; the message gives the environment variables that point pyrod at an existing Julia.
     """
-    from . import check_options
-    check_options("julia", problem.options)
+    check_keys(OPTIONS, problem.options, "backend 'julia'")
     method = resolve_method(problem.method, METHODS, DEFAULT_METHOD)
     linsolve = str(problem.options.get("julia_linsolve", "gmres")).lower()
     if linsolve not in LINSOLVERS:
@@ -258,7 +258,7 @@ def integrate_segment(problem: FlowProblem, t0: float, y0: np.ndarray, t1: float
     if bool(res.error):
         if br.exc is None:
             raise RuntimeError(f"PyrodFlows.integrate_segment raised inside the solve: {message}")
-        if not isinstance(br.exc, _NUMERIC_ERRORS):
+        if not isinstance(br.exc, NUMERIC_ERRORS):
             raise br.exc
         status = "failed"
         message = (f"a callback raised {type(br.exc).__name__} near t={float(res.t_end):.10g}: {br.exc}")
@@ -283,3 +283,12 @@ def integrate_segment(problem: FlowProblem, t0: float, y0: np.ndarray, t1: float
                    y_end=np.array(res.y_end, dtype=np.float64).reshape(-1), events=records,
                    n_rhs=int(res.n_rhs), n_jvp=int(res.n_jvp), status=status, message=message,
                    h_last=h_last if math.isfinite(h_last) and h_last > 0 else None, n_steps=int(res.n_steps))
+
+
+def _require_julia() -> None:
+    julia_probe.require_julia()   # BackendUnavailable with the offline recipe, at selection time
+
+
+#: this backend's descriptor (:mod:`pyrod.integrate.registry`); juliacall is imported at the first solve
+BACKEND = Backend(name="julia", integrate_segment=integrate_segment, methods=METHODS,
+                  default_method=DEFAULT_METHOD, options=OPTIONS, check_available=_require_julia)

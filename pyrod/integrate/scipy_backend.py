@@ -45,9 +45,10 @@ import math
 
 import numpy as np
 
+from . import fixed_step
 from .base import FlowProblem, Segment
 from .driver import (  # noqa: F401
-    _NUMERIC_ERRORS,
+    NUMERIC_ERRORS,
     Counter,
     StepFailure,
     crossed,
@@ -58,8 +59,9 @@ from .driver import (  # noqa: F401
     prepare,
     resolve_method,
 )
+from .registry import Backend, check_keys
 
-__all__ = ["integrate_segment", "METHODS", "DEFAULT_METHOD", "OPTIONS", "drive"]
+__all__ = ["integrate_segment", "METHODS", "DEFAULT_METHOD", "OPTIONS", "BACKEND", "drive"]
 
 DEFAULT_METHOD = "DOP853"
 METHODS = ("DOP853", "RK45", "RK23", "Radau", "BDF", "LSODA")
@@ -167,10 +169,8 @@ def integrate_segment(problem: FlowProblem, t0: float, y0: np.ndarray, t1: float
     ``problem.method == "euler"`` is handed to :mod:`pyrod.integrate.fixed_step` (explicit Euler with
     ``options["substeps"]`` steps per unit time, the central-flow reference's scheme)."""
     if isinstance(problem.method, str) and problem.method.lower() == "euler":
-        from . import fixed_step
         return fixed_step.integrate_segment(problem, t0, y0, t1, t_save)
-    from . import check_options
-    check_options("scipy", problem.options)
+    check_keys(OPTIONS, problem.options, "backend 'scipy'")
     method = resolve_method(problem.method, ALL_METHODS, DEFAULT_METHOD)
     t0, y0, t1, ts = prepare(problem, t0, y0, t1, t_save)
     counter = Counter()
@@ -179,8 +179,15 @@ def integrate_segment(problem: FlowProblem, t0: float, y0: np.ndarray, t1: float
     try:
         stepper = _ScipyStepper(problem, method, t0, y0, t1, counter, first_step_for(problem, t0, t1),
                                 stops=ts if problem.options.get("exact_saves") else ())
-    except _NUMERIC_ERRORS as e:
+    except NUMERIC_ERRORS as e:
         seg = drive(None, problem, t0, y0, t0, ts, counter)
         seg.status, seg.message = "failed", f"right-hand side raised {type(e).__name__} at t0: {e}"
         return seg
     return drive(stepper, problem, t0, y0, t1, ts, counter, max_steps=problem.options.get("max_steps"))
+
+
+#: this backend's descriptor (:mod:`pyrod.integrate.registry`): SciPy's methods plus "euler" (fixed steps);
+#: the default on the CPU (``backend=None``)
+BACKEND = Backend(name="scipy", integrate_segment=integrate_segment, methods=ALL_METHODS,
+                  default_method=DEFAULT_METHOD, options=OPTIONS, method_options={"euler": fixed_step.OPTIONS},
+                  trait_methods={"low_order": "RK23", "fixed_step": "euler"}, device_default="cpu")

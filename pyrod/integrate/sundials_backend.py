@@ -40,9 +40,10 @@ import math
 import numpy as np
 
 from .base import BackendUnavailable, FlowProblem, Segment
-from .driver import _NUMERIC_ERRORS, Counter, StepFailure, drive, first_step_for, next_stop, prepare, resolve_method
+from .driver import NUMERIC_ERRORS, Counter, StepFailure, drive, first_step_for, next_stop, prepare, resolve_method
+from .registry import Backend, check_keys
 
-__all__ = ["integrate_segment", "available", "METHODS", "DEFAULT_METHOD", "OPTIONS"]
+__all__ = ["integrate_segment", "available", "METHODS", "DEFAULT_METHOD", "OPTIONS", "BACKEND"]
 
 #: ``FlowProblem.options`` keys accepted (any other key is a TypeError)
 OPTIONS = {
@@ -182,8 +183,7 @@ class _CvodeStepper:
 
 def integrate_segment(problem: FlowProblem, t0: float, y0: np.ndarray, t1: float, t_save) -> Segment:
     """Integrate ``problem`` from ``t0`` to ``t1`` with CVODE; see the module docstring."""
-    from . import check_options
-    check_options("sundials", problem.options)
+    check_keys(OPTIONS, problem.options, "backend 'sundials'")
     _import_cvode()
     method = resolve_method(problem.method, METHODS, DEFAULT_METHOD)
     t0, y0, t1, ts = prepare(problem, t0, y0, t1, t_save)
@@ -193,8 +193,13 @@ def integrate_segment(problem: FlowProblem, t0: float, y0: np.ndarray, t1: float
     try:
         stepper = _CvodeStepper(problem, method, t0, y0, t1, counter, first_step_for(problem, t0, t1),
                                 stops=ts if problem.options.get("exact_saves") else ())
-    except (StepFailure, *_NUMERIC_ERRORS) as e:
+    except (StepFailure, *NUMERIC_ERRORS) as e:
         seg = drive(None, problem, t0, y0, t0, ts, counter)
         seg.status, seg.message = "failed", f"CVODE could not start at t0={t0:.10g}: {e}"
         return seg
     return drive(stepper, problem, t0, y0, t1, ts, counter, max_steps=problem.options.get("max_steps"))
+
+
+#: this backend's descriptor (:mod:`pyrod.integrate.registry`); scikit-sundae is imported when it is selected
+BACKEND = Backend(name="sundials", integrate_segment=integrate_segment, methods=METHODS,
+                  default_method=DEFAULT_METHOD, options=OPTIONS, check_available=_import_cvode)

@@ -65,10 +65,12 @@ import torch
 
 from .. import host
 from .base import FlowProblem, Segment
-from .driver import _NUMERIC_ERRORS, ArrayOps, Counter, StepFailure, check_length, drive, next_stop, prepare_times
+from .driver import NUMERIC_ERRORS, ArrayOps, Counter, StepFailure, check_length, drive, next_stop, prepare_times
 from .fixed_step import next_grid_time
+from .registry import Backend, check_keys
 
-__all__ = ["integrate_segment", "TENSORS", "METHODS", "ADAPTIVE", "DEFAULT_METHOD", "OPTIONS", "DEFAULT_SUBSTEPS"]
+__all__ = ["integrate_segment", "TENSORS", "METHODS", "ADAPTIVE", "DEFAULT_METHOD", "OPTIONS", "DEFAULT_SUBSTEPS",
+           "BACKEND"]
 
 #: this backend passes torch tensors (not NumPy arrays) to the problem's callables
 TENSORS = True
@@ -395,8 +397,7 @@ def _substeps(problem):
 
 def integrate_segment(problem: FlowProblem, t0: float, y0, t1: float, t_save) -> Segment:
     """Integrate ``problem`` from ``t0`` to ``t1`` on ``y0``'s device and dtype; see the module docstring."""
-    from . import check_options
-    check_options("torch", problem.options)
+    check_keys(OPTIONS, problem.options, "backend 'torch'")
     method = _resolve(problem.method)
     t0, t1, ts = prepare_times(problem, t0, t1, t_save)
     y0 = torch.as_tensor(y0).reshape(-1) if isinstance(y0, torch.Tensor) else torch.as_tensor(
@@ -424,7 +425,7 @@ def integrate_segment(problem: FlowProblem, t0: float, y0, t1: float, t_save) ->
                 stepper.budget = budget
         except _NonFiniteStart:
             stepper = None
-        except _NUMERIC_ERRORS as e:
+        except NUMERIC_ERRORS as e:
             seg = drive(None, problem, t0, y0, t0, ts, counter, max_rhs_per_unit=budget, ops=_TensorOps(score))
             seg.status, seg.message = "failed", f"right-hand side raised {type(e).__name__} at t0: {e}"
             return seg
@@ -470,3 +471,8 @@ class _TensorOps(ArrayOps):
 
 
 integrate_segment.TENSORS = True
+
+#: this backend's descriptor (:mod:`pyrod.integrate.registry`): tensors in and out; the default on CUDA
+BACKEND = Backend(name="torch", integrate_segment=integrate_segment, methods=METHODS, default_method=DEFAULT_METHOD,
+                  options=OPTIONS, trait_methods={"low_order": "bosh3", "fixed_step": "euler"}, tensors=True,
+                  device_default="cuda")

@@ -76,7 +76,7 @@ def from_config(cfg: dict) -> Optimizer:
     """Rebuild an optimizer from :meth:`Optimizer.config` output."""
     import torch
 
-    from ..spec import SpecError
+    from ..keys import SpecError
 
     wrong = check_config(cfg)
     if wrong:

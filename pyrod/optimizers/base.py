@@ -7,7 +7,7 @@ Conventions (docs/theory/optimizers.md):
   auxiliary state. Buffers are stored *before* the step (``m_0 = 0``).
 * ``ν_used(k) = nu_update(ν_k, g_k, k)`` is the value in the denominator of step ``k`` (PyTorch semantics:
   the current gradient enters ``ν`` before the parameter update); it is also ``ν_{k+1}``.
-* one discrete step is ``z_{k+1} = z_k + D(z_k; ν_used(k), k)`` exactly, with ``D = increment(...)``.
+* one discrete step is ``z_{k+1} = z_k + D(z_k; ν_used(k), k)`` exactly, with ``D = direction(...)``.
 * ``P(ν, t) = preconditioner(ν, t)`` excludes ``η``; the step is ``−η P⁻¹(·)`` and the stability threshold
   (``threshold()``) is on ``λmax(P⁻¹H)``, so ``effective sharpness = λmax(P⁻¹H) / threshold``.
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import warnings
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -213,9 +214,10 @@ class Optimizer:
         """The increment ``D(z; ν, t) = (D_w, D_m)`` for ``z = (w, m)`` and ``g = ∇L(w)``."""
         raise NotImplementedError
 
-    # the name used in docs/theory
     def increment(self, w, m, g, nu, t):
-        """Alias of :meth:`direction`: ``D(z; ν, t)`` (docs/theory/optimizers.md)."""
+        """Deprecated alias of :meth:`direction` (one name per concept); warns, then returns the same ``D``."""
+        warnings.warn("Optimizer.increment is deprecated: use Optimizer.direction (the same D(z; nu, t))",
+                      DeprecationWarning, stacklevel=2)
         return self.direction(w, m, g, nu, t)
 
     def effective_nu(self, state: OptState, nu_used: torch.Tensor) -> tuple[torch.Tensor, dict]:

@@ -78,7 +78,7 @@ def problem(model: str = "mlp", data: str = "digits", *, classes: int | None = 4
                   "data_kwargs": data_kwargs, **toy_kwargs})
         wrong = check_config(names, where="pyrod.problem")
         if wrong:
-            from ..spec import SpecError
+            from ..keys import SpecError
             raise SpecError("; ".join(wrong))
     if factory is not None:
         return Problem.from_factory(factory, factory_kwargs=kwargs, dtype=dtype, device=device,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..optimizers.base import OptState
-from ..output import PARAMETER_UNITS, Var
+from ..schema import PARAMETER_UNITS, Var
 from . import nu_variation
 from .measure import Measurer, standard_variables
 

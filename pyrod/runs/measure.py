@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .. import host
-from ..output import Var
+from ..schema import Var
 
 __all__ = ["Measurer", "standard_variables"]
 

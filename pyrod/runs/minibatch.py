@@ -24,7 +24,7 @@ import math
 
 import torch
 
-from ..output import Var
+from ..schema import Var
 from . import nu_variation
 from .discrete import DiscreteRun
 from .measure import standard_variables

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from ..output import Var
+from ..schema import Var
 
 __all__ = ["relative_change", "relative_change_tensors", "variables", "NAMES"]
 

@@ -1,0 +1,73 @@
+"""The central flow's options, declared once: :class:`CentralOptions` (names, types, defaults, field docstrings and
+checks) is the ``central`` section of the run specification (:class:`pyrod.spec.CentralSpec` adds only the
+section behaviour) and what :class:`pyrod.flows.central.CentralFlow` validates its keywords with and reads its
+defaults from. Stdlib only: the command line builds its flags from it before importing torch.
+
+Thresholds are fractions of the stability threshold (effective sharpness ``λmax(P⁻¹H)/threshold``); times are in
+optimizer steps.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from .checks import check_float, check_int, set_frozen
+
+__all__ = ["CentralOptions", "COUNTER_RATES"]
+
+#: values of ``central.counter_rate``
+COUNTER_RATES = ("1", "1/beta2")
+
+
+@dataclass(frozen=True)
+class CentralOptions:
+    """Central flow (docs/central_flows.md). Thresholds are fractions of the stability threshold (effective
+    sharpness); the reference implementation's 1.95 and 1.5 are 0.975 and 0.75 here."""
+
+    sdcp_threshold: float = 0.975
+    """effective sharpness from which a direction enters the complementarity problem"""
+    track_threshold: float = 0.75
+    """effective sharpness from which a direction is tracked"""
+    tau: float | None = None
+    """relaxation time of the complementarity condition, in optimizer steps (None: 1/substeps)"""
+    eig_tol: float = 1e-6
+    """relative residual of the tracked subspace's LOBPCG refreshes"""
+    eig_max_iter: int = 100
+    """most LOBPCG iterations per refresh"""
+    max_track: int = 8
+    """most eigenpairs tracked"""
+    sdcp_tol: float = 1e-10
+    """tolerance of the semidefinite complementarity solver"""
+    refresh_tol: float = 1e-3
+    """Ritz residual above which the tracked subspace is improved"""
+    counter_rate: str = "1"
+    """rate of the optimizer's step counter along the flow: "1" (one step per unit time, what the equations give)
+    or "1/beta2" (the reference implementation's convention, for comparisons; docs/central_flows.md §7)"""
+
+    def __post_init__(self):
+        w = "central"
+        set_frozen(self, "sdcp_threshold", check_float(w, "sdcp_threshold", self.sdcp_threshold, lo=0, hi=1,
+                                                       open_hi=False))
+        set_frozen(self, "track_threshold", check_float(w, "track_threshold", self.track_threshold, lo=0,
+                                                        hi=self.sdcp_threshold))
+        set_frozen(self, "tau", check_float(w, "tau", self.tau, lo=0, none=True))
+        set_frozen(self, "eig_tol", check_float(w, "eig_tol", self.eig_tol, lo=0, hi=1))
+        set_frozen(self, "eig_max_iter", check_int(w, "eig_max_iter", self.eig_max_iter, lo=1))
+        set_frozen(self, "max_track", check_int(w, "max_track", self.max_track, lo=1))
+        set_frozen(self, "sdcp_tol", check_float(w, "sdcp_tol", self.sdcp_tol, lo=0, hi=1))
+        set_frozen(self, "refresh_tol", check_float(w, "refresh_tol", self.refresh_tol, lo=0, hi=1))
+        if self.counter_rate not in COUNTER_RATES:
+            raise ValueError(f"central.counter_rate={self.counter_rate!r} is not one of {list(COUNTER_RATES)}: '1' "
+                             f"(one optimizer step per unit time) or '1/beta2' (the reference implementation's "
+                             f"convention)")
+
+    @classmethod
+    def names(cls) -> tuple:
+        """The option names, in declaration order."""
+        return tuple(f.name for f in fields(CentralOptions))
+
+    def model_options(self, substeps: int | None) -> dict:
+        """Keyword options of :class:`pyrod.flows.central.CentralFlow` (with the integrator's ``substeps``)."""
+        out = {name: getattr(self, name) for name in self.names()}
+        if substeps is not None:
+            out["substeps"] = substeps
+        return out
