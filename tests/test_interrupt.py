@@ -40,6 +40,21 @@ def _wait_for(what, proc, timeout=120.0):
     return time.monotonic() - t0
 
 
+def _ctrl_c_twice(proc, after=None) -> str:
+    """Wait for ``after()`` (if given), press Ctrl-C twice 0.3 s apart and return the run's stderr; the process is
+    killed if it is still alive."""
+    try:
+        if after is not None:
+            after()
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        return proc.communicate(timeout=60)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def test_killed_a_second_after_it_starts_the_run_resumes(tmp_path):
     """Default checkpointing (at most once a minute, and now also at the first chunk end): killed with SIGKILL
     about a second after the file appears, well inside the first minute, the run has a checkpoint and resumes to
@@ -67,16 +82,7 @@ def test_ctrl_c_twice_before_the_first_checkpoint_promises_no_resume(tmp_path):
     says the run cannot be resumed instead of naming a resume command that would fail."""
     path = tmp_path / "early.nc"
     proc = _cli_run(path, steps=100000, chunk=100000)
-    try:
-        _wait_for(path.exists, proc)
-        time.sleep(1.0)
-        proc.send_signal(signal.SIGINT)
-        time.sleep(0.3)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    err = _ctrl_c_twice(proc, after=lambda: (_wait_for(path.exists, proc), time.sleep(1.0)))
     assert proc.returncode == 130, err
     last = err.strip().splitlines()[-1]
     assert "stopped at once" in last and "cannot be resumed" in last and "no checkpoint had been written" in last
@@ -90,15 +96,7 @@ def test_ctrl_c_twice_before_the_first_checkpoint_promises_no_resume(tmp_path):
 def test_ctrl_c_twice_after_a_checkpoint_gives_the_cli_command_that_continues(tmp_path):
     path = tmp_path / "later.nc"
     proc = _cli_run(path, steps=100000, chunk=50)      # the second Ctrl-C comes inside the second chunk
-    try:
-        _wait_for(lambda: os.path.exists(path_for(path)), proc)
-        proc.send_signal(signal.SIGINT)
-        time.sleep(0.3)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    err = _ctrl_c_twice(proc, after=lambda: _wait_for(lambda: os.path.exists(path_for(path)), proc))
     assert proc.returncode == 130, err
     last = err.strip().splitlines()[-1]
     assert last.endswith(f"continue with python -m pyrod resume {path}"), last

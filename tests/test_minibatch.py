@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import time
 
 import numpy as np
 import pytest
@@ -246,7 +244,7 @@ def test_stream_runs_draw_fresh_windows_and_hold_out_an_independent_sample(tmp_p
 # ---------------------------------------------------------------------------------------------- resume
 @pytest.mark.parametrize("source", ["dataset", "stream"])
 def test_kill9_then_resume_is_bit_identical(tmp_path, source):
-    from test_resume import _start, _wait_for_checkpoint, assert_same_run
+    from test_resume import _kill9_after_checkpoint, _start, assert_same_run
 
     if source == "dataset":
         kw = dict(problem=MLP, optimizer={"name": "Adam", "lr": 0.01}, minibatch_size=16, heldout=24,
@@ -258,15 +256,7 @@ def test_kill9_then_resume_is_bit_identical(tmp_path, source):
     kw.update(eigs=1, eig_every=4, nds_every=2, chunk=4, checkpoint_every=4, path=str(tmp_path / "k.nc"),
               overwrite=True)
     proc = _start(kw)
-    try:
-        _wait_for_checkpoint(proc, kw["path"])
-        time.sleep(0.5)
-        assert proc.poll() is None, "the run finished before it could be killed: make it longer"
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    _kill9_after_checkpoint(proc, kw["path"], 0.5)
     killed = pyrod.open(kw["path"])
     assert killed.attrs["pyrod_status"] == "running"
     done = load(path_for(kw["path"]))["k"]

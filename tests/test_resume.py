@@ -80,6 +80,19 @@ def _wait_for_checkpoint(proc, path, timeout=120.0):
         time.sleep(0.02)
 
 
+def _kill9_after_checkpoint(proc, path, delay: float) -> None:
+    """Wait for the run's first checkpoint, then ``delay`` s, and kill it with SIGKILL (it must still be running)."""
+    try:
+        _wait_for_checkpoint(proc, path)
+        time.sleep(delay)
+        assert proc.poll() is None, "the run finished before it could be killed: make it longer"
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def assert_same_run(a, b, groups):
     """Every variable of every group equal bit for bit (NaN where NaN)."""
     for g in groups:
@@ -101,15 +114,7 @@ def test_kill9_then_resume_is_bit_identical(tmp_path, case):
     path = tmp_path / "killed.nc"
     kw = _kwargs(case, path)
     proc = _start(kw)
-    try:
-        _wait_for_checkpoint(proc, path)
-        time.sleep(rng.uniform(0.0, 0.5))          # a random moment after the first checkpoint
-        assert proc.poll() is None, "the run finished before it could be killed: make it longer"
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    _kill9_after_checkpoint(proc, path, rng.uniform(0.0, 0.5))      # a random moment after the first checkpoint
     killed = pyrod.open(path)
     assert killed.attrs["pyrod_status"] == "running"          # it really died mid-run
     killed_at = killed["discrete"].ds.sizes["t"]
