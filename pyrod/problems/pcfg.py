@@ -231,6 +231,13 @@ class TokenStream:
         self.windows = int(state["windows"])
 
 
+def _grammar_of(c: dict, seed, grammar_seed):
+    """The grammar of checked options ``c`` (:func:`_check`); ``grammar_seed`` None: ``seed``."""
+    grammar_seed = _int("grammar_seed", seed if grammar_seed is None else grammar_seed, lo=0)
+    return make_grammar(grammar_seed=grammar_seed, **{k: c[k] for k in ("alpha", "n_terminals", "n_nonterminals",
+                                                                        "depth", "n_rules", "rhs_min", "rhs_max",
+                                                                        "n_emit")})
+
 def zipf_pcfg_stream(*, key, classes=None, n=None, seed=0, path=None, alpha=1.0, n_terminals=32, n_nonterminals=8,
                      depth=3, n_rules=4, rhs_min=2, rhs_max=3, n_emit=8, context=32, grammar_seed=None) -> TokenStream:
     """The stream of :func:`zipf_pcfg`'s language (same options, same grammar) with its own sampling key: the
@@ -238,12 +245,7 @@ def zipf_pcfg_stream(*, key, classes=None, n=None, seed=0, path=None, alpha=1.0,
     independent samples of one language, and ``key=(0x5EED,)`` reproduces :func:`zipf_pcfg`'s windows.
     ``classes``/``n``/``path`` are ignored (the same signature as the data loaders)."""
     c = _check(alpha, n_terminals, n_nonterminals, depth, n_rules, rhs_min, rhs_max, n_emit, context)
-    if grammar_seed is None:
-        grammar_seed = seed
-    grammar_seed = _int("grammar_seed", grammar_seed, lo=0)
-    g = make_grammar(grammar_seed=grammar_seed, **{k: c[k] for k in ("alpha", "n_terminals", "n_nonterminals",
-                                                                      "depth", "n_rules", "rhs_min", "rhs_max",
-                                                                      "n_emit")})
+    g = _grammar_of(c, seed, grammar_seed)
     return TokenStream(g, c["context"], [int(seed), *(int(k) for k in key)])
 
 
@@ -257,12 +259,7 @@ def zipf_pcfg(*, classes=None, n=None, seed=0, path=None, alpha=1.0, n_terminals
     """
     c = _check(alpha, n_terminals, n_nonterminals, depth, n_rules, rhs_min, rhs_max, n_emit, context)
     n = 64 if n is None else _int("n", n)
-    if grammar_seed is None:
-        grammar_seed = seed
-    grammar_seed = _int("grammar_seed", grammar_seed, lo=0)
-    g = make_grammar(grammar_seed=grammar_seed, **{k: c[k] for k in ("alpha", "n_terminals", "n_nonterminals",
-                                                                      "depth", "n_rules", "rhs_min", "rhs_max",
-                                                                      "n_emit")})
+    g = _grammar_of(c, seed, grammar_seed)
     T = c["context"]
     need = n * T + 1
     rng = np.random.default_rng([int(seed), 0x5EED])
