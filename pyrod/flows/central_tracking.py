@@ -298,12 +298,12 @@ class SubspaceTracking:
         self.stats["max_tracked"] = max(self.stats["max_tracked"], self.k_track)
 
     def _expansion_grams(self, w, Pt, base):
-        """Device part of the expanded Rayleigh–Ritz: ``S = [U, Z]`` with ``U`` the basis (``HU`` taken from ``base``,
-        a plain Rayleigh–Ritz at this state, when it kept them) and ``Z = P̃⁻¹HU`` P̃-orthogonalised against ``U`` (twice) and normalised — the
-        span of the Ritz residuals ``P̃⁻¹(HU − P̃UΛ)``, one Davidson step at once for the watched columns (the critical
-        ones and the next candidate at the last check; the basis is ordered by eigenvalue): as many HVPs, plus ``k``
-        for ``HU`` without a ``base`` that kept them. Returns ``(grams, S, HS)``; a zero direction of ``Z`` stays 0 and the host
-        Rayleigh–Ritz drops it."""
+        """Device part of the expanded Rayleigh–Ritz: ``S = [U, Z]`` with ``U`` the basis (``HU`` taken from
+        ``base``, a plain Rayleigh–Ritz at this state, when it kept them) and ``Z = P̃⁻¹HU`` P̃-orthogonalised against
+        ``U`` (twice) and normalised — the span of the Ritz residuals ``P̃⁻¹(HU − P̃UΛ)``, one Davidson step at once
+        for the watched columns (the critical ones and the next candidate at the last check; the basis is ordered by
+        eigenvalue): as many HVPs, plus ``k`` for ``HU`` without a ``base`` that kept them. Returns
+        ``(grams, S, HS)``; a zero direction of ``Z`` stays 0 and the host Rayleigh–Ritz drops it."""
         # always the basis Y itself (products reused from a plain Rayleigh–Ritz at this state when there was one):
         # the same arithmetic whether the expansion is read in a tensor backend's step transfer (probe) or here
         U = self.Y

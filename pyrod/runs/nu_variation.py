@@ -37,18 +37,19 @@ def variables() -> list:
     ]
 
 
+def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """``num / den`` elementwise for ``num, den ≥ 0``, with ``0/0 = 0`` and ``x/0 = inf`` (``x > 0``)."""
+    pos = den > 0
+    return torch.where(pos, num / torch.where(pos, den, torch.ones_like(den)),
+                       torch.where(num > 0, torch.full_like(num, float("inf")), torch.zeros_like(num)))
+
 def relative_change_tensors(nu_from: torch.Tensor, nu_to: torch.Tensor) -> dict:
     """The two numbers as 0-dim tensors on the buffers' device, nothing read to the host (a discrete run reads them
     in its step's one transfer: :meth:`pyrod.runs.measure.Measurer.measure`'s ``extra``). Same conventions as
     :func:`relative_change`."""
     diff = (nu_to - nu_from).abs()
-    pos = nu_from > 0
-    ratio = torch.where(pos, diff / torch.where(pos, nu_from, torch.ones_like(nu_from)),
-                        torch.where(diff > 0, torch.full_like(diff, float("inf")), torch.zeros_like(diff)))
-    den = torch.linalg.vector_norm(nu_from)
-    num = torch.linalg.vector_norm(diff)
-    norm = torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)),
-                       torch.where(num > 0, torch.full_like(num, float("inf")), torch.zeros_like(num)))
+    ratio = _ratio(diff, nu_from)
+    norm = _ratio(torch.linalg.vector_norm(diff), torch.linalg.vector_norm(nu_from))
     vmax = ratio.max() if ratio.numel() else torch.full((), float("nan"), dtype=diff.dtype, device=diff.device)
     return {"nu_variation_max": vmax, "nu_variation_norm": norm}
 
