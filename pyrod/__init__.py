@@ -42,9 +42,9 @@ def __getattr__(name):  # lazy: `import pyrod` loads no torch, xarray, netCDF4, 
         globals()[name] = value
         return value
     if name == "open":
-        from . import output
-        globals()["open"] = output.open_tree
-        return output.open_tree
+        from .io.reader import open_tree
+        globals()["open"] = open_tree
+        return open_tree
     if name in ("optimizers", "spec", "checkpoint", "spectra", "analysis", "flows", "integrate", "output", "plotting",
                 "threads", "experiments"):
         import importlib

@@ -225,7 +225,7 @@ def _as_dataset(x, group=None):
     import xarray as xr
 
     if isinstance(x, (str, os.PathLike)):
-        from .output import open_tree
+        from .io.reader import open_tree
         x = open_tree(x)
     if isinstance(x, xr.DataTree):
         if group is not None:
@@ -284,7 +284,7 @@ def distances(tree, var: str = "loss", *, runs: Sequence[str] | None = None, ref
     import xarray as xr
 
     if isinstance(tree, (str, os.PathLike)):
-        from .output import open_tree
+        from .io.reader import open_tree
         tree = open_tree(tree)
     names = [n for n in (runs or list(tree.children)) if var in tree[n].ds]
     if reference is not None:
@@ -333,7 +333,7 @@ def load_runs(paths: Iterable, dim: str = "lr", values: Sequence | None = None, 
     """
     import xarray as xr
 
-    from .output import config_of, open_tree
+    from .io.reader import config_of, open_tree
 
     paths = [os.fspath(p) for p in paths]
     if not paths:

@@ -40,7 +40,7 @@ def save(path, payload: dict) -> int:
     buf = io.BytesIO()
     torch.save({"format": CHECKPOINT_FORMAT, **payload}, buf)
     data = buf.getbuffer()
-    from .output import ensure_space
+    from .io.lock import ensure_space
     ensure_space(path, len(data), what="checkpoint")    # the previous checkpoint stays whole either way
     tmp = f"{path}.tmp-{os.getpid()}"
     try:

@@ -38,7 +38,7 @@ def user_errors() -> tuple:
     """The exceptions that are the user's input (bad options, values, files; a busy file; a run that does not
     fit in memory): reported as one line. Imports the modules that define them (call after the run's imports)."""
     errors = [CommandLineError, ValueError, TypeError, OSError]
-    for module, name in (("pyrod.output", "FileBusyError"), ("pyrod.simulation", "RunOutOfMemory"),
+    for module, name in (("pyrod.io.lock", "FileBusyError"), ("pyrod.simulation", "RunOutOfMemory"),
                          ("pyrod.integrate", "BackendUnavailable")):
         mod = sys.modules.get(module)
         cls = getattr(mod, name, None) if mod is not None else None

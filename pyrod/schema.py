@@ -1,6 +1,6 @@
 """What a run's variables are, independent of how they are written: :class:`Var` (name, dims, CF long name and
 units, dtype) and the shared units. Runs and flows declare their variables with these; the NetCDF writer
-(:mod:`pyrod.output`) writes them. Stdlib only, so the maths never loads netCDF4."""
+(:mod:`pyrod.io.writer`) writes them. Stdlib only, so the maths never loads netCDF4."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -20,7 +20,7 @@ class Var:
     ``dims``: the leading dim decides how it is written. ``"t"`` -> one row per ``RunWriter.append``;
     another unlimited dim (declared ``None`` in ``add_group(dims=...)``) -> one row per
     ``RunWriter.append_snapshot``; all dims fixed -> written once with ``RunWriter.write_static``
-    (:mod:`pyrod.output`). ``long_name`` and ``units`` (CF; ``"1"`` for dimensionless) are required. ``dtype``:
+    (:mod:`pyrod.io.writer`). ``long_name`` and ``units`` (CF; ``"1"`` for dimensionless) are required. ``dtype``:
     NumPy code (``"f8"``, ``"f4"``, ``"i8"``, ...). ``attrs``: extra variable attributes (e.g. ``comment``).
     A Var named like an unlimited snapshot dim, with ``dims=(dim,)``, overrides that coordinate's metadata.
     """

@@ -27,10 +27,12 @@ import torch
 
 from . import optimizers as _optimizers
 from . import threads as _threads
-from .output import RunWriter, Var, open_tree
+from .io.reader import open_tree
+from .io.writer import RunWriter
 from .problems import Problem
 from .runs.discrete import DiscreteRun, MidpointRun
 from .runs.measure import Measurer
+from .schema import Var
 from .spec import (
     RunSpec,
     check_placement,
@@ -97,7 +99,7 @@ def _explain_failure(e, *, path, k, problem, ckpt_k):
                               f"exact full-batch values, computed over micro-batches in bounded memory (fewer "
                               f"eigenvalues, eigs=, also need less){kept}")
     if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-        from .output import os_error
+        from .io.lock import os_error
         return os_error(OSError, errno.ENOSPC, f"{e}; the run stopped at step {k}"
                         f"{kept.replace('continue with', 'free some space, then continue with')}")
     return None
@@ -203,7 +205,7 @@ def _checkpoint_of(path: str) -> dict:
     a folder, not NetCDF, not written by pyrod, damaged, written without checkpoints, stopped before its first
     checkpoint, or a checkpoint that belongs to another run."""
     from . import checkpoint as _ckpt
-    from .output import config_of as _raw_config
+    from .io.reader import config_of as _raw_config
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"cannot resume {path}: no such file")
@@ -241,7 +243,7 @@ def _experiment(spec_dict: dict) -> tuple:
 def spec_of(path_or_tree) -> RunSpec:
     """The :class:`RunSpec` of a pyrod file (``pyrod.simulate(pyrod.spec_of(path).replace({"output.path":
     "copy.nc"}))`` reproduces it)."""
-    from .output import config_of as _raw_config
+    from .io.reader import config_of as _raw_config
 
     cfg = _raw_config(path_or_tree)
     if "spec_version" not in cfg:
@@ -253,7 +255,7 @@ def spec_of(path_or_tree) -> RunSpec:
 def config_of(path_or_tree) -> dict:
     """Keyword arguments that reproduce the run in memory: ``pyrod.simulate(**pyrod.config_of(path))`` (add
     ``path=`` to write a file). Refuses runs whose problem has no replay config (``Problem.from_module``)."""
-    from .output import config_of as _raw_config
+    from .io.reader import config_of as _raw_config
 
     cfg = _raw_config(path_or_tree)
     if "spec_version" not in cfg:  # files from before run specs: the flat keyword form as stored

@@ -657,7 +657,7 @@ def open_sweep(out):
     import numpy as np
     import xarray as xr
 
-    from .output import open_tree
+    from .io.reader import open_tree
 
     out = os.path.abspath(os.fspath(out))
     man = read_manifest(out)

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 import pyrod
-from pyrod import output
 from pyrod.checkpoint import path_for
+from pyrod.io import lock, writer
 from pyrod.output import DamagedFileError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +49,7 @@ def test_disk_full_stops_before_the_write_with_a_valid_file_and_resumes(tmp_path
         u = real(p)
         return u._replace(free=1024) if len(calls) > 3 else u
 
-    monkeypatch.setattr(output.shutil, "disk_usage", usage)
+    monkeypatch.setattr(lock.shutil, "disk_usage", usage)
     with pytest.raises(OSError) as e:
         _run(path)
     assert e.value.errno == errno.ENOSPC
@@ -57,7 +57,7 @@ def test_disk_full_stops_before_the_write_with_a_valid_file_and_resumes(tmp_path
     assert f"no space left on the device of {path}" in msg and "the run stopped at step" in msg
     assert f"free some space, then continue with pyrod.resume({str(path)!r})" in msg
     assert ".lock" not in msg and ".tmp" not in msg
-    monkeypatch.setattr(output.shutil, "disk_usage", real)
+    monkeypatch.setattr(lock.shutil, "disk_usage", real)
     tree = pyrod.open(path)
     assert tree.attrs["pyrod_status"].startswith("failed: OSError: no space left")
     done = tree["discrete"].ds.sizes["t"]
@@ -71,7 +71,7 @@ def test_a_write_that_fails_mid_flush_leaves_the_earlier_rows(tmp_path, monkeypa
     """A write that raises ENOSPC inside a flush (after some variables of the chunk were written, before its
     coordinate): the file stays valid with every earlier chunk, and the error is clear."""
     path = tmp_path / "mid.nc"
-    orig, n = output.RunWriter._flush_group, []
+    orig, n = writer.RunWriter._flush_group, []
 
     def flaky(self, g):
         n.append(1)
@@ -81,10 +81,10 @@ def test_a_write_that_fails_mid_flush_leaves_the_earlier_rows(tmp_path, monkeypa
             raise OSError(errno.ENOSPC, "No space left on device")
         return orig(self, g)
 
-    monkeypatch.setattr(output.RunWriter, "_flush_group", flaky)
+    monkeypatch.setattr(writer.RunWriter, "_flush_group", flaky)
     with pytest.raises(OSError, match=r"No space left on device.*the run stopped at step 15.*holds the steps before"):
         _run(path)
-    monkeypatch.setattr(output.RunWriter, "_flush_group", orig)
+    monkeypatch.setattr(writer.RunWriter, "_flush_group", orig)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")       # a half-written chunk (no coordinate) would be dropped
         ds = pyrod.open(path)["discrete"].ds

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from pyrod import output
+from pyrod.io import lock
 from pyrod.output import FileBusyError, RunWriter, config_of, json_attr, open_tree
 
 REPO = Path(__file__).resolve().parents[1]
@@ -154,7 +154,7 @@ print("done", flush=True)
         child.stdin.write("go\n")
         child.stdin.flush()
         _wait_line(child, "writing")  # a reader never reads during a write (the seqlock)
-        monkeypatch.setattr(output, "_READ_PATIENCE_S", 0.3)
+        monkeypatch.setattr(lock, "_READ_PATIENCE_S", 0.3)
         with pytest.raises(FileBusyError, match=rf"pid {pid} .*changed during each of \d+ read attempts in "
                                                 r"0.3 s; wait for it or copy the file"):
             open_tree(path)

@@ -212,7 +212,7 @@ def test_killed_simulation_leaves_valid_file(tmp_path):
         import sys, pyrod
         prob = pyrod.problem(model="mlp", data="digits", classes=3, n=120, seed=0,
                              model_kwargs={{"width": 12, "depth": 1}})
-        import pyrod.output as out
+        import pyrod.io.writer as out
         orig = out.RunWriter._flush_group
         def flush(self, g):
             orig(self, g)

@@ -259,7 +259,8 @@ def write(path, config: dict, runs: dict, attrs: dict | None = None, minibatch: 
     """Write ``{group: (t, rows, names, block_nds, block_matrix_nds)}`` (the output of
     :func:`train_and_analyze`) to one NetCDF file (pyrod's RunWriter). ``minibatch``: the medium scale's file
     (``loss`` is the held-out loss; ``train_loss`` and ``measure_loss`` added)."""
-    from pyrod.output import RunWriter, Var
+    from pyrod.io.writer import RunWriter
+    from pyrod.schema import Var
 
     names_ = SCALARS + (MEDIUM_SCALARS if minibatch else ())
     units = {**_UNITS, "loss": "held-out loss"} if minibatch else _UNITS

@@ -24,7 +24,7 @@ __all__ = ["Measurer", "standard_variables"]
 
 
 def standard_variables(k: int, has_nu: bool) -> list:
-    """The :class:`~pyrod.output.Var` list every run group starts with."""
+    """The :class:`~pyrod.schema.Var` list every run group starts with."""
     out = [
         Var("loss", ("t",), "training loss (full batch)", "1"),
         Var("accuracy", ("t",), "training accuracy", "1"),
