@@ -29,7 +29,8 @@ from . import optimizers as _optimizers
 from . import threads as _threads
 from .output import RunWriter, Var, open_tree
 from .problems import Problem
-from .runs.discrete import DiscreteRun, MidpointRun
+from .run_kinds import run_kind
+from .runs.discrete import DiscreteRun
 from .runs.measure import Measurer
 from .spec import (
     RunSpec,
@@ -40,7 +41,6 @@ from .spec import (
 __all__ = ["simulate", "resume", "spec_of", "config_of", "RunInterrupted", "build_problem",
            "NotReproducible", "RunOutOfMemory", "prepare_flows", "FlowSpec"]
 
-_DISCRETE_RUNS = ("discrete", "midpoint")
 #: default wall-time spacing of automatic checkpoints (``checkpoint_every=None``)
 AUTO_CHECKPOINT_SECONDS = 60.0
 #: eigen measurement beyond this many eigenpairs is refused (a full spectrum belongs to ``Problem.hessian``)
@@ -296,9 +296,10 @@ def _validate(spec: RunSpec, problem, optimizer):
             ok = sorted(n for n, c in _optimizers.REGISTRY.items() if c.supports_flows)
             raise ValueError(f"optimizer={optimizer.name!r} has no smooth increment D (flows are defined for {ok})")
         spec.integrator.validate(problem.device)
-        if "central" in spec.flows:
-            from .flows import FLOW_RUNS
-            FLOW_RUNS["central"].validate_options(**spec.central.model_options(spec.integrator.substeps))
+    for name in spec.runs:      # checks a run kind declares beyond its options' own (central: the substeps)
+        kind = run_kind(name)
+        if kind.check is not None:
+            kind.checker()(kind.options_of(spec), spec)
     path = spec.output.path
     if path is not None:
         if os.path.isdir(path):
@@ -312,14 +313,14 @@ def _validate(spec: RunSpec, problem, optimizer):
             raise FileNotFoundError(f"path={path!r}: directory {parent!r} does not exist")
 
 
-def _flow_run(name, spec: RunSpec, problem, optimizer, measurer):
-    from .flows import FLOW_RUNS, FlowRun
+def _flow_run(kind, spec: RunSpec, problem, optimizer, measurer):
+    """The :class:`pyrod.flows.FlowRun` of the flow kind ``kind`` (:class:`pyrod.run_kinds.RunKind`): its model
+    built with its options, integrated with the spec's integrator section, events and restart."""
+    from .flows import FlowRun
 
-    cls = FLOW_RUNS[name]
-    if name == "central":
-        model = cls(problem, optimizer, **spec.central.model_options(spec.integrator.substeps))
-    else:
-        model = cls(problem, optimizer, bea=getattr(spec, name).bea)
+    model = kind.model_class()(problem, optimizer, **kind.model_kwargs(kind.options_of(spec), spec))
+    if model.name != kind.name:   # the group, the checkpoint and the progress bar know the run by its kind's name
+        model.name = kind.name
     ig = spec.integrator
     return FlowRun(model, measurer, backend=ig.backend, method=ig.method, rtol=ig.rtol, atol=ig.atol,
                    max_step=ig.max_step, events=list(spec.events), restart_at=spec.restart_at,
@@ -406,11 +407,13 @@ def _build_runs(spec, problem, optimizer):
                                          divergence_factor=spec.stop.divergence_factor)}
     runs = {"discrete": DiscreteRun(problem, optimizer, measurer(), loss_target=spec.stop.loss_target,
                                     divergence_factor=spec.stop.divergence_factor)}
-    if "midpoint" in spec.runs:
-        runs["midpoint"] = MidpointRun(problem, optimizer, measurer())
     flow_every = spec.eig.flow_every or spec.eig.every
-    for name in spec.flows:
-        runs[name] = _flow_run(name, spec, problem, optimizer, measurer(flow_every))
+    followers = [run_kind(n) for n in spec.runs if not run_kind(n).leads]
+    for kind in sorted(followers, key=lambda kind: kind.flow):   # runs that are not flows first (midpoint), as before
+        if kind.flow:
+            runs[kind.name] = _flow_run(kind, spec, problem, optimizer, measurer(flow_every))
+        else:
+            runs[kind.name] = kind.builder()(problem, optimizer, measurer(), spec)
     return runs
 
 
@@ -428,13 +431,12 @@ def _add_groups(writer, spec, runs, problem):
         if spec.output.snapshot_every:
             dvars = dvars + [Var("w", ("t_snap", "param"), "discrete parameters w_k", "1")]
             dims.update({"t_snap": None, "param": problem.dim})
-        writer.add_group("discrete", dvars, dims=dims, attrs=runs["discrete"].group_attrs(), coords=_index_coords(dims))
+        writer.add_group("discrete", dvars, dims=dims, attrs=runs["discrete"].attrs(), coords=_index_coords(dims))
     for name, run in runs.items():
         if name == "discrete":
             continue
-        attrs = run.attrs() if hasattr(run, "attrs") else {"run": name}
-        dims = {"eig": k, **_model_dims(run)}
-        writer.add_group(name, run.variables(), dims=dims, attrs=attrs, coords=_index_coords(dims))
+        dims = {"eig": k, **run.dims()}
+        writer.add_group(name, run.variables(), dims=dims, attrs=run.attrs(), coords=_index_coords(dims))
 
 
 #: dims of the run groups whose positions are ranks: their coordinate values are 1, 2, … (long name, units)
@@ -447,12 +449,6 @@ def _index_coords(dims: dict) -> dict:
 
     return {d: (np.arange(1, n + 1, dtype="i4"), INDEX_DIMS[d], "1") for d, n in dims.items()
             if d in INDEX_DIMS and n is not None}
-
-
-def _model_dims(run) -> dict:
-    """Extra dimensions a flow model declares for its own variables (``FlowModel.extra_dims``; central: ``track``)."""
-    model = getattr(run, "model", None)
-    return dict(model.extra_dims()) if hasattr(model, "extra_dims") else {}
 
 
 def _loop(spec, problem, optimizer, out_path, checkpoints, progress, payload, threads=None):
@@ -637,7 +633,7 @@ def _finish(writer, runs, groups, counters, reason, k, wall, status, bar):
     try:
         for name in groups:
             run = runs[name]
-            extra = run.final_attrs() if hasattr(run, "final_attrs") else {}
+            extra = run.final_attrs()
             own = extra.get("flow_status")
             run_reason = reason if own in (None, "ok") else f"{own} (discrete: {reason})"
             writer.set_attrs(name, {"stop_reason": run_reason, "steps_completed": k,
@@ -665,7 +661,7 @@ class FlowSpec:
     optimizer: object
 
     def build(self, measurer):
-        return _flow_run(self.name, self.spec, self.problem, self.optimizer, measurer)
+        return _flow_run(run_kind(self.name), self.spec, self.problem, self.optimizer, measurer)
 
 
 def prepare_flows(problem, optimizer, flows, *, options: dict | None = None, **kwargs) -> dict:

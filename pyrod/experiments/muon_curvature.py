@@ -78,8 +78,7 @@ _UNITS = {"loss": "training loss L(w)", "gain": "first-order gain G = -g.dw", "c
           "measure_loss": "loss on the fixed held-out measurement batch"}
 
 #: Zipf-PCFG grammar (pyrod/problems/pcfg.py); every entry goes into the problem's data_kwargs (replayable)
-GRAMMAR = dict(n_terminals=32, n_nonterminals=8, depth=3, n_rules=4, rhs_min=2, rhs_max=3, n_emit=8, context=32,
-               grammar_seed=None)
+GRAMMAR = ms.GRAMMAR_CPU
 
 _BASE = dict(model="gpt", data="zipf_pcfg", alpha=1.0, n=32, grammar=GRAMMAR, loss="ce",
              width=32, depth=2, heads=2, mlp_ratio=4, activation="gelu",

@@ -73,12 +73,12 @@ class MiniBatchRun(DiscreteRun):
         super().__init__(problem, optimizer, measurer, loss_target=loss_target, divergence_factor=divergence_factor)
 
     def variables(self) -> list:
-        out = minibatch_variables(self.measurer.k, self.opt.has_nu, finite_train=self.data.train_problem is not None,
+        out = minibatch_variables(self.measurer.n_eig, self.opt.has_nu, finite_train=self.data.train_problem is not None,
                                   classification=self.problem.samples.classification,
                                   sharpness=self.sharpness_batches > 0)
         return out + nu_variation.variables() if self.opt.has_nu else out
 
-    def group_attrs(self) -> dict:
+    def attrs(self) -> dict:
         sp = self.data.spec
         return {"run": "discrete", "minibatch_size": sp.size, "minibatch_seed": sp.seed, "minibatch_source": sp.source,
                 "heldout_size": sp.heldout, "measured_on": sp.measured_on, "measure_size": self.data.measure_size,
