@@ -13,13 +13,10 @@ continues from the checkpoint and gives, for the same spec, the same bits as a r
 """
 from __future__ import annotations
 
-import errno
 import numbers
 import os
-import signal
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 
@@ -30,6 +27,14 @@ from . import threads as _threads
 from .output import RunWriter, Var, open_tree
 from .problems import Problem
 from .run_kinds import run_kind
+from .run_stops import (  # noqa: F401  (pyrod.simulation.RunInterrupted etc., as before)
+    NOT_REPRODUCIBLE,
+    InterruptFlag,
+    NotReproducible,
+    RunInterrupted,
+    RunOutOfMemory,
+    explain_failure,
+)
 from .runs.discrete import DiscreteRun
 from .runs.measure import Measurer
 from .spec import (
@@ -45,71 +50,6 @@ __all__ = ["simulate", "resume", "spec_of", "config_of", "RunInterrupted", "buil
 AUTO_CHECKPOINT_SECONDS = 60.0
 #: eigen measurement beyond this many eigenpairs is refused (a full spectrum belongs to ``Problem.hessian``)
 MAX_EIGS = 1024
-
-
-class RunInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped a run. The message says at which step, that the file is valid, and how to continue — only
-    when a checkpoint exists to continue from. Attributes: ``path`` (the file), ``step`` (steps done),
-    ``resumable`` (a checkpoint of this run exists); :meth:`message` gives the text with the hint as a Python
-    call (``form="python"``) or as a command line (``form="cli"``)."""
-
-    def __init__(self, what: str, *, path=None, step=None, resumable: bool = False, why_not: str = ""):
-        self.what, self.path, self.step, self.resumable, self.why_not = what, path, step, resumable, why_not
-        super().__init__(self.message())
-
-    def message(self, form: str = "python") -> str:
-        text = f"pyrod: run {self.what}; the file {self.path!r} is valid"
-        if self.resumable:
-            how = (f"python -m pyrod resume {_shell_quote(self.path)}" if form == "cli"
-                   else f"pyrod.resume({self.path!r})")
-            return f"{text}; continue with {how}"
-        return f"{text}; it cannot be resumed: {self.why_not}" if self.why_not else text
-
-
-def _shell_quote(path) -> str:
-    import shlex
-    return shlex.quote(os.fspath(path))
-
-
-class RunOutOfMemory(torch.cuda.OutOfMemoryError):
-    """A run ran out of memory (CUDA or host). The message names the step, what is kept, and the remedy: a
-    problem ``batch_size`` (exact full-batch values over micro-batches, in bounded memory)."""
-
-
-def _explain_failure(e, *, path, k, problem, ckpt_k):
-    """A clearer error for a run stopped by ``e`` (None: ``e`` says enough): out of memory (CUDA or host) names
-    ``batch_size`` as the remedy; a full disk says what the file holds. Both say how to continue."""
-    kept = ""
-    if path is not None:
-        kept = f"; {path} holds the steps before {k} and is valid"
-        if ckpt_k is not None:
-            kept += f"; continue with pyrod.resume({path!r}) (from its checkpoint at step {ckpt_k})"
-    oom = isinstance(e, (torch.cuda.OutOfMemoryError, MemoryError)) or (
-        isinstance(e, RuntimeError) and "can't allocate memory" in str(e))
-    if oom and not isinstance(e, RunOutOfMemory):
-        bs = getattr(problem, "batch_size", None)
-        remedy = (f"a smaller batch_size than {bs}" if bs else
-                  "a batch_size, e.g. pyrod.problem(..., batch_size=256) or problem.batch_size in the run spec")
-        where = f"on {problem.device}" if getattr(problem, "device", None) is not None else ""
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        when = f"at step {k}" if k is not None else "while setting the run up"
-        return RunOutOfMemory(f"out of memory {where} {when} ({first}); give the problem {remedy}: the same "
-                              f"exact full-batch values, computed over micro-batches in bounded memory (fewer "
-                              f"eigenvalues, eigs=, also need less){kept}")
-    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-        from .output import os_error
-        return os_error(OSError, errno.ENOSPC, f"{e}; the run stopped at step {k}"
-                        f"{kept.replace('continue with', 'free some space, then continue with')}")
-    return None
-
-
-class NotReproducible(ValueError):
-    """The run's problem has no replay config (built with ``Problem.from_module``)."""
-
-
-_NOT_REPRODUCIBLE = ("the problem was built with Problem.from_module, which records no way to rebuild it; use "
-                     "pyrod.Problem.from_factory('package.module:function', **kwargs) (a function that returns the "
-                     "problem, or (model, X, Y, loss)) to make the run reproducible, or pass problem=... to resume")
 
 
 # ----------------------------------------------------------------------------------------- public API
@@ -192,7 +132,7 @@ def resume(path, steps: int | None = None, *, progress: bool | None = None, prob
         spec = spec.replace({"threads": threads})
     if problem is None:
         if spec.problem is None:
-            raise NotReproducible(f"cannot resume {path!r}: {_NOT_REPRODUCIBLE}")
+            raise NotReproducible(f"cannot resume {path!r}: {NOT_REPRODUCIBLE}")
         problem = build_problem(spec.problem)
     opt = _optimizers.from_config(spec.optimizer)
     return _execute(spec, problem, opt, progress, payload=payload)
@@ -259,7 +199,7 @@ def config_of(path_or_tree) -> dict:
     if "spec_version" not in cfg:  # files from before run specs: the flat keyword form as stored
         return cfg
     if cfg.get("problem") is None:
-        raise NotReproducible(f"{path_or_tree!r}: {_NOT_REPRODUCIBLE}")
+        raise NotReproducible(f"{path_or_tree!r}: {NOT_REPRODUCIBLE}")
     cfg = dict(cfg)
     cfg.pop("spec_version")
     out = dict(cfg.get("output") or {})
@@ -275,7 +215,7 @@ def config_of(path_or_tree) -> dict:
 def build_problem(config):
     """A Problem from its replay config (``pyrod.problem(**config)``, or a factory config)."""
     if config is None:
-        raise NotReproducible(_NOT_REPRODUCIBLE)
+        raise NotReproducible(NOT_REPRODUCIBLE)
     if isinstance(config, Problem):
         return config
     from .problems import problem as _make_problem
@@ -329,35 +269,6 @@ def _flow_run(kind, spec: RunSpec, problem, optimizer, measurer):
 
 
 # ----------------------------------------------------------------------------------------- execution
-class _InterruptFlag:
-    """First Ctrl-C: finish the chunk, checkpoint, stop. Second: stop now (KeyboardInterrupt)."""
-
-    def __init__(self, checkpoints: bool = True):
-        self.requested = False
-        self._old = None
-        self._then = "to save a checkpoint" if checkpoints else "(this run writes no checkpoints)"
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            try:
-                self._old = signal.signal(signal.SIGINT, self._handle)
-            except ValueError:  # not the main interpreter
-                self._old = None
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print(f"\npyrod: Ctrl-C: finishing the current chunk {self._then} (Ctrl-C again to stop now)",
-              file=sys.stderr, flush=True)
-
-    def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-        return False
-
-
 def _execute(spec: RunSpec, problem, optimizer, progress, payload=None):
     optimizer = optimizer.bind(problem)   # block shapes for Muon / Adafactor; a no-op for the others
     _validate(spec, problem, optimizer)
@@ -376,7 +287,7 @@ def _execute(spec: RunSpec, problem, optimizer, progress, payload=None):
     except (torch.cuda.OutOfMemoryError, MemoryError) as e:   # before the loop (the first gradient): no file yet
         if isinstance(e, RunOutOfMemory):
             raise
-        raise _explain_failure(e, path=None, k=None, problem=problem, ckpt_k=None) from e
+        raise explain_failure(e, path=None, k=None, problem=problem, ckpt_k=None) from e
     finally:
         if tmpdir is not None:
             tmpdir.cleanup()
@@ -527,7 +438,7 @@ def _loop(spec, problem, optimizer, out_path, checkpoints, progress, payload, th
     interrupted = None
     k_prev = k
     try:
-        with _InterruptFlag(checkpoints) as flag:
+        with InterruptFlag(checkpoints) as flag:
             try:
                 while k < steps and stop_reason is None:
                     n = min(chunk, steps - k)
@@ -570,7 +481,7 @@ def _loop(spec, problem, optimizer, out_path, checkpoints, progress, payload, th
     except KeyboardInterrupt:
         pass
     except BaseException as e:
-        explained = _explain_failure(e, path=out_path if spec.output.path is not None else None, k=k,
+        explained = explain_failure(e, path=out_path if spec.output.path is not None else None, k=k,
                                      problem=problem, ckpt_k=ckpt_k if os.path.exists(ckpt_path) else None)
         shown = explained or e
         status = f"failed: {type(shown).__name__}: {shown}"[:1000]

@@ -18,6 +18,10 @@ valid names of the section where it was given (with the closest name when there 
 The keyword form ``pyrod.simulate(problem, optimizer, steps=..., eigs=..., backend=..., bea=...)`` builds the
 same object (:func:`spec_from_kwargs`); the table of flat keywords and where each lands is
 :data:`FLAT_KEYWORDS`.
+
+Why one module of ~800 lines: the sections, :class:`RunSpec` (whose checks read every section), the checks of
+names at every depth and the keyword form that maps onto the sections are one declaration; split, the pieces
+would import each other (a cycle the import contracts forbid).
 """
 from __future__ import annotations
 

@@ -28,6 +28,9 @@ Files: ``muon_curvature.nc`` (groups ``adam``, ``muon``; coordinate ``t``; varia
 ``curvature``, ``nds``, ``update_norm_sq``, ``predicted_decrease``, ``actual_decrease``, ``gap``, ``within_nds``,
 ``cross_nds``, ``block_within_nds (t, block)``, ``block_matrix_nds (t, block, block2)``), PNGs; summary from the
 file.
+
+Why one module of ~650 lines: an experiment is one module (its defaults, runs, analysis, plots and summary, as
+the experiments' registry expects); its medium scale's shared stream machinery is ``muon_stream.py``.
 """
 from __future__ import annotations
 
