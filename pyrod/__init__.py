@@ -17,7 +17,7 @@ from __future__ import annotations
 from ._version import __version__
 
 __all__ = ["__version__", "optimizers", "Problem", "problem", "simulate", "resume", "open", "config_of", "spec_of",
-           "RunSpec", "spec", "sweep", "open_sweep"]
+           "RunSpec", "spec", "sweep", "open_sweep", "RunKind", "register_run_kind"]
 
 
 def __getattr__(name):  # lazy: `import pyrod` loads no torch, xarray, netCDF4, dask or juliacall until needed
@@ -29,6 +29,11 @@ def __getattr__(name):  # lazy: `import pyrod` loads no torch, xarray, netCDF4, 
     if name in ("simulate", "resume", "config_of", "spec_of", "RunInterrupted"):
         from . import simulation
         value = getattr(simulation, name)
+        globals()[name] = value
+        return value
+    if name in ("RunKind", "register_run_kind"):   # run kinds of your own (pyrod.run_kinds)
+        from . import run_kinds
+        value = getattr(run_kinds, name)
         globals()[name] = value
         return value
     if name == "RunSpec":

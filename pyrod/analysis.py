@@ -333,7 +333,7 @@ def load_runs(paths: Iterable, dim: str = "lr", values: Sequence | None = None, 
     """
     import xarray as xr
 
-    from .io.reader import config_of, open_tree
+    from .io.reader import open_tree, stored_config
 
     paths = [os.fspath(p) for p in paths]
     if not paths:
@@ -344,7 +344,7 @@ def load_runs(paths: Iterable, dim: str = "lr", values: Sequence | None = None, 
         values = []
         for p, tr in zip(paths, trees, strict=False):
             try:
-                values.append(config_value(config_of(tr), k))
+                values.append(config_value(stored_config(tr), k))
             except KeyError:
                 raise KeyError(f"{p}: no config value {k!r}; pass values=[...] or key=") from None
     values = list(values)

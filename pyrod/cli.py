@@ -22,6 +22,7 @@ from typing import Annotated
 import tyro
 
 from .cli_errors import CommandLineError, fail, tyro_cli, user_errors
+from .run_kinds import run_names
 from .spec import (
     CentralSpec,
     EigSpec,
@@ -121,7 +122,9 @@ def from_section(args_cls, section):
 EigArgs, IntegratorArgs, StableArgs, RodArgs, CentralArgs, StopArgs, OutputArgs, MiniBatchArgs = (
     section_args(c) for c in (EigSpec, IntegratorSpec, StableSpec, RodSpec, CentralSpec, StopSpec, OutputSpec,
                               MiniBatchSpec))
-_SECTIONS = ("eig", "integrator", "stable", "rod", "central", "stop", "output", "minibatch")
+_SECTIONS = tuple(RunSpec._sections)
+#: ``--runs`` choices: the registered run kinds (:mod:`pyrod.run_kinds`)
+RunName = typing.Literal[run_names()]
 
 
 @dataclass
@@ -132,8 +135,8 @@ class RunCommand:
     """problem config as JSON: pyrod.problem(**problem), e.g. '{"toy": "quartic"}'"""
     optimizer: str = _DEFAULT_OPTIMIZER
     """optimizer config as JSON: {"name": "Adam", "lr": 1e-3, ...}"""
-    runs: tuple[str, ...] = ("discrete",)
-    """runs side by side: discrete, midpoint, stable, rod, central"""
+    runs: tuple[RunName, ...] = ("discrete",)
+    """runs side by side (registered run kinds: pyrod.run_kinds)"""
     restart_at: int | None = None
     """flows start from the discrete state at this step"""
     events: tuple[str, ...] = ()

@@ -5,7 +5,7 @@ What is where:
 
 * :mod:`pyrod.io.writer`: ``RunWriter`` (incremental, crash-safe writer; ``RunWriter.resume``).
 * :mod:`pyrod.io.resume`: copying a file up to a cut, for ``RunWriter.resume``.
-* :mod:`pyrod.io.reader`: ``open_tree``, ``config_of``, ``json_attr``, ``DamagedFileError``, ``hdf5_sizes``, and
+* :mod:`pyrod.io.reader`: ``open_tree``, ``stored_config`` (here still ``config_of``), ``json_attr``, ``DamagedFileError``, ``hdf5_sizes``, and
   the salvage of damaged files.
 * :mod:`pyrod.io.lock`: the one-writer-per-path lock and reading a file while it is written, ``FileBusyError``,
   ``ensure_space``, ``SPACE_RESERVE``, ``cannot_write``, ``os_error``.
@@ -21,7 +21,8 @@ from .io.lock import SPACE_RESERVE as SPACE_RESERVE
 from .io.lock import FileBusyError, ensure_space
 from .io.lock import cannot_write as cannot_write
 from .io.lock import os_error as os_error
-from .io.reader import DamagedFileError, config_of, hdf5_sizes, json_attr, open_tree
+from .io.reader import DamagedFileError, hdf5_sizes, json_attr, open_tree
+from .io.reader import stored_config as config_of  # the stored dict (pyrod.config_of gives simulate keywords)
 from .io.writer import RunWriter
 from .schema import PARAMETER_UNITS, TIME_UNITS, Var
 

@@ -14,9 +14,19 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import run_kinds
+
 __all__ = ["plot_runs", "plot_flows", "running_mean", "robust_limits"]
 
-_COLORS = {"discrete": "k", "midpoint": "0.5", "stable": "tab:blue", "rod": "tab:red", "central": "tab:green"}
+
+def _style(name: str) -> dict:
+    """How a run is drawn: its run kind's colour, label, line style and width (:mod:`pyrod.run_kinds`); a group
+    that is no registered kind gets matplotlib's next colour and its own name."""
+    try:
+        kind = run_kinds.run_kind(name)
+    except ValueError:
+        return {"color": None, "label": name, "ls": "-", "lw": 1.4}
+    return {"color": kind.color, "label": kind.label or name, "ls": kind.linestyle, "lw": kind.linewidth}
 
 
 def _series(ds, name):
@@ -82,7 +92,7 @@ def plot_runs(tree, path=None, *, title: str | None = None):
     seen = {1: [], 2: []}
     for name in names:
         ds = tree[name].ds
-        c = _COLORS.get(name, None)
+        c = _style(name)["color"]
         t, y = _series(ds, "loss")
         if t is not None:
             axes[0].plot(t, y, color=c, lw=1, label=name)
@@ -123,9 +133,6 @@ def plot_runs(tree, path=None, *, title: str | None = None):
     return fig
 
 
-_FLOW_LABEL = {"stable": "stable flow", "rod": "rod flow (centre)", "central": "central flow"}
-
-
 def plot_flows(tree, path=None, *, title: str | None = None, window: int = 20, restart_at: float | None = None):
     """The discrete run and its flows on three shared time axes; save to ``path``; return the Figure.
 
@@ -141,8 +148,8 @@ def plot_flows(tree, path=None, *, title: str | None = None, window: int = 20, r
     plt = _pyplot(path)
     if "discrete" not in tree.children:
         raise ValueError(f"plot_flows needs a 'discrete' run; the tree has {list(tree.children)}")
-    flows = [n for n in ("stable", "rod", "central") if n in tree.children]
-    flows += [n for n in tree.children if n not in flows and n not in ("discrete", "midpoint")]
+    flows = [n for n in run_kinds.flow_names() if n in tree.children]     # registered flows, in registry order
+    flows += [n for n in tree.children if n not in flows and n not in run_kinds.run_names()]
     fig, axes = plt.subplots(3, 1, figsize=(9, 9.5), sharex=True, constrained_layout=True)
     ax_l, ax_s, ax_d = axes
     d = tree["discrete"].ds
@@ -152,16 +159,15 @@ def plot_flows(tree, path=None, *, title: str | None = None, window: int = 20, r
     tm, m = running_mean(t, y, window)
     for name in flows:
         ds = tree[name].ds
-        c = _COLORS.get(name)
-        if name == "central":  # its prediction of the time-averaged loss (L at its own w is lower)
+        style = _style(name)
+        if "predicted_loss" in ds:  # the central flow's prediction of the time-averaged loss (L at its own w is lower)
             t, y = _series(ds, "predicted_loss")
-            label = "central flow: predicted loss"
+            label = f"{style['label']}: predicted loss"
         else:
             t, y = _series(ds, "loss")
-            label = _FLOW_LABEL.get(name, name)
+            label = style["label"]
         if t is not None:
-            ax_l.plot(t, y, color=c, lw=2.2 if name == "central" else 1.4, ls="--" if name == "stable" else "-",
-                      label=label)
+            ax_l.plot(t, y, color=style["color"], lw=style["lw"], ls=style["ls"], label=label)
     if len(tm):  # drawn over the central flow's prediction, which should lie on it
         ax_l.plot(tm, m, color="k", lw=1.0, ls="--", label=f"discrete, {window}-step mean")
     ax_l.set(yscale="log", ylabel="training loss (MSE)", title="(a) loss")
@@ -171,9 +177,10 @@ def plot_flows(tree, path=None, *, title: str | None = None, window: int = 20, r
         t, y = _series(tree[name].ds, "effective_sharpness")
         if t is not None and len(t):
             seen.append(y)
-            ax_s.plot(t, y, color=_COLORS.get(name, None) if name != "discrete" else "0.4",
+            style = _style(name)
+            ax_s.plot(t, y, color=style["color"] if name != "discrete" else "0.4",
                       lw=0.9 if name == "discrete" else 1.4, marker="." if name == "discrete" else None, ms=2,
-                      label=_FLOW_LABEL.get(name, name))
+                      label=style["label"])
     ax_s.axhline(1.0, color="k", ls=":", lw=1)
     lim = robust_limits(seen, include=(1.0,))
     if lim is not None:
@@ -184,7 +191,7 @@ def plot_flows(tree, path=None, *, title: str | None = None, window: int = 20, r
         t, y = _series(tree[name].ds, "centre_distance")
         if t is not None:
             keep = y > 0
-            ax_d.plot(t[keep], y[keep], color=_COLORS.get(name), lw=1.4, label=_FLOW_LABEL.get(name, name))
+            ax_d.plot(t[keep], y[keep], color=_style(name)["color"], lw=1.4, label=_style(name)["label"])
     ax_d.set(yscale="log", xlabel="step (time unit = one optimizer step)", ylabel="‖w̄(k) − (w_k+w_{k+1})/2‖",
              title="(c) distance of each flow to the discrete run's centre")
     for ax in axes:

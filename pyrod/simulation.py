@@ -13,13 +13,10 @@ continues from the checkpoint and gives, for the same spec, the same bits as a r
 """
 from __future__ import annotations
 
-import errno
 import numbers
 import os
-import signal
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 
@@ -30,7 +27,16 @@ from . import threads as _threads
 from .io.reader import open_tree
 from .io.writer import RunWriter
 from .problems import Problem
-from .runs.discrete import DiscreteRun, MidpointRun
+from .run_kinds import run_kind
+from .run_stops import (  # noqa: F401  (pyrod.simulation.RunInterrupted etc., as before)
+    NOT_REPRODUCIBLE,
+    InterruptFlag,
+    NotReproducible,
+    RunInterrupted,
+    RunOutOfMemory,
+    explain_failure,
+)
+from .runs.discrete import DiscreteRun
 from .runs.measure import Measurer
 from .schema import Var
 from .spec import (
@@ -42,76 +48,10 @@ from .spec import (
 __all__ = ["simulate", "resume", "spec_of", "config_of", "RunInterrupted", "build_problem",
            "NotReproducible", "RunOutOfMemory", "prepare_flows", "FlowSpec"]
 
-_DISCRETE_RUNS = ("discrete", "midpoint")
 #: default wall-time spacing of automatic checkpoints (``checkpoint_every=None``)
 AUTO_CHECKPOINT_SECONDS = 60.0
 #: eigen measurement beyond this many eigenpairs is refused (a full spectrum belongs to ``Problem.hessian``)
 MAX_EIGS = 1024
-
-
-class RunInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped a run. The message says at which step, that the file is valid, and how to continue — only
-    when a checkpoint exists to continue from. Attributes: ``path`` (the file), ``step`` (steps done),
-    ``resumable`` (a checkpoint of this run exists); :meth:`message` gives the text with the hint as a Python
-    call (``form="python"``) or as a command line (``form="cli"``)."""
-
-    def __init__(self, what: str, *, path=None, step=None, resumable: bool = False, why_not: str = ""):
-        self.what, self.path, self.step, self.resumable, self.why_not = what, path, step, resumable, why_not
-        super().__init__(self.message())
-
-    def message(self, form: str = "python") -> str:
-        text = f"pyrod: run {self.what}; the file {self.path!r} is valid"
-        if self.resumable:
-            how = (f"python -m pyrod resume {_shell_quote(self.path)}" if form == "cli"
-                   else f"pyrod.resume({self.path!r})")
-            return f"{text}; continue with {how}"
-        return f"{text}; it cannot be resumed: {self.why_not}" if self.why_not else text
-
-
-def _shell_quote(path) -> str:
-    import shlex
-    return shlex.quote(os.fspath(path))
-
-
-class RunOutOfMemory(torch.cuda.OutOfMemoryError):
-    """A run ran out of memory (CUDA or host). The message names the step, what is kept, and the remedy: a
-    problem ``batch_size`` (exact full-batch values over micro-batches, in bounded memory)."""
-
-
-def _explain_failure(e, *, path, k, problem, ckpt_k):
-    """A clearer error for a run stopped by ``e`` (None: ``e`` says enough): out of memory (CUDA or host) names
-    ``batch_size`` as the remedy; a full disk says what the file holds. Both say how to continue."""
-    kept = ""
-    if path is not None:
-        kept = f"; {path} holds the steps before {k} and is valid"
-        if ckpt_k is not None:
-            kept += f"; continue with pyrod.resume({path!r}) (from its checkpoint at step {ckpt_k})"
-    oom = isinstance(e, (torch.cuda.OutOfMemoryError, MemoryError)) or (
-        isinstance(e, RuntimeError) and "can't allocate memory" in str(e))
-    if oom and not isinstance(e, RunOutOfMemory):
-        bs = getattr(problem, "batch_size", None)
-        remedy = (f"a smaller batch_size than {bs}" if bs else
-                  "a batch_size, e.g. pyrod.problem(..., batch_size=256) or problem.batch_size in the run spec")
-        where = f"on {problem.device}" if getattr(problem, "device", None) is not None else ""
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        when = f"at step {k}" if k is not None else "while setting the run up"
-        return RunOutOfMemory(f"out of memory {where} {when} ({first}); give the problem {remedy}: the same "
-                              f"exact full-batch values, computed over micro-batches in bounded memory (fewer "
-                              f"eigenvalues, eigs=, also need less){kept}")
-    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-        from .io.lock import os_error
-        return os_error(OSError, errno.ENOSPC, f"{e}; the run stopped at step {k}"
-                        f"{kept.replace('continue with', 'free some space, then continue with')}")
-    return None
-
-
-class NotReproducible(ValueError):
-    """The run's problem has no replay config (built with ``Problem.from_module``)."""
-
-
-_NOT_REPRODUCIBLE = ("the problem was built with Problem.from_module, which records no way to rebuild it; use "
-                     "pyrod.Problem.from_factory('package.module:function', **kwargs) (a function that returns the "
-                     "problem, or (model, X, Y, loss)) to make the run reproducible, or pass problem=... to resume")
 
 
 # ----------------------------------------------------------------------------------------- public API
@@ -194,7 +134,7 @@ def resume(path, steps: int | None = None, *, progress: bool | None = None, prob
         spec = spec.replace({"threads": threads})
     if problem is None:
         if spec.problem is None:
-            raise NotReproducible(f"cannot resume {path!r}: {_NOT_REPRODUCIBLE}")
+            raise NotReproducible(f"cannot resume {path!r}: {NOT_REPRODUCIBLE}")
         problem = build_problem(spec.problem)
     opt = _optimizers.from_config(spec.optimizer)
     return _execute(spec, problem, opt, progress, payload=payload)
@@ -205,7 +145,7 @@ def _checkpoint_of(path: str) -> dict:
     a folder, not NetCDF, not written by pyrod, damaged, written without checkpoints, stopped before its first
     checkpoint, or a checkpoint that belongs to another run."""
     from . import checkpoint as _ckpt
-    from .io.reader import config_of as _raw_config
+    from .io.reader import stored_config as _raw_config
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"cannot resume {path}: no such file")
@@ -243,7 +183,7 @@ def _experiment(spec_dict: dict) -> tuple:
 def spec_of(path_or_tree) -> RunSpec:
     """The :class:`RunSpec` of a pyrod file (``pyrod.simulate(pyrod.spec_of(path).replace({"output.path":
     "copy.nc"}))`` reproduces it)."""
-    from .io.reader import config_of as _raw_config
+    from .io.reader import stored_config as _raw_config
 
     cfg = _raw_config(path_or_tree)
     if "spec_version" not in cfg:
@@ -255,13 +195,13 @@ def spec_of(path_or_tree) -> RunSpec:
 def config_of(path_or_tree) -> dict:
     """Keyword arguments that reproduce the run in memory: ``pyrod.simulate(**pyrod.config_of(path))`` (add
     ``path=`` to write a file). Refuses runs whose problem has no replay config (``Problem.from_module``)."""
-    from .io.reader import config_of as _raw_config
+    from .io.reader import stored_config as _raw_config
 
     cfg = _raw_config(path_or_tree)
     if "spec_version" not in cfg:  # files from before run specs: the flat keyword form as stored
         return cfg
     if cfg.get("problem") is None:
-        raise NotReproducible(f"{path_or_tree!r}: {_NOT_REPRODUCIBLE}")
+        raise NotReproducible(f"{path_or_tree!r}: {NOT_REPRODUCIBLE}")
     cfg = dict(cfg)
     cfg.pop("spec_version")
     out = dict(cfg.get("output") or {})
@@ -277,7 +217,7 @@ def config_of(path_or_tree) -> dict:
 def build_problem(config):
     """A Problem from its replay config (``pyrod.problem(**config)``, or a factory config)."""
     if config is None:
-        raise NotReproducible(_NOT_REPRODUCIBLE)
+        raise NotReproducible(NOT_REPRODUCIBLE)
     if isinstance(config, Problem):
         return config
     from .problems import problem as _make_problem
@@ -298,9 +238,10 @@ def _validate(spec: RunSpec, problem, optimizer):
             ok = sorted(n for n, c in _optimizers.REGISTRY.items() if c.supports_flows)
             raise ValueError(f"optimizer={optimizer.name!r} has no smooth increment D (flows are defined for {ok})")
         spec.integrator.validate(problem.device)
-        if "central" in spec.flows:
-            from .flows import FLOW_RUNS
-            FLOW_RUNS["central"].validate_options(**spec.central.model_options(spec.integrator.substeps))
+    for name in spec.runs:      # checks a run kind declares beyond its options' own (central: the substeps)
+        kind = run_kind(name)
+        if kind.check is not None:
+            kind.checker()(kind.options_of(spec), spec)
     path = spec.output.path
     if path is not None:
         if os.path.isdir(path):
@@ -314,14 +255,14 @@ def _validate(spec: RunSpec, problem, optimizer):
             raise FileNotFoundError(f"path={path!r}: directory {parent!r} does not exist")
 
 
-def _flow_run(name, spec: RunSpec, problem, optimizer, measurer):
-    from .flows import FLOW_RUNS, FlowRun
+def _flow_run(kind, spec: RunSpec, problem, optimizer, measurer):
+    """The :class:`pyrod.flows.FlowRun` of the flow kind ``kind`` (:class:`pyrod.run_kinds.RunKind`): its model
+    built with its options, integrated with the spec's integrator section, events and restart."""
+    from .flows import FlowRun
 
-    cls = FLOW_RUNS[name]
-    if name == "central":
-        model = cls(problem, optimizer, **spec.central.model_options(spec.integrator.substeps))
-    else:
-        model = cls(problem, optimizer, bea=getattr(spec, name).bea)
+    model = kind.model_class()(problem, optimizer, **kind.model_kwargs(kind.options_of(spec), spec))
+    if model.name != kind.name:   # the group, the checkpoint and the progress bar know the run by its kind's name
+        model.name = kind.name
     ig = spec.integrator
     return FlowRun(model, measurer, backend=ig.backend, method=ig.method, rtol=ig.rtol, atol=ig.atol,
                    max_step=ig.max_step, events=list(spec.events), restart_at=spec.restart_at,
@@ -330,35 +271,6 @@ def _flow_run(name, spec: RunSpec, problem, optimizer, measurer):
 
 
 # ----------------------------------------------------------------------------------------- execution
-class _InterruptFlag:
-    """First Ctrl-C: finish the chunk, checkpoint, stop. Second: stop now (KeyboardInterrupt)."""
-
-    def __init__(self, checkpoints: bool = True):
-        self.requested = False
-        self._old = None
-        self._then = "to save a checkpoint" if checkpoints else "(this run writes no checkpoints)"
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            try:
-                self._old = signal.signal(signal.SIGINT, self._handle)
-            except ValueError:  # not the main interpreter
-                self._old = None
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print(f"\npyrod: Ctrl-C: finishing the current chunk {self._then} (Ctrl-C again to stop now)",
-              file=sys.stderr, flush=True)
-
-    def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-        return False
-
-
 def _execute(spec: RunSpec, problem, optimizer, progress, payload=None):
     optimizer = optimizer.bind(problem)   # block shapes for Muon / Adafactor; a no-op for the others
     _validate(spec, problem, optimizer)
@@ -377,7 +289,7 @@ def _execute(spec: RunSpec, problem, optimizer, progress, payload=None):
     except (torch.cuda.OutOfMemoryError, MemoryError) as e:   # before the loop (the first gradient): no file yet
         if isinstance(e, RunOutOfMemory):
             raise
-        raise _explain_failure(e, path=None, k=None, problem=problem, ckpt_k=None) from e
+        raise explain_failure(e, path=None, k=None, problem=problem, ckpt_k=None) from e
     finally:
         if tmpdir is not None:
             tmpdir.cleanup()
@@ -408,11 +320,13 @@ def _build_runs(spec, problem, optimizer):
                                          divergence_factor=spec.stop.divergence_factor)}
     runs = {"discrete": DiscreteRun(problem, optimizer, measurer(), loss_target=spec.stop.loss_target,
                                     divergence_factor=spec.stop.divergence_factor)}
-    if "midpoint" in spec.runs:
-        runs["midpoint"] = MidpointRun(problem, optimizer, measurer())
     flow_every = spec.eig.flow_every or spec.eig.every
-    for name in spec.flows:
-        runs[name] = _flow_run(name, spec, problem, optimizer, measurer(flow_every))
+    followers = [run_kind(n) for n in spec.runs if not run_kind(n).leads]
+    for kind in sorted(followers, key=lambda kind: kind.flow):   # runs that are not flows first (midpoint), as before
+        if kind.flow:
+            runs[kind.name] = _flow_run(kind, spec, problem, optimizer, measurer(flow_every))
+        else:
+            runs[kind.name] = kind.builder()(problem, optimizer, measurer(), spec)
     return runs
 
 
@@ -430,13 +344,12 @@ def _add_groups(writer, spec, runs, problem):
         if spec.output.snapshot_every:
             dvars = dvars + [Var("w", ("t_snap", "param"), "discrete parameters w_k", "1")]
             dims.update({"t_snap": None, "param": problem.dim})
-        writer.add_group("discrete", dvars, dims=dims, attrs=runs["discrete"].group_attrs(), coords=_index_coords(dims))
+        writer.add_group("discrete", dvars, dims=dims, attrs=runs["discrete"].attrs(), coords=_index_coords(dims))
     for name, run in runs.items():
         if name == "discrete":
             continue
-        attrs = run.attrs() if hasattr(run, "attrs") else {"run": name}
-        dims = {"eig": k, **_model_dims(run)}
-        writer.add_group(name, run.variables(), dims=dims, attrs=attrs, coords=_index_coords(dims))
+        dims = {"eig": k, **run.dims()}
+        writer.add_group(name, run.variables(), dims=dims, attrs=run.attrs(), coords=_index_coords(dims))
 
 
 #: dims of the run groups whose positions are ranks: their coordinate values are 1, 2, … (long name, units)
@@ -449,12 +362,6 @@ def _index_coords(dims: dict) -> dict:
 
     return {d: (np.arange(1, n + 1, dtype="i4"), INDEX_DIMS[d], "1") for d, n in dims.items()
             if d in INDEX_DIMS and n is not None}
-
-
-def _model_dims(run) -> dict:
-    """Extra dimensions a flow model declares for its own variables (``FlowModel.extra_dims``; central: ``track``)."""
-    model = getattr(run, "model", None)
-    return dict(model.extra_dims()) if hasattr(model, "extra_dims") else {}
 
 
 def _loop(spec, problem, optimizer, out_path, checkpoints, progress, payload, threads=None):
@@ -533,7 +440,7 @@ def _loop(spec, problem, optimizer, out_path, checkpoints, progress, payload, th
     interrupted = None
     k_prev = k
     try:
-        with _InterruptFlag(checkpoints) as flag:
+        with InterruptFlag(checkpoints) as flag:
             try:
                 while k < steps and stop_reason is None:
                     n = min(chunk, steps - k)
@@ -576,7 +483,7 @@ def _loop(spec, problem, optimizer, out_path, checkpoints, progress, payload, th
     except KeyboardInterrupt:
         pass
     except BaseException as e:
-        explained = _explain_failure(e, path=out_path if spec.output.path is not None else None, k=k,
+        explained = explain_failure(e, path=out_path if spec.output.path is not None else None, k=k,
                                      problem=problem, ckpt_k=ckpt_k if os.path.exists(ckpt_path) else None)
         shown = explained or e
         status = f"failed: {type(shown).__name__}: {shown}"[:1000]
@@ -639,7 +546,7 @@ def _finish(writer, runs, groups, counters, reason, k, wall, status, bar):
     try:
         for name in groups:
             run = runs[name]
-            extra = run.final_attrs() if hasattr(run, "final_attrs") else {}
+            extra = run.final_attrs()
             own = extra.get("flow_status")
             run_reason = reason if own in (None, "ok") else f"{own} (discrete: {reason})"
             writer.set_attrs(name, {"stop_reason": run_reason, "steps_completed": k,
@@ -667,7 +574,7 @@ class FlowSpec:
     optimizer: object
 
     def build(self, measurer):
-        return _flow_run(self.name, self.spec, self.problem, self.optimizer, measurer)
+        return _flow_run(run_kind(self.name), self.spec, self.problem, self.optimizer, measurer)
 
 
 def prepare_flows(problem, optimizer, flows, *, options: dict | None = None, **kwargs) -> dict:

@@ -18,6 +18,10 @@ valid names of the section where it was given (with the closest name when there 
 The keyword form ``pyrod.simulate(problem, optimizer, steps=..., eigs=..., backend=..., bea=...)`` builds the
 same object (:func:`spec_from_kwargs`); the table of flat keywords and where each lands is
 :data:`FLAT_KEYWORDS`.
+
+Why one module of ~800 lines: the sections, :class:`RunSpec` (whose checks read every section), the checks of
+names at every depth and the keyword form that maps onto the sections are one declaration; split, the pieces
+would import each other (a cycle the import contracts forbid).
 """
 from __future__ import annotations
 
@@ -31,12 +35,14 @@ from .checks import check_float as _float
 from .checks import check_int as _int
 from .checks import set_frozen as _set
 from .keys import SpecError, suggest, unknown
+from .run_kinds import BUILTIN_RUNS, flow_names, make_options, run_kind, run_kinds
 
 __all__ = ["RunSpec", "EigSpec", "IntegratorSpec", "StableSpec", "RodSpec", "CentralSpec", "StopSpec",
            "OutputSpec", "MiniBatchSpec", "MINIBATCH_SOURCES", "MEASURE_ON", "SpecError", "spec_from_kwargs", "FLAT_KEYWORDS", "RUN_NAMES", "SPEC_VERSION"]
 
 SPEC_VERSION = 1
-RUN_NAMES = ("discrete", "midpoint", "stable", "rod", "central")
+#: the names of pyrod's own runs (every registered kind is valid: :func:`pyrod.run_kinds.run_names`)
+RUN_NAMES = tuple(k.name for k in BUILTIN_RUNS)
 
 
 # ----------------------------------------------------------------------------------------- value checks
@@ -377,6 +383,24 @@ class MiniBatchSpec(_Section):
         return "heldout" if self.heldout > 0 else "train"
 
 
+def _run_options(values) -> dict:
+    """``RunSpec.run_options`` checked: each key a registered kind whose options live there (not one of pyrod's
+    sections), each value accepted by the kind's options class. Kept as given (plain JSON-able values)."""
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise SpecError(f"run_options must be a dict {{run name: {{option: value}}}}, got {type(values).__name__}")
+    out = {}
+    for name, opts in values.items():
+        kind = run_kind(name)
+        if kind.section is not None:
+            raise SpecError(f"run_options[{name!r}]: the {name!r} run's options are the spec section {kind.section!r}"
+                            f" (e.g. {kind.section}={{...}})")
+        make_options(kind, opts)
+        out[name] = {k: _plain(v) for k, v in opts.items()}
+    return out
+
+
 def _events_tuple(events) -> tuple:
     if not events:
         return ()
@@ -392,7 +416,8 @@ class RunSpec(_Section):
     problem : the problem's replay config (``pyrod.problem(**problem)``; ``Problem.replay_config()``), or
         None for a problem given as an object that has no reproducible config (runnable, not replayable).
     optimizer : ``optimizer.config()`` (``{"name": "Adam", "lr": ..., ...}``).
-    runs : names among ``discrete``, ``midpoint``, ``stable``, ``rod``, ``central``.
+    runs : names of registered run kinds (:mod:`pyrod.run_kinds`): ``discrete``, ``midpoint``, ``stable``, ``rod``,
+        ``central``, and any registered with :func:`pyrod.register_run_kind`.
     restart_at : flows start from the discrete state at this step (None: at 0).
     events : flow events (``"eos"``, ``"loss<1e-3"``, ``"divergence"``; ``!`` = terminal; or EventSpec).
     eig, integrator, stable, rod, central, stop, output : the sections above.
@@ -401,6 +426,8 @@ class RunSpec(_Section):
         the experiment: it changes the speed and the last bits of floating-point sums, never the maths.
     minibatch : the mini-batch section (``minibatch``: full batch
         unless ``minibatch.size`` is set; files written before it existed read as full batch).
+    run_options : options of run kinds registered from outside pyrod, ``{run name: {option: value}}`` (checked by
+        the kind's options class; pyrod's own runs have their sections). Written to JSON only when not empty.
     """
 
     problem: dict | None = None
@@ -417,6 +444,7 @@ class RunSpec(_Section):
     output: OutputSpec = field(default_factory=OutputSpec)
     threads: int | None = None
     minibatch: MiniBatchSpec = field(default_factory=MiniBatchSpec)
+    run_options: dict = field(default_factory=dict)
 
     _where = "RunSpec"
     _sections = {"eig": EigSpec, "integrator": IntegratorSpec, "stable": StableSpec, "rod": RodSpec,
@@ -439,13 +467,13 @@ class RunSpec(_Section):
             runs = (runs,)
         runs = tuple(runs)
         if not runs:
-            raise ValueError(f"runs=() is empty; valid names: {list(RUN_NAMES)}")
+            raise ValueError(f"runs=() is empty; valid names: {[k.name for k in run_kinds()]}")
         for r in runs:
-            if r not in RUN_NAMES:
-                raise ValueError(f"run {r!r} is unknown{_suggest(r, RUN_NAMES)}; valid names: {list(RUN_NAMES)}")
+            run_kind(r)     # an unknown name fails here, with the closest registered one
         if len(set(runs)) != len(runs):
             raise ValueError(f"runs={list(runs)!r} lists a run twice")
         _set(self, "runs", runs)
+        _set(self, "run_options", _run_options(self.run_options))
         _set(self, "restart_at", _int("RunSpec", "restart_at", self.restart_at, lo=0, none=True))
         if self.restart_at is not None and self.restart_at >= self.stop.steps:
             raise ValueError(f"restart_at={self.restart_at} must be < steps={self.stop.steps}")
@@ -468,7 +496,8 @@ class RunSpec(_Section):
     # ------------------------------------------------------------------ views
     @property
     def flows(self) -> tuple:
-        return tuple(r for r in self.runs if r in ("stable", "rod", "central"))
+        """The runs that are flows (integrated with the ``integrator`` section), in the order of ``runs``."""
+        return tuple(r for r in self.runs if run_kind(r).flow)
 
     @property
     def steps(self) -> int:
@@ -476,6 +505,8 @@ class RunSpec(_Section):
 
     def to_dict(self) -> dict:
         out = super().to_dict()
+        if not out["run_options"]:     # files of pyrod's own runs keep the JSON they had before run kinds
+            del out["run_options"]
         out["events"] = [{"kind": e.kind, "value": e.value, "terminal": e.terminal} for e in self.events]
         out["spec_version"] = SPEC_VERSION
         return out
@@ -526,9 +557,12 @@ class RunSpec(_Section):
         top-level names as keywords (``runs=("discrete",)``). Unknown keys fail, naming them."""
         d = self.to_dict()
         d.pop("spec_version")
+        d.setdefault("run_options", {})
         for key, value in {**(changes or {}), **top}.items():
             parts = str(key).split(".")
             node, where = d, "RunSpec"
+            if len(parts) == 3 and parts[0] == "run_options":   # a registered run's option, set for the first time
+                d["run_options"].setdefault(parts[1], {})
             for p in parts[:-1]:
                 if p not in node or not isinstance(node[p], dict):
                     valid = [k for k, x in node.items() if isinstance(x, dict)]
@@ -536,7 +570,8 @@ class RunSpec(_Section):
                                     f"sections: {sorted(valid)}")
                 node, where = node[p], p
             last = parts[-1]
-            free = len(parts) == 2 and parts[0] in ("problem", "optimizer") or (
+            free = len(parts) == 2 and parts[0] in ("problem", "optimizer", "run_options") or (
+                len(parts) == 3 and parts[0] == "run_options") or (
                 len(parts) >= 3 and parts[0] == "integrator" and parts[1] == "options") or (
                 len(parts) >= 3 and parts[0] == "problem")
             if last not in node and not free:
@@ -667,7 +702,7 @@ def backend_option_keywords() -> tuple:
     return tuple(keys)
 
 
-_SECTION_KEYWORDS = ("eig", "integrator", "stable", "rod", "central", "stop", "output", "minibatch")
+_SECTION_KEYWORDS = tuple(RunSpec._sections)
 
 
 def problem_config(problem) -> dict | None:
@@ -694,6 +729,15 @@ def spec_from_kwargs(problem_config, optimizer_config, kwargs: dict) -> RunSpec:
         if name in kwargs:
             v = kwargs[name]
             sections[name] = v.to_dict() if isinstance(v, _Section) else dict(v or {})
+    kwargs = dict(kwargs)
+    plugin_options = dict(kwargs.pop("run_options", None) or {})
+    for kind in run_kinds():    # a registered run's options as a keyword named after it: scaled={"scale": 2}
+        if kind.section is None and kind.options is not None and kind.name in kwargs:
+            v = kwargs.pop(kind.name)
+            plugin_options[kind.name] = ({f.name: getattr(v, f.name) for f in fields(v)}
+                                         if isinstance(v, kind.options) else dict(v or {}))
+    if plugin_options:
+        top["run_options"] = plugin_options
     opts = dict(sections.get("integrator", {}).get("options", {}) or {})
     backend_keywords = backend_option_keywords()
     for key, value in kwargs.items():
@@ -703,7 +747,8 @@ def spec_from_kwargs(problem_config, optimizer_config, kwargs: dict) -> RunSpec:
             opts[key] = value
             continue
         if key not in FLAT_KEYWORDS:
-            valid = sorted(set(FLAT_KEYWORDS) | set(_SECTION_KEYWORDS) | set(backend_keywords))
+            valid = sorted(set(FLAT_KEYWORDS) | set(_SECTION_KEYWORDS) | set(backend_keywords)
+                           | {k.name for k in run_kinds() if k.section is None and k.options is not None})
             raise SpecError(f"unknown option {key!r}{_suggest(key, valid)}; valid keywords of pyrod.simulate: "
                             f"{valid} (central-flow eig_tol/eig_max_iter: central=dict(eig_tol=...))")
         places = FLAT_KEYWORDS[key]
@@ -730,9 +775,7 @@ def spec_from_kwargs(problem_config, optimizer_config, kwargs: dict) -> RunSpec:
 def sections_used(spec: RunSpec) -> dict:
     """Which sections apply to the runs of ``spec`` (a section set away from its defaults for a run that is
     not asked for is a misplaced option: refused by :func:`check_placement`)."""
-    flows = spec.flows
-    return {"integrator": bool(flows), "stable": "stable" in flows, "rod": "rod" in flows,
-            "central": "central" in flows}
+    return {"integrator": bool(spec.flows), **{k.section: k.name in spec.runs for k in run_kinds() if k.section}}
 
 
 def check_placement(spec: RunSpec) -> None:
@@ -747,15 +790,19 @@ def check_placement(spec: RunSpec) -> None:
             continue
         if name == "integrator" and spec.integrator != defaults.integrator:
             changed = _changed(spec.integrator, defaults.integrator)
-            raise SpecError(f"integrator options {changed} apply to flow runs (stable, rod, central); "
+            raise SpecError(f"integrator options {changed} apply to flow runs ({', '.join(flow_names())}); "
                             f"runs={list(spec.runs)} has none")
-        if name in ("stable", "rod", "central") and getattr(spec, name) != getattr(defaults, name):
+        if name in RunSpec._sections and getattr(spec, name) != getattr(defaults, name):
             changed = _changed(getattr(spec, name), getattr(defaults, name))
             # bea given as a flat keyword sets stable and rod together: fine when either is requested
             if name in ("stable", "rod") and changed == ["bea"] and (
                     "stable" in spec.flows or "rod" in spec.flows):
                 continue
             raise SpecError(f"{name} options {changed} apply to the {name!r} run; runs={list(spec.runs)} has no "
+                            f"{name!r} run")
+    for name in spec.run_options:
+        if name not in spec.runs:
+            raise SpecError(f"run_options[{name!r}] apply to the {name!r} run; runs={list(spec.runs)} has no "
                             f"{name!r} run")
     if spec.restart_at is not None and not spec.flows:
         raise SpecError(f"restart_at={spec.restart_at} applies to flow runs; runs={list(spec.runs)} has none")

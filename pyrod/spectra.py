@@ -89,6 +89,10 @@ d = 99k MLP took all 200 iterations before, 15 now), reported as not converged w
 
 Non-convergence is never silent: :class:`EigReport` has ``converged=False`` and the true residuals, and
 :class:`EigTracker` emits :class:`EigenConvergenceWarning` (unless ``warn=False``).
+
+Why one module of ~830 lines: LOBPCG, its stopping rules (round-off floor, stall) and the tracker that
+warm-starts it are one algorithm whose pieces share the same small-algebra helpers and report type; split, each
+part would import the others' internals.
 """
 from __future__ import annotations
 

@@ -42,6 +42,9 @@ Faults and reruns
     which resumes the point, bit-identically to an uninterrupted run (same torch build, one thread).
 
 One time unit = one optimizer step everywhere.
+
+Why one module of ~750 lines: the grid expansion, the manifest, the Dask submission with skip/resume and the
+reader of the results all read and write the same manifest format (``sweep.json``), which is kept in one place.
 """
 from __future__ import annotations
 

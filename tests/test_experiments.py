@@ -290,13 +290,7 @@ def test_muon_experiments_tiny(tmp_path):
     assert set(z["results"]["per_alpha"]) == {f"{a:g}" for a in z["params"]["alphas"]}
 
 
-def test_central_flow_tiny_or_clear_error(tmp_path):
-    from pyrod.experiments.central_flow import central_available
-
-    if not central_available():
-        with pytest.raises(ExperimentError, match="central"):
-            run_experiment("central-flow", scale="tiny", out=tmp_path, progress=False)
-        return
+def test_central_flow_tiny(tmp_path):
     s = run_experiment("central-flow", scale="tiny", out=tmp_path, progress=False)
     _check_outputs(tmp_path, s, "central-flow")
     for name in s["params"]["optimizers"]:

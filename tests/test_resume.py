@@ -140,7 +140,7 @@ def test_ctrl_c_leaves_valid_file_and_checkpoint_then_resumes_bit_identically(tm
     assert proc.returncode != 0
     last = err.strip().splitlines()[-1]
     assert "interrupted at step" in last and str(path) in last and "pyrod.resume" in last
-    assert "pyrod.simulation.RunInterrupted" in last      # not a raw KeyboardInterrupt from inside a solver
+    assert "pyrod.run_stops.RunInterrupted" in last      # not a raw KeyboardInterrupt from inside a solver
     tree = pyrod.open(path)
     assert tree.attrs["pyrod_status"] == "interrupted"
     k = tree.attrs["steps_completed"]

@@ -11,7 +11,7 @@ For GD and RMSProp the discrete run and the central flow (and optionally the sta
 * (c) RMSProp: coordinates of ν, true (the discrete run, replayed here step by step) and predicted (the central
   flow's ν); GD: distance of each flow to the discrete run.
 
-Needs the central flow (``"central" in pyrod.flows.FLOW_RUNS``); otherwise a clear error. The flows start from
+The flows start from
 the discrete state after ``*_warm_start`` steps (``restart_at``; the reference's ``--warm-start``): RMSProp's first
 steps, with ν_0 = g_0⊙g_0, are far above its threshold, a transient no smooth flow is meant to follow.
 
@@ -77,14 +77,6 @@ def check_params(p):
         raise ExperimentError(f"optimizers={p['optimizers']!r}: choose from ['GD', 'RMSProp']")
 
 
-def central_available() -> bool:
-    try:
-        from pyrod.flows import FLOW_RUNS
-    except ImportError:
-        return False
-    return "central" in FLOW_RUNS
-
-
 def make_optimizer(p, name):
     import pyrod
 
@@ -115,9 +107,6 @@ def run(ctx):
     import torch
 
     p = ctx.p
-    if not central_available():
-        raise ExperimentError("the central flow is not available in this pyrod (\"central\" is not in "
-                              "pyrod.flows.FLOW_RUNS; it is registered by pyrod/flows/central.py)")
     prob = ctx.problem(model=p["model"], data=p["data"], classes=p["classes"], n=p["n"], loss=p["loss"],
                        model_kwargs={"width": p["width"], "depth": p["depth"], "activation": p["activation"]},
                        data_kwargs=p["data_kwargs"])

@@ -29,143 +29,21 @@ from pathlib import Path
 
 import numpy as np
 
+# the parameters (scales, shared defaults and help, overrides, checks) are pyrod.experiments.params; the names stay
+# importable from here
+from .params import (  # noqa: F401
+    COMMON_DEFAULTS,
+    PARAM_HELP,
+    SCALES,
+    ExperimentError,
+    _deep_merge,
+    require_positive,
+    resolve_params,
+)
+
 __all__ = ["ExperimentError", "COMMON_DEFAULTS", "SCALES", "Context", "resolve_params",
            "run_experiment", "figure", "threshold_line", "colors", "savefig", "finite", "jsonable"]
 
-SCALES = ("tiny", "small", "medium", "paper")
-
-#: parameters every experiment has (the experiment's DEFAULTS may override their values)
-COMMON_DEFAULTS = {
-    "seed": 0,
-    "dtype": "float64",
-    "device": "cpu",       # "auto": CUDA when available
-    "threads": 1,          # torch CPU threads; 1 is fastest for these small problems on a busy machine
-    "data_path": None,     # local cifar-10-batches-py folder (paper scale)
-    "eig_tol": 1e-5,       # LOBPCG residual tolerance of the eigen-solves (eigenvalue error ~ tol²·λ)
-}
-
-#: help text of the parameters that several experiments share (an experiment's own are its ``PARAM_HELP``)
-PARAM_HELP = {
-    "seed": "seed of the model initialisation and of generated data",
-    "dtype": "float64 or float32",
-    "device": "cpu, cuda, or auto (CUDA when available)",
-    "threads": "torch CPU threads per run (1: fastest for these small problems on a shared machine)",
-    "data_path": "local cifar-10-batches-py folder (data=cifar10, paper scale)",
-    "eig_tol": "LOBPCG relative residual of the eigen-solves (eigenvalue error ~ tol² · λ)",
-    "steps": "optimizer steps of each run",
-    "model": "model: mlp, cnn, vit or gpt",
-    "data": "data set: digits, cifar10, synthetic_classification, synthetic_regression, zipf or zipf_pcfg",
-    "data_kwargs": "the data set's own options (JSON), e.g. {\"dim\": 16}",
-    "classes": "number of classes kept (the first ones)",
-    "n": "number of training points (full batch)",
-    "loss": "mse (one-hot targets) or ce (cross-entropy)",
-    "width": "hidden width of the model",
-    "depth": "number of hidden layers (transformer blocks for gpt)",
-    "activation": "activation function: tanh, relu, gelu, …",
-    "eigs": "top eigenvalues of P⁻¹H measured",
-    "eig_every": "steps between eigenvalue measurements",
-    "late_fraction": "last fraction of each run over which late-run means are taken",
-    "lrs": "learning rates η",
-    "optimizers": "optimizers to run",
-    "hyper": "fixed hyper-parameters per optimizer (JSON, merged key by key into the default)",
-}
-
-
-class ExperimentError(ValueError):
-    """A bad experiment name, parameter or value, or a missing prerequisite (clear message, no traceback)."""
-
-
-# --------------------------------------------------------------------------------------------- parameters
-def resolve_params(module, scale: str, overrides: dict | None = None) -> dict:
-    """Defaults of ``module`` at ``scale`` with ``overrides`` applied.
-
-    ``overrides``: ``{key: value}``; string values are parsed by the typed parser of the experiments' command
-    line (:func:`pyrod.experiments.cli.parse_value`, the CLI's ``--set``), other values are taken as given; a dict value updates a dict default key by key (recursively). Unknown keys
-    raise :class:`ExperimentError` listing the valid ones."""
-    if scale not in SCALES:
-        raise ExperimentError(f"--scale {scale!r} is unknown; valid scales: {', '.join(SCALES)}")
-    defaults = getattr(module, "DEFAULTS", {})
-    if scale not in defaults:
-        raise ExperimentError(f"experiment {module.NAME!r} has no {scale!r} scale")
-    params = {**COMMON_DEFAULTS, **defaults[scale]}
-    overrides = dict(overrides or {})
-    for key, choices in getattr(module, "PRESETS", {}).items():   # a preset first, so that --set values win
-        if key in params and key in overrides:
-            value = overrides[key]
-            if value not in choices:
-                raise ExperimentError(f"{key}={value!r}: choose one of {sorted(choices)}")
-            for k, v in choices[value].items():
-                params[k] = _deep_merge(params[k], v) if isinstance(params[k], dict) and isinstance(v, dict) else v
-    bad = []
-    for k, v in overrides.items():
-        if k not in params:
-            bad.append(k)
-            continue
-        if isinstance(v, str):
-            from .cli import parse_value
-            new = parse_value(module, scale, k, v, params[k])
-        else:
-            new = v
-        if isinstance(params[k], dict) and isinstance(new, dict):
-            new = _deep_merge(params[k], new)   # dict parameters are updated key by key (recursively)
-        params[k] = new
-    if bad:
-        raise ExperimentError(f"unknown parameter(s) {', '.join(repr(b) for b in bad)} for experiment "
-                              f"{module.NAME!r}; valid keys: {', '.join(sorted(params))}")
-    _validate_common(params)
-    check = getattr(module, "check_params", None)
-    if check is not None:
-        check(params)
-    return params
-
-
-def _deep_merge(base: dict, new: dict) -> dict:
-    out = dict(base)
-    for k, v in new.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(out.get(k), dict) and isinstance(v, dict) else v
-    return out
-
-
-def _validate_common(p: dict) -> None:
-    if not isinstance(p["threads"], int) or p["threads"] < 1:
-        raise ExperimentError(f"threads={p['threads']!r} must be an int >= 1")
-    if p["dtype"] not in ("float64", "float32"):
-        raise ExperimentError(f"dtype={p['dtype']!r} must be 'float64' or 'float32'")
-    if not (isinstance(p["eig_tol"], float) and 0 < p["eig_tol"] < 1):
-        raise ExperimentError(f"eig_tol={p['eig_tol']!r} must be a number in (0, 1)")
-    if not isinstance(p["seed"], int):
-        raise ExperimentError(f"seed={p['seed']!r} must be an int")
-    if p.get("data") == "cifar10":
-        dp = p.get("data_path")
-        if not dp:
-            raise ExperimentError("this setting trains on CIFAR-10, which pyrod never downloads: pass "
-                                  "--set data_path=/path/to/cifar-10-batches-py (the extracted python version "
-                                  "of CIFAR-10), or --set data=digits")
-        folder = os.path.expanduser(str(dp))
-        if not os.path.isdir(folder):
-            raise ExperimentError(f"data_path={dp!r} is not a folder; it must be the extracted "
-                                  "cifar-10-batches-py directory (data_batch_1..5, test_batch)")
-        if not any(os.path.isfile(os.path.join(f, "data_batch_1"))
-                   for f in (folder, os.path.join(folder, "cifar-10-batches-py"))):
-            raise ExperimentError(f"data_path={dp!r} holds no data_batch_1: it must be the extracted "
-                                  "cifar-10-batches-py directory of the python version of CIFAR-10")
-
-
-def require_positive(p: dict, *keys) -> None:
-    for k in keys:
-        v = p[k]
-        vals = v if isinstance(v, (list, tuple)) else [v]
-        for x in vals:
-            if not isinstance(x, (int, float)) or isinstance(x, bool) or not x > 0 or not math.isfinite(x):
-                raise ExperimentError(f"{k}={v!r}: every value must be a positive number")
-
-
-def require_choice(p: dict, key: str, valid) -> None:
-    v = p[key]
-    vals = v if isinstance(v, (list, tuple)) else [v]
-    bad = [x for x in vals if x not in valid]
-    if bad:
-        raise ExperimentError(f"{key}={v!r}: {bad} not valid; choose from {sorted(valid)}")
 
 
 # --------------------------------------------------------------------------------------------- context

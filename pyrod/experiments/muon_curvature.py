@@ -28,6 +28,9 @@ Files: ``muon_curvature.nc`` (groups ``adam``, ``muon``; coordinate ``t``; varia
 ``curvature``, ``nds``, ``update_norm_sq``, ``predicted_decrease``, ``actual_decrease``, ``gap``, ``within_nds``,
 ``cross_nds``, ``block_within_nds (t, block)``, ``block_matrix_nds (t, block, block2)``), PNGs; summary from the
 file.
+
+Why one module of ~650 lines: an experiment is one module (its defaults, runs, analysis, plots and summary, as
+the experiments' registry expects); its medium scale's shared stream machinery is ``muon_stream.py``.
 """
 from __future__ import annotations
 
@@ -78,8 +81,7 @@ _UNITS = {"loss": "training loss L(w)", "gain": "first-order gain G = -g.dw", "c
           "measure_loss": "loss on the fixed held-out measurement batch"}
 
 #: Zipf-PCFG grammar (pyrod/problems/pcfg.py); every entry goes into the problem's data_kwargs (replayable)
-GRAMMAR = dict(n_terminals=32, n_nonterminals=8, depth=3, n_rules=4, rhs_min=2, rhs_max=3, n_emit=8, context=32,
-               grammar_seed=None)
+GRAMMAR = ms.GRAMMAR_CPU
 
 _BASE = dict(model="gpt", data="zipf_pcfg", alpha=1.0, n=32, grammar=GRAMMAR, loss="ce",
              width=32, depth=2, heads=2, mlp_ratio=4, activation="gelu",

@@ -37,7 +37,8 @@ from .common import ExperimentError, require_positive
 __all__ = ["MEDIUM", "PRESETS", "problem_config", "optimizer_config", "run_spec", "tune", "evaluate",
            "matched_on_heldout", "memorisation", "t_interval", "load_group"]
 
-#: the Zipf-PCFG grammar of the medium scale on a CPU (the small scale's)
+#: the Zipf-PCFG grammar of the small scale of ``muon-zipf`` / ``muon-curvature`` and of the medium scale on a CPU
+#: (``muon_curvature.GRAMMAR`` is this dict)
 GRAMMAR_CPU = dict(n_terminals=32, n_nonterminals=8, depth=3, n_rules=4, rhs_min=2, rhs_max=3, n_emit=8, context=32,
                    grammar_seed=None)
 
@@ -87,9 +88,7 @@ def check_params(p) -> None:
 def problem_config(p, alpha: float, seed: int) -> dict:
     """The ``pyrod.problem`` config of one (α, seed): the gpt over the grammar at α (``n`` = 8 windows: the problem's
     own fixed data is not trained on, a stream run draws its own)."""
-    from .muon_curvature import GRAMMAR
-
-    g = {**GRAMMAR, **p["grammar"]}
+    g = {**GRAMMAR_CPU, **p["grammar"]}
     device = None if p["device"] == "auto" else p["device"]
     return {"model": "gpt", "data": "zipf_pcfg", "n": 8, "loss": p["loss"], "classes": None, "dtype": p["dtype"],
             "seed": int(seed), "device": device, "data_kwargs": {"alpha": float(alpha), **g},

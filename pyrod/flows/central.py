@@ -60,12 +60,18 @@ from .central_projection import Eval, project
 from .central_tracking import SubspaceTracking
 from .models import FlowModel, PhaseSpaceState
 
-__all__ = ["CentralFlow", "CentralFlowExperimentalWarning", "CENTRAL_OPTIONS"]
+__all__ = ["CentralFlow", "CentralFlowExperimentalWarning", "CENTRAL_OPTIONS", "check_options"]
 
 #: option names accepted by :class:`CentralFlow` (through ``pyrod.simulate(..., runs=["central"], **options)``):
 #: those of :class:`pyrod.central_options.CentralOptions` (names, defaults and checks declared there, once), the
 #: integrator's ``substeps`` and ``bea`` (refused)
 CENTRAL_OPTIONS = (*CentralOptions.names(), "substeps", "bea")
+
+
+def check_options(options, spec) -> None:
+    """The central run kind's check (:mod:`pyrod.run_kinds`): its options with the spec's integrator ``substeps``
+    (:meth:`CentralFlow.validate_options`), before anything is computed."""
+    CentralFlow.validate_options(**options.model_options(spec.integrator.substeps))
 
 
 class _CounterClock:
@@ -165,7 +171,7 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
         self.max_track = int(min(max_track, self.d))
         self.sdcp_tol = float(sdcp_tol)
         self.refresh_tol = float(refresh_tol)
-        self.n_eig = self.max_track                         # length of the "eig" dim (FlowRun sets measurer.k)
+        self.n_eig = self.max_track                         # length of the "eig" dim (FlowRun sets measurer.n_eig)
         self.layout = self._phase_layout()                  # y = (w[, m][, ν]), as the stable flow
         self.experimental = bool(self.has_m)
         if self.experimental:

@@ -105,11 +105,6 @@ class FlowModel:
         """The right-hand side ``(t, y) -> dy/dt`` (torch), BEA-corrected when requested."""
         return bea_correction(self.rhs) if self.bea else self.rhs
 
-    # pieces shared by subclasses
-    def _step_parts(self, w, m, g, nu, t):
-        dw, dm = self.opt.direction(w, m, g, nu, t)
-        return dw, dm
-
     # ------------------------------------------------------------------ hooks (defaults)
     def extra_variables(self) -> list:
         return []

@@ -105,7 +105,7 @@ class FlowRun:
         if any(e.kind == "eos" for e in self.event_specs):
             from ..spectra import EigTracker
             self._eos_tracker = EigTracker(1, tol=1e-10, max_iter=50, warn=False)
-        model.n_eig = measurer.k  # length of the "eig" dim of model-specific (t, eig) variables
+        model.n_eig = measurer.n_eig  # length of the "eig" dim of model-specific (t, eig) variables
         model.spectrum_at = self._spectrum_at
         model.spectrum_needs = self._spectrum_needs
 
@@ -162,13 +162,17 @@ class FlowRun:
 
     # ------------------------------------------------------------------ output schema
     def variables(self) -> list:
-        return standard_variables(self.measurer.k, self.opt.has_nu) + [
+        return standard_variables(self.measurer.n_eig, self.opt.has_nu) + [
             Var("centre_distance", ("t",), "distance of the flow centre to the discrete centre (w_k+w_{k+1})/2 "
                 f"(flow read at k+{self.model.compare_shift:g})", PARAMETER_UNITS),
             Var("relative_centre_distance", ("t",), "centre_distance / norm of (w_k+w_{k+1})/2", "1"),
             Var("n_grad", ("t",), "cumulative gradient evaluations of this run", "1"),
             Var("n_hvp", ("t",), "cumulative Hessian-vector products of this run", "1"),
         ] + self.model.extra_variables()
+
+    def dims(self) -> dict:
+        """Dimensions of the model's own variables besides ``t`` and ``eig`` (``FlowModel.extra_dims``)."""
+        return dict(self.model.extra_dims())
 
     def attrs(self) -> dict:
         euler = str(self.method).lower() == "euler"
@@ -357,9 +361,6 @@ class FlowRun:
         self.saved = {i: v for i, v in self.saved.items() if i >= 2 * last - 1}
         return records
 
-    def _counts(self):
-        return self.cum
-
     def _integrate_to(self, t1):
         half = np.arange(math.floor(2 * self.t) + 1, math.floor(2 * t1 + 1e-9) + 1) / 2.0
         t_save = half[(half > self.t) & (half <= t1)]
@@ -409,7 +410,7 @@ class FlowRun:
                                               "centre_norm": torch.linalg.vector_norm(centre)})
         dist = values["centre_distance"]
         values["relative_centre_distance"] = dist / max(values.pop("centre_norm"), 1e-300)
-        values["n_grad"], values["n_hvp"] = map(float, self._counts())
+        values["n_grad"], values["n_hvp"] = map(float, self.cum)
         y_prev_half = self.saved.get(2 * k - 1)
         values.update(model.readout(k, yk, y_prev_half, (s.w, s_next.w)))
         return values

@@ -5,7 +5,7 @@ One job per module (``pyrod.output`` re-exports the public names, for code writt
 * :mod:`pyrod.io.writer`: :class:`~pyrod.io.writer.RunWriter`, the writer (rows appended and flushed in chunks,
   atomic creation and overwrite, crash safety).
 * :mod:`pyrod.io.resume`: copying a file up to a cut, for ``RunWriter.resume`` (continue a stopped run).
-* :mod:`pyrod.io.reader`: :func:`~pyrod.io.reader.open_tree`, :func:`~pyrod.io.reader.config_of`,
+* :mod:`pyrod.io.reader`: :func:`~pyrod.io.reader.open_tree`, :func:`~pyrod.io.reader.stored_config`,
   :func:`~pyrod.io.reader.json_attr`; clear errors for foreign, truncated or damaged files
   (:class:`~pyrod.io.reader.DamagedFileError`), salvage of what a killed writer left.
 * :mod:`pyrod.io.lock`: one writer per path (the sidecar lock :class:`~pyrod.io.lock.FileBusyError`), reading a
@@ -28,7 +28,7 @@ Layout (docs/architecture.md, "Output schema")::
 
 Writing and reading::
 
-    from pyrod.io.reader import config_of, json_attr, open_tree
+    from pyrod.io.reader import json_attr, open_tree, stored_config
     from pyrod.io.writer import RunWriter
     from pyrod.schema import Var
 
@@ -41,7 +41,7 @@ Writing and reading::
         out.set_attrs("discrete", {"events": [ev.as_dict() for ev in events]})
 
     tree = open_tree("run.nc")          # xarray.DataTree, in memory, file closed
-    cfg = config_of("run.nc")           # dict: pyrod.simulate(**cfg) reproduces the run
+    cfg = stored_config("run.nc")       # dict: the stored JSON spec (pyrod.spec_of gives a RunSpec)
     events = json_attr(tree["discrete"], "events")
 
     out = RunWriter.resume("run.nc", cut={"discrete": 500.0})   # keep rows t < 500, append from there

@@ -13,7 +13,7 @@ one machine; on NFS, Linux maps it to NFS byte-range locks.)
 Reading a file while it is written: HDF5 itself locks a file open for writing, so a plain
 ``xarray.open_datatree`` fails with "NetCDF: HDF error" (and the HDF5_USE_FILE_LOCKING environment variable
 only counts at library start-up). The readers (:func:`~pyrod.io.reader.open_tree`,
-:func:`~pyrod.io.reader.config_of`) therefore look at the sidecar lock (:func:`_read_consistent`): when a live
+:func:`~pyrod.io.reader.stored_config`) therefore look at the sidecar lock (:func:`_read_consistent`): when a live
 writer holds it they read the file's bytes into memory between two of the writer's writes (the writer bumps a
 sequence number in the lock file before and after every write+sync, a seqlock) and open that exact snapshot,
 with a ``RuntimeWarning`` saying so: every synced row, nothing half-written. If the file changes during every

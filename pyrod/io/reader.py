@@ -1,4 +1,4 @@
-"""Reading pyrod files: :func:`open_tree` (the whole file as an ``xarray.DataTree``), :func:`config_of` (the run
+"""Reading pyrod files: :func:`open_tree` (the whole file as an ``xarray.DataTree``), :func:`stored_config` (the run
 configuration), :func:`json_attr` (an attribute, JSON-decoded), with clear errors for a missing, foreign, truncated
 or damaged file (:class:`DamagedFileError`, :func:`hdf5_sizes`).
 
@@ -26,7 +26,7 @@ from .lock import _read_consistent, os_error
 def open_tree(path) -> "xarray.DataTree":  # noqa: F821
     """Load the whole file into memory as an ``xarray.DataTree`` (one child per run group) and close it.
 
-    Root attrs include ``pyrod_config`` (JSON string; see :func:`config_of`) and ``pyrod_status``.
+    Root attrs include ``pyrod_config`` (JSON string; see :func:`stored_config`) and ``pyrod_status``.
     JSON-encoded attrs stay strings; decode them with :func:`json_attr`. After a crash inside a flush, the
     rows of that flush are dropped with a ``RuntimeWarning``: trailing rows whose ``t`` (or snapshot
     coordinate) is NaN, and trailing HDF5 chunks that cannot be read ("NetCDF: HDF error").
@@ -243,8 +243,9 @@ def _salvage_dim(ds, d, where, dropped, blanked):
     return new.isel({d: np.flatnonzero(keep)}) if not keep.all() else new
 
 
-def config_of(path_or_tree) -> dict:
-    """The run configuration (root attr ``pyrod_config``) as a dict: ``pyrod.simulate(**config_of(p))``.
+def stored_config(path_or_tree) -> dict:
+    """The run configuration as stored (root attr ``pyrod_config``, the JSON spec) as a dict (``pyrod.config_of``
+    turns it into ``simulate`` keywords; ``pyrod.spec_of`` into a RunSpec).
 
     Accepts a file path (read as :func:`open_tree` does, also while a writer has it open), or an already
     opened DataTree / Dataset. ``ValueError`` if there is no ``pyrod_config`` (not written by pyrod)."""

@@ -35,6 +35,10 @@ activations held at any time are those of one micro-batch (times ``k`` for block
 Reproducibility: ``Problem.config`` is the dict that rebuilds the problem (``pyrod.problem(**config)``);
 :meth:`Problem.replay_config` returns it or raises a ValueError saying why the problem cannot be rebuilt
 (built by :meth:`Problem.from_module`; use :meth:`Problem.from_factory` instead).
+
+Why one module of ~850 lines: it is one class whose methods share its private state (the flattened model, the
+micro-batch plan, the cached Hessian graph, the counters); the model and data builders, the toys and the
+registry live elsewhere (``models.py``, ``data.py``, ``toys.py``, ``registry.py``).
 """
 from __future__ import annotations
 

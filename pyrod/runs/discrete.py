@@ -72,7 +72,7 @@ class DiscreteRun:
         self.on_step = None     # optional callback(k) after each step k (progress display; not state)
 
     def variables(self) -> list:
-        out = standard_variables(self.measurer.k, self.opt.has_nu)
+        out = standard_variables(self.measurer.n_eig, self.opt.has_nu)
         return out + nu_variation.variables() if self.opt.has_nu else out
 
     # ------------------------------------------------------------------ explicit state
@@ -112,7 +112,14 @@ class DiscreteRun:
         return self.measurer.measure(st.w, step=st.k, nu=nu_p, t=st.k, loss=loss, grad=g, grad_finite=True,
                                      extra=extra)
 
-    def group_attrs(self) -> dict:
+    def dims(self) -> dict:
+        """No dimensions besides ``t`` and ``eig`` (:class:`pyrod.run_kinds.Run`)."""
+        return {}
+
+    def final_attrs(self) -> dict:
+        return {}
+
+    def attrs(self) -> dict:
         """Attributes of this run's group in the file."""
         return {"run": "discrete"}
 
@@ -166,8 +173,22 @@ class MidpointRun:
         self.problem, self.opt, self.measurer = problem, optimizer, measurer
         self.prev_w = None
 
+    @classmethod
+    def build(cls, problem, optimizer, measurer: Measurer, spec) -> "MidpointRun":
+        """The run kind's builder (:mod:`pyrod.run_kinds`): the midpoint has no options."""
+        return cls(problem, optimizer, measurer)
+
+    def dims(self) -> dict:
+        return {}
+
+    def attrs(self) -> dict:
+        return {"run": self.name}
+
+    def final_attrs(self) -> dict:
+        return {}
+
     def variables(self) -> list:
-        return standard_variables(self.measurer.k, self.opt.has_nu) + [
+        return standard_variables(self.measurer.n_eig, self.opt.has_nu) + [
             Var("distance_to_discrete", ("t",), "Euclidean distance between w*_k and the discrete w_k",
                 PARAMETER_UNITS)]
 

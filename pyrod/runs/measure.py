@@ -47,7 +47,8 @@ class Measurer:
 
     problem: object
     optimizer: object
-    k: int
+    n_eig: int
+    """eigenpairs measured (the spec's ``eig.k``, ``simulate``'s ``eigs``; the length of the ``eig`` dimension)"""
     eig_every: int
     eig_tol: float = 1e-8
     eig_max_iter: int = 200
@@ -57,7 +58,7 @@ class Measurer:
         from ..spectra import EigTracker
 
         self.adaptive = bool(self.optimizer.has_nu)
-        self.tracker = EigTracker(self.k, tol=self.eig_tol, max_iter=self.eig_max_iter)
+        self.tracker = EigTracker(self.n_eig, tol=self.eig_tol, max_iter=self.eig_max_iter)
         self.raw_tracker = EigTracker(1, tol=self.eig_tol, max_iter=self.eig_max_iter) \
             if self.adaptive and self.raw else None
         self.last_evecs = None  # eigenvectors of the symmetric form at the last eigen-solve
@@ -75,7 +76,7 @@ class Measurer:
         self.last_evecs = state["last_evecs"]
 
     def wants_eigs(self, step: int) -> bool:
-        return self.k > 0 and self.eig_every > 0 and step % self.eig_every == 0
+        return self.n_eig > 0 and self.eig_every > 0 and step % self.eig_every == 0
 
     def preconditioner(self, nu, t):
         """``P(ν, t)`` as a vector/scalar tensor, or None when the optimizer has no preconditioner."""
@@ -133,7 +134,7 @@ class Measurer:
             adopted = self.tracker.adopt(init, *known)
         if adopted is not None:
             _, evecs, rep = adopted
-            ev_host = np.asarray(known[0][:self.k], dtype=np.float64)
+            ev_host = np.asarray(known[0][:self.n_eig], dtype=np.float64)
         else:
             evals, evecs, rep = self.tracker(self.problem, w, P, init=init, init_AX=init_AX)
             ev_host = host.to_host(evals)

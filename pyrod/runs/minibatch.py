@@ -24,6 +24,7 @@ import math
 
 import torch
 
+from .. import host
 from ..schema import Var
 from . import nu_variation
 from .discrete import DiscreteRun
@@ -73,12 +74,12 @@ class MiniBatchRun(DiscreteRun):
         super().__init__(problem, optimizer, measurer, loss_target=loss_target, divergence_factor=divergence_factor)
 
     def variables(self) -> list:
-        out = minibatch_variables(self.measurer.k, self.opt.has_nu, finite_train=self.data.train_problem is not None,
+        out = minibatch_variables(self.measurer.n_eig, self.opt.has_nu, finite_train=self.data.train_problem is not None,
                                   classification=self.problem.samples.classification,
                                   sharpness=self.sharpness_batches > 0)
         return out + nu_variation.variables() if self.opt.has_nu else out
 
-    def group_attrs(self) -> dict:
+    def attrs(self) -> dict:
         sp = self.data.spec
         return {"run": "discrete", "minibatch_size": sp.size, "minibatch_seed": sp.seed, "minibatch_source": sp.source,
                 "heldout_size": sp.heldout, "measured_on": sp.measured_on, "measure_size": self.data.measure_size,
@@ -97,22 +98,31 @@ class MiniBatchRun(DiscreteRun):
         return self.data.next_batch().loss_and_grad(w)
 
     def _measure(self, st, new_state, nu_p, loss, g) -> dict:
+        """The row of step ``k = st.k``: the mini-batch loss and gradient norm, ν's norm and its variation over the rod,
+        and at held-out steps the held-out (and finite training set's) loss, read from the device in one transfer;
+        then, where due, the eigen diagnostics, the batch sharpness and the NDS of the update (their own solves)."""
         k = st.k
-        values = {"loss": float(loss), "accuracy": math.nan, "grad_norm": float(torch.linalg.vector_norm(g))}
+        data = self.data
+        parts = {"loss": loss, "grad_norm": torch.linalg.vector_norm(g), "grad_finite": torch.isfinite(g).all()}
         if nu_p is not None:
-            values["nu_norm"] = float(torch.linalg.vector_norm(nu_p))
-        values["grad_finite"] = bool(torch.isfinite(g).all())
+            parts["nu_norm"] = torch.linalg.vector_norm(nu_p)
+        if self.opt.has_nu:          # ν over the rod [z_k, z_{k+1}], as on a full-batch run
+            parts.update(nu_variation.relative_change_tensors(st.nu, new_state.nu))
+        if k % self.heldout_every == 0:
+            if data.heldout_problem is not None:
+                parts["heldout_loss"] = data.heldout_problem.loss(st.w)
+                if self.problem.samples.classification:
+                    parts["heldout_accuracy"] = data.heldout_problem.accuracy_tensor(st.w)
+            if data.train_problem is not None:
+                parts["train_loss"] = data.train_problem.loss(st.w)
+        read = dict(zip(parts, host.to_host(host.stack_scalars(list(parts.values()), st.w)).tolist(), strict=True))
+        values = {"loss": read["loss"], "accuracy": math.nan, "grad_norm": read["grad_norm"]}
+        if nu_p is not None:
+            values["nu_norm"] = read["nu_norm"]
+        values["grad_finite"] = bool(read["grad_finite"])
         if not (math.isfinite(values["loss"]) and values["grad_finite"]):
             return values
-        if self.opt.has_nu:          # ν over the rod [z_k, z_{k+1}], as on a full-batch run
-            values.update(nu_variation.relative_change(st.nu, new_state.nu))
-        data = self.data
-        if data.heldout_problem is not None and k % self.heldout_every == 0:
-            values["heldout_loss"] = float(data.heldout_problem.loss(st.w))
-            if self.problem.samples.classification:
-                values["heldout_accuracy"] = data.heldout_problem.accuracy(st.w)
-        if data.train_problem is not None and k % self.heldout_every == 0:
-            values["train_loss"] = float(data.train_problem.loss(st.w))
+        values.update((n, v) for n, v in read.items() if n not in values)
         if self.measurer.wants_eigs(k):
             values.update(self.measurer.spectrum(st.w, nu_p, float(k)))
             if self.sharpness_batches:
