@@ -45,7 +45,8 @@ GRAMMAR_CPU = dict(n_terminals=32, n_nonterminals=8, depth=3, n_rules=4, rhs_min
 #: parameters of the medium scale (both experiments add their own)
 MEDIUM = dict(model="gpt", data="zipf_pcfg", loss="ce", dtype="float32", grammar=GRAMMAR_CPU, width=32, depth=2,
               heads=2, mlp_ratio=4, activation="gelu", batch_size=16, heldout=128, measure_size=32, heldout_every=20,
-              steps=4000, adam_lrs=[3e-4, 1e-3, 3e-3], muon_lrs=[0.003, 0.01, 0.03], adam_beta1=0.9, adam_beta2=0.999,
+              steps=4000, adam_lrs=[3e-4, 1e-3, 3e-3, 1e-2], muon_lrs=[0.001, 0.003, 0.01, 0.03], adam_beta1=0.9,
+              adam_beta2=0.999,
               muon_momentum=0.95, muon_ns_dtype="float32", muon_split="hidden", muon_adam_lr=3e-3, tune_seed=100,
               select_last=5, levels=16, match_window=3, memorisation_tolerance=0.05, size="cpu")
 
