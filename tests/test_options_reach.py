@@ -26,7 +26,7 @@ def test_measurement_options_reach_every_runs_measurer():
                        eigs=2, eig_every=3, eig_tol=1e-7, eig_max_iter=33)
     for name, run in runs.items():
         m = run.measurer
-        assert (m.k, m.eig_every, m.eig_tol, m.eig_max_iter) == (2, 3, 1e-7, 33), name
+        assert (m.n_eig, m.eig_every, m.eig_tol, m.eig_max_iter) == (2, 3, 1e-7, 33), name
         assert (m.tracker.tol, m.tracker.max_iter) == (1e-7, 33), name
 
 
