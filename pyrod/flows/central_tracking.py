@@ -90,13 +90,18 @@ def _sym(G):
 
 def gram_matrices(S, HS, Pt) -> torch.Tensor:
     """The device half of a Rayleigh–Ritz step of the pencil (H, P̃) on span(S): ``(3, m, m)`` float64 holding
-    ``SᵀP̃S``, ``SᵀHS`` and ``(HS)ᵀP̃⁻¹HS`` (``S``, ``HS``: (d, m); ``Pt``: P̃ as (d,) or (1,))."""
-    S64, HS64, P64 = S.to(torch.float64), HS.to(torch.float64), Pt.to(torch.float64)
-    if P64.numel() > 1:
-        PS, HSP = P64[:, None] * S64, HS64 / P64[:, None]
-    else:
-        PS, HSP = P64[0] * S64, HS64 / P64[0]
-    return torch.stack([S64.T @ PS, S64.T @ HS64, HS64.T @ HSP])
+    ``SᵀP̃S``, ``SᵀHS`` and ``(HS)ᵀP̃⁻¹HS`` (``S``, ``HS``: (d, m); ``Pt``: P̃ as (d,) or (1,)). One product: with
+    ``M = [P̃^{1/2}S, P̃^{-1/2}HS]ᵀ`` (2m × d, float64, rows contiguous) ``MMᵀ`` holds the three blocks."""
+    m = S.shape[1]
+    M = torch.empty(2 * m, S.shape[0], dtype=torch.float64, device=S.device)
+    M[:m] = S.T
+    M[m:] = HS.T
+    sq = Pt.to(torch.float64).sqrt()
+    sq = sq[None, :] if sq.numel() > 1 else sq[0]
+    M[:m] *= sq
+    M[m:] /= sq
+    G = M @ M.T
+    return torch.stack([G[:m, :m], G[:m, m:], G[m:, m:]])
 
 
 def ritz_from_grams(G: np.ndarray):
