@@ -403,9 +403,12 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
             if hit is not None:
                 lam = hit.lam
             else:
+                # the accepted step's check will expand the basis here when due (track): do it now, once (the
+                # event values then come from the pairs the step end keeps, as in a tensor backend's probe)
                 p = self.layout.unpack(y)
                 with torch.no_grad():
-                    lam = self._ritz(float(t), y, p["w"], p.get("nu"), self.P_tilde(p.get("nu"), float(t))).lam
+                    lam = self._ritz(float(t), y, p["w"], p.get("nu"), self.P_tilde(p.get("nu"), float(t)),
+                                     expand=self.expand_due).lam
         if j < lam.size:
             return float(lam[j]) - self.s_sdcp
         return min(float(lam[-1]), self.s_track) - self.s_sdcp
