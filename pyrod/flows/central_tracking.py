@@ -334,7 +334,7 @@ class SubspaceTracking:
     def _expansion_grams(self, w, Pt, base):
         """Device part of the expanded Rayleigh–Ritz: ``S = [U, Z]`` with ``U`` the basis (``HU`` taken from
         ``base``, a plain Rayleigh–Ritz at this state, when it kept them) and ``Z = P̃⁻¹HU`` P̃-orthogonalised against
-        ``U`` (twice) and normalised — the span of the Ritz residuals ``P̃⁻¹(HU − P̃UΛ)``, one Davidson step at once
+        ``U`` (one pass) and normalised — the span of the Ritz residuals ``P̃⁻¹(HU − P̃UΛ)``, one Davidson step at once
         for the watched columns (the critical ones and the next candidate at the last check; the basis is ordered by
         eigenvalue): as many HVPs, plus ``k`` for ``HU`` without a ``base`` that kept them. Returns
         ``(grams, S, HS)``; a zero direction of ``Z`` stays 0 and the host Rayleigh–Ritz drops it."""
@@ -344,8 +344,9 @@ class SubspaceTracking:
         HU = base.basis_HY if base is not None and base.basis_HY is not None else self._hvp_basis(w)
         Pc = Pt[:, None] if Pt.numel() > 1 else Pt[0]
         Z = HU[:, :self._n_watched(U.shape[1])] / Pc
-        for _ in range(2):
-            Z = Z - U @ (U.T @ (Pc * Z))
+        # one pass: the span of [U, Z] is what counts (the Rayleigh–Ritz on the host whitens S), so Z only needs the
+        # part along U removed well enough that S stays well conditioned (|cos| ~ float round-off / residual)
+        Z = Z - U @ (U.T @ (Pc * Z))
         nz = torch.sqrt((Z * (Pc * Z)).sum(0))
         Z = Z / nz.clamp_min(torch.finfo(Z.dtype).tiny)
         HZ = self.problem.hvp(w, Z)
