@@ -56,6 +56,7 @@ from .. import host
 from ..central_options import CentralOptions
 from ..integrate.base import Event
 from ..integrate.fixed_step import DEFAULT_SUBSTEPS, check_substeps
+from ..tensor_identity import TensorKey
 from .central_projection import Eval, project
 from .central_tracking import SubspaceTracking
 from .models import FlowModel, PhaseSpaceState
@@ -182,6 +183,7 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
         # --- tracking state (Y, k_track, lam_last, _cache: central_tracking)
         self._init_tracking()
         self._X_prev = None         # the last SDCP solution (warm start)
+        self._pt_memo = None        # (t, TensorKey(ν) or None, P̃): the last P_tilde (pure)
         self._failed_dev = None     # device count of SDCP solves without a solution (flush_device_counts)
         self._warned = set()
         self._chunk = None          # discrete states of the chunk being integrated (FlowRun.begin_chunk)
@@ -249,6 +251,7 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
     def initial_state(self, s0, s1, nu_next) -> torch.Tensor:
         if isinstance(self.opt, _CounterClock):
             self.opt.t0 = float(s0.k)          # the counter runs at 1/β2 from the flow's start
+        self._pt_memo = None
         return PhaseSpaceState.initial_state(self, s0, s1, nu_next)
 
     # hooks read by FlowRun
@@ -270,6 +273,7 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
         the same HVPs as an uninterrupted one."""
         self._chunk = chunk
         self._cache = self._new_cache()
+        self._pt_memo = None
         self.flush_device_counts()
         self._stash = {k: v for k, v in self._stash.items() if k >= chunk.k0}
 
@@ -288,6 +292,7 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
         self.load_tracking_state(state)
         if isinstance(self.opt, _CounterClock):
             self.opt.t0 = float(state["clock_t0"])
+        self._pt_memo = None
         self._X_prev = None if state["X_prev"] is None else np.array(state["X_prev"])
         self._stash = {int(k): _stash_entry(v) for k, v in state["stash"].items()}
         self.stats = {**{k: type(v)(0) for k, v in self.stats.items()}, **state["stats"]}   # counters added later: 0
@@ -347,12 +352,23 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
 
     # ------------------------------------------------------------------ pieces
     def P_tilde(self, nu, t) -> torch.Tensor:
-        """``P̃(ν, t) = (threshold/2)·P(ν, t)``: shape ``(d,)`` or ``(1,)``."""
+        """``P̃(ν, t) = (threshold/2)·P(ν, t)``: shape ``(d,)`` or ``(1,)``. The last value is kept for the same
+        ``ν`` (:class:`~pyrod.tensor_identity.TensorKey`: the same tensor memory, not written since) and ``t``: the
+        event checks, the right-hand side and the tracking ask for it at one state many times. Callers must not
+        write into the result."""
+        memo = self._pt_memo
+        if memo is not None and memo[0] == t and (nu is None or memo[1].matches(nu)):
+            return memo[2]
         if not self.has_nu:
             P = torch.ones(1, dtype=self.problem.dtype, device=self.problem.device)
         else:
             P = self.opt.preconditioner(nu, t)
-        return (self.c * P).to(dtype=self.problem.dtype, device=self.problem.device).reshape(-1)
+        Pt = (self.c * P).to(dtype=self.problem.dtype, device=self.problem.device).reshape(-1)
+        if nu is None:
+            self._pt_memo = (t, None, Pt)
+        else:
+            self._pt_memo = (t, TensorKey(nu), Pt)
+        return Pt
 
     def _check_affine(self):
         """D must be affine in g (and ν's target quadratic) for the average over δ used here."""
@@ -383,9 +399,16 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
         if self._far():
             lam = self.lam_last          # far from critical: the last accepted values suffice (no HVPs)
         else:
-            p = self.layout.unpack(y)
-            with torch.no_grad():
-                lam = self._ritz(float(t), y, p["w"], p.get("nu"), self.P_tilde(p.get("nu"), float(t))).lam
+            hit = self._cache.get("rr", float(t), y)       # the other events at this state: no P̃, no unpacking
+            if hit is not None:
+                lam = hit.lam
+            else:
+                # the accepted step's check will expand the basis here when due (track): do it now, once (the
+                # event values then come from the pairs the step end keeps, as in a tensor backend's probe)
+                p = self.layout.unpack(y)
+                with torch.no_grad():
+                    lam = self._ritz(float(t), y, p["w"], p.get("nu"), self.P_tilde(p.get("nu"), float(t)),
+                                     expand=self.expand_due).lam
         if j < lam.size:
             return float(lam[j]) - self.s_sdcp
         return min(float(lam[-1]), self.s_track) - self.s_sdcp
@@ -410,13 +433,20 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
         w, m, nu = p["w"], p.get("m"), p.get("nu")
         ev = Eval()
         ev.t, ev.w, ev.m, ev.nu = t, w, m, nu
-        g = self.grad(w).detach()
+        far = self._far()
+        # near the critical set the state's Rayleigh–Ritz (the event checks', usually done already) builds the
+        # graph of ∇L for its HVPs: the gradient comes from it (the same values, one backward pass less)
+        g = None if far else self.problem.graph_grad(w)
+        if g is None and not far:
+            self._ritz(t, y, w, nu, self.P_tilde(nu, t))
+            g = self.problem.graph_grad(w)
+        g = self.grad(w).detach() if g is None else g
         ev.g = g
         Pt = self.P_tilde(nu, t)
         ev.Pt = Pt
         self.stats["n_rhs"] += 1
         # --- critical subspace at this point (λ̃ on the host: the critical count is read without a transfer)
-        if self._far():
+        if far:
             lam, U, HU = self.lam_last, None, None
             kc = 0
         else:

@@ -48,13 +48,16 @@ class Ritz:
     the products ``H Y`` of the tracked basis itself (device), kept by a plain Rayleigh–Ritz on the basis so that a
     later expansion at the same state starts from exactly the products a fresh one would compute."""
 
-    __slots__ = ("lam", "rel", "U", "HU", "expanded", "plain", "basis_HY")
+    __slots__ = ("lam", "rel", "U", "HU", "expanded", "plain", "basis_HY", "space")
 
     def __init__(self, lam, rel, U, HU, expanded=False, plain=None, basis_HY=None):
         self.lam, self.rel, self.U, self.HU, self.expanded = lam, rel, U, HU, expanded
         #: ``(lam, rel)`` of the basis alone (its Rayleigh–Ritz from the same Gram matrices; these pairs unexpanded)
         self.plain = (lam, rel) if plain is None else plain
         self.basis_HY = basis_HY
+        #: ``(S, HS, G)``: the whole search space of an expanded Rayleigh–Ritz and its host Gram matrices, kept on
+        #: the newest expanded pairs only (a measurement's refinement starts from it; see ``_refine``)
+        self.space = None
 
 
 class StateCache:
@@ -90,13 +93,44 @@ def _sym(G):
 
 def gram_matrices(S, HS, Pt) -> torch.Tensor:
     """The device half of a Rayleigh–Ritz step of the pencil (H, P̃) on span(S): ``(3, m, m)`` float64 holding
-    ``SᵀP̃S``, ``SᵀHS`` and ``(HS)ᵀP̃⁻¹HS`` (``S``, ``HS``: (d, m); ``Pt``: P̃ as (d,) or (1,))."""
-    S64, HS64, P64 = S.to(torch.float64), HS.to(torch.float64), Pt.to(torch.float64)
-    if P64.numel() > 1:
-        PS, HSP = P64[:, None] * S64, HS64 / P64[:, None]
-    else:
-        PS, HSP = P64[0] * S64, HS64 / P64[0]
-    return torch.stack([S64.T @ PS, S64.T @ HS64, HS64.T @ HSP])
+    ``SᵀP̃S``, ``SᵀHS`` and ``(HS)ᵀP̃⁻¹HS`` (``S``, ``HS``: (d, m); ``Pt``: P̃ as (d,) or (1,)). One product: with
+    ``M = [P̃^{1/2}S, P̃^{-1/2}HS]ᵀ`` (:func:`gram_rows`: 2m × d, float64, rows contiguous) ``MMᵀ`` holds the three
+    blocks."""
+    m = S.shape[1]
+    M = gram_rows(S, HS, _sqrt_p64(Pt))
+    G = M @ M.T
+    return torch.stack([G[:m, :m], G[:m, m:], G[m:, m:]])
+
+
+def gram_rows(S, HS, sq) -> torch.Tensor:
+    """``[P̃^{1/2}S, P̃^{-1/2}HS]ᵀ`` as a (2m, d) float64 tensor (``sq``: ``P̃^{1/2}`` in float64, (1, d) or a
+    scalar): the rows whose inner products are the Gram matrices of :func:`gram_matrices`."""
+    m = S.shape[1]
+    M = torch.empty(2 * m, S.shape[0], dtype=torch.float64, device=S.device)
+    M[:m] = S.T
+    M[m:] = HS.T
+    M[:m] *= sq
+    M[m:] /= sq
+    return M
+
+
+def _sqrt_p64(Pt):
+    sq = Pt.to(torch.float64).sqrt()
+    return sq[None, :] if sq.numel() > 1 else sq[0]
+
+
+def extend_grams(G: np.ndarray, cross: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """The Gram matrices ``(3, m+j, m+j)`` of ``[S, Z]`` from those of ``S`` (``G``, (3, m, m)), the products of
+    the rows of ``S`` with those of ``Z`` (``cross``: ``M_S M_Zᵀ``, (2m, 2j)) and of ``Z`` with themselves (``new``:
+    (2j, 2j)), with ``M`` as in :func:`gram_rows`."""
+    m, j = G.shape[1], new.shape[0] // 2
+    out = np.empty((3, m + j, m + j))
+    out[:, :m, :m] = G
+    AA, AB, BA, BB = cross[:m, :j], cross[:m, j:], cross[m:, :j], cross[m:, j:]
+    out[0, :m, m:], out[0, m:, :m], out[0, m:, m:] = AA, AA.T, new[:j, :j]
+    out[1, :m, m:], out[1, m:, :m], out[1, m:, m:] = AB, BA.T, new[:j, j:]
+    out[2, :m, m:], out[2, m:, :m], out[2, m:, m:] = BB, BB.T, new[j:, j:]
+    return out
 
 
 def ritz_from_grams(G: np.ndarray):
@@ -300,7 +334,7 @@ class SubspaceTracking:
     def _expansion_grams(self, w, Pt, base):
         """Device part of the expanded Rayleigh–Ritz: ``S = [U, Z]`` with ``U`` the basis (``HU`` taken from
         ``base``, a plain Rayleigh–Ritz at this state, when it kept them) and ``Z = P̃⁻¹HU`` P̃-orthogonalised against
-        ``U`` (twice) and normalised — the span of the Ritz residuals ``P̃⁻¹(HU − P̃UΛ)``, one Davidson step at once
+        ``U`` (one pass) and normalised — the span of the Ritz residuals ``P̃⁻¹(HU − P̃UΛ)``, one Davidson step at once
         for the watched columns (the critical ones and the next candidate at the last check; the basis is ordered by
         eigenvalue): as many HVPs, plus ``k`` for ``HU`` without a ``base`` that kept them. Returns
         ``(grams, S, HS)``; a zero direction of ``Z`` stays 0 and the host Rayleigh–Ritz drops it."""
@@ -310,8 +344,9 @@ class SubspaceTracking:
         HU = base.basis_HY if base is not None and base.basis_HY is not None else self._hvp_basis(w)
         Pc = Pt[:, None] if Pt.numel() > 1 else Pt[0]
         Z = HU[:, :self._n_watched(U.shape[1])] / Pc
-        for _ in range(2):
-            Z = Z - U @ (U.T @ (Pc * Z))
+        # one pass: the span of [U, Z] is what counts (the Rayleigh–Ritz on the host whitens S), so Z only needs the
+        # part along U removed well enough that S stays well conditioned (|cos| ~ float round-off / residual)
+        Z = Z - U @ (U.T @ (Pc * Z))
         nz = torch.sqrt((Z * (Pc * Z)).sum(0))
         Z = Z / nz.clamp_min(torch.finfo(Z.dtype).tiny)
         HZ = self.problem.hvp(w, Z)
@@ -342,8 +377,15 @@ class SubspaceTracking:
         if expanded:
             lam_p, rel_p, _ = ritz_from_grams(G[:, :k0, :k0])
             plain = (lam_p[:k], rel_p[:k])
-        return Ritz(lam[:k], rel[:k], (S @ Cd).detach(), (HS @ Cd).detach(), expanded, plain,
-                    basis_HY=None if expanded or S is not self.Y else HS)
+        out = Ritz(lam[:k], rel[:k], (S @ Cd).detach(), (HS @ Cd).detach(), expanded, plain,
+                   basis_HY=None if expanded or S is not self.Y else HS)
+        if expanded:                     # the newest expanded pairs keep their search space (memory: one at a time)
+            last = getattr(self, "_last_space", None)
+            if last is not None:
+                last.space = None
+            out.space = (S, HS, G)
+            self._last_space = out
+        return out
 
     def _ritz(self, t, y, w, nu, Pt, expand: bool = False) -> Ritz:
         """Rayleigh–Ritz of the pencil (H, P̃) at the state ``y`` (``w``, ``ν`` its parts) on the tracked basis
@@ -370,11 +412,21 @@ class SubspaceTracking:
         """Davidson steps on the first ``k`` Ritz pairs of ``rr`` whose relative residual exceeds ``tol``, at most
         ``max_iter`` (one HVP per such pair and one transfer each; the search space keeps every direction added,
         so it grows like a block Krylov space): the pairs a measurement to ``tol`` needs, a few steps away from the
-        tracking's ``refresh_tol``. Returns new Ritz pairs (possibly still above ``tol``: the caller's eigen-solve
-        takes over from them); the tracked basis and the cache are left as they are."""
+        tracking's ``refresh_tol``. The search space starts as ``rr``'s own when it kept it (the tracked basis and
+        its Davidson expansion, :attr:`Ritz.space`), else as the pairs themselves; each step computes only the
+        Gram entries of the new directions. Returns new Ritz pairs (possibly still above ``tol``: the caller's
+        eigen-solve takes over from them); the tracked basis and the cache are left as they are."""
         if k > rr.lam.size:
             return rr
-        S, HS = rr.U, rr.HU
+        if all(rr.rel[i] <= tol for i in range(k)):
+            return rr
+        sq = _sqrt_p64(Pt)
+        if rr.space is not None:
+            S, HS, G = rr.space
+        else:
+            S, HS = rr.U, rr.HU
+            G = host.to_host(gram_matrices(S, HS, Pt))
+        rows = [gram_rows(S, HS, sq)]
         Pc = Pt[:, None] if Pt.numel() > 1 else Pt[0]
         for _ in range(max_iter):
             act = [i for i in range(k) if not rr.rel[i] <= tol]
@@ -387,8 +439,23 @@ class SubspaceTracking:
             Z = Z / torch.sqrt((Z * (Pc * Z)).sum(0)).clamp_min(torch.finfo(Z.dtype).tiny)
             HZ = self.problem.hvp(w, Z)
             self.stats["refine_hvp"] += Z.shape[1]
+            Mz = gram_rows(Z, HZ, sq)
+            # the rows are kept per block, [A_b; B_b] (A = P̃^{1/2}S, B = P̃^{-1/2}HS): products with the new rows
+            cross = torch.cat([Mo @ Mz.T for Mo in rows], dim=0) if len(rows) > 1 else rows[0] @ Mz.T
+            vals = host.to_host(torch.cat([cross.reshape(-1), (Mz @ Mz.T).reshape(-1)]))
+            m, j = S.shape[1], Z.shape[1]
+            cross_h = vals[:4 * m * j].reshape(2 * m, 2 * j)
+            if len(rows) > 1:                               # blocks [A_b; B_b] -> [A_all; B_all]
+                sizes = [Mo.shape[0] // 2 for Mo in rows]
+                parts, o = [], 0
+                for n in sizes:
+                    parts.append((cross_h[o:o + n], cross_h[o + n:o + 2 * n]))
+                    o += 2 * n
+                cross_h = np.concatenate([np.concatenate([a for a, _ in parts]), np.concatenate([b for _, b in parts])])
+            G = extend_grams(G, cross_h, vals[4 * m * j:].reshape(2 * j, 2 * j))
+            rows.append(Mz)
             S, HS = torch.cat([S, Z], dim=1), torch.cat([HS, HZ], dim=1)
-            rr = self._finish(host.to_host(gram_matrices(S, HS, Pt)), S, HS, False)
+            rr = self._finish(G, S, HS, False)
         return rr
 
     def _far(self) -> bool:

@@ -317,9 +317,28 @@ class FlowRun:
                     bound = self.divergence_factor * max(self.loss0 or 0.0, 1e-300)
                     return (L - bound) if math.isfinite(L) else 1.0
                 out.append(Event(spec.name, fn, +1, True, "divergence"))
-        # model events (central: critical-set entries / exits); their fn takes the torch state
+        # model events (central: critical-set entries / exits); their fn takes the torch state. The driver evaluates
+        # every event of a step end on one state array in a row: the model's events share its conversion (the
+        # last (t, array object) converted; a new array or another t converts again, through _to_torch's memo)
+        memo = [None]
+
+        def state(t, y):
+            m = memo[0]
+            if m is not None and m[0] == t and m[1] is y and not isinstance(y, torch.Tensor):
+                return m[2]
+            yt = self._to_torch(y)
+            memo[0] = (t, y, yt, yt._version)
+            return yt
+
+        def state_checked(t, y):
+            yt = state(t, y)
+            if yt._version != memo[0][3]:            # written in place since: convert afresh
+                memo[0] = None
+                yt = state(t, y)
+            return yt
+
         for ev in self.model.flow_events():
-            out.append(Event(ev.name, (lambda t, y, f=ev.fn: f(float(t), self._to_torch(y))), ev.direction,
+            out.append(Event(ev.name, (lambda t, y, f=ev.fn: f(float(t), state_checked(float(t), y))), ev.direction,
                              ev.terminal, ev.kind))
         return out
 

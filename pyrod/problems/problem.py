@@ -284,6 +284,16 @@ class Problem:
         self._count(grads=1)
         return self._grad(w).detach()
 
+    def graph_grad(self, w: torch.Tensor):
+        """∇L(w) taken from the graph of ∇L that the HVP graph modes keep for the last point (:meth:`_hessian_graph`),
+        when that point is ``w`` (:class:`~pyrod.tensor_identity.TensorKey`); None otherwise. No work and not
+        counted: a caller that needs the gradient at a point where it has just done HVPs (the central flow's
+        right-hand side) saves one backward pass, and counts the gradient as its own."""
+        hit = self._hcache.entry
+        if hit is not None and hit[0].matches(w):
+            return hit[2].detach()
+        return None
+
     def loss_and_grad(self, w: torch.Tensor):
         """(L(w), ∇L(w)) in one backward pass."""
         self._count(grads=1)
