@@ -22,8 +22,23 @@ def _copy(tmp_path) -> Path:
     return dst
 
 
+#: ``eig_residual`` is a diagnostic (how well an eigenpair was solved), not a result: the central flow reads it from
+#: float64 Gram matrices, ``‖Hv‖² − 2θ vᵀHv + θ²``, whose resolution is √ε ≈ 1.5e-8 relative. The measurement's
+#: refinement has started since 2026-12-05 from the tracked search space (a checkpoint of 2026-12-04 does not hold it),
+#: so the reported value moves by that quantum (0 ↔ 1.49e-8) while the eigenvalues agree to 1e-9. Compared here to
+#: 10·√ε, and it must stay far below the measurement tolerance.
+_RESIDUAL_RESOLUTION = 10 * np.sqrt(np.finfo(float).eps)
+#: cumulative work counters: what a run cost, which a faster version of the code changes (the central flow of
+#: 2026-12-05 does one HVP more at its start and fewer later); checked to count up, not to equal the old file's
+_COUNTERS = ("n_grad", "n_hvp")
+#: coordinates along an eigenvector, whose sign is arbitrary (the refinement of 2026-12-05 can return −u where the
+#: code of 2026-12-04 returned u): compared in absolute value
+_SIGNED = ("deltas",)
+
+
 def _assert_same(a, b, rows=None):
-    """Every variable of every group equal (NaN where NaN), to 1e-9 relative (the same arithmetic on another BLAS)."""
+    """Every variable of every group equal (NaN where NaN), to 1e-9 relative (the same arithmetic on another BLAS);
+    ``eig_residual`` to its resolution, the work counters counting up, ``deltas`` up to sign (above)."""
     for g in GROUPS:
         da, db = a[g].to_dataset(), b[g].to_dataset()
         assert set(da.data_vars) <= set(db.data_vars), (g, set(da.data_vars) - set(db.data_vars))
@@ -31,7 +46,16 @@ def _assert_same(a, b, rows=None):
             x, y = np.asarray(da[v].values, dtype=float), np.asarray(db[v].values, dtype=float)
             if rows is not None:
                 x, y = x[:rows], y[:rows]
-            np.testing.assert_allclose(y, x, rtol=1e-9, atol=1e-12, equal_nan=True, err_msg=f"{g}/{v}")
+            if v in _COUNTERS:
+                assert np.all(np.diff(y) >= 0) and y[-1] > 0, (g, v, y)
+                continue
+            if v in _SIGNED:
+                x, y = np.abs(x), np.abs(y)
+            atol = _RESIDUAL_RESOLUTION if v == "eig_residual" else 1e-12
+            np.testing.assert_allclose(y, x, rtol=1e-9, atol=atol, equal_nan=True, err_msg=f"{g}/{v}")
+            if v == "eig_residual":
+                tol = pyrod.spec_of(FIXTURE).eig.tol
+                assert np.all(np.nan_to_num(y) < tol / 10), (g, y, tol)
 
 
 def test_old_file_opens():

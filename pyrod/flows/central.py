@@ -480,7 +480,7 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
             Var("predicted_variances", ("t", "track"), "eigenvalues of X (descending): predicted variances of "
                 "u_i^T P~ delta in the eigenbasis of Sigma, P~ = (threshold/2) P", "1"),
             Var("deltas", ("t", "track"), "empirical u_i^T P~ (w_k - w_central(k)) in the eigenbasis of Sigma "
-                "(compare deltas^2 with predicted_variances on average)", "1"),
+                "(compare deltas^2 with predicted_variances on average; the sign is that of the eigenvector u_i, arbitrary)", "1"),
             Var("n_critical", ("t",), "number of eigen-directions in the SDCP (effective sharpness >= "
                 "sdcp_threshold)", "1"),
             Var("n_tracked", ("t",), "number of tracked eigenpairs", "1"),
