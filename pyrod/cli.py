@@ -5,6 +5,9 @@ runs one simulation: every field of every :mod:`pyrod.spec` section is a typed f
 ``--help`` (``--eig.every``, ``--integrator.method``, ``--central.tau``, ``--stop.steps``, ``--output.path``,
 …). ``--spec`` starts from a spec saved as JSON (``pyrod.spec_of(path).to_json()``); flags override it.
 ``python -m pyrod resume PATH [--steps N]`` continues a run from its checkpoint.
+``--plugin MODULE ...`` (both commands) imports modules that register run kinds (or backends, optimizers) before
+the arguments are parsed, so that ``--runs`` offers their kinds and ``--run-options`` takes their options; installed
+plug-ins (entry-point group ``pyrod.plugins``) are loaded without it (:mod:`pyrod.plugins`).
 """
 from __future__ import annotations
 
@@ -22,7 +25,8 @@ from typing import Annotated
 import tyro
 
 from .cli_errors import CommandLineError, fail, tyro_cli, user_errors
-from .run_kinds import run_names
+from .plugins import load_plugins
+from .run_kinds import BUILTIN_RUNS, run_kind, run_kinds, run_names
 from .spec import (
     CentralSpec,
     EigSpec,
@@ -35,7 +39,7 @@ from .spec import (
     StopSpec,
 )
 
-__all__ = ["RunCommand", "run_main", "resume_main"]
+__all__ = ["RunCommand", "run_command", "run_main", "resume_main"]
 
 _DEFAULT_PROBLEM = '{"model": "mlp", "data": "digits", "classes": 4, "n": 300}'
 _DEFAULT_OPTIMIZER = '{"name": "GD", "lr": 0.5}'
@@ -123,8 +127,9 @@ EigArgs, IntegratorArgs, StableArgs, RodArgs, CentralArgs, StopArgs, OutputArgs,
     section_args(c) for c in (EigSpec, IntegratorSpec, StableSpec, RodSpec, CentralSpec, StopSpec, OutputSpec,
                               MiniBatchSpec))
 _SECTIONS = tuple(RunSpec._sections)
-#: ``--runs`` choices: the registered run kinds (:mod:`pyrod.run_kinds`)
+#: ``--runs`` choices: the registered run kinds (:mod:`pyrod.run_kinds`); with plug-ins, see :func:`run_command`
 RunName = typing.Literal[run_names()]
+_RUNS_HELP = "runs side by side (registered run kinds: pyrod.run_kinds)"
 
 
 @dataclass
@@ -137,6 +142,10 @@ class RunCommand:
     """optimizer config as JSON: {"name": "Adam", "lr": 1e-3, ...}"""
     runs: tuple[RunName, ...] = ("discrete",)
     """runs side by side (registered run kinds: pyrod.run_kinds)"""
+    run_options: str = "{}"
+    """options of run kinds registered from outside pyrod, as JSON: '{"myflow": {"scale": 2}}'"""
+    plugin: tuple[str, ...] = ()
+    """modules to import first ('module' or 'module:attribute'): plug-ins that register run kinds, backends or optimizers; installed ones (entry points pyrod.plugins) load without it"""
     restart_at: int | None = None
     """flows start from the discrete state at this step"""
     events: tuple[str, ...] = ()
@@ -158,10 +167,11 @@ class RunCommand:
         try:
             problem = json.loads(self.problem)
             optimizer = json.loads(self.optimizer)
+            run_options = json.loads(self.run_options)
         except json.JSONDecodeError as e:
-            raise CommandLineError(f"--problem/--optimizer must be JSON: {e}") from None
+            raise CommandLineError(f"--problem/--optimizer/--run-options must be JSON: {e}") from None
         return RunSpec(problem=problem, optimizer=optimizer, runs=self.runs, restart_at=self.restart_at,
-                       events=self.events, threads=self.threads,
+                       events=self.events, threads=self.threads, run_options=run_options,
                        **{name: to_section(getattr(self, name)) for name in _SECTIONS})
 
     @classmethod
@@ -171,7 +181,35 @@ class RunCommand:
             ev.append(e.name + ("!" if e.terminal and e.kind != "divergence" else ""))
         sections = {name: from_section(type(getattr(cls(), name)), getattr(spec, name)) for name in _SECTIONS}
         return cls(problem=json.dumps(spec.problem), optimizer=json.dumps(spec.optimizer), runs=tuple(spec.runs),
-                   restart_at=spec.restart_at, events=tuple(ev), threads=spec.threads, **sections)
+                   restart_at=spec.restart_at, events=tuple(ev), threads=spec.threads,
+                   run_options=json.dumps(spec.run_options), **sections)
+
+
+def run_command() -> type:
+    """:class:`RunCommand`, or, when plug-ins have registered run kinds, its subclass whose ``--runs`` offers them
+    too (the choices are a ``Literal`` fixed when a class is made)."""
+    if all(kind in BUILTIN_RUNS for kind in run_kinds()):
+        return RunCommand
+    names = typing.Literal[run_names()]
+    runs = (Annotated[tuple[names, ...], tyro.conf.arg(help=_RUNS_HELP)], field(default=("discrete",)))
+    cls = dataclasses.make_dataclass("RunCommand", [("runs", *runs)], bases=(RunCommand,))
+    cls.__doc__ = RunCommand.__doc__
+    return cls
+
+
+def flag_values(argv, flag: str = "--plugin") -> list:
+    """The values given to ``flag`` in ``argv`` (``--plugin a b``, ``--plugin=a``): read before parsing, which
+    needs the plug-ins' run kinds; tyro then parses the flag again."""
+    out, argv = [], list(argv)
+    for i, a in enumerate(argv):
+        if a.startswith(flag + "="):
+            out.append(a.split("=", 1)[1])
+        elif a == flag:
+            for b in argv[i + 1:]:
+                if b.startswith("-"):
+                    break
+                out.append(b)
+    return out
 
 
 def _spec_file(argv):
@@ -197,9 +235,13 @@ def _spec_file(argv):
 
 def parse_run(argv) -> tuple[RunSpec, bool]:
     """Parse ``python -m pyrod run`` arguments into ``(spec, progress)``."""
+    load_plugins(flag_values(argv))      # their run kinds are --runs choices, and a --spec file may name them
+    for name in flag_values(argv, "--runs"):
+        run_kind(name)      # an unknown run: the closest name, and how to load a plug-in that has it
     base, argv = _spec_file(argv)
-    default = RunCommand.from_spec(base) if base is not None else RunCommand()
-    cmd = tyro_cli(RunCommand, args=argv, default=default, prog="python -m pyrod run",
+    command = run_command()
+    default = command.from_spec(base) if base is not None else command()
+    cmd = tyro_cli(command, args=argv, default=default, prog="python -m pyrod run",
                    description=RunCommand.__doc__ + " Start from a saved spec with --spec FILE.json; flags override it.")
     return cmd.to_spec(), cmd.progress
 
@@ -237,6 +279,8 @@ class ResumeCommand:
     """the new total number of steps (default: the run's own)"""
     threads: int | None = None
     """CPU threads (default: the count the run was started with, which a bit-identical resume needs)"""
+    plugin: tuple[str, ...] = ()
+    """modules to import first: plug-ins that register the run kinds of the file (its error names them)"""
     progress: bool = True
     """show a progress bar"""
 
@@ -249,6 +293,7 @@ def resume_main(argv=None) -> int:
         cmd = tyro_cli(ResumeCommand, args=argv, prog="python -m pyrod resume")
         if not os.path.exists(cmd.path):     # answered before torch is loaded
             return fail(f"cannot resume {cmd.path}: no such file")
+        load_plugins(cmd.plugin)
         tree = pyrod.resume(cmd.path, steps=cmd.steps, progress=cmd.progress, threads=cmd.threads)
     except KeyboardInterrupt as e:
         return _interrupted(e)

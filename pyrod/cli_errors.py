@@ -39,7 +39,7 @@ def user_errors() -> tuple:
     fit in memory): reported as one line. Imports the modules that define them (call after the run's imports)."""
     errors = [CommandLineError, ValueError, TypeError, OSError]
     for module, name in (("pyrod.io.lock", "FileBusyError"), ("pyrod.simulation", "RunOutOfMemory"),
-                         ("pyrod.integrate", "BackendUnavailable")):
+                         ("pyrod.integrate", "BackendUnavailable"), ("pyrod.plugins", "PluginError")):
         mod = sys.modules.get(module)
         cls = getattr(mod, name, None) if mod is not None else None
         if cls is not None:

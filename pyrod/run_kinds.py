@@ -134,6 +134,21 @@ class RunKind:
         if self.options is not None and not dataclasses.is_dataclass(self.options):
             raise ValueError(f"RunKind {self.name!r}: options={self.options!r} must be a dataclass")
 
+    @property
+    def origin(self) -> str:
+        """The module that defines the kind's model or builder (``"__main__"`` for a script): what has to be
+        imported to register it again."""
+        obj = self.model if self.flow else self.build
+        if isinstance(obj, str):
+            return obj.partition(":")[0]
+        return getattr(obj, "__module__", None) or "__main__"
+
+    def register(self) -> "RunKind":
+        """Register this kind unless it already is (what a plug-in's entry point ``module:KIND`` does)."""
+        if _REGISTRY.get(self.name) is not self:
+            register_run_kind(self)
+        return self
+
     def model_class(self):
         """The flow's model class (imported when named as ``"module:Class"``)."""
         return resolve(self.model)
@@ -240,10 +255,18 @@ def unregister_run_kind(name: str) -> None:
 def run_kind(name: str) -> RunKind:
     """The registered kind called ``name``; an unknown name fails with the closest one and the valid names."""
     kind = _REGISTRY.get(name) if isinstance(name, str) else None
+    if kind is None and isinstance(name, str):
+        from .plugins import load_installed
+
+        if load_installed():        # installed plug-ins (entry points), loaded once, may provide it
+            kind = _REGISTRY.get(name)
     if kind is None:
+        from .plugins import failure_hint
+
         names = run_names()
         raise ValueError(f"run {name!r} is unknown{suggest(name, names)}; valid names: {list(names)} (a run kind "
-                         f"from outside pyrod must be registered first: pyrod.register_run_kind)")
+                         f"from outside pyrod must be registered first, with pyrod.register_run_kind: import the module "
+                         f"that registers it, or --plugin MODULE on the command line){failure_hint()}")
     return kind
 
 

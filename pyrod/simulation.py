@@ -27,7 +27,7 @@ from . import threads as _threads
 from .io.reader import open_tree
 from .io.writer import RunWriter
 from .problems import Problem
-from .run_kinds import run_kind
+from .run_kinds import BUILTIN_RUNS, run_kind
 from .run_stops import (  # noqa: F401  (pyrod.simulation.RunInterrupted etc., as before)
     NOT_REPRODUCIBLE,
     InterruptFlag,
@@ -119,6 +119,7 @@ def resume(path, steps: int | None = None, *, progress: bool | None = None, prob
     """
     path = os.fspath(path)
     payload = _checkpoint_of(path)
+    _require_run_kinds(path, payload["spec"].get("runs") or ())
     spec = RunSpec.from_dict(payload["spec"])
     done = int(payload["k"])
     if steps is not None:
@@ -170,6 +171,38 @@ def _checkpoint_of(path: str) -> dict:
         raise _ckpt.CheckpointError(f"cannot resume {path}: its checkpoint {ckpt} belongs to another run (problem, "
                                     f"optimizer or runs differ from the file's); delete it and start the run again")
     return payload
+
+
+def _require_run_kinds(path: str, runs) -> None:
+    """Every run of the file ``path`` is a registered kind, or an error that names the module which defined the
+    missing one when the file was written (root attribute ``run_kind_modules``). Nothing is imported because the
+    file names it: the user loads the plug-in (``import``, ``--plugin``)."""
+    from .plugins import load_installed
+    from .run_kinds import run_names
+
+    missing = [r for r in runs if r not in run_names()]
+    if missing and load_installed():
+        missing = [r for r in runs if r not in run_names()]
+    if not missing:
+        return
+    from .io.reader import json_attr
+
+    try:
+        modules = json_attr(open_tree(path), "run_kind_modules")
+    except (KeyError, OSError, ValueError):
+        modules = {}
+    where = []
+    for name in missing:
+        module = modules.get(name) if isinstance(modules, dict) else None
+        if module and module != "__main__":
+            where.append(f"{name!r} (defined in module {module!r} when the file was written: `import {module}` "
+                         f"first, or `python -m pyrod resume {path} --plugin {module}`)")
+        elif module == "__main__":
+            where.append(f"{name!r} (registered by the script that wrote the file: register it again, then call "
+                         f"pyrod.resume)")
+        else:
+            where.append(f"{name!r}")
+    raise ValueError(f"cannot resume {path}: run kind {', '.join(where)} is not registered in this process")
 
 
 def _experiment(spec_dict: dict) -> tuple:
@@ -331,9 +364,13 @@ def _build_runs(spec, problem, optimizer):
 
 
 def _root_attrs(spec, problem, optimizer) -> dict:
-    return {"problem": problem.name, "optimizer": optimizer.name, "lr": optimizer.lr, "dim": problem.dim,
-            "dtype": str(problem.dtype).replace("torch.", ""), "device": str(problem.device),
-            "threshold": float(optimizer.threshold())}
+    attrs = {"problem": problem.name, "optimizer": optimizer.name, "lr": optimizer.lr, "dim": problem.dim,
+             "dtype": str(problem.dtype).replace("torch.", ""), "device": str(problem.device),
+             "threshold": float(optimizer.threshold())}
+    registered = {k.name: k.origin for k in map(run_kind, spec.runs) if k not in BUILTIN_RUNS}
+    if registered:      # which module defined each run kind from outside pyrod: resume names it when it is missing
+        attrs["run_kind_modules"] = registered
+    return attrs
 
 
 def _add_groups(writer, spec, runs, problem):

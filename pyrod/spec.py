@@ -596,7 +596,17 @@ def name_errors(d: dict) -> list[str]:
     """Every unknown name in a spec given as a dict (sections may be dicts or sections), at every depth: top-level
     keys, section options, the problem config (keys, model, data set, toy, model and data options), the optimizer
     config (name, options), the integrator's backend, method and backend options, and the events. Each message
-    names the key, where it was given and the closest valid name. Values are checked by the sections."""
+    names the key, where it was given and the closest valid name. Values are checked by the sections. Installed
+    plug-ins (:mod:`pyrod.plugins`) are loaded, once, before a name is called unknown."""
+    from .plugins import load_installed
+
+    out = _name_errors(d)
+    if out and load_installed():
+        out = _name_errors(d)
+    return out
+
+
+def _name_errors(d: dict) -> list[str]:
     out = []
     top = [f.name for f in fields(RunSpec)]
     msg = unknown(d, top, "RunSpec")
