@@ -164,12 +164,8 @@ class RunCommand:
     """show a progress bar"""
 
     def to_spec(self) -> RunSpec:
-        try:
-            problem = json.loads(self.problem)
-            optimizer = json.loads(self.optimizer)
-            run_options = json.loads(self.run_options)
-        except json.JSONDecodeError as e:
-            raise CommandLineError(f"--problem/--optimizer/--run-options must be JSON: {e}") from None
+        problem, optimizer, run_options = (_json_flag(flag, getattr(self, flag.replace("-", "_")))
+                                           for flag in ("problem", "optimizer", "run-options"))
         return RunSpec(problem=problem, optimizer=optimizer, runs=self.runs, restart_at=self.restart_at,
                        events=self.events, threads=self.threads, run_options=run_options,
                        **{name: to_section(getattr(self, name)) for name in _SECTIONS})
@@ -183,6 +179,14 @@ class RunCommand:
         return cls(problem=json.dumps(spec.problem), optimizer=json.dumps(spec.optimizer), runs=tuple(spec.runs),
                    restart_at=spec.restart_at, events=tuple(ev), threads=spec.threads,
                    run_options=json.dumps(spec.run_options), **sections)
+
+
+def _json_flag(flag: str, text: str):
+    """The JSON value of ``--flag``, or an error that names the flag and its text."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CommandLineError(f"--{flag} {text!r} must be JSON ({e})") from None
 
 
 def run_command() -> type:

@@ -41,7 +41,7 @@ def _one_error_line(capsys, rc, *parts):
     (["run", "--eig.k", "x"], ["--eig.k", "invalid literal", "python -m pyrod run --help"]),
     (["run", "--eig.evry", "3"], ["--eig.evry", "did you mean --eig.every?"]),
     (["run", "--output.chunk", "0"], ["output.chunk=0 must be an int >= 1"]),
-    (["run", "--problem", "{toy"], ["--problem/--optimizer must be JSON"]),
+    (["run", "--problem", "{toy"], ["--problem '{toy' must be JSON"]),
     (["run", "--optimizer", '{"name": "GD", "lrr": 0.1}'], ["unknown option 'lrr' in optimizer GD",
                                                             "did you mean 'lr'"]),
     (["run", "--spec", "/nonexistent/spec.json"], ["--spec /nonexistent/spec.json"]),
