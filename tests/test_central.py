@@ -530,3 +530,26 @@ def test_central_options_declared_once():
                 make(bad)
             msgs.append(str(e.value))
         assert msgs[0] == msgs[1] and f"central.{next(iter(bad))}=" in msgs[0]
+
+
+@pytest.mark.parametrize("scalar_p", [False, True])
+def test_gram_matrices_blocked_and_plain_equal_the_dense_products(monkeypatch, scalar_p):
+    """The Rayleigh–Ritz Gram matrices SᵀP̃S, SᵀHS, (HS)ᵀP̃⁻¹HS: the plain float64 product and the CPU's blocked sum
+    (taken above a size threshold, lowered here so that a small problem uses it) both equal the dense float64
+    products to 1e-13 relative, a vector P̃ and a scalar one."""
+    from pyrod.flows import central_tracking as ct
+
+    gen = torch.Generator().manual_seed(3)
+    d, m = 5000, 4
+    S, HS = torch.randn(d, m, generator=gen), torch.randn(d, m, generator=gen)
+    Pt = torch.tensor([0.7]) if scalar_p else torch.rand(d, generator=gen) + 0.5
+    S64, HS64 = S.double(), HS.double()
+    P64 = Pt.double() if scalar_p else Pt.double()[:, None]
+    dense = torch.stack([S64.T @ (P64 * S64), S64.T @ HS64, HS64.T @ (HS64 / P64)])
+    plain = ct.gram_matrices(S, HS, Pt)
+    monkeypatch.setattr(ct, "_GRAM_BLOCKED_BYTES", 0)
+    monkeypatch.setattr(ct, "_GRAM_BLOCK", 777)          # blocks that do not divide d
+    blocked = ct.gram_matrices(S, HS, Pt)
+    for got in (plain, blocked):
+        assert got.dtype == torch.float64 and got.shape == (3, m, m)
+        assert float((got - dense).abs().max() / dense.abs().max()) < 1e-13

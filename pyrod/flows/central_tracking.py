@@ -96,10 +96,34 @@ def gram_matrices(S, HS, Pt) -> torch.Tensor:
     ``SᵀP̃S``, ``SᵀHS`` and ``(HS)ᵀP̃⁻¹HS`` (``S``, ``HS``: (d, m); ``Pt``: P̃ as (d,) or (1,)). One product: with
     ``M = [P̃^{1/2}S, P̃^{-1/2}HS]ᵀ`` (:func:`gram_rows`: 2m × d, float64, rows contiguous) ``MMᵀ`` holds the three
     blocks."""
-    m = S.shape[1]
-    M = gram_rows(S, HS, _sqrt_p64(Pt))
-    G = M @ M.T
+    m, d = S.shape[1], S.shape[0]
+    sq = _sqrt_p64(Pt)
+    if S.device.type == "cpu" and 2 * m * d * 8 > _GRAM_BLOCKED_BYTES:
+        G = _blocked_gram(S, HS, sq)
+    else:
+        M = gram_rows(S, HS, sq)
+        G = M @ M.T
     return torch.stack([G[:m, :m], G[:m, m:], G[m:, m:]])
+
+
+#: on the CPU, above this size of the float64 rows (2m·d·8 bytes, more than a last-level cache holds) the Gram
+#: product is summed over blocks of rows (:func:`_blocked_gram`): the same numbers to ~1e-15 relative, without
+#: writing and re-reading the whole float64 copy (width 512, d = 1.84M, m = 8: 0.23 -> 0.08 s; width 32, m = 3: the
+#: plain product stays, it is faster there)
+_GRAM_BLOCKED_BYTES = 24_000_000
+_GRAM_BLOCK = 16384
+
+
+def _blocked_gram(S, HS, sq) -> torch.Tensor:
+    """``MMᵀ`` of :func:`gram_rows` (``(2m, 2m)`` float64) summed over blocks of ``_GRAM_BLOCK`` parameters: each
+    block's float64 rows stay in cache."""
+    m = S.shape[1]
+    G = torch.zeros(2 * m, 2 * m, dtype=torch.float64, device=S.device)
+    for i in range(0, S.shape[0], _GRAM_BLOCK):
+        s = sq[0, i:i + _GRAM_BLOCK, None] if sq.dim() else sq
+        Mb = torch.cat([S[i:i + _GRAM_BLOCK].to(torch.float64) * s, HS[i:i + _GRAM_BLOCK].to(torch.float64) / s], 1)
+        G.addmm_(Mb.T, Mb)
+    return G
 
 
 def gram_rows(S, HS, sq) -> torch.Tensor:
