@@ -129,7 +129,6 @@ EigArgs, IntegratorArgs, StableArgs, RodArgs, CentralArgs, StopArgs, OutputArgs,
 _SECTIONS = tuple(RunSpec._sections)
 #: ``--runs`` choices: the registered run kinds (:mod:`pyrod.run_kinds`); with plug-ins, see :func:`run_command`
 RunName = typing.Literal[run_names()]
-_RUNS_HELP = "runs side by side (registered run kinds: pyrod.run_kinds)"
 
 
 @dataclass
@@ -195,7 +194,8 @@ def run_command() -> type:
     if all(kind in BUILTIN_RUNS for kind in run_kinds()):
         return RunCommand
     names = typing.Literal[run_names()]
-    runs = (Annotated[tuple[names, ...], tyro.conf.arg(help=_RUNS_HELP)], field(default=("discrete",)))
+    runs = (Annotated[tuple[names, ...], tyro.conf.arg(help=field_docs(RunCommand)["runs"])],
+            field(default=("discrete",)))
     cls = dataclasses.make_dataclass("RunCommand", [("runs", *runs)], bases=(RunCommand,))
     cls.__doc__ = RunCommand.__doc__
     return cls

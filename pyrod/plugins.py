@@ -27,7 +27,7 @@ import importlib
 import types
 import warnings
 
-__all__ = ["GROUP", "PluginError", "load_plugins", "load_installed", "installed_failures", "failure_hint"]
+__all__ = ["GROUP", "PluginError", "resolve", "load_plugins", "load_installed", "installed_failures", "failure_hint"]
 
 #: the entry-point group of installed plug-ins
 GROUP = "pyrod.plugins"
@@ -52,6 +52,21 @@ def _apply(obj) -> None:
         obj()
 
 
+def resolve(obj):
+    """``"module:attribute"`` (or ``"module"``) -> the attribute (or module), imported; anything else as it is."""
+    if not isinstance(obj, str):
+        return obj
+    module, _, attr = obj.partition(":")
+    value = importlib.import_module(module)
+    for part in filter(None, attr.split(".")):
+        value = getattr(value, part)
+    return value
+
+
+def _dotted(text: str) -> bool:
+    return all(part.isidentifier() for part in text.split("."))
+
+
 def load_plugins(names=(), *, installed: bool = True) -> None:
     """Import the plug-ins ``names`` (``"module"`` or ``"module:attribute"``; a second load of the same module is a
     no-op, as for any import), then, with ``installed``, the installed ones (entry-point group ``pyrod.plugins``,
@@ -59,14 +74,11 @@ def load_plugins(names=(), *, installed: bool = True) -> None:
     if isinstance(names, str):
         names = [names]
     for name in names:
-        module, _, attr = name.partition(":") if isinstance(name, str) else ("", "", "")
-        if not all(part.isidentifier() for part in module.split(".")) or \
-                not all(part.isidentifier() for part in attr.split(".") if attr or ":" in name):
+        module, colon, attr = name.partition(":") if isinstance(name, str) else ("", "", "")
+        if not _dotted(module) or (colon and not _dotted(attr)):
             raise PluginError(f"plugin {name!r} must be a module name, 'module' or 'module:attribute'")
         try:
-            obj = importlib.import_module(module)
-            for part in filter(None, attr.split(".")):
-                obj = getattr(obj, part)
+            obj = resolve(name)
         except ImportError as e:
             raise PluginError(f"plugin {name!r}: cannot import {module!r} ({e}); is it on the Python path "
                               f"(PYTHONPATH, or installed)?") from e

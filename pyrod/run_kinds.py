@@ -34,14 +34,14 @@ the built-in kinds are named as ``"module:attribute"`` strings and imported when
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from .keys import suggest
+from .plugins import failure_hint, load_installed, resolve
 
-__all__ = ["Run", "FollowingRun", "RunKind", "register_run_kind", "unregister_run_kind", "run_kind", "run_kinds",
+__all__ = ["Run", "FollowingRun", "RunKind", "register_run_kind", "unregister_run_kind", "run_kind", "is_registered", "run_kinds",
            "run_names", "flow_names", "flow_models", "resolve", "BUILTIN_RUNS"]
 
 
@@ -170,17 +170,6 @@ class RunKind:
         return make_options(self, spec.run_options.get(self.name) or {})
 
 
-def resolve(obj):
-    """``"module:attribute"`` -> the attribute (imported); anything else as it is."""
-    if isinstance(obj, str):
-        module, _, attr = obj.partition(":")
-        value = importlib.import_module(module)
-        for part in attr.split("."):
-            value = getattr(value, part)
-        return value
-    return obj
-
-
 def make_options(kind: RunKind, values: dict):
     """``kind.options(**values)``, refusing unknown names (with the closest valid one) and naming the run in a
     bad value's error."""
@@ -252,17 +241,25 @@ def unregister_run_kind(name: str) -> None:
     del _REGISTRY[name]
 
 
+def _lookup(name) -> RunKind | None:
+    """The registered kind called ``name``, after loading the installed plug-ins (once) if it is not; or None."""
+    if not isinstance(name, str):
+        return None
+    kind = _REGISTRY.get(name)
+    if kind is None and load_installed():       # installed plug-ins (entry points), loaded once, may provide it
+        kind = _REGISTRY.get(name)
+    return kind
+
+
+def is_registered(name: str) -> bool:
+    """Whether a kind called ``name`` is registered (installed plug-ins included)."""
+    return _lookup(name) is not None
+
+
 def run_kind(name: str) -> RunKind:
     """The registered kind called ``name``; an unknown name fails with the closest one and the valid names."""
-    kind = _REGISTRY.get(name) if isinstance(name, str) else None
-    if kind is None and isinstance(name, str):
-        from .plugins import load_installed
-
-        if load_installed():        # installed plug-ins (entry points), loaded once, may provide it
-            kind = _REGISTRY.get(name)
+    kind = _lookup(name)
     if kind is None:
-        from .plugins import failure_hint
-
         names = run_names()
         raise ValueError(f"run {name!r} is unknown{suggest(name, names)}; valid names: {list(names)} (a run kind "
                          f"from outside pyrod must be registered first, with pyrod.register_run_kind: import the module "

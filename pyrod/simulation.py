@@ -177,18 +177,15 @@ def _require_run_kinds(path: str, runs) -> None:
     """Every run of the file ``path`` is a registered kind, or an error that names the module which defined the
     missing one when the file was written (root attribute ``run_kind_modules``). Nothing is imported because the
     file names it: the user loads the plug-in (``import``, ``--plugin``)."""
-    from .plugins import load_installed
-    from .run_kinds import run_names
+    from .run_kinds import is_registered
 
-    missing = [r for r in runs if r not in run_names()]
-    if missing and load_installed():
-        missing = [r for r in runs if r not in run_names()]
+    missing = [r for r in runs if not is_registered(r)]
     if not missing:
         return
-    from .io.reader import json_attr
+    from .io.reader import json_attr, root_attrs
 
     try:
-        modules = json_attr(open_tree(path), "run_kind_modules")
+        modules = json_attr(root_attrs(path), "run_kind_modules")
     except (KeyError, OSError, ValueError):
         modules = {}
     where = []

@@ -120,9 +120,9 @@ def _blocked_gram(S, HS, sq) -> torch.Tensor:
     m = S.shape[1]
     G = torch.zeros(2 * m, 2 * m, dtype=torch.float64, device=S.device)
     for i in range(0, S.shape[0], _GRAM_BLOCK):
-        s = sq[0, i:i + _GRAM_BLOCK, None] if sq.dim() else sq
-        Mb = torch.cat([S[i:i + _GRAM_BLOCK].to(torch.float64) * s, HS[i:i + _GRAM_BLOCK].to(torch.float64) / s], 1)
-        G.addmm_(Mb.T, Mb)
+        block = slice(i, i + _GRAM_BLOCK)
+        M = gram_rows(S[block], HS[block], sq[:, block] if sq.dim() else sq)
+        G.addmm_(M, M.T)
     return G
 
 

@@ -257,24 +257,32 @@ def stored_config(path_or_tree) -> dict:
             raise ValueError(f"{type(path_or_tree).__name__} has no root attribute 'pyrod_config' (not written "
                              f"by pyrod?; attributes: {sorted(attrs)})")
         return json.loads(attrs["pyrod_config"])
-    shown = os.fspath(path_or_tree)
+    return json_attr(root_attrs(path_or_tree), "pyrod_config")
+
+
+def root_attrs(path) -> dict:
+    """The root attributes of the pyrod file ``path`` as stored (decode one with :func:`json_attr`), read without
+    loading any data (as :func:`open_tree` reads, also while a writer has the file open). ``ValueError`` for a file
+    not written by pyrod."""
+    shown = os.fspath(path)
 
     def read(src):
         with _open_nc(src, shown) as nc:
             _check_pyrod(nc, shown)
-            return nc.getncattr("pyrod_config")
+            return {k: nc.getncattr(k) for k in nc.ncattrs()}
 
-    return json.loads(_read_consistent(shown, read))
+    return _read_consistent(shown, read)
 
 
 def json_attr(ds_or_node, name: str):
-    """Attribute ``name`` of a Dataset / DataTree node / DataArray, decoded.
+    """Attribute ``name`` of a Dataset / DataTree node / DataArray (or of a dict of attributes, as
+    :func:`root_attrs` gives), decoded.
 
     Attributes that the writer JSON-encoded (listed in the node's ``pyrod_json_attrs``) are
     ``json.loads``-ed (dict, list, None, ...); other values are returned as Python scalars or lists
     (NumPy scalars/arrays converted). A bool written by the writer reads back as 0/1.
     """
-    attrs = ds_or_node.attrs
+    attrs = ds_or_node if isinstance(ds_or_node, dict) else ds_or_node.attrs
     if name not in attrs:
         raise KeyError(f"no attribute {name!r} (attributes: {sorted(attrs)})")
     value = attrs[name]
