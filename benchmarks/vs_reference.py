@@ -28,7 +28,10 @@ start their flows ``--lead`` (3) steps before it (the reference's
 ``warm_start``; pyrod's ``restart_at``), and run ``--steps`` steps from there; the steady timing window is the steps
 from ``--steady`` after the restart on. The table says, per row, whether the central flow's critical set is non-empty
 on every step of the steady window (``in EoS``). ``--lr 0.037`` (a number) fixes η for GD instead (RMSProp keeps 5e-5
-and its 5-step warm-up): the setting this benchmark used before (width 32 reaches the EoS at step 26 there).
+and its 5-step warm-up): the setting this benchmark used before (width 32 reaches the EoS at step 26 there);
+``--restart K`` with it restarts both flows at step ``K`` instead, so a row whose η and restart an earlier
+``--lr auto`` run printed is repeated without its probe (width 512: ``--lr 0.091 --restart 6``, which saves the
+probe's ~10 minutes on one CPU thread).
 RMSProp flows use the reference's ν rate ``(1−β2)/β2`` and step counter ``counter_rate="1/beta2"``.
 Both integrate the central flow with Euler, 4 substeps per step; eigenvalues every step (the reference's LOBPCG
 ``frequency=1``, 2 initial eigenvalues; pyrod ``eig_every=1``, ``eigs=2``).
@@ -318,6 +321,8 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=40, help="steps timed after the restart")
     ap.add_argument("--steady", type=int, default=10, help="the steady window starts this many steps after the "
                                                            "restart")
+    ap.add_argument("--restart", type=int, default=None,
+                    help="with a numeric --lr: restart both flows at this step (default 0; RMSProp: its warm-up)")
     ap.add_argument("--lead", type=int, default=3, help="--lr auto: restart this many steps before the onset")
     ap.add_argument("--rms-lrs", default="5e-5,1e-4,2e-4",
                     help="--lr auto: RMSProp's η, the first of these whose run reaches the EoS within --probe-steps")
@@ -333,6 +338,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.steady >= args.steps:
         raise ValueError(f"--steady={args.steady} must be below --steps={args.steps}")
+    if args.restart is not None and (args.lr == "auto" or args.restart < 0):
+        ap.error(f"--restart {args.restart}: needs a numeric --lr (auto finds the restart itself) and a step >= 0")
     if not args.skip_reference and not args.reference:
         ap.error("--reference PATH is required (or --skip-reference)")
     device = args.device
@@ -367,6 +374,8 @@ def main(argv=None):
             else:
                 lr = float(args.lr) if opt_name == "gd" else RMS_LR
                 onset, restart = None, (RMS_WARM if opt_name == "rmsprop" else 0)
+                if args.restart is not None:
+                    restart = args.restart
             steady = restart + args.steady
             row = dict(width=width, dim=dim, opt=opt_name, lr=lr, onset=onset, restart=restart)
             if ref is not None:

@@ -31,7 +31,7 @@ residuals are checked and the basis improved by a Davidson expansion, or re-solv
 ``on_accept`` (the backend lands on save times) with the basis current there. Tracked: every eigenvalue with
 effective sharpness ``λ/threshold ≥ track_threshold`` (0.75, the reference's 1.5) plus one below it; critical: ``≥ sdcp_threshold`` (0.975, the reference's 1.95). Events of kind
 ``critical_set`` record each entry / exit of an eigenvalue (``critical_enter_j`` / ``critical_leave_j``: the j-th
-largest crossed ``sdcp_threshold`` up / down).
+largest crossed ``sdcp_threshold`` up / down), located to ``CRITICAL_EVENT_XTOL`` steps.
 
 Momentum methods (EMA heavy ball, Adam, …): the same averaged increment in the phase space ``z = (w, m)`` with
 the threshold ``opt.threshold()`` (``(2+2β1)/((1−β1)η)`` for EMA heavy ball / Adam); see
@@ -67,6 +67,12 @@ __all__ = ["CentralFlow", "CentralFlowExperimentalWarning", "CENTRAL_OPTIONS", "
 #: those of :class:`pyrod.central_options.CentralOptions` (names, defaults and checks declared there, once), the
 #: integrator's ``substeps`` and ``bea`` (refused)
 CENTRAL_OPTIONS = (*CentralOptions.names(), "substeps", "bea")
+
+#: how finely a ``critical_set`` event's time is located, in steps. Each evaluation of its function is a Rayleigh–Ritz
+#: with a Davidson expansion (2k HVPs) at an interpolated state, and the Ritz values it compares are good to about
+#: ``refresh_tol²`` relative, a time resolution of ~1e-6 steps for eigenvalues that move by ~1 % per step: a finer
+#: location (the driver's default 1e-12·t) took ~23 evaluations per crossing and changes nothing but the record.
+CRITICAL_EVENT_XTOL = 1e-6
 
 
 def check_options(options, spec) -> None:
@@ -346,8 +352,8 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
         out = []
         for j in range(self.max_track):
             fn = (lambda t, y, j=j: self._event_value(t, y, j))
-            out.append(Event(f"critical_enter_{j + 1}", fn, +1, False, "critical_set"))
-            out.append(Event(f"critical_leave_{j + 1}", fn, -1, False, "critical_set"))
+            out.append(Event(f"critical_enter_{j + 1}", fn, +1, False, "critical_set", CRITICAL_EVENT_XTOL))
+            out.append(Event(f"critical_leave_{j + 1}", fn, -1, False, "critical_set", CRITICAL_EVENT_XTOL))
         return out
 
     # ------------------------------------------------------------------ pieces
@@ -402,6 +408,8 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
             hit = self._cache.get("rr", float(t), y)       # the other events at this state: no P̃, no unpacking
             if hit is not None:
                 lam = hit.lam
+            elif self.lam_at(float(t)) is not None:
+                lam = self.lam_last          # a segment's first state: the last accepted check's values there
             else:
                 # the accepted step's check will expand the basis here when due (track): do it now, once (the
                 # event values then come from the pairs the step end keeps, as in a tensor backend's probe)
@@ -500,7 +508,7 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
             return got[0]
         # the integrator did not stop exactly at k: fresh eigen-solve at y_k
         self.stats["readout_fresh"] += 1
-        saved = (self.Y, self.k_track, self.lam_last, self._cache, self._X_prev)
+        saved = (self.Y, self.k_track, self.lam_last, self.lam_t, self._cache, self._X_prev)
         try:
             self._cache = self._new_cache()
             with torch.no_grad():
@@ -508,7 +516,7 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
                 self._refresh(float(k), p["w"], p.get("nu"))
                 return self._predictions(float(k), y_k, discrete[0])
         finally:
-            self.Y, self.k_track, self.lam_last, self._cache, self._X_prev = saved
+            self.Y, self.k_track, self.lam_last, self.lam_t, self._cache, self._X_prev = saved
 
     def _predictions(self, t, y, wk) -> dict:
         """Predictions at ``(t, y)`` (an integer time) and the empirical ``deltas`` against the discrete ``w_k``;

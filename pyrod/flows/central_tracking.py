@@ -21,7 +21,9 @@ content on a GPU; on the CPU, where reading values costs no synchronisation, a c
 hits (the NumPy backends hand the flow a new tensor per callback). The cache is pure and cleared at every chunk.
 
 State between chunks (``tracking_state``): ``Y``, ``k_track``, ``lam_last`` (λ̃ at the last accepted step, host
-float64), ``eig_floor``. The mixin needs from its host: ``problem``, ``d``, ``P_tilde(ν, t)``, ``s_sdcp``,
+float64) and ``lam_t`` (the time it belongs to), ``eig_floor``. The event values at a chunk's first state, the
+last accepted state of the chunk before, are read from ``lam_last`` (:meth:`lam_at`): no Rayleigh–Ritz is redone
+there, and a resumed run reads the same saved values. The mixin needs from its host: ``problem``, ``d``, ``P_tilde(ν, t)``, ``s_sdcp``,
 ``s_track``, ``max_track``, ``track_threshold``, ``eig_tol``, ``eig_max_iter``, ``refresh_tol``, ``stats``,
 ``layout`` and ``_warned``.
 """
@@ -91,14 +93,43 @@ def _sym(G):
     return 0.5 * (G + G.T)
 
 
+def _blocks(S) -> tuple:
+    """A search space given as one ``(d, m)`` tensor or as a tuple of ``(d, m_i)`` column blocks (the tracked basis
+    and its expansion are kept apart: joining them would copy ``d × m`` values for nothing) -> the blocks."""
+    return S if isinstance(S, tuple) else (S,)
+
+
+def n_cols(S) -> int:
+    """The number of columns of ``S`` (a tensor or a tuple of column blocks, :func:`_blocks`)."""
+    return sum(b.shape[1] for b in _blocks(S))
+
+
+def combine(S, C: torch.Tensor) -> torch.Tensor:
+    """``S C`` for ``S`` a tensor or a tuple of column blocks (``[U, Z] C = U C_U + Z C_Z``), ``C``: (m, r)."""
+    bl = _blocks(S)
+    out = bl[0] @ C[:bl[0].shape[1]]
+    o = bl[0].shape[1]
+    for b in bl[1:]:
+        out.addmm_(b, C[o:o + b.shape[1]])
+        o += b.shape[1]
+    return out
+
+
+def joined(S) -> torch.Tensor:
+    """``S`` as one ``(d, m)`` tensor."""
+    bl = _blocks(S)
+    return bl[0] if len(bl) == 1 else torch.cat(bl, dim=1)
+
+
 def gram_matrices(S, HS, Pt) -> torch.Tensor:
     """The device half of a Rayleigh–Ritz step of the pencil (H, P̃) on span(S): ``(3, m, m)`` float64 holding
-    ``SᵀP̃S``, ``SᵀHS`` and ``(HS)ᵀP̃⁻¹HS`` (``S``, ``HS``: (d, m); ``Pt``: P̃ as (d,) or (1,)). One product: with
-    ``M = [P̃^{1/2}S, P̃^{-1/2}HS]ᵀ`` (:func:`gram_rows`: 2m × d, float64, rows contiguous) ``MMᵀ`` holds the three
-    blocks."""
-    m, d = S.shape[1], S.shape[0]
+    ``SᵀP̃S``, ``SᵀHS`` and ``(HS)ᵀP̃⁻¹HS`` (``S``, ``HS``: (d, m), or tuples of column blocks; ``Pt``: P̃ as (d,) or
+    (1,)). One product: with ``M = [P̃^{1/2}S, P̃^{-1/2}HS]ᵀ`` (:func:`gram_rows`: 2m × d, float64, rows contiguous)
+    ``MMᵀ`` holds the three blocks."""
+    first = _blocks(S)[0]
+    m, d = n_cols(S), first.shape[0]
     sq = _sqrt_p64(Pt)
-    if S.device.type == "cpu" and 2 * m * d * 8 > _GRAM_BLOCKED_BYTES:
+    if first.device.type == "cpu" and 2 * m * d * 8 > _GRAM_BLOCKED_BYTES:
         G = _blocked_gram(S, HS, sq)
     else:
         M = gram_rows(S, HS, sq)
@@ -117,22 +148,26 @@ _GRAM_BLOCK = 16384
 def _blocked_gram(S, HS, sq) -> torch.Tensor:
     """``MMᵀ`` of :func:`gram_rows` (``(2m, 2m)`` float64) summed over blocks of ``_GRAM_BLOCK`` parameters: each
     block's float64 rows stay in cache."""
-    m = S.shape[1]
-    G = torch.zeros(2 * m, 2 * m, dtype=torch.float64, device=S.device)
-    for i in range(0, S.shape[0], _GRAM_BLOCK):
+    m, first = n_cols(S), _blocks(S)[0]
+    G = torch.zeros(2 * m, 2 * m, dtype=torch.float64, device=first.device)
+    for i in range(0, first.shape[0], _GRAM_BLOCK):
         block = slice(i, i + _GRAM_BLOCK)
-        M = gram_rows(S[block], HS[block], sq[:, block] if sq.dim() else sq)
+        M = gram_rows(tuple(b[block] for b in _blocks(S)), tuple(b[block] for b in _blocks(HS)),
+                      sq[:, block] if sq.dim() else sq)
         G.addmm_(M, M.T)
     return G
 
 
 def gram_rows(S, HS, sq) -> torch.Tensor:
     """``[P̃^{1/2}S, P̃^{-1/2}HS]ᵀ`` as a (2m, d) float64 tensor (``sq``: ``P̃^{1/2}`` in float64, (1, d) or a
-    scalar): the rows whose inner products are the Gram matrices of :func:`gram_matrices`."""
-    m = S.shape[1]
-    M = torch.empty(2 * m, S.shape[0], dtype=torch.float64, device=S.device)
-    M[:m] = S.T
-    M[m:] = HS.T
+    scalar; ``S``, ``HS`` tensors or tuples of column blocks): the rows whose inner products are the Gram matrices of
+    :func:`gram_matrices`."""
+    m, first = n_cols(S), _blocks(S)[0]
+    M = torch.empty(2 * m, first.shape[0], dtype=torch.float64, device=first.device)
+    for o, blocks in ((0, _blocks(S)), (m, _blocks(HS))):
+        for b in blocks:
+            M[o:o + b.shape[1]] = b.T
+            o += b.shape[1]
     M[:m] *= sq
     M[m:] /= sq
     return M
@@ -189,6 +224,7 @@ class SubspaceTracking:
         self.k_track = 1
         self.Y = None               # (d, k_track) tracked basis in w-coordinates (P̃-orthonormal at its refresh)
         self.lam_last = None        # λ̃ at the last accepted step (Rayleigh–Ritz) or refresh: host float64 array
+        self.lam_t = None           # the time of lam_last (None: not from a check or refresh at a known time)
         self.eig_floor = 0.0        # tolerance floor learned from an unconverged refresh (≤ refresh_tol)
         self._cache = self._new_cache()  # ("rr" | "ev", t, state) -> Ritz / evaluation (pure; cleared per chunk)
         self.expand_due = True      # the next check expands the basis (see track)
@@ -199,7 +235,8 @@ class SubspaceTracking:
         return StateCache(by_value=not self.tensor_states)
 
     def tracking_state(self) -> dict:
-        return {"Y": self.Y, "k_track": self.k_track, "lam_last": self.lam_last, "eig_floor": self.eig_floor,
+        return {"Y": self.Y, "k_track": self.k_track, "lam_last": self.lam_last, "lam_t": self.lam_t,
+                "eig_floor": self.eig_floor,
                 "far_next": self.far_next, "far_prev": self.far_prev, "expand_due": self.expand_due}
 
     def load_tracking_state(self, state: dict) -> None:
@@ -209,6 +246,7 @@ class SubspaceTracking:
         if isinstance(lam, torch.Tensor):            # checkpoints written before the host bookkeeping
             lam = lam.detach().to(torch.float64).cpu().numpy()
         self.lam_last = None if lam is None else np.asarray(lam, dtype=np.float64)
+        self.lam_t = state.get("lam_t")             # None in checkpoints written before it was kept
         self.k_track = int(state["k_track"])
         self.eig_floor = float(state.get("eig_floor", 0.0))
         self.far_next, self.far_prev = state.get("far_next"), state.get("far_prev")
@@ -240,7 +278,7 @@ class SubspaceTracking:
             # step's own transfer); a basis that still meets refresh_tol on its own is only rotated next time
             self.expand_due = rr.expanded and self._watched_residual(*rr.plain) > self.refresh_tol
             lam, rel = rr.lam, rr.rel
-            self.lam_last = lam
+            self.lam_last, self.lam_t = lam, t
             k = lam.size
             r = self._watched_residual(lam, rel)
             reason = None
@@ -259,6 +297,12 @@ class SubspaceTracking:
                 self.Y = rr.U
             self._schedule(t)
         return True
+
+    def lam_at(self, t):
+        """λ̃ at time ``t`` when the last check or refresh was at ``t`` (the accepted state there: the integrator
+        evaluates nothing else at that time afterwards but the next segment's first state, which is that state),
+        else None."""
+        return self.lam_last if self.lam_t is not None and self.lam_t == t else None
 
     def _watched_residual(self, lam, rel) -> float:
         """The largest relative residual among the critical pairs and the next candidate (NaN for no pairs)."""
@@ -350,7 +394,7 @@ class SubspaceTracking:
                 ev, V = ev[:-1], V[:, :-1]
             break
         self.Y = (V / sq).detach()
-        self.lam_last = np.asarray(ev, dtype=np.float64)
+        self.lam_last, self.lam_t = np.asarray(ev, dtype=np.float64), float(t)
         self._cache.clear()
         self.stats["t_eig"] += time.perf_counter() - t0
         self.stats["max_tracked"] = max(self.stats["max_tracked"], self.k_track)
@@ -376,7 +420,7 @@ class SubspaceTracking:
         HZ = self.problem.hvp(w, Z)
         self.stats["expand_hvp"] += Z.shape[1]
         self.stats["n_expand"] += 1
-        S, HS = torch.cat([U, Z], dim=1), torch.cat([HU, HZ], dim=1)
+        S, HS = (U, Z), (HU, HZ)         # kept as column blocks (combine, gram_rows): no d × m copies
         return gram_matrices(S, HS, Pt), S, HS
 
     def _n_watched(self, k) -> int:
@@ -396,12 +440,12 @@ class SubspaceTracking:
         columns, whose own Ritz pairs (``Ritz.plain``) come from the leading blocks of the same matrices."""
         lam, rel, C = ritz_from_grams(G)
         k = min(self.k_track, C.shape[1])
-        Cd = host.to_device(C[:, :k], S)
+        Cd = host.to_device(C[:, :k], _blocks(S)[0])
         plain = None
         if expanded:
             lam_p, rel_p, _ = ritz_from_grams(G[:, :k0, :k0])
             plain = (lam_p[:k], rel_p[:k])
-        out = Ritz(lam[:k], rel[:k], (S @ Cd).detach(), (HS @ Cd).detach(), expanded, plain,
+        out = Ritz(lam[:k], rel[:k], combine(S, Cd).detach(), combine(HS, Cd).detach(), expanded, plain,
                    basis_HY=None if expanded or S is not self.Y else HS)
         if expanded:                     # the newest expanded pairs keep their search space (memory: one at a time)
             last = getattr(self, "_last_space", None)
@@ -447,6 +491,7 @@ class SubspaceTracking:
         sq = _sqrt_p64(Pt)
         if rr.space is not None:
             S, HS, G = rr.space
+            S, HS = joined(S), joined(HS)
         else:
             S, HS = rr.U, rr.HU
             G = host.to_host(gram_matrices(S, HS, Pt))

@@ -339,7 +339,7 @@ class FlowRun:
 
         for ev in self.model.flow_events():
             out.append(Event(ev.name, (lambda t, y, f=ev.fn: f(float(t), state_checked(float(t), y))), ev.direction,
-                             ev.terminal, ev.kind))
+                             ev.terminal, ev.kind, ev.xtol))
         return out
 
     # ------------------------------------------------------------------ advancing

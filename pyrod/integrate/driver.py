@@ -5,8 +5,8 @@ identically for every backend:
 
 * saving: states at ``t_save`` (from the step's interpolant, or the step end when a step lands there);
 * event location: after every accepted step each :class:`~pyrod.integrate.base.Event` is evaluated at the step
-  end; a sign change matching ``ev.direction`` is located with ``brentq`` on the interpolant to
-  ``1e-12·max(1, |t|)`` in ``t``; the reported time is on the far side of the crossing (``ev.fn`` has its new
+  end; a sign change matching ``ev.direction`` is located with ``brentq`` on the interpolant to ``ev.xtol``
+  (default ``1e-12·max(1, |t|)``) in ``t``; the reported time is on the far side of the crossing (``ev.fn`` has its new
   sign or is 0), so a run restarted at a terminal event's state does not fire it again. A crossing is
   ``g_old < 0 <= g_new`` (upward) or ``g_old > 0 >= g_new`` (downward); two crossings inside one step cancel;
 * projection (``problem.project``) after every accepted step, restarting the stepper when it changes ``y``;
@@ -125,13 +125,16 @@ def _event_value(ev, t, y) -> float:
 def locate(ev, Y, ta, tb, ga, gb):
     """Crossing time of ``ev`` in ``[ta, tb]`` (``ga``, ``gb`` of opposite signs), on the interpolant ``Y``.
 
-    Returns ``(t, g(t))`` with ``t`` on the far side of the crossing (``g`` has its new sign or is 0).
+    Returns ``(t, g(t))`` with ``t`` on the far side of the crossing (``g`` has its new sign or is 0), located to
+    ``ev.xtol`` steps (default ``1e-12·max(1, |t|)``).
     """
     from scipy.optimize import brentq
 
     upward = ga < 0
     pre = (lambda g: g < 0) if upward else (lambda g: g > 0)
     tol = 1e-12 * max(1.0, abs(ta), abs(tb))
+    if ev.xtol is not None:
+        tol = max(tol, float(ev.xtol))
     f = lambda t: _event_value(ev, t, Y(t))  # noqa: E731
     try:
         r = brentq(f, ta, tb, xtol=tol, rtol=4 * _EPS, maxiter=200)
