@@ -408,8 +408,8 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
             hit = self._cache.get("rr", float(t), y)       # the other events at this state: no P̃, no unpacking
             if hit is not None:
                 lam = hit.lam
-            elif self.lam_at(float(t)) is not None:
-                lam = self.lam_last          # a segment's first state: the last accepted check's values there
+            elif (lam := self.lam_at(float(t))) is not None:
+                pass                         # a segment's first state: the last accepted check's values there
             else:
                 # the accepted step's check will expand the basis here when due (track): do it now, once (the
                 # event values then come from the pairs the step end keeps, as in a tensor backend's probe)
