@@ -536,7 +536,8 @@ def test_central_options_declared_once():
 def test_gram_matrices_blocked_and_plain_equal_the_dense_products(monkeypatch, scalar_p):
     """The Rayleigh–Ritz Gram matrices SᵀP̃S, SᵀHS, (HS)ᵀP̃⁻¹HS: the plain float64 product and the CPU's blocked sum
     (taken above a size threshold, lowered here so that a small problem uses it) both equal the dense float64
-    products to 1e-13 relative, a vector P̃ and a scalar one."""
+    products to 1e-13 relative, a vector P̃ and a scalar one; and so do both when S and HS are given as tuples of
+    column blocks (how the expansion keeps the tracked basis and its new directions apart)."""
     from pyrod.flows import central_tracking as ct
 
     gen = torch.Generator().manual_seed(3)
@@ -550,6 +551,57 @@ def test_gram_matrices_blocked_and_plain_equal_the_dense_products(monkeypatch, s
     monkeypatch.setattr(ct, "_GRAM_BLOCKED_BYTES", 0)
     monkeypatch.setattr(ct, "_GRAM_BLOCK", 777)          # blocks that do not divide d
     blocked = ct.gram_matrices(S, HS, Pt)
-    for got in (plain, blocked):
+    split = lambda A: (A[:, :1], A[:, 1:3], A[:, 3:])       # noqa: E731
+    blocked_split = ct.gram_matrices(split(S), split(HS), Pt)
+    monkeypatch.setattr(ct, "_GRAM_BLOCKED_BYTES", 1 << 60)
+    plain_split = ct.gram_matrices(split(S), split(HS), Pt)
+    for got in (plain, blocked, plain_split, blocked_split):
         assert got.dtype == torch.float64 and got.shape == (3, m, m)
         assert float((got - dense).abs().max() / dense.abs().max()) < 1e-13
+
+
+def test_column_blocks_combine_and_join_like_one_tensor():
+    """A search space kept as column blocks ``(U, Z)``: ``n_cols`` counts all columns, ``joined`` is their
+    concatenation, and ``combine(S, C) = [U, Z] C`` equals the product with the joined tensor to float32 rounding
+    (1e-6 relative), for one block, two and three."""
+    from pyrod.flows import central_tracking as ct
+
+    gen = torch.Generator().manual_seed(5)
+    d = 300
+    U, Z, W = (torch.randn(d, k, generator=gen) for k in (3, 2, 4))
+    C = torch.randn(9, 5, generator=gen)
+    for S in (torch.cat([U, Z, W], dim=1), (U, Z, W), (torch.cat([U, Z], dim=1), W)):
+        assert ct.n_cols(S) == 9
+        assert torch.equal(ct.joined(S), torch.cat([U, Z, W], dim=1))
+        dense = torch.cat([U, Z, W], dim=1).double() @ C.double()
+        got = ct.combine(S, C)
+        assert got.shape == (d, 5) and got.dtype == torch.float32
+        assert float((got.double() - dense).abs().max() / dense.abs().max()) < 1e-6
+
+
+def test_event_values_at_a_segment_start_come_from_the_last_check():
+    """The critical-set event values at a segment's first state (the state the last accepted check or refresh
+    examined, time ``lam_t``) are that check's λ̃ − s, with no Hessian-vector product; at another time they come
+    from a new Rayleigh–Ritz (HVPs counted) and agree with them to 1e-4 (same w, GD: P̃ does not depend on t).
+    ``lam_t`` is tracking state: a flow loaded from ``state_dict`` reads the same values without HVPs either."""
+    prob = _small_mlp()
+    opt, t, y = _state_at_eos(prob, "GD")
+    flow = CentralFlow(prob, opt)
+    assert flow.track(t, y) is False and flow.lam_t == t          # the first refresh
+    assert float(flow.lam_last[0]) > flow.s_track                   # near critical: event values need the spectrum
+
+    def hvps(f):
+        return sum(v for k, v in f.stats.items() if k.endswith("_hvp")) + f.stats["n_expand"]
+
+    n0 = hvps(flow)
+    at_check = [flow._event_value(t, y, j) for j in range(flow.lam_last.size)]
+    assert hvps(flow) == n0
+    assert at_check == [float(v) - flow.s_sdcp for v in flow.lam_last]
+    other = flow._event_value(t + 0.25, y, 0)
+    assert hvps(flow) > n0 and abs(other - at_check[0]) < 1e-4 * abs(float(flow.lam_last[0]))
+
+    resumed = CentralFlow(prob, opt)
+    resumed.load_state_dict(flow.state_dict())
+    n1 = hvps(resumed)
+    assert resumed.lam_t == t and [resumed._event_value(t, y, j) for j in range(flow.lam_last.size)] == at_check
+    assert hvps(resumed) == n1

@@ -174,6 +174,34 @@ def test_norm_event_and_direction(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_event_xtol_locates_coarser_with_fewer_evaluations(backend):
+    """``Event.xtol`` (steps): a crossing located to 1e-6 instead of the default 1e-12·|t| lies within 2e-6 of the
+    exact time and of the default's location (brentq's bracket to xtol, then at most one xtol further to reach the
+    far side of the crossing), on the far side, and costs fewer evaluations of an event function known to ~1e-9
+    only (the central flow's critical-set events are an iterative eigen-solve each)."""
+    c = 0.5
+    t_star = t_cross_w1(c)
+    found, calls = {}, {}
+    for xtol in (None, 1e-6):
+        n = [0]
+
+        def g(t, w, n=n):                # known to ~1e-9 only, as an iterative eigen-solve's value is
+            n[0] += 1
+            return w[0] - c + 1e-9 * math.sin(1e9 * t)
+
+        fp = gradient_flow(rtol=1e-10, atol=1e-13, events=[Event("w1=c", g, direction=-1, xtol=xtol)])
+        seg = solve(fp, 0.0, W0, 1.0, [1.0], backend=backend)
+        assert seg.status == "ok" and [e.name for e in seg.events] == ["w1=c"]
+        found[xtol], calls[xtol] = seg.events[0], n[0]
+    coarse, fine = found[1e-6], found[None]
+    print(f"\n[event xtol] {backend}: evaluations {calls[None]} (default) -> {calls[1e-6]} (xtol 1e-6); "
+          f"|t - t*| {abs(fine.t - t_star):.1e} -> {abs(coarse.t - t_star):.1e}")
+    assert abs(fine.t - t_star) < 1e-8 and abs(coarse.t - t_star) <= 2e-6 and abs(coarse.t - fine.t) <= 2e-6
+    assert coarse.t >= t_star - 1e-8 and coarse.value <= 0          # the far side (downward crossing)
+    assert calls[1e-6] < calls[None]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_nonterminal_event_records_several_crossings(backend):
     # damped rotation y' = [[-a, -om], [om, -a]] y, y(0) = (1, 0): y_1 = e^{-at} cos(om t)
     a, om = 0.1, 2.0

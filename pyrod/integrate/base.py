@@ -27,8 +27,11 @@ class Event:
     ``direction``: +1 (upward crossings only), −1 (downward) or 0 (both). ``terminal``: stop the run.
     ``kind`` is what is recorded (``"eos"``, ``"loss_target"``, ``"divergence"``, ``"critical_set"``, …).
     ``xtol``: how finely the crossing time is located, in steps (None: ``1e-12·max(1, |t|)``, as fine as float64
-    times allow). An event whose function is costly and only known to a few digits (the central flow's eigenvalue
-    crossings) sets a coarser one: the location then costs a few evaluations instead of twenty or more.
+    times allow); the recorded time is within ``2·xtol`` of the crossing (bracketed to ``xtol``, then moved at most
+    that far again to the side where the function has its new sign). An event whose function is costly and only
+    known to a few digits (the central flow's eigenvalue crossings) sets a coarser one: the location then costs a
+    few evaluations instead of twenty or more. The Julia backend's callback root-finder uses its own tolerance and
+    does not read ``xtol``.
     """
 
     name: str
