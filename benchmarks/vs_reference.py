@@ -131,6 +131,15 @@ def import_reference(path: str, device: str):
     """Import the reference's modules from ``path`` (stubs: HF ``datasets``; on the CPU ``.cuda()`` a no-op)."""
     if not os.path.isfile(os.path.join(path, "src", "processes.py")):
         raise FileNotFoundError(f"--reference {path!r} is not a checkout of the reference (no src/processes.py)")
+    try:                    # its SDCP solves with cvxpy's CVXOPT: fail now, not after its first critical step
+        import cvxpy
+        solvers = cvxpy.installed_solvers()
+    except ImportError:
+        solvers = None
+    if solvers is None or "CVXOPT" not in solvers:
+        have = "cvxpy is not installed" if solvers is None else "installed solvers: " + ", ".join(solvers)
+        raise RuntimeError(f"--reference {path!r}: the reference needs cvxpy with the CVXOPT solver ({have}); "
+                           f"pip install cvxpy cvxopt")
     ds = types.ModuleType("datasets")
 
     def no_download(*a, **k):
