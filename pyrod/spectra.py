@@ -145,6 +145,10 @@ class EigReport:
     stalled: bool = False   # stopped at the round-off floor (repeated false convergence claims), not at max_iter
     n_host: int = 0         # device→host transfers
     checks: int = 0         # residual checks
+    #: every Ritz value of the final block, descending (``(b,)``; dense: the whole spectrum): the first ``k`` are the
+    #: returned eigenvalues, the rest unconverged Ritz values, which (in exact arithmetic) bound the next eigenvalues
+    #: from below (``θ_j ≤ λ_j``, Cauchy interlacing); None when the solve failed
+    block_values: np.ndarray | None = None
 
     @property
     def max_residual(self) -> float:
@@ -365,13 +369,15 @@ def _dense(matvec, dim, k, dtype, device, tol, warm):
     A = _sym_np(A)
     e, Z = np.linalg.eigh(A)
     anorm = float(np.abs(e).max())
+    spectrum = e[::-1].copy()
     e, Z = e[::-1][:k], Z[:, ::-1][:, :k]
     npd = host.NUMPY_DTYPE[dtype]
     ev_r, V_r = e.astype(npd).astype(np.float64), Z.astype(npd).astype(np.float64)
     floor = max(_REL_FLOOR * anorm, float(torch.finfo(dtype).tiny))
     res = np.linalg.norm(A @ V_r - V_r * ev_r, axis=0) / np.maximum(np.abs(ev_r), floor)
     evals, evecs = _send([ev_r, V_r], dtype, device)
-    return evals, evecs, EigReport(0, dim, res, bool(np.all(res <= tol)), tol, "dense", dim, warm, n_host=1)
+    return evals, evecs, EigReport(0, dim, res, bool(np.all(res <= tol)), tol, "dense", dim, warm, n_host=1,
+                                   block_values=spectrum)
 
 
 def _nonfinite(dim, k, dtype, device, n_hvp, it, tol, method, b, warm):
@@ -470,7 +476,10 @@ def _lobpcg(matvec, dim, k, b, dtype, device, init, tol, max_iter, seed, init_AX
         order = np.argsort(-theta[:k], kind="stable")
         X = torch.cat([_take_cols(X[:, :k], order), X[:, k:]], dim=1)
         thd = torch.cat([_take_cols(thd[None, :k], order)[0], thd[k:]])
-        return thd, X, s.report(rel[:k][order], converged, warm, stalled and not converged), True
+        rep = s.report(rel[:k][order], converged, warm, stalled and not converged)
+        rep.block_values = np.concatenate([np.asarray(theta[:k], dtype=np.float64)[order],
+                                           np.asarray(theta[k:], dtype=np.float64)])
+        return thd, X, rep, True
 
     X, AX = s.start(init, init_AX, gen)
     if X is None:
@@ -630,7 +639,8 @@ def _solve(matvec, dim, k, *, dtype, device, init, tol, max_iter, block, seed, m
 
 
 def top_eigs(matvec: Callable[[torch.Tensor], torch.Tensor], dim: int, k: int, *, dtype, device, init=None,
-             tol: float = 1e-8, max_iter: int = 200, block: int | None = None, seed: int = 0, init_AX=None):
+             tol: float = 1e-8, max_iter: int = 200, block: int | None = None, seed: int = 0, init_AX=None,
+             return_block: bool = False):
     """The ``k`` largest (algebraic) eigenpairs of the symmetric operator ``matvec: (dim, b) -> (dim, b)``.
 
     Parameters
@@ -643,15 +653,18 @@ def top_eigs(matvec: Callable[[torch.Tensor], torch.Tensor], dim: int, k: int, *
     max_iter : LOBPCG iterations (each costs at most ``block`` HVPs).
     block : block size ``b ≥ k`` (default ``k + max(2, ceil(k/2))``).
     seed : seeds the random filler columns (results are deterministic).
+    return_block : also return the final block ``(dim, b)`` (its first ``k`` columns are ``evecs``, the rest the
+        unconverged Ritz vectors of ``EigReport.block_values[k:]``; ``evecs`` for dense; None when the solve
+        failed): a warm start for a solve with a larger ``k``.
 
-    Returns ``(evals (k,) descending, evecs (dim, k) orthonormal, EigReport)``. When ``3·block ≥ dim`` the
+    Returns ``(evals (k,) descending, evecs (dim, k) orthonormal, EigReport)`` (and the block). When ``3·block ≥ dim`` the
     operator is formed densely (``dim`` HVPs) and diagonalised on the host. On a GPU the solve synchronises only
     in :func:`_to_host` (``EigReport.n_host`` times). Raises ValueError for ``k < 1`` or ``k > dim``. Non-finite
     operator output gives NaN results and ``converged=False``.
     """
-    ev, V, rep, _ = _solve(matvec, dim, k, dtype=dtype, device=device, init=init, tol=tol, max_iter=max_iter,
+    ev, V, rep, X = _solve(matvec, dim, k, dtype=dtype, device=device, init=init, tol=tol, max_iter=max_iter,
                            block=block, seed=seed, init_AX=init_AX)
-    return ev, V, rep
+    return (ev, V, rep, X) if return_block else (ev, V, rep)
 
 
 # ----------------------------------------------------------------------------- the Hessian operators

@@ -605,3 +605,84 @@ def test_event_values_at_a_segment_start_come_from_the_last_check():
     n1 = hvps(resumed)
     assert resumed.lam_t == t and [resumed._event_value(t, y, j) for j in range(flow.lam_last.size)] == at_check
     assert hvps(resumed) == n1
+
+
+def test_first_refresh_grows_past_every_block_ritz_value_above_the_threshold():
+    """The tracked set is every effective eigenvalue λ̃ = ηλ at or above ``s_track`` plus one below it. Growing it
+    takes one warm LOBPCG per jump, not per pair: the block's Ritz values above the threshold (lower bounds of the
+    eigenvalues of their rank) are all taken at once, warm-started from the block. On the small MLP (628
+    parameters, GD) with 4 and 6 eigenvalues above the threshold: the right set (dense ``eigvalsh``, 1e-6
+    relative) from 3 solves, where growing one pair per solve takes 5 and 7."""
+    prob = _small_mlp()
+    w = prob.w0
+    lam = torch.linalg.eigvalsh(prob.hessian(w)).flip(0).numpy()
+    for j in (3, 5):
+        flow = CentralFlow(prob, GD(lr=1.6 / lam[j]))
+        assert flow.track(0.0, w.clone()) is False                 # the first refresh
+        eff = flow.opt.lr * lam
+        expected = 1 + int((eff >= flow.s_track).sum())
+        assert expected == j + 2 and flow.k_track == expected
+        np.testing.assert_allclose(flow.lam_last, eff[:expected], rtol=1e-6)
+        assert flow.stats["n_refresh"] == 3 < expected
+
+
+def test_refresh_floor_learned_above_refresh_tol_only_from_a_stalled_solve(monkeypatch):
+    """A refresh that ends unconverged raises the tolerance of later refreshes to 1.5× the residual it reached
+    (``eig_floor``). When it stalled at the operator's round-off floor (``EigReport.stalled``; float32 HVPs of a
+    1.8M-parameter MLP stall at ~2.4e-3), that floor may lie above ``refresh_tol`` (1e-3): later refreshes ask for
+    it instead of running into it again. A solve stopped at ``eig_max_iter``, or stalled at 1e-2 or more, raises it
+    to ``refresh_tol`` at most. The tolerance each solve was asked for is recorded from the solver's calls."""
+    import pyrod.spectra as spectra
+
+    prob = _small_mlp()
+    opt, t, y = _state_at_eos(prob, "GD")
+    real, asked = spectra.top_eigs, []
+
+    def run(stalled, residual):
+        def fake(*a, **kw):
+            asked.append(kw["tol"])
+            out = real(*a, **kw)
+            out[2].converged, out[2].stalled = False, stalled
+            out[2].residuals = np.full_like(out[2].residuals, residual)
+            return out
+        monkeypatch.setattr(spectra, "top_eigs", fake)
+        flow = CentralFlow(prob, opt)
+        flow.track(t, y)
+        n = len(asked)
+        flow._refresh(t, y, None)
+        return flow, asked[n]
+
+    flow, tol = run(True, 2.4e-3)
+    assert flow.eig_floor == pytest.approx(3.6e-3) and tol == pytest.approx(3.6e-3) and 3.6e-3 > flow.refresh_tol
+    for stalled, residual in ((False, 2.4e-3), (True, 2e-2)):
+        flow, tol = run(stalled, residual)
+        assert flow.eig_floor == flow.refresh_tol and tol == pytest.approx(flow.refresh_tol)
+    flow, tol = run(True, 4e-4)                                      # below refresh_tol: learned as it is
+    assert flow.eig_floor == pytest.approx(6e-4) and tol == pytest.approx(6e-4)
+
+
+def test_read_out_at_the_flow_start_reuses_its_first_refresh(monkeypatch):
+    """The flow's first state is never an accepted step, so its read-out used to re-solve the eigenproblem there
+    (``readout_fresh``). ``on_start`` stashes it from the first refresh instead: no fresh solve, fewer HVPs, the
+    same predictions (1e-6 relative, measured 4e-8; both are the same eigenpairs to the refresh tolerance). Later
+    rows agree to 1e-8 (measured ≤ 1.4e-10): the read-out's work at the first state is now done before the first
+    step, as at every other integer time, and the step reuses what it cached there (round-off-level changes)."""
+    from pyrod.flows.models import FlowModel
+
+    prob = _small_mlp()
+    lam = float(torch.linalg.eigvalsh(prob.hessian(prob.w0))[-1])
+
+    def run():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return pyrod.simulate(prob, GD(lr=2.5 / lam), steps=16, runs=["discrete", "central"], restart_at=10)
+    now = run()["central"]
+    monkeypatch.setattr(CentralFlow, "on_start", FlowModel.on_start)
+    before = run()["central"]
+    assert now.attrs["central_readout_fresh"] == 0 and before.attrs["central_readout_fresh"] == 1
+    assert now.attrs["n_hvp"] < before.attrs["n_hvp"]
+    a, b = now.ds["predicted_loss"].values, before.ds["predicted_loss"].values
+    assert now.ds["t"].values[0] == 10 and len(a) == 6                     # rows from the restart on
+    assert np.isfinite(a[0]) and now.ds["n_critical"].values[0] > 0
+    np.testing.assert_allclose(a[0], b[0], rtol=1e-6)
+    np.testing.assert_allclose(a[1:], b[1:], rtol=1e-8)

@@ -658,3 +658,28 @@ def test_host_greedy_start_block():
     assert idx == [0, 2, 4]
     B = V[:, idx] @ torch.from_numpy(N)
     assert float((B.T @ B - torch.eye(3, dtype=F64)).abs().max()) < 1e-13
+
+
+@pytest.mark.parametrize("d", [400, 12])
+def test_block_values_bound_the_next_eigenvalues_and_the_block_warm_starts_a_larger_solve(d):
+    """``EigReport.block_values``: the final block's Ritz values, descending, the first ``k`` the returned
+    eigenvalues; the rest are Ritz values of a subspace, so (Cauchy interlacing) none exceeds the eigenvalue of its
+    rank, to round-off (float64, 1e-12 relative). Dense (``3·block ≥ d``) gives the whole spectrum, exactly.
+    ``return_block`` hands back the block (first ``k`` columns = the eigenvectors), and a solve for more pairs
+    started from it needs fewer operator products than one started from the eigenvectors alone."""
+    A = _sym_matrix(top=[5.0, 4.5, 4.0, 3.6, 3.3, 3.1], n=d) if d > 100 else _sym_matrix(top=[5.0, 4.5, 4.0], n=d)
+    exact = torch.linalg.eigvalsh(A).flip(0).numpy()
+    ev, V, rep, X = top_eigs(lambda Z: A @ Z, d, 2, dtype=F64, device=CPU, tol=1e-8, return_block=True)
+    bv = rep.block_values
+    np.testing.assert_array_equal(bv[:2], ev.numpy())
+    assert np.all(np.diff(bv) <= 0)
+    if rep.method == "dense":
+        np.testing.assert_allclose(bv, exact, rtol=1e-12, atol=1e-12)
+        assert torch.equal(X, V)
+        return
+    assert len(bv) == rep.block == X.shape[1] and torch.equal(X[:, :2], V)
+    assert np.all(bv[2:] <= exact[2:len(bv)] * (1 + 1e-12)), (bv, exact[:len(bv)])
+    ev4, _, rep_block = top_eigs(lambda Z: A @ Z, d, 4, dtype=F64, device=CPU, tol=1e-8, init=X)
+    _, _, rep_vecs = top_eigs(lambda Z: A @ Z, d, 4, dtype=F64, device=CPU, tol=1e-8, init=V)
+    assert rep_block.converged and rep_vecs.converged and rep_block.n_hvp < rep_vecs.n_hvp
+    np.testing.assert_allclose(ev4.numpy(), exact[:4], rtol=1e-8)

@@ -273,6 +273,15 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
             if self.track(t, y):
                 self._stash_readout(float(t), y)
 
+    def on_start(self, t, y):
+        """The flow's first state: the first refresh of the tracked subspace (the one its first right-hand side
+        would do) and the read-out there (the integrator does not accept a step at it, so :meth:`readout` would
+        otherwise solve the same eigenproblem again at the same state)."""
+        with torch.no_grad():
+            p = self.layout.unpack(y)
+            self._ritz(float(t), y, p["w"], p.get("nu"), self.P_tilde(p.get("nu"), float(t)))
+            self._stash_readout(float(t), y)
+
     def begin_chunk(self, chunk):
         """FlowRun hook: the discrete states of the chunk about to be integrated (for ``deltas`` at integer t).
         The evaluation cache is cleared: it is a pure cache, and a resumed run (empty cache) must do exactly

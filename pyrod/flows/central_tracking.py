@@ -225,7 +225,7 @@ class SubspaceTracking:
         self.Y = None               # (d, k_track) tracked basis in w-coordinates (P̃-orthonormal at its refresh)
         self.lam_last = None        # λ̃ at the last accepted step (Rayleigh–Ritz) or refresh: host float64 array
         self.lam_t = None           # the time of lam_last (None: not from a check or refresh at a known time)
-        self.eig_floor = 0.0        # tolerance floor learned from an unconverged refresh (≤ refresh_tol)
+        self.eig_floor = 0.0        # tolerance floor learned from an unconverged refresh (see _refresh)
         self._cache = self._new_cache()  # ("rr" | "ev", t, state) -> Ritz / evaluation (pure; cleared per chunk)
         self.expand_due = True      # the next check expands the basis (see track)
         self.far_next = None        # far from critical: time of the next check (see _schedule)
@@ -292,7 +292,7 @@ class SubspaceTracking:
                 reason = "residual"
             if reason is not None:
                 self.stats["refresh_" + reason] += 1
-                self._refresh(t, w, nu)
+                self._refresh(t, w, nu, grow=reason == "grow")
             else:
                 self.Y = rr.U
             self._schedule(t)
@@ -353,36 +353,52 @@ class SubspaceTracking:
             self._cache.put("rr", t, y, self._finish(np.asarray(vals).reshape(G.shape), S, HS, expanded, k0))
         return G.reshape(-1), consume
 
-    def _refresh(self, t, w, nu):
+    def _refresh(self, t, w, nu, grow: bool = False):
         """Warm LOBPCG (:func:`pyrod.spectra.top_eigs`) at ``(w, ν, t)`` started from the current basis; grow /
-        shrink the tracked set; store the basis ``Y = P̃^{-1/2}V`` (P̃-orthonormal)."""
-        from ..spectra import hessian_operator, top_eigs
+        shrink the tracked set; store the basis ``Y = P̃^{-1/2}V`` (P̃-orthonormal).
+
+        ``grow``: the check before it found the smallest tracked Ritz value above the track threshold (a lower
+        bound of that eigenvalue), so the first solve already asks for one more pair. When a solve still ends with
+        its smallest eigenvalue above the threshold, the next asks for one more than the number of the block's Ritz
+        values above it (lower bounds of the next eigenvalues: those are above it too), warm-started from the whole
+        block, instead of growing one pair per solve."""
+        from ..spectra import _MAX_LEARNED_FLOOR, hessian_operator, top_eigs
 
         Pt = self.P_tilde(nu, t)
         t0 = time.perf_counter()
         op = hessian_operator(self.problem, w, Pt)
         sq = Pt.sqrt()[:, None]
         init = None if self.Y is None else sq * self.Y
+        if grow and self.k_track < self.max_track:
+            self.k_track += 1
         for _ in range(self.max_track + 2):
             k = self.k_track
-            evals, V, rep = top_eigs(op, self.d, k, dtype=self.problem.dtype, device=self.problem.device,
-                                     init=init, tol=max(self.eig_tol, self.eig_floor), max_iter=self.eig_max_iter,
-                                     seed=self.stats["n_refresh"])
+            evals, V, rep, block = top_eigs(op, self.d, k, dtype=self.problem.dtype, device=self.problem.device,
+                                            init=init, tol=max(self.eig_tol, self.eig_floor),
+                                            max_iter=self.eig_max_iter, seed=self.stats["n_refresh"],
+                                            return_block=True)
             self.stats["refresh_hvp"] += rep.n_hvp
             self.stats["n_refresh"] += 1
             if not rep.converged:
                 self.stats["refresh_unconverged"] += 1
                 if math.isfinite(rep.max_residual):
-                    # the operator could not deliver eig_tol (a round-off floor, e.g. float32 HVPs of a large model,
-                    # stalled or at eig_max_iter): later refreshes ask for 1.5× what this one reached, never more
-                    # than refresh_tol (the accuracy the tracking keeps between refreshes anyway)
-                    self.eig_floor = min(self.refresh_tol, max(self.eig_floor, 1.5 * rep.max_residual))
-            init = V
+                    # the operator could not deliver eig_tol: later refreshes ask for 1.5× what this one reached.
+                    # A solve that stalled at the operator's round-off floor (e.g. float32 HVPs of a large model)
+                    # below 1e-2 sets that floor even above refresh_tol (else every later refresh would run into it
+                    # again, ~3 extra checks each); any other, at most refresh_tol (the accuracy the tracking keeps
+                    # between refreshes anyway)
+                    floor = 1.5 * rep.max_residual
+                    if not (rep.stalled and rep.max_residual < _MAX_LEARNED_FLOOR):
+                        floor = min(self.refresh_tol, floor)
+                    self.eig_floor = max(self.eig_floor, floor)
+            init = V if block is None else block
             ev = host.to_host(evals)
             if not np.all(np.isfinite(ev)):
                 break
             if ev[-1] >= self.s_track and k < self.max_track:
-                self.k_track = k + 1         # the smallest tracked is still above the track threshold: grow
+                # the smallest tracked is still above the track threshold: grow past every block Ritz value above it
+                above = k if rep.block_values is None else int((rep.block_values >= self.s_track).sum())
+                self.k_track = min(self.max_track, max(k, above) + 1)
                 continue
             if ev[-1] >= self.s_track and "max_track" not in self._warned:
                 self._warned.add("max_track")

@@ -145,6 +145,11 @@ class FlowModel:
     def begin_chunk(self, chunk) -> None:
         return None
 
+    def on_start(self, t: float, y: torch.Tensor) -> None:
+        """Called once with the flow's first state ``y`` at time ``t`` (after :meth:`begin_chunk` of its chunk),
+        before any right-hand side; not called again when a run resumes."""
+        return None
+
     def flow_events(self) -> list:
         return []
 

@@ -363,9 +363,12 @@ class FlowRun:
         last = chunk.k0 + chunk.n_steps - 1
         if last < self.k_start or chunk.n_steps == 0:
             return []
-        if self.y is None:
+        starting = self.y is None
+        if starting:
             self._initialise(chunk)
         self.model.begin_chunk(chunk)   # e.g. central: discrete states for deltas; clears its pure cache
+        if starting:
+            self.model.on_start(self.t, self.y)
         t_target = last + self.model.compare_shift if self.model.compare_shift else float(last)
         if self.stopped is None and t_target > self.t:
             self._integrate_to(t_target)
