@@ -145,9 +145,9 @@ class EigReport:
     stalled: bool = False   # stopped at the round-off floor (repeated false convergence claims), not at max_iter
     n_host: int = 0         # device→host transfers
     checks: int = 0         # residual checks
-    #: every Ritz value of the final block, descending (``(b,)``; dense: the whole spectrum): the first ``k`` are the
-    #: returned eigenvalues, the rest unconverged Ritz values, which (in exact arithmetic) bound the next eigenvalues
-    #: from below (``θ_j ≤ λ_j``, Cauchy interlacing); None when the solve failed
+    #: every Ritz value of the final block (``(b,)``; dense: the whole spectrum): the first ``k`` are the returned
+    #: eigenvalues, the rest unconverged Ritz values, each part descending, which (in exact arithmetic) bound the
+    #: next eigenvalues from below (``θ_j ≤ λ_j``, Cauchy interlacing); None when the solve failed
     block_values: np.ndarray | None = None
 
     @property
@@ -375,6 +375,7 @@ def _dense(matvec, dim, k, dtype, device, tol, warm):
     ev_r, V_r = e.astype(npd).astype(np.float64), Z.astype(npd).astype(np.float64)
     floor = max(_REL_FLOOR * anorm, float(torch.finfo(dtype).tiny))
     res = np.linalg.norm(A @ V_r - V_r * ev_r, axis=0) / np.maximum(np.abs(ev_r), floor)
+    spectrum[:k] = ev_r                     # the returned eigenvalues as returned (rounded to dtype)
     evals, evecs = _send([ev_r, V_r], dtype, device)
     return evals, evecs, EigReport(0, dim, res, bool(np.all(res <= tol)), tol, "dense", dim, warm, n_host=1,
                                    block_values=spectrum)

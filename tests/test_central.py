@@ -630,15 +630,16 @@ def test_refresh_floor_learned_above_refresh_tol_only_from_a_stalled_solve(monke
     """A refresh that ends unconverged raises the tolerance of later refreshes to 1.5× the residual it reached
     (``eig_floor``). When it stalled at the operator's round-off floor (``EigReport.stalled``; float32 HVPs of a
     1.8M-parameter MLP stall at ~2.4e-3), that floor may lie above ``refresh_tol`` (1e-3): later refreshes ask for
-    it instead of running into it again. A solve stopped at ``eig_max_iter``, or stalled at 1e-2 or more, raises it
-    to ``refresh_tol`` at most. The tolerance each solve was asked for is recorded from the solver's calls."""
+    it instead of running into it again, up to 10·``refresh_tol`` (a third of the residual that triggers a
+    refresh). A solve stopped at ``eig_max_iter``, or stalled at 1e-2 or more, raises it to ``refresh_tol`` at most.
+    The tolerance each solve was asked for is recorded from the solver's calls."""
     import pyrod.spectra as spectra
 
     prob = _small_mlp()
     opt, t, y = _state_at_eos(prob, "GD")
     real, asked = spectra.top_eigs, []
 
-    def run(stalled, residual):
+    def run(stalled, residual, **options):
         def fake(*a, **kw):
             asked.append(kw["tol"])
             out = real(*a, **kw)
@@ -646,7 +647,7 @@ def test_refresh_floor_learned_above_refresh_tol_only_from_a_stalled_solve(monke
             out[2].residuals = np.full_like(out[2].residuals, residual)
             return out
         monkeypatch.setattr(spectra, "top_eigs", fake)
-        flow = CentralFlow(prob, opt)
+        flow = CentralFlow(prob, opt, **options)
         flow.track(t, y)
         n = len(asked)
         flow._refresh(t, y, None)
@@ -659,6 +660,42 @@ def test_refresh_floor_learned_above_refresh_tol_only_from_a_stalled_solve(monke
         assert flow.eig_floor == flow.refresh_tol and tol == pytest.approx(flow.refresh_tol)
     flow, tol = run(True, 4e-4)                                      # below refresh_tol: learned as it is
     assert flow.eig_floor == pytest.approx(6e-4) and tol == pytest.approx(6e-4)
+    flow, tol = run(True, 2.4e-3, refresh_tol=1e-4)                  # stalled far above refresh_tol: 10·refresh_tol
+    assert flow.eig_floor == pytest.approx(1e-3) and tol == pytest.approx(1e-3)
+
+
+def test_grow_refresh_is_one_solve_warm_started_from_the_block(monkeypatch):
+    """When the check after a step finds the smallest tracked Ritz value above the track threshold, the refresh
+    asks for one more pair in its first solve (one solve where it took two: the old size, then one more), and a
+    solve that must grow further is warm-started from the previous solve's whole block (its ``block`` columns),
+    not from its ``k`` eigenvectors. Small MLP, GD: the tracked set found at η = 1.6/λ4 (4 above the threshold,
+    5 tracked) is handed to a flow at η = 1.6/λ5 (one more above it), whose check at the same state must grow it."""
+    import pyrod.spectra as spectra
+
+    prob = _small_mlp()
+    w = prob.w0
+    lam = torch.linalg.eigvalsh(prob.hessian(w)).flip(0).numpy()
+    first = CentralFlow(prob, GD(lr=1.6 / lam[3]))
+    first.track(0.0, w.clone())
+    assert first.k_track == 5
+    flow = CentralFlow(prob, GD(lr=1.6 / lam[4]))      # λ̃_5 = 1.6 ≥ s_track = 1.5: the check must grow the set
+    flow.load_tracking_state(first.tracking_state())   # the basis spans the same vectors (P̃ differs by a scalar)
+    real, calls = spectra.top_eigs, []
+
+    def spy(op, dim, k, **kw):
+        out = real(op, dim, k, **kw)
+        calls.append((k, None if kw.get("init") is None else kw["init"].shape[1], out[2].block))
+        return out
+    monkeypatch.setattr(spectra, "top_eigs", spy)
+    assert flow.track(1.0, w.clone()) is True
+    assert flow.stats["refresh_grow"] == 1 and flow.k_track == 6
+    assert calls[0][:2] == (6, 5) and len(calls) == 1, calls
+    np.testing.assert_allclose(flow.lam_last, flow.opt.lr * lam[:6], rtol=1e-6)
+
+    calls.clear()                             # a solve that must grow further: the next starts from its block
+    flow = CentralFlow(prob, GD(lr=1.6 / lam[5]))
+    flow.track(0.0, w.clone())
+    assert len(calls) == 3 and all(c[1] == prev[2] for prev, c in zip(calls, calls[1:])), calls
 
 
 def test_read_out_at_the_flow_start_reuses_its_first_refresh(monkeypatch):

@@ -676,6 +676,9 @@ def test_block_values_bound_the_next_eigenvalues_and_the_block_warm_starts_a_lar
     if rep.method == "dense":
         np.testing.assert_allclose(bv, exact, rtol=1e-12, atol=1e-12)
         assert torch.equal(X, V)
+        ev32, _, rep32 = top_eigs(lambda Z: A.float() @ Z, d, 2, dtype=torch.float32, device=CPU)
+        np.testing.assert_array_equal(rep32.block_values[:2], ev32.double().numpy())   # as returned (rounded)
+        np.testing.assert_allclose(rep32.block_values, exact, rtol=1e-5, atol=1e-5)
         return
     assert len(bv) == rep.block == X.shape[1] and torch.equal(X[:, :2], V)
     assert np.all(bv[2:] <= exact[2:len(bv)] * (1 + 1e-12)), (bv, exact[:len(bv)])

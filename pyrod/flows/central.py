@@ -314,8 +314,8 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
         self._warned = set(state["warned"])
 
     def _stash_readout(self, t, y):
-        """At an integer time reached exactly by an accepted step, compute the read-out now, with the basis that
-        is current there (FlowRun reads out after the whole chunk, when the tracked basis has moved on). The
+        """At an integer time reached exactly by an accepted step (or the flow's first state, :meth:`on_start`),
+        compute the read-out now, with the basis that is current there (FlowRun reads out after the whole chunk, when the tracked basis has moved on). The
         integrator saves exactly this state at ``k`` (the driver saves the accepted state itself when a step lands
         on a save time, before ``on_accept``), so the stash is keyed by ``k`` alone."""
         k = round(t)

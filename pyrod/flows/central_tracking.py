@@ -385,10 +385,12 @@ class SubspaceTracking:
                     # the operator could not deliver eig_tol: later refreshes ask for 1.5× what this one reached.
                     # A solve that stalled at the operator's round-off floor (e.g. float32 HVPs of a large model)
                     # below 1e-2 sets that floor even above refresh_tol (else every later refresh would run into it
-                    # again, ~3 extra checks each); any other, at most refresh_tol (the accuracy the tracking keeps
-                    # between refreshes anyway)
+                    # again, ~3 extra checks each), at most 10·refresh_tol (a third of the residual that triggers a
+                    # refresh); any other, at most refresh_tol (the accuracy the tracking keeps between refreshes)
                     floor = 1.5 * rep.max_residual
-                    if not (rep.stalled and rep.max_residual < _MAX_LEARNED_FLOOR):
+                    if rep.stalled and rep.max_residual < _MAX_LEARNED_FLOOR:
+                        floor = min(10.0 * self.refresh_tol, floor)
+                    else:
                         floor = min(self.refresh_tol, floor)
                     self.eig_floor = max(self.eig_floor, floor)
             init = V if block is None else block

@@ -63,6 +63,8 @@ class FlowModel:
     * ``on_accept(t, y)``: after every accepted integrator step (torch state); only called when overridden;
     * ``begin_chunk(chunk)``: before integrating through a chunk of discrete states (``pyrod.runs.discrete.Chunk``);
       models with a pure cache clear it here, so that a resumed run does exactly the same work;
+    * ``on_start(t, y)``: once, with the flow's first state, after the first chunk's ``begin_chunk`` and before
+      any right-hand side (not again on resume; central: the first refresh and the read-out at that state);
     * ``flow_events()``: extra :class:`~pyrod.integrate.base.Event` s whose ``fn(t, y)`` takes the torch state;
     * ``run_attrs()`` / ``final_attrs()``: group attributes at the start / end of the run;
     * ``n_eig``: length of the ``eig`` dimension of model-specific ``(t, eig)`` variables (FlowRun sets it to the
