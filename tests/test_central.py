@@ -695,7 +695,8 @@ def test_grow_refresh_is_one_solve_warm_started_from_the_block(monkeypatch):
     calls.clear()                             # a solve that must grow further: the next starts from its block
     flow = CentralFlow(prob, GD(lr=1.6 / lam[5]))
     flow.track(0.0, w.clone())
-    assert len(calls) == 3 and all(c[1] == prev[2] for prev, c in zip(calls, calls[1:])), calls
+    assert len(calls) == 3, calls
+    assert all(c[1] == prev[2] for prev, c in zip(calls, calls[1:], strict=False)), calls
 
 
 def test_read_out_at_the_flow_start_reuses_its_first_refresh(monkeypatch):
