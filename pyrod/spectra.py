@@ -154,6 +154,15 @@ class EigReport:
     def max_residual(self) -> float:
         return float(np.max(self.residuals)) if len(self.residuals) else 0.0
 
+    @property
+    def learned_floor(self) -> float | None:
+        """The tolerance a later solve of the same operator should ask for when this one stalled at the
+        operator's round-off floor (``stalled``, residual below ``_MAX_LEARNED_FLOOR``): 1.5× the residual it
+        reached; None otherwise (converged, stopped at ``max_iter``, or a residual too large to be round-off)."""
+        if self.stalled and self.max_residual < _MAX_LEARNED_FLOOR:
+            return 1.5 * self.max_residual
+        return None
+
 
 # ----------------------------------------------------------------------------- host ↔ device
 #: the solver's only device→host transfer (:func:`pyrod.host.to_host`, bound here so that tests can count and guard
@@ -658,8 +667,8 @@ def top_eigs(matvec: Callable[[torch.Tensor], torch.Tensor], dim: int, k: int, *
         unconverged Ritz vectors of ``EigReport.block_values[k:]``; ``evecs`` for dense; None when the solve
         failed): a warm start for a solve with a larger ``k``.
 
-    Returns ``(evals (k,) descending, evecs (dim, k) orthonormal, EigReport)`` (and the block). When ``3·block ≥ dim`` the
-    operator is formed densely (``dim`` HVPs) and diagonalised on the host. On a GPU the solve synchronises only
+    Returns ``(evals (k,) descending, evecs (dim, k) orthonormal, EigReport)`` (and the block). When
+    ``3·block ≥ dim`` the operator is formed densely (``dim`` HVPs) and diagonalised on the host. On a GPU the solve synchronises only
     in :func:`_to_host` (``EigReport.n_host`` times). Raises ValueError for ``k < 1`` or ``k > dim``. Non-finite
     operator output gives NaN results and ``converged=False``.
     """
@@ -786,11 +795,11 @@ class EigTracker:
         self.calls += 1
         self.n_hvp += rep.n_hvp
         self.last_report = rep
-        if rep.stalled and rep.max_residual < _MAX_LEARNED_FLOOR:
+        if rep.learned_floor is not None:
             # the operator cannot deliver ``tol`` here (round-off, e.g. float32 HVPs of a large model): later calls
             # ask for 1.5× the residual this one reached, so they stop at convergence instead of stalling each time
             # (their reports carry that tolerance); the warning below is given once, for this call
-            self.floor = max(self.floor, 1.5 * rep.max_residual)
+            self.floor = max(self.floor, rep.learned_floor)
         if X is not None:                                 # a finite result (else the warm start is kept)
             prev = self._prev
             if prev is not None and prev.shape == V.shape and prev.dtype == V.dtype and prev.device == V.device:

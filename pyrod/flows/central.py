@@ -315,8 +315,8 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
 
     def _stash_readout(self, t, y):
         """At an integer time reached exactly by an accepted step (or the flow's first state, :meth:`on_start`),
-        compute the read-out now, with the basis that is current there (FlowRun reads out after the whole chunk, when the tracked basis has moved on). The
-        integrator saves exactly this state at ``k`` (the driver saves the accepted state itself when a step lands
+        compute the read-out now, with the basis that is current there (FlowRun reads out after the whole chunk,
+        when the tracked basis has moved on). The integrator saves exactly this state at ``k`` (the driver saves the accepted state itself when a step lands
         on a save time, before ``on_accept``), so the stash is keyed by ``k`` alone."""
         k = round(t)
         ck = self._chunk

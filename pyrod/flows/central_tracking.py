@@ -362,7 +362,7 @@ class SubspaceTracking:
         its smallest eigenvalue above the threshold, the next asks for one more than the number of the block's Ritz
         values above it (lower bounds of the next eigenvalues: those are above it too), warm-started from the whole
         block, instead of growing one pair per solve."""
-        from ..spectra import _MAX_LEARNED_FLOOR, hessian_operator, top_eigs
+        from ..spectra import hessian_operator, top_eigs
 
         Pt = self.P_tilde(nu, t)
         t0 = time.perf_counter()
@@ -387,11 +387,10 @@ class SubspaceTracking:
                     # below 1e-2 sets that floor even above refresh_tol (else every later refresh would run into it
                     # again, ~3 extra checks each), at most 10·refresh_tol (a third of the residual that triggers a
                     # refresh); any other, at most refresh_tol (the accuracy the tracking keeps between refreshes)
-                    floor = 1.5 * rep.max_residual
-                    if rep.stalled and rep.max_residual < _MAX_LEARNED_FLOOR:
-                        floor = min(10.0 * self.refresh_tol, floor)
+                    if rep.learned_floor is not None:
+                        floor = min(10.0 * self.refresh_tol, rep.learned_floor)
                     else:
-                        floor = min(self.refresh_tol, floor)
+                        floor = min(self.refresh_tol, 1.5 * rep.max_residual)
                     self.eig_floor = max(self.eig_floor, floor)
             init = V if block is None else block
             ev = host.to_host(evals)
