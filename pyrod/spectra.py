@@ -106,6 +106,7 @@ import torch
 from scipy.linalg import solve_triangular
 
 from . import host
+from .columns import as_columns, cat_columns, mm_columns
 
 __all__ = ["EigReport", "EigenConvergenceWarning", "top_eigs", "hessian_operator", "preconditioner_scale",
            "EigTracker"]
@@ -191,7 +192,7 @@ def _take_cols(X: torch.Tensor, idx) -> torch.Tensor:
     ind = torch.from_numpy(np.asarray(idx, dtype=np.int64))
     if X.device.type != "cpu":
         ind = ind.pin_memory().to(X.device, non_blocking=True)
-    return X.index_select(1, ind)
+    return X.T.index_select(0, ind).T        # column-major, as the blocks here (pyrod.columns)
 
 
 def _finite_cols(V: torch.Tensor) -> torch.Tensor:
@@ -203,7 +204,7 @@ def _finite_cols(V: torch.Tensor) -> torch.Tensor:
 def _project_out(V: torch.Tensor, bases) -> torch.Tensor:
     for Q in bases:
         if Q is not None and Q.shape[1] and V.shape[1]:
-            V = V - Q @ (Q.T @ V)       # (faster on the CPU than addmm with beta = 1, measured)
+            V = V - mm_columns(Q, Q.T @ V)       # (faster on the CPU than addmm with beta = 1, measured)
     return V
 
 
@@ -244,7 +245,7 @@ def _svqb(V: torch.Tensor, drop: float, *, with_cond: bool = False):
         return (V, 1.0) if with_cond else V
     V = _finite_cols(V)
     N, cond = _svqb_coeffs(_to_host(V.T @ V), drop)
-    out = V @ host.to_device(N, V)
+    out = mm_columns(V, host.to_device(N, V))
     return (out, cond) if with_cond else out
 
 
@@ -272,7 +273,7 @@ def _orthonormalize_against(V: torch.Tensor, bases, dtype) -> torch.Tensor:
     keep = n1 > math.sqrt(eps) * n0
     kept = float((n1[keep] / n0[keep]).min()) if keep.any() else 1.0
     N, cond = _svqb_coeffs(gram, _drop_tol(dtype), ref=n0 ** 2, min_ratio=eps)
-    V = V @ host.to_device(N, V)
+    V = mm_columns(V, host.to_device(N, V))
     if kept >= _ORTH_SKIP_KEPT and cond >= _ORTH_SKIP_COND:
         return V
     return _svqb(_project_out(V, bases), _drop_tol(dtype))
@@ -430,8 +431,8 @@ class _LOBPCG:
         dim, b = self.dim, self.b
         j = 0 if init is None else min(init.shape[1], 2 * b)
         jA = 0 if init_AX is None else min(init_AX.shape[1], j)
-        rand = torch.randn(dim, b, generator=gen, dtype=self.dtype, device=self.device)
-        cand = rand if j == 0 else torch.cat([init[:, :j], rand], dim=1)
+        rand = as_columns(torch.randn(dim, b, generator=gen, dtype=self.dtype, device=self.device))
+        cand = rand if j == 0 else cat_columns([init[:, :j], rand])
         AXkn = None
         if j:
             ok = torch.isfinite(cand[:, :j]).all(0)
@@ -450,21 +451,21 @@ class _LOBPCG:
         unknown = [r for r, i in enumerate(idx) if i >= jA]
         if not jA or not any(i < jA for i in idx):
             (Nd,) = self.send(Nfull)
-            X = cand @ Nd
+            X = mm_columns(cand, Nd)
             return X, self.apply(X)
         E = np.zeros((nc, len(unknown)))
         E[[idx[r] for r in unknown], range(len(unknown))] = 1.0
         Nd, Ed, Nu = self.send(Nfull, E, N[unknown])
-        X = cand @ Nd
-        AX = AXkn @ Nd[:jA]
+        X = mm_columns(cand, Nd)
+        AX = mm_columns(AXkn, Nd[:jA])
         if unknown:
-            AX = AX + self.apply(cand @ Ed) @ Nu
+            AX = AX + mm_columns(self.apply(mm_columns(cand, Ed)), Nu)
         return X, AX
 
     # -- one host point: Grams of the basis, Rayleigh–Ritz, predicted residuals
     def rayleigh_ritz(self, S, AS):
         M, G = S.T @ S, S.T @ AS
-        Y = AS - S @ G
+        Y = AS - mm_columns(S, G)
         h = self.pull(torch.stack([M, G, Y.T @ Y]))
         if not np.isfinite(h).all():
             return None
@@ -484,7 +485,7 @@ def _lobpcg(matvec, dim, k, b, dtype, device, init, tol, max_iter, seed, init_AX
     def finish(thd, X, rel, converged, stalled):
         # the first k in descending order (fresh Rayleigh quotients may swap nearly equal neighbours)
         order = np.argsort(-theta[:k], kind="stable")
-        X = torch.cat([_take_cols(X[:, :k], order), X[:, k:]], dim=1)
+        X = cat_columns([_take_cols(X[:, :k], order), X[:, k:]])
         thd = torch.cat([_take_cols(thd[None, :k], order)[0], thd[k:]])
         rep = s.report(rel[:k][order], converged, warm, stalled and not converged)
         rep.block_values = np.concatenate([np.asarray(theta[:k], dtype=np.float64)[order],
@@ -517,11 +518,11 @@ def _lobpcg(matvec, dim, k, b, dtype, device, init, tol, max_iter, seed, init_AX
         if Rb is None and (bool(np.all(rel[:k] <= tol)) or s.it >= max_iter):
             # --- check: fresh A X[:, :k] (unless AX is fresh), true residuals, orthonormality; one transfer
             Cd, thd = s.send(C, theta)
-            X, AX = S @ Cd, AS @ Cd
+            X, AX = mm_columns(S, Cd), mm_columns(AS, Cd)
             checked = not fresh
             if checked:
                 AXk = s.apply(X[:, :k])
-                AX = torch.cat([AXk, AX[:, k:]], dim=1)
+                AX = cat_columns([AXk, AX[:, k:]])
                 thd = torch.cat([(X[:, :k] * AXk).sum(0), thd[k:]])
             Rb = torch.addcmul(AX, X, thd, value=-1.0)
             h = s.pull(torch.cat([thd[:k], (Rb.T @ Rb).reshape(-1), (X[:, :k].T @ X[:, :k]).reshape(-1)]))
@@ -570,7 +571,7 @@ def _lobpcg(matvec, dim, k, b, dtype, device, init, tol, max_iter, seed, init_AX
             K2 = (C[:, act] * theta[act]) @ Nr
             qs = np.zeros((C.shape[0], p)) if Q is None else Q
             cS, cA = s.send(np.hstack([C, qs, K2]), np.hstack([C, qs, K1]))
-            S, AS = S @ cS, AS @ cA
+            S, AS = mm_columns(S, cS), mm_columns(AS, cA)
             if a:
                 V = S[:, b + p:]
                 V.neg_().add_(AS[:, b + p:])
@@ -580,16 +581,16 @@ def _lobpcg(matvec, dim, k, b, dtype, device, init, tol, max_iter, seed, init_AX
             E[act] = Nr
             if Q is None:
                 (Ed,) = s.send(E)
-                S, AS = torch.cat([X, Rb @ Ed], dim=1), torch.cat([AX, AX.new_empty(dim, a)], dim=1)
+                S, AS = cat_columns([X, mm_columns(Rb, Ed)]), cat_columns([AX, AX.new_empty(a, dim).T])
             else:
                 Ed, Qd = s.send(E, Q)
-                S = torch.cat([X, S @ Qd, Rb @ Ed], dim=1)
-                AS = torch.cat([AX, AS @ Qd, AX.new_empty(dim, a)], dim=1)
+                S = cat_columns([X, mm_columns(S, Qd), mm_columns(Rb, Ed)])
+                AS = cat_columns([AX, mm_columns(AS, Qd), AX.new_empty(a, dim).T])
         if a:
             # one projection against [X, P] (the residuals are orthogonal to span(S) up to round-off; the
             # whitening of the next Rayleigh–Ritz problem, with the exact Gram matrix, does the rest)
             V, XP = S[:, b + p:], S[:, :b + p]
-            V.sub_(XP @ (XP.T @ V))
+            V.sub_(mm_columns(XP, XP.T @ V))
             AS[:, b + p:].copy_(s.apply(V))
 
 
@@ -712,7 +713,7 @@ def hessian_operator(problem, w: torch.Tensor, P=None, *, chunk: int | None = No
     def hv(V):
         if chunk is None or V.shape[1] <= chunk:
             return problem.hvp(w, V)
-        return torch.cat([problem.hvp(w, V[:, i:i + chunk]) for i in range(0, V.shape[1], chunk)], dim=1)
+        return cat_columns(problem.hvp(w, V[:, i:i + chunk]) for i in range(0, V.shape[1], chunk))
 
     def matvec(V: torch.Tensor) -> torch.Tensor:
         one = V.ndim == 1
@@ -787,7 +788,7 @@ class EigTracker:
             init = own
         elif own is not None:
             j = init.shape[1]
-            init = torch.cat([init, own[:, j:], own[:, :j]], dim=1)
+            init = cat_columns([init, own[:, j:], own[:, :j]])
         block = self.block if self.block is not None else _default_block(self.k)
         ev, V, rep, X = _solve(op, d, self.k, dtype=dt, device=dev, init=init, tol=max(self.tol, self.floor),
                                max_iter=self.max_iter, block=max(block, self.k), seed=self.seed + self.calls,
@@ -805,7 +806,7 @@ class EigTracker:
             if prev is not None and prev.shape == V.shape and prev.dtype == V.dtype and prev.device == V.device:
                 sgn = torch.where((prev * V).sum(0) < 0, -1.0, 1.0).to(V.dtype)
                 V = V * sgn
-                X = torch.cat([X[:, :self.k] * sgn, X[:, self.k:]], dim=1)
+                X = cat_columns([X[:, :self.k] * sgn, X[:, self.k:]])
             self._block = X if X.shape[1] < d else None   # a full dense basis is no useful warm start
             self._prev = V
         if not rep.converged and self.warn:
@@ -836,7 +837,7 @@ class EigTracker:
         prev = self._prev
         if prev is not None and prev.shape == V.shape and prev.dtype == V.dtype and prev.device == V.device:
             V = V * torch.where((prev * V).sum(0) < 0, -1.0, 1.0).to(V.dtype)
-        self._block = torch.cat([V, evecs[:, k:]], dim=1)
+        self._block = cat_columns([V, evecs[:, k:]])
         self._prev = V
         self.calls += 1
         rep = EigReport(0, 0, res[:k].copy(), True, tol, "known", evecs.shape[1], True)

@@ -9,6 +9,7 @@ bit-identical). Every run must also move the weights by ≥ MOVE so the comparis
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -648,3 +649,84 @@ def test_increment_is_a_deprecated_alias_of_direction(prob):
         old = opt.increment(st.w, st.m, g, nu, 0)
     new = opt.direction(st.w, st.m, g, nu, 0)
     assert all(torch.equal(a, b) for a, b in zip(old, new, strict=True))
+
+
+def _rate_cases():
+    """Every registered optimizer that gives ∂P/∂t in closed form, with and without bias correction (where it has
+    the option), a non-default ε (the c1·ε term) and Padam's exponent."""
+    from pyrod.optimizers.base import Optimizer as _Base
+    out = []
+    for name, cls in pyrod.optimizers.REGISTRY.items():
+        if cls.preconditioner_rate is _Base.preconditioner_rate or not cls.has_nu:
+            continue
+        fields = {f.name for f in dataclasses.fields(cls)}
+        for bc in ((False, True) if "bias_correction" in fields else (None,)):
+            kw = {"lr": 1e-3}
+            if bc is not None:
+                kw["bias_correction"] = bc
+            if "eps" in fields:
+                kw["eps"] = 0.03
+            if "beta1" in fields:
+                kw["beta1"] = 0.8
+            if "beta2" in fields:
+                kw["beta2"] = 0.9
+            out.append((name, kw))
+    return out
+
+
+@pytest.mark.parametrize("name,kw", _rate_cases(), ids=lambda v: v if isinstance(v, str) else str(v.get("bias_correction")))
+def test_preconditioner_rate_closed_form_is_the_time_derivative(name, kw):
+    """``preconditioner_rate`` (``∂P/∂t`` at fixed ν, closed form) against a central difference of
+    ``preconditioner`` over ±1e-4 steps in float64 (truncation ~1e-8 relative here), at early steps where the
+    bias-correction factors move fastest and later; ν with exact zeros (where ∂P/∂t must be 0 as P's own)."""
+    opt = pyrod.optimizers.get(name)(**kw)
+    gen = torch.Generator().manual_seed(3)
+    n = 1 if opt.scalar_nu else 50
+    nu = torch.rand(n, generator=gen, dtype=torch.float64) ** 3
+    if n > 1:
+        nu[::7] = 0.0
+    moving = False
+    for t in (0.0, 0.3, 2.5, 11.0, 40.0):
+        P = opt.preconditioner(nu, t)
+        rate = opt.preconditioner_rate(nu, t, P)
+        h = 1e-4
+        fd = (opt.preconditioner(nu, t + h) - opt.preconditioner(nu, t - h)) / (2 * h)
+        assert rate.shape == P.shape
+        assert torch.allclose(rate, fd, rtol=1e-6, atol=1e-10 * float(P.abs().max())), (t, rate, fd)
+        assert torch.equal(opt.preconditioner_rate(nu, t), rate)          # P computed inside when not given
+        moving |= bool(fd.abs().max() > 1e-3 * P.abs().max())
+    # bias correction makes P move at early steps; without it (and without a t-dependent factor) it is constant
+    assert moving == bool(kw.get("bias_correction", False) and (opt.second_moment == "ema"
+                                                                 or opt.momentum == "ema_heavy_ball"))
+
+
+def test_counter_clock_scales_the_preconditioner_rate():
+    """The central flow's mapped step counter (``counter_rate``): ∂P/∂t of the mapped optimizer is ``rate`` times
+    the optimizer's own at the mapped time, equal to a central difference of the mapped ``preconditioner``."""
+    from pyrod.flows.central import _CounterClock
+    opt = pyrod.optimizers.Adam(lr=1e-3, beta1=0.8, beta2=0.9, eps=0.01, bias_correction=True)
+    clocked = _CounterClock(opt, 1 / 0.9)
+    clocked.t0 = 2.0
+    nu = torch.linspace(0.0, 1.0, 20, dtype=torch.float64)
+    t, h = 3.7, 1e-4
+    fd = (clocked.preconditioner(nu, t + h) - clocked.preconditioner(nu, t - h)) / (2 * h)
+    rate = clocked.preconditioner_rate(nu, t)
+    assert torch.allclose(rate, fd, rtol=1e-6, atol=1e-12)
+    assert torch.allclose(rate, opt.preconditioner_rate(nu, clocked.clock(t)) / 0.9, rtol=1e-12, atol=0)
+
+
+def test_preconditioner_rate_in_float32_is_accurate_where_a_difference_quotient_is_not():
+    """In float32 a central difference of P over ±1e-4 steps loses ~eps32·P/(2h) ≈ 3e-4·P to round-off, 0.5–1 %
+    of ∂P/∂t at RMSProp's bias-correction drift (the central flow used it for dP̃/dt before the closed form); the
+    closed form in float32 agrees with float64 to ~1e-7 relative."""
+    from pyrod.optimizers.base import Optimizer as _Base
+    opt = pyrod.optimizers.RMSProp(lr=5e-5, beta2=0.99, eps=1e-7, bias_correction=True)
+    nu64 = torch.rand(20000, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 1e-6 + 1e-9
+    t = 30.0
+    exact = opt.preconditioner_rate(nu64, t)
+    nu32 = nu64.to(torch.float32)
+    closed = opt.preconditioner_rate(nu32, t).double()
+    quotient = _Base.preconditioner_rate(opt, nu32, t).double()
+    rel = lambda a: float(((a - exact).abs() / exact.abs()).median())  # noqa: E731
+    assert rel(closed) < 1e-6
+    assert rel(quotient) > 1e-3        # why the closed form: the difference quotient's round-off in float32

@@ -84,7 +84,8 @@ def check_options(options, spec) -> None:
 class _CounterClock:
     """The optimizer seen with its step counter running at ``rate`` per unit time from ``t0`` (the flow's start):
     every time argument ``t`` of :meth:`preconditioner`, :meth:`direction` and :meth:`increment` becomes
-    ``t0 + rate·(t − t0)``; everything else is the optimizer's own. Used for ``counter_rate="1/beta2"``."""
+    ``t0 + rate·(t − t0)`` (and :meth:`preconditioner_rate`, ``∂P/∂t``, is scaled by ``rate``); everything else is
+    the optimizer's own. Used for ``counter_rate="1/beta2"``."""
 
     def __init__(self, opt, rate: float):
         self._opt, self.rate, self.t0 = opt, float(rate), 0.0
@@ -94,6 +95,9 @@ class _CounterClock:
 
     def preconditioner(self, nu, t):
         return self._opt.preconditioner(nu, self.clock(t))
+
+    def preconditioner_rate(self, nu, t, P=None):
+        return self.rate * self._opt.preconditioner_rate(nu, self.clock(t), P)
 
     def direction(self, w, m, g, nu, t):
         return self._opt.direction(w, m, g, nu, self.clock(t))

@@ -17,6 +17,7 @@ import torch
 from torch.func import jvp, vmap
 
 from .. import host
+from ..columns import cat_columns, stack_columns, take_columns
 
 __all__ = ["Eval", "cols", "project"]
 
@@ -83,9 +84,9 @@ def cols(fn, M):
     if M.shape[1] == 0:
         return M
     try:
-        return vmap(fn, in_dims=1, out_dims=1)(M)
+        return vmap(fn, in_dims=1, out_dims=0)(M).T
     except Exception:  # noqa: BLE001 - any vmap limitation: fall back to a loop over (few) columns
-        return torch.stack([fn(M[:, i]) for i in range(M.shape[1])], dim=1)
+        return stack_columns(fn(M[:, i]) for i in range(M.shape[1]))
 
 
 def project(flow, ev: Eval, tgt0) -> Eval:
@@ -108,15 +109,16 @@ def project(flow, ev: Eval, tgt0) -> Eval:
     That = T * s                                           # (d, m): Σ_ij X_ij T_ij = That @ svec(X)
     ev.That = That
     # --- velocities: stable parts and the linear maps of svec(X)
+    # D is affine in g (checked when the flow is built): D(0), D(g) and D(That/2) − D(0) in one vmap, so that
+    # the preconditioner P(ν, t) inside D is evaluated once for all of them
     Dw0 = lambda gg: opt.direction(w, m, gg, nu, t + flow.tshift)[0]  # noqa: E731
-    zero = torch.zeros_like(g)
-    Dw_zero = Dw0(zero)
-    a_w = Dw0(g)
-    B_w = cols(lambda v: Dw0(v) - Dw_zero, 0.5 * That)        # (d, m): X-part of dw/dt
+    D = cols(Dw0, cat_columns([torch.zeros_like(g)[:, None], g[:, None], 0.5 * That]))
+    a_w = D[:, 1]
+    B_w = D[:, 2:] - D[:, :1]                                        # (d, m): X-part of dw/dt
     dA_stable = -(That.T @ a_w)                                      # svec(−Uᵀ dH/dt U), stable part
     dA_X = -(That.T @ B_w)                                           # (m, m)
     if flow.has_nu:
-        hp, hq = HUc[:, iu], HUc[:, ju]
+        hp, hq = take_columns(HUc, iu), take_columns(HUc, ju)
         q = opt.nu_target
         Ghat = cols(lambda a: q(a), hp + hq) - cols(lambda a: q(a), hp - hq)
         Ghat = 0.25 * Ghat * s                             # (ν, m): E[tgt(Hδ)] = Ghat @ svec(X)
@@ -127,14 +129,13 @@ def project(flow, ev: Eval, tgt0) -> Eval:
         # ν = 0 (e.g. weights of always-zero inputs): √ν has no derivative; there ν̇ = 0 too (zero gradient row),
         # so the term is dropped
         dP = torch.where(torch.isfinite(dP), dP, torch.zeros_like(dP))
-        h = 1e-4
-        dPdt = (opt.preconditioner(nu, t + flow.tshift + h) - opt.preconditioner(nu, t + flow.tshift - h)) / (2 * h)
+        dPdt = opt.preconditioner_rate(nu, t + flow.tshift, P)
         dPt_stable = (flow.c * (dP * a_nu + dPdt)).reshape(-1)
         dPt_X = flow.c * (dP * rho).reshape(-1, 1) * Ghat    # (|P|, m)
         if Pt.numel() > 1:
-            What = (Uc[:, iu] * Uc[:, ju]) * s               # (d, m): svec(Uᵀ diag(p) U) = Whatᵀ p
+            What = (take_columns(Uc, iu) * take_columns(Uc, ju)) * s   # (d, m): svec(Uᵀ diag(p) U) = Whatᵀ p
         else:
-            What = ((Uc[:, iu] * Uc[:, ju]).sum(0) * s)[None, :]
+            What = ((take_columns(Uc, iu) * take_columns(Uc, ju)).sum(0) * s)[None, :]
         dA_stable = dA_stable + 2.0 * (What.T @ dPt_stable)
         dA_X = dA_X + 2.0 * (What.T @ dPt_X)
     else:

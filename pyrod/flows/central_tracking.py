@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from .. import host
+from ..columns import as_columns, cat_columns, mm_columns
 from ..tensor_identity import TensorKey
 
 __all__ = ["SubspaceTracking", "Ritz", "StateCache", "gram_matrices", "ritz_from_grams", "pencil_rayleigh_ritz"]
@@ -107,18 +108,18 @@ def n_cols(S) -> int:
 def combine(S, C: torch.Tensor) -> torch.Tensor:
     """``S C`` for ``S`` a tensor or a tuple of column blocks (``[U, Z] C = U C_U + Z C_Z``), ``C``: (m, r)."""
     bl = _blocks(S)
-    out = bl[0] @ C[:bl[0].shape[1]]
+    out = C[:bl[0].shape[1]].T @ bl[0].T         # (r, d): the result column-major (pyrod.columns)
     o = bl[0].shape[1]
     for b in bl[1:]:
-        out.addmm_(b, C[o:o + b.shape[1]])
+        out.addmm_(C[o:o + b.shape[1]].T, b.T)
         o += b.shape[1]
-    return out
+    return out.T
 
 
 def joined(S) -> torch.Tensor:
     """``S`` as one ``(d, m)`` tensor."""
     bl = _blocks(S)
-    return bl[0] if len(bl) == 1 else torch.cat(bl, dim=1)
+    return bl[0] if len(bl) == 1 else cat_columns(bl)
 
 
 def gram_matrices(S, HS, Pt) -> torch.Tensor:
@@ -431,7 +432,7 @@ class SubspaceTracking:
         Z = HU[:, :self._n_watched(U.shape[1])] / Pc
         # one pass: the span of [U, Z] is what counts (the Rayleigh–Ritz on the host whitens S), so Z only needs the
         # part along U removed well enough that S stays well conditioned (|cos| ~ float round-off / residual)
-        Z = Z - U @ (U.T @ (Pc * Z))
+        Z = Z - mm_columns(U, U.T @ (Pc * Z))
         nz = torch.sqrt((Z * (Pc * Z)).sum(0))
         Z = Z / nz.clamp_min(torch.finfo(Z.dtype).tiny)
         HZ = self.problem.hvp(w, Z)
@@ -519,9 +520,9 @@ class SubspaceTracking:
             if not act:
                 break
             U, HU = rr.U, rr.HU
-            Z = (HU[:, act] - (Pc * U[:, act]) * host.to_device(rr.lam[act], U)) / Pc
+            Z = as_columns((HU[:, act] - (Pc * U[:, act]) * host.to_device(rr.lam[act], U)) / Pc)
             for _ in range(2):                              # P̃-orthogonal to the whole search space
-                Z = Z - S @ (S.T @ (Pc * Z))
+                Z = Z - mm_columns(S, S.T @ (Pc * Z))
             Z = Z / torch.sqrt((Z * (Pc * Z)).sum(0)).clamp_min(torch.finfo(Z.dtype).tiny)
             HZ = self.problem.hvp(w, Z)
             self.stats["refine_hvp"] += Z.shape[1]
@@ -540,7 +541,7 @@ class SubspaceTracking:
                 cross_h = np.concatenate([np.concatenate([a for a, _ in parts]), np.concatenate([b for _, b in parts])])
             G = extend_grams(G, cross_h, vals[4 * m * j:].reshape(2 * j, 2 * j))
             rows.append(Mz)
-            S, HS = torch.cat([S, Z], dim=1), torch.cat([HS, HZ], dim=1)
+            S, HS = cat_columns([S, Z]), cat_columns([HS, HZ])
             rr = self._finish(G, S, HS, False)
         return rr
 

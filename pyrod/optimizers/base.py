@@ -35,6 +35,14 @@ def bias_factor(beta: float, x) -> float:
     return -math.expm1(float(x) * math.log(beta))
 
 
+def bias_factor_log_rate(beta: float, x) -> float:
+    """``d/dx ln(1 − β^x) = −β^x ln β / (1 − β^x)``, the relative rate of :func:`bias_factor`; 0 for ``β = 0``."""
+    if beta == 0.0:
+        return 0.0
+    lb = math.log(beta)
+    return -math.exp(float(x) * lb) * lb / -math.expm1(float(x) * lb)
+
+
 @dataclass
 class OptState:
     """Discrete optimizer state *before* step ``k``.
@@ -209,6 +217,13 @@ class Optimizer:
         Must be positive. ``t`` is the (continuous) step index; bias-correction factors use it.
         """
         return torch.ones(1, dtype=torch.float64)
+
+    def preconditioner_rate(self, nu: torch.Tensor | None, t: float, P: torch.Tensor | None = None) -> torch.Tensor:
+        """``∂P/∂t`` at fixed ``ν``, per step (the drift of the bias-correction factors), shaped as ``P``; ``P``:
+        ``P(ν, t)`` when the caller has it. The central flow's ``dP̃/dt`` needs it. Here a central difference over
+        ±1e-4 steps (two evaluations of :meth:`preconditioner`); optimizers with a closed form override it."""
+        h = 1e-4
+        return (self.preconditioner(nu, t + h) - self.preconditioner(nu, t - h)) / (2 * h)
 
     def direction(self, w, m, g, nu, t) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The increment ``D(z; ν, t) = (D_w, D_m)`` for ``z = (w, m)`` and ``g = ∇L(w)``."""

@@ -54,6 +54,7 @@ from typing import Callable, Sequence
 import torch
 from torch.func import functional_call, grad, grad_and_value, jvp, vmap
 
+from ..columns import stack_columns
 from ..tensor_identity import TensorKey
 
 __all__ = ["Problem", "Block", "Samples", "resolve_device", "resolve_dtype", "check_batch_size", "check_hvp_mode",
@@ -329,13 +330,12 @@ class Problem:
                     out = _batched_backward(g, ww, vv.T)
                     if out is not None:
                         return out.T.detach().to(self.dtype)
-                out = torch.stack([torch.autograd.grad(g, ww, vv[:, i], retain_graph=True)[0] for i in range(k)],
-                                  dim=1)
+                out = stack_columns(torch.autograd.grad(g, ww, vv[:, i], retain_graph=True)[0] for i in range(k))
             return out.detach().to(self.dtype)
         if v.ndim == 1:
             return jvp(self._grad, (w,), (v,))[1].detach().to(self.dtype)
         f = lambda col: jvp(self._grad, (w,), (col,))[1]  # noqa: E731
-        return vmap(f, in_dims=1, out_dims=1)(v).detach().to(self.dtype)
+        return vmap(f, in_dims=1, out_dims=0)(v).T.detach().to(self.dtype)
 
     jvp_grad = hvp
 
@@ -402,7 +402,7 @@ class Problem:
                 return torch.dot(a, jvp(grad_b, (w_,), (b,))[1])
 
             g3 = grad(quad)
-            t = g3(w, u, v) if u.ndim == 1 else vmap(g3, in_dims=(None, 1, 1), out_dims=1)(w, u, v)
+            t = g3(w, u, v) if u.ndim == 1 else vmap(g3, in_dims=(None, 1, 1), out_dims=0)(w, u, v).T
             t = t.detach()
             if c is not None:
                 t = c * t
@@ -740,7 +740,7 @@ def _d3_on_graph(ww: torch.Tensor, g: torch.Tensor, groups, m: int) -> torch.Ten
                     col = torch.autograd.grad(hb, ww, a.to(ww.dtype), retain_graph=True, allow_unused=True)[0]
                 cols[p] = torch.zeros_like(ww) if col is None else col
             del hb
-    return torch.stack(cols, dim=1).detach()
+    return stack_columns(cols).detach()
 
 
 def _host_indices(name: str, idx, k: int) -> tuple:
