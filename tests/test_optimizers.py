@@ -678,7 +678,7 @@ def _rate_cases():
 def test_preconditioner_rate_closed_form_is_the_time_derivative(name, kw):
     """``preconditioner_rate`` (``∂P/∂t`` at fixed ν, closed form) against a central difference of
     ``preconditioner`` over ±1e-4 steps in float64 (truncation ~1e-8 relative here), at early steps where the
-    bias-correction factors move fastest and later; ν with exact zeros (where ∂P/∂t must be 0 as P's own)."""
+    bias-correction factors move fastest and later; ν with exact zeros (where only the c1·ε part of P moves)."""
     opt = pyrod.optimizers.get(name)(**kw)
     gen = torch.Generator().manual_seed(3)
     n = 1 if opt.scalar_nu else 50
@@ -730,3 +730,23 @@ def test_preconditioner_rate_in_float32_is_accurate_where_a_difference_quotient_
     rel = lambda a: float(((a - exact).abs() / exact.abs()).median())  # noqa: E731
     assert rel(closed) < 1e-6
     assert rel(quotient) > 1e-3        # why the closed form: the difference quotient's round-off in float32
+
+
+def test_a_subclass_with_its_own_preconditioner_gets_the_difference_quotient_of_its_own_P():
+    """The closed form is the family's ``P``: a subclass that redefines ``preconditioner`` (as docs/architecture.md
+    invites) must not inherit it; its ``preconditioner_rate`` is the central difference of its own ``P``."""
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True, repr=False)
+    class Drifting(RMSProp):
+        def preconditioner(self, nu, t):
+            return super().preconditioner(nu, t) * (1.0 + 1.0 / (t + 1.0))
+
+    opt = Drifting(lr=1e-3, beta2=0.9, bias_correction=True)
+    nu = torch.linspace(0.0, 1.0, 30, dtype=torch.float64)
+    t, h = 3.0, 1e-4
+    fd = (opt.preconditioner(nu, t + h) - opt.preconditioner(nu, t - h)) / (2 * h)
+    assert torch.allclose(opt.preconditioner_rate(nu, t), fd, rtol=1e-6, atol=1e-12)
+    # what inheriting the family's closed form would give (the plain RMSProp's ∂P/∂t) is far from it
+    plain = RMSProp(lr=1e-3, beta2=0.9, bias_correction=True)
+    assert not torch.allclose(plain.preconditioner_rate(nu, t), fd, rtol=1e-2, atol=0)

@@ -171,8 +171,14 @@ class PreconditionedMomentum(Optimizer):
 
     def preconditioner_rate(self, nu, t, P=None):
         """``∂P/∂t`` in closed form: with ``r_i = d ln c_i/dt`` (:func:`~pyrod.optimizers.base.bias_factor_log_rate`)
-        and ``P = c1·((ν/c2)^p + ε)``, ``∂P/∂t = r1·P − p·r2·(P − c1·ε)`` (zero where ``ν = 0``, as ``P``'s own
-        derivative there). One pass over ``P`` instead of the base class's two evaluations."""
+        and ``P = c1·((ν/c2)^p + ε)``, ``∂P/∂t = r1·P − p·r2·(P − c1·ε)`` (where ``ν = 0`` only the ``c1·ε`` part
+        moves, as ``P`` itself there). One pass over ``P`` instead of the base class's two evaluations. A subclass
+        that redefines :meth:`preconditioner`, ``_c1`` or ``_c2`` gets the base class's central difference of its
+        own ``P`` instead (the closed form is this class's ``P``)."""
+        cls = type(self)
+        if any(getattr(cls, name) is not getattr(PreconditionedMomentum, name)
+               for name in ("preconditioner", "_c1", "_c2")):
+            return super().preconditioner_rate(nu, t, P)
         if not self.has_nu:
             return torch.zeros(1, dtype=torch.float64)
         if P is None:
