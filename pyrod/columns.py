@@ -15,6 +15,7 @@ element-wise operation or a slice does), a matrix product, ``torch.stack(dim=1)`
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 __all__ = ["as_columns", "stack_columns", "cat_columns", "mm_columns", "take_columns", "is_columns"]
@@ -48,6 +49,16 @@ def mm_columns(S: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
 
 
 def take_columns(S: torch.Tensor, idx) -> torch.Tensor:
-    """``S[:, idx]`` for an index list or integer tensor ``idx``, column-major (advanced indexing along dim 1 would
-    make a row-major copy)."""
-    return S.T[idx].T
+    """``S[:, idx]``, column-major (advanced indexing along dim 1 would make a row-major copy). ``idx``: a 1-D
+    integer tensor on ``S``'s device, or host integers (list, tuple, NumPy array): consecutive ones give a slice
+    (a view), others an index tensor copied to the device without synchronisation (a Python list or a boolean mask
+    as index would synchronise a GPU)."""
+    if isinstance(idx, torch.Tensor):
+        return S.T.index_select(0, idx).T
+    idx = [int(i) for i in idx]
+    if not idx or idx == list(range(idx[0], idx[0] + len(idx))):
+        return S[:, idx[0]:idx[0] + len(idx)] if idx else S[:, :0]
+    ind = torch.from_numpy(np.asarray(idx, dtype=np.int64))
+    if S.device.type != "cpu":
+        ind = ind.pin_memory().to(S.device, non_blocking=True)
+    return S.T.index_select(0, ind).T

@@ -106,7 +106,7 @@ import torch
 from scipy.linalg import solve_triangular
 
 from . import host
-from .columns import as_columns, cat_columns, mm_columns
+from .columns import as_columns, cat_columns, mm_columns, take_columns
 
 __all__ = ["EigReport", "EigenConvergenceWarning", "top_eigs", "hessian_operator", "preconditioner_scale",
            "EigTracker"]
@@ -181,18 +181,6 @@ def _send(arrays, dtype, device) -> list:
         out.append(buf[i:i + n].view(np.shape(a)))
         i += n
     return out
-
-
-def _take_cols(X: torch.Tensor, idx) -> torch.Tensor:
-    """``X[:, idx]`` for a host index list: a slice when the indices are consecutive, else ``index_select`` with an
-    index tensor copied without synchronisation (a list or a boolean mask as index would synchronise)."""
-    idx = [int(i) for i in idx]
-    if not idx or idx == list(range(idx[0], idx[0] + len(idx))):
-        return X[:, idx[0]:idx[0] + len(idx)] if idx else X[:, :0]
-    ind = torch.from_numpy(np.asarray(idx, dtype=np.int64))
-    if X.device.type != "cpu":
-        ind = ind.pin_memory().to(X.device, non_blocking=True)
-    return X.T.index_select(0, ind).T        # column-major, as the blocks here (pyrod.columns)
 
 
 def _finite_cols(V: torch.Tensor) -> torch.Tensor:
@@ -485,8 +473,8 @@ def _lobpcg(matvec, dim, k, b, dtype, device, init, tol, max_iter, seed, init_AX
     def finish(thd, X, rel, converged, stalled):
         # the first k in descending order (fresh Rayleigh quotients may swap nearly equal neighbours)
         order = np.argsort(-theta[:k], kind="stable")
-        X = cat_columns([_take_cols(X[:, :k], order), X[:, k:]])
-        thd = torch.cat([_take_cols(thd[None, :k], order)[0], thd[k:]])
+        X = cat_columns([take_columns(X[:, :k], order), X[:, k:]])
+        thd = torch.cat([take_columns(thd[None, :k], order)[0], thd[k:]])
         rep = s.report(rel[:k][order], converged, warm, stalled and not converged)
         rep.block_values = np.concatenate([np.asarray(theta[:k], dtype=np.float64)[order],
                                            np.asarray(theta[k:], dtype=np.float64)])

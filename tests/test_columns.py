@@ -29,13 +29,16 @@ def test_helpers_equal_the_plain_operations_and_are_column_major():
     for out, ref in [(as_columns(S), S), (cat_columns([S, Z]), torch.cat([S, Z], dim=1)),
                      (stack_columns([S[:, 0], Z[:, 1]]), torch.stack([S[:, 0], Z[:, 1]], dim=1)),
                      (take_columns(S, [2, 0, 2]), S[:, [2, 0, 2]]),
-                     (take_columns(S, torch.tensor([1, 1])), S[:, [1, 1]])]:
+                     (take_columns(S, torch.tensor([1, 1])), S[:, [1, 1]]),
+                     (take_columns(S, np.array([2, 1])), S[:, [2, 1]])]:
         assert is_columns(out)
         assert torch.equal(out, ref)
     out = mm_columns(S, C)
     assert is_columns(out)
     torch.testing.assert_close(out, S @ C, rtol=1e-14, atol=1e-14)
     Sc = as_columns(S)
+    view = take_columns(Sc, [1, 2])                           # consecutive host indices: a slice, no copy
+    assert view.data_ptr() == Sc[:, 1].data_ptr() and torch.equal(view, S[:, 1:3]) and is_columns(view)
     assert as_columns(Sc) is Sc                               # no copy when already column-major
     assert is_columns(Sc * torch.rand(500, 1, dtype=torch.float64))   # element-wise work keeps the layout
     assert is_columns(_rows(7, 1)) and is_columns(Sc[:, 1:])

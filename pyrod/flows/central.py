@@ -320,8 +320,9 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
     def _stash_readout(self, t, y):
         """At an integer time reached exactly by an accepted step (or the flow's first state, :meth:`on_start`),
         compute the read-out now, with the basis that is current there (FlowRun reads out after the whole chunk,
-        when the tracked basis has moved on). The integrator saves exactly this state at ``k`` (the driver saves the accepted state itself when a step lands
-        on a save time, before ``on_accept``), so the stash is keyed by ``k`` alone."""
+        when the tracked basis has moved on). The integrator saves exactly this state at ``k`` (the driver saves
+        the accepted state itself when a step lands on a save time, before ``on_accept``), so the stash is keyed by
+        ``k`` alone."""
         k = round(t)
         ck = self._chunk
         if t != k or ck is None or k in self._stash or not (ck.k0 <= k < ck.k0 + len(ck.states)):

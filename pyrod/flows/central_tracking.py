@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from .. import host
-from ..columns import as_columns, cat_columns, mm_columns
+from ..columns import cat_columns, mm_columns, take_columns
 from ..tensor_identity import TensorKey
 
 __all__ = ["SubspaceTracking", "Ritz", "StateCache", "gram_matrices", "ritz_from_grams", "pencil_rayleigh_ritz"]
@@ -520,7 +520,7 @@ class SubspaceTracking:
             if not act:
                 break
             U, HU = rr.U, rr.HU
-            Z = as_columns((HU[:, act] - (Pc * U[:, act]) * host.to_device(rr.lam[act], U)) / Pc)
+            Z = (take_columns(HU, act) - (Pc * take_columns(U, act)) * host.to_device(rr.lam[act], U)) / Pc
             for _ in range(2):                              # P̃-orthogonal to the whole search space
                 Z = Z - mm_columns(S, S.T @ (Pc * Z))
             Z = Z / torch.sqrt((Z * (Pc * Z)).sum(0)).clamp_min(torch.finfo(Z.dtype).tiny)
