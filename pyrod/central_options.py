@@ -39,6 +39,10 @@ class CentralOptions:
     """tolerance of the semidefinite complementarity solver"""
     refresh_tol: float = 1e-3
     """Ritz residual above which the tracked subspace is improved"""
+    watch_margin: float | None = 0.05
+    """a tracked direction more than this below sdcp_threshold (effective sharpness), not critical and not the next
+    candidate, and not projected to come within it by the next integer time, is checked at integer times only; the
+    others at every evaluation (None: every tracked direction at every evaluation)"""
     counter_rate: str = "1"
     """rate of the optimizer's step counter along the flow: "1" (one step per unit time, what the equations give)
     or "1/beta2" (the reference implementation's convention, for comparisons; docs/central_flows.md §7)"""
@@ -55,6 +59,8 @@ class CentralOptions:
         set_frozen(self, "max_track", check_int(w, "max_track", self.max_track, lo=1))
         set_frozen(self, "sdcp_tol", check_float(w, "sdcp_tol", self.sdcp_tol, lo=0, hi=1))
         set_frozen(self, "refresh_tol", check_float(w, "refresh_tol", self.refresh_tol, lo=0, hi=1))
+        set_frozen(self, "watch_margin", check_float(w, "watch_margin", self.watch_margin, lo=0, hi=1,
+                                                                  open_lo=False, none=True))
         if self.counter_rate not in COUNTER_RATES:
             raise ValueError(f"central.counter_rate={self.counter_rate!r} is not one of {list(COUNTER_RATES)}: '1' "
                              f"(one optimizer step per unit time) or '1/beta2' (the reference implementation's "

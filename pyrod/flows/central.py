@@ -154,7 +154,7 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
     def __init__(self, problem, optimizer, *, bea: bool = False, substeps: int = DEFAULT_SUBSTEPS, **options):
         """``options``: the fields of :class:`pyrod.central_options.CentralOptions` (``sdcp_threshold``,
         ``track_threshold``, ``tau``, ``eig_tol``, ``eig_max_iter``, ``max_track``, ``sdcp_tol``, ``refresh_tol``,
-        ``counter_rate``; defaults there); ``substeps``: Euler steps per unit time."""
+        ``watch_margin``, ``counter_rate``; defaults there); ``substeps``: Euler steps per unit time."""
         o = self.validate_options(bea=bea, substeps=substeps, **options)
         super().__init__(problem, optimizer, bea=False)
         self.counter_rate = o["counter_rate"]
@@ -182,6 +182,8 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
         self.max_track = int(min(max_track, self.d))
         self.sdcp_tol = float(sdcp_tol)
         self.refresh_tol = float(refresh_tol)
+        # on λ̃ (2 = the stability threshold), as s_sdcp
+        self.watch_margin = None if o["watch_margin"] is None else 2.0 * float(o["watch_margin"])
         self.n_eig = self.max_track                         # length of the "eig" dim (FlowRun sets measurer.n_eig)
         self.layout = self._phase_layout()                  # y = (w[, m][, ν]), as the stable flow
         self.experimental = bool(self.has_m)
@@ -203,7 +205,8 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
                           refresh_nonfinite=0, refresh_unconverged=0, refresh_hvp=0,
                           n_expand=0, expand_hvp=0, rr_hvp=0, n_t3=0, n_t3_calls=0, n_sdcp=0,
                           sdcp_iterations=0, sdcp_unconverged=0, sdcp_max_merit=0.0, t_eig=0.0, t_t3=0.0,
-                          t_sdcp=0.0, max_critical=0, max_tracked=1, readout_fresh=0, refine_hvp=0,
+                          t_sdcp=0.0, max_critical=0, max_tracked=1, readout_fresh=0, refine_hvp=0, n_planned_check=0,
+                          n_watched_check=0,
                           sdcp_max_asymmetry=0.0)
 
     def warn_once(self, key: str, message: str) -> None:
@@ -352,6 +355,7 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
         return {"sdcp_threshold": self.sdcp_threshold, "track_threshold": self.track_threshold,
                 "tau": self.tau, "substeps": self.substeps, "max_track": self.max_track,
                 "eig_tol": self.eig_tol, "sdcp_tol": self.sdcp_tol, "refresh_tol": self.refresh_tol,
+                "watch_margin": "none" if self.watch_margin is None else self.watch_margin / 2.0,
                 "counter_rate": self.counter_rate,
                 "experimental": int(self.experimental),
                 "units": "X, deltas, predicted_variances: P~-orthonormal coordinates, P~ = (threshold/2) P "
@@ -421,7 +425,7 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
         else:
             hit = self._cache.get("rr", float(t), y)       # the other events at this state: no P̃, no unpacking
             if hit is not None:
-                lam = hit.lam
+                lam = self.with_unwatched(hit.lam, hit.n_basis)
             elif (lam := self.lam_at(float(t))) is not None:
                 pass                         # a segment's first state: the last accepted check's values there
             else:
@@ -429,8 +433,10 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
                 # event values then come from the pairs the step end keeps, as in a tensor backend's probe)
                 p = self.layout.unpack(y)
                 with torch.no_grad():
-                    lam = self._ritz(float(t), y, p["w"], p.get("nu"), self.P_tilde(p.get("nu"), float(t)),
-                                     expand=self.expand_due).lam
+                    rr = self._ritz(float(t), y, p["w"], p.get("nu"), self.P_tilde(p.get("nu"), float(t)),
+                                    expand=self.expand_due)
+                # between whole checks the unwatched pairs give their values at the last whole check
+                lam = self.with_unwatched(rr.lam, rr.n_basis)
         if j < lam.size:
             return float(lam[j]) - self.s_sdcp
         return min(float(lam[-1]), self.s_track) - self.s_sdcp
@@ -522,7 +528,8 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
             return got[0]
         # the integrator did not stop exactly at k: fresh eigen-solve at y_k
         self.stats["readout_fresh"] += 1
-        saved = (self.Y, self.k_track, self.lam_last, self.lam_t, self._cache, self._X_prev)
+        saved = (self.Y, self.k_track, self.lam_last, self.lam_t, self._cache, self._X_prev, self.n_near,
+                 self.full_next, self.full_prev)
         try:
             self._cache = self._new_cache()
             with torch.no_grad():
@@ -530,7 +537,8 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
                 self._refresh(float(k), p["w"], p.get("nu"))
                 return self._predictions(float(k), y_k, discrete[0])
         finally:
-            self.Y, self.k_track, self.lam_last, self.lam_t, self._cache, self._X_prev = saved
+            (self.Y, self.k_track, self.lam_last, self.lam_t, self._cache, self._X_prev, self.n_near,
+             self.full_next, self.full_prev) = saved
 
     def _predictions(self, t, y, wk) -> dict:
         """Predictions at ``(t, y)`` (an integer time) and the empirical ``deltas`` against the discrete ``w_k``;

@@ -1,7 +1,8 @@
 """Eigen-subspace tracking for the central flow (a mixin of :class:`~pyrod.flows.central.CentralFlow`).
 
 A basis ``Y`` (d × ``k_track``, P̃-orthonormal at its refresh) of the top eigenvectors of the pencil (H, P̃) is kept
-between steps: every evaluation does a Rayleigh–Ritz on it (``k_track`` HVPs, cached per state); after every
+between steps: every evaluation does a Rayleigh–Ritz on it (``k_track`` HVPs, cached per state; between the whole
+checks at integer times only on its watched leading columns, :meth:`SubspaceTracking._plan_checks`); after every
 accepted step :meth:`SubspaceTracking.track` checks the Ritz residuals and improves the basis by one Davidson
 expansion, or re-solves it by warm LOBPCG (:func:`pyrod.spectra.top_eigs`) when the tracked set must grow or shrink
 or a residual is large. Tracked: every eigenvalue with ``λ̃ ≥ s_track`` plus one below it (at most ``max_track``).
@@ -21,10 +22,11 @@ content on a GPU; on the CPU, where reading values costs no synchronisation, a c
 hits (the NumPy backends hand the flow a new tensor per callback). The cache is pure and cleared at every chunk.
 
 State between chunks (``tracking_state``): ``Y``, ``k_track``, ``lam_last`` (λ̃ at the last accepted step, host
-float64) and ``lam_t`` (the time it belongs to), ``eig_floor``. The event values at a chunk's first state, the
+float64) and ``lam_t`` (the time it belongs to), ``eig_floor``, and the plan of watched checks (``n_near``,
+``full_next``, ``full_prev``). The event values at a chunk's first state, the
 last accepted state of the chunk before, are read from ``lam_last`` (:meth:`lam_at`): no Rayleigh–Ritz is redone
 there, and a resumed run reads the same saved values. The mixin needs from its host: ``problem``, ``d``, ``P_tilde(ν, t)``, ``s_sdcp``,
-``s_track``, ``max_track``, ``track_threshold``, ``eig_tol``, ``eig_max_iter``, ``refresh_tol``, ``stats``,
+``s_track``, ``max_track``, ``track_threshold``, ``eig_tol``, ``eig_max_iter``, ``refresh_tol``, ``watch_margin``, ``stats``,
 ``layout`` and ``_warned``.
 """
 from __future__ import annotations
@@ -51,10 +53,13 @@ class Ritz:
     the products ``H Y`` of the tracked basis itself (device), kept by a plain Rayleigh–Ritz on the basis so that a
     later expansion at the same state starts from exactly the products a fresh one would compute."""
 
-    __slots__ = ("lam", "rel", "U", "HU", "expanded", "plain", "basis_HY", "space")
+    __slots__ = ("lam", "rel", "U", "HU", "expanded", "plain", "basis_HY", "space", "n_basis")
 
-    def __init__(self, lam, rel, U, HU, expanded=False, plain=None, basis_HY=None):
+    def __init__(self, lam, rel, U, HU, expanded=False, plain=None, basis_HY=None, n_basis=None):
         self.lam, self.rel, self.U, self.HU, self.expanded = lam, rel, U, HU, expanded
+        #: the leading columns of the tracked basis this Rayleigh–Ritz started from (all of them, or the watched
+        #: ones between whole checks: :meth:`SubspaceTracking._basis_cols`)
+        self.n_basis = n_basis
         #: ``(lam, rel)`` of the basis alone (its Rayleigh–Ritz from the same Gram matrices; these pairs unexpanded)
         self.plain = (lam, rel) if plain is None else plain
         self.basis_HY = basis_HY
@@ -231,6 +236,9 @@ class SubspaceTracking:
         self.expand_due = True      # the next check expands the basis (see track)
         self.far_next = None        # far from critical: time of the next check (see _schedule)
         self.far_prev = None        # far from critical: (t, λ̃max) at the last check
+        self.n_near = None          # leading basis columns checked at every evaluation (None: all; _plan_checks)
+        self.full_next = None       # the time from which checks take the whole basis again (None: now)
+        self.full_prev = None       # [(t, λ̃ of the whole basis)] at the last two whole checks: rates of the others
 
     def _new_cache(self) -> StateCache:
         return StateCache(by_value=not self.tensor_states)
@@ -238,7 +246,8 @@ class SubspaceTracking:
     def tracking_state(self) -> dict:
         return {"Y": self.Y, "k_track": self.k_track, "lam_last": self.lam_last, "lam_t": self.lam_t,
                 "eig_floor": self.eig_floor,
-                "far_next": self.far_next, "far_prev": self.far_prev, "expand_due": self.expand_due}
+                "far_next": self.far_next, "far_prev": self.far_prev, "expand_due": self.expand_due,
+                "n_near": self.n_near, "full_next": self.full_next, "full_prev": self.full_prev}
 
     def load_tracking_state(self, state: dict) -> None:
         dev, dt = self.problem.device, self.problem.dtype
@@ -252,6 +261,9 @@ class SubspaceTracking:
         self.eig_floor = float(state.get("eig_floor", 0.0))
         self.far_next, self.far_prev = state.get("far_next"), state.get("far_prev")
         self.expand_due = bool(state.get("expand_due", True))
+        # checkpoints written before the watched / whole checks: the next check takes the whole basis
+        self.n_near, self.full_next, self.full_prev = (state.get("n_near"), state.get("full_next"),
+                                                       state.get("full_prev"))
         self._cache = self._new_cache()
 
     def track(self, t, y) -> bool:
@@ -272,32 +284,96 @@ class SubspaceTracking:
             if self._skip(t):
                 return True
             Pt = self.P_tilde(nu, t)
+            planned = self.full_next is None or t >= self.full_next     # a whole check the plan asked for
             rr = self._ritz(t, y, w, nu, Pt, expand=self.expand_due)
             if not rr.expanded and self._watched_residual(rr.lam, rr.rel) > self.refresh_tol:
                 rr = self._ritz(t, y, w, nu, Pt, expand=True)     # k more HVPs: the plain pairs are reused
             # expand at the next check too when this one needed it (a tensor backend then reads the expansion in the
             # step's own transfer); a basis that still meets refresh_tol on its own is only rotated next time
             self.expand_due = rr.expanded and self._watched_residual(*rr.plain) > self.refresh_tol
+            whole = rr.n_basis >= self.Y.shape[1]
             lam, rel = rr.lam, rr.rel
-            self.lam_last, self.lam_t = lam, t
+            self.lam_last, self.lam_t = self.with_unwatched(lam, rr.n_basis), t
             k = lam.size
             r = self._watched_residual(lam, rel)
             reason = None
             if not (np.all(np.isfinite(lam)) and math.isfinite(r)):
                 reason = "nonfinite"
-            elif lam[-1] >= self.s_track and k < self.max_track:
+            elif whole and lam[-1] >= self.s_track and k < self.max_track:
                 reason = "grow"
-            elif k > 1 and lam[-2] < 0.9 * self.s_track:
+            elif whole and k > 1 and lam[-2] < 0.9 * self.s_track:
                 reason = "shrink"
             elif r > 30 * self.refresh_tol:
                 reason = "residual"
             if reason is not None:
                 self.stats["refresh_" + reason] += 1
                 self._refresh(t, w, nu, grow=reason == "grow")
-            else:
+                whole = True
+            elif whole:
                 self.Y = rr.U
+            else:   # the watched pairs rotated, the others kept as the last whole check left them
+                self.Y = cat_columns([rr.U, self.Y[:, rr.n_basis:]])
+            self._plan_checks(t, whole and planned, rr.n_basis)
             self._schedule(t)
         return True
+
+    def with_unwatched(self, lam, n_basis):
+        """The Ritz values ``lam`` of a Rayleigh–Ritz on the first ``n_basis`` columns of the basis (the watched
+        ones) followed by those of the other columns at the last whole check (``lam`` itself after a whole one)."""
+        k, last = self.Y.shape[1], self.lam_last
+        if n_basis >= k or last is None or last.size != k:
+            return lam
+        return np.concatenate([lam, last[n_basis:]])
+
+    def _basis_cols(self, t) -> int:
+        """How many leading columns of the tracked basis a Rayleigh–Ritz at time ``t`` takes: all of them at a whole
+        check (from ``full_next`` on: each integer time, and whenever :meth:`_plan_checks` asked for one), else the
+        watched ones (``n_near``). The answer depends on ``t`` and on state changed only by :meth:`track`, so the
+        right-hand side, the event checks and the check at one state agree."""
+        k = self.Y.shape[1]
+        if self.n_near is None or self.full_next is None or t >= self.full_next:
+            return k
+        return min(self.n_near, k)
+
+    def _plan_checks(self, t, planned: bool, n_basis: int):
+        """After the check at ``t``: which tracked pairs the checks until the next integer time watch (``watch_margin``
+        on λ̃; None: all of them, always). After a planned whole check (the first, each integer time, and those a
+        watched check asked for; a check that takes the whole basis only because every pair is watched does not
+        count): the critical pairs, the next candidate, and every
+        pair ``j`` with ``λ̃_j + 2·rate_j·(t_next − t) ≥ s_sdcp − watch_margin`` (``rate_j``: its rise since the last
+        whole check and over the interval before, the larger, ``∞`` before there are two such intervals with the same
+        number of pairs: a flow just started, or whose tracked set changed size, watches every pair), up to the last
+        such pair; the
+        others are only checked at ``t_next``, the next integer time. After a watched check: a whole check at the
+        next accepted step when the critical set reached the last watched pair or a watched value fell below an
+        unwatched one (the plan no longer holds)."""
+        if self.watch_margin is None:
+            return
+        lam = self.lam_last
+        if planned:
+            # the rise of each pair over the last two intervals between whole checks (the larger; ∞ without two)
+            hist = [h for h in (self.full_prev or ()) if h[1].size == lam.size and h[0] < t][-2:]
+            rate = np.full(lam.size, np.inf)
+            if len(hist) == 2:
+                (t0, l0), (t1, l1) = hist
+                rate = np.maximum(np.maximum((l1 - l0) / (t1 - t0), (lam - l1) / (t - t1)), 0.0)
+            self.full_prev = [*hist, (t, np.array(lam, dtype=np.float64))][-2:]
+            nxt = math.floor(t) + 1.0
+            with np.errstate(invalid="ignore"):
+                near = lam + 2.0 * rate * (nxt - t) >= self.s_sdcp - self.watch_margin
+            near[:int((lam > self.s_sdcp).sum()) + 1] = True
+            near |= ~np.isfinite(lam)
+            self.n_near = int(np.flatnonzero(near).max()) + 1
+            self.full_next = nxt
+            self.stats["n_planned_check"] += 1
+            return
+        if n_basis >= lam.size:
+            return                               # every pair watched: nothing to re-plan
+        self.stats["n_watched_check"] += 1
+        n = min(n_basis, lam.size)
+        kc = int((lam[:n] > self.s_sdcp).sum())
+        if kc + 1 > n or (lam.size > n and lam[n - 1] < lam[n:].max()):
+            self.full_next = t
 
     def lam_at(self, t):
         """λ̃ at time ``t`` when the last check or refresh was at ``t`` (the accepted state there: the integrator
@@ -341,17 +417,19 @@ class SubspaceTracking:
         if self.Y is None or self._skip(t):
             return None
         p = self.layout.unpack(y)
+        n = self._basis_cols(t)
         with torch.no_grad():
             Pt = self.P_tilde(p.get("nu"), t)
             if self.expand_due:
-                G, S, HS = self._expansion_grams(p["w"], Pt, None)
+                G, S, HS = self._expansion_grams(p["w"], Pt, None, n)
             else:
-                S, HS = self.Y, self._hvp_basis(p["w"])
+                S, HS = self._basis(n), self._hvp_basis(p["w"], n)
                 G = gram_matrices(S, HS, Pt)
-        k0, expanded = self.Y.shape[1], self.expand_due
+        expanded = self.expand_due
 
         def consume(vals):
-            self._cache.put("rr", t, y, self._finish(np.asarray(vals).reshape(G.shape), S, HS, expanded, k0))
+            self._cache.put("rr", t, y, self._finish(np.asarray(vals).reshape(G.shape), S, HS, expanded, n,
+                                                     plain_basis=not expanded))
         return G.reshape(-1), consume
 
     def _refresh(self, t, w, nu, grow: bool = False):
@@ -417,19 +495,24 @@ class SubspaceTracking:
         self.stats["t_eig"] += time.perf_counter() - t0
         self.stats["max_tracked"] = max(self.stats["max_tracked"], self.k_track)
 
-    def _expansion_grams(self, w, Pt, base):
+    def _expansion_grams(self, w, Pt, base, n):
         """Device part of the expanded Rayleigh–Ritz: ``S = [U, Z]`` with ``U`` the basis (``HU`` taken from
         ``base``, a plain Rayleigh–Ritz at this state, when it kept them) and ``Z = P̃⁻¹HU`` P̃-orthogonalised against
         ``U`` (one pass) and normalised — the span of the Ritz residuals ``P̃⁻¹(HU − P̃UΛ)``, one Davidson step at once
         for the watched columns (the critical ones and the next candidate at the last check; the basis is ordered by
-        eigenvalue): as many HVPs, plus ``k`` for ``HU`` without a ``base`` that kept them. Returns
+        eigenvalue): as many HVPs, plus ``n`` for ``HU`` without a ``base`` that kept them. ``U``: the first ``n``
+        columns of the basis (all, or the watched ones, :meth:`_basis_cols`). ``Z`` is P̃-orthogonalised against
+        ``U`` only: between whole checks the watched pairs may turn towards the other columns (a Rayleigh–Ritz on the
+        whole basis, which whitens it, restores them at the next whole check; orthogonalising against the whole
+        basis instead doubled the predicted loss's error on a flow started far above the threshold). Returns
         ``(grams, S, HS)``; a zero direction of ``Z`` stays 0 and the host Rayleigh–Ritz drops it."""
         # always the basis Y itself (products reused from a plain Rayleigh–Ritz at this state when there was one):
         # the same arithmetic whether the expansion is read in a tensor backend's step transfer (probe) or here
-        U = self.Y
-        HU = base.basis_HY if base is not None and base.basis_HY is not None else self._hvp_basis(w)
+        U = self._basis(n)
+        reuse = base is not None and base.basis_HY is not None and base.n_basis == n
+        HU = base.basis_HY if reuse else self._hvp_basis(w, n)
         Pc = Pt[:, None] if Pt.numel() > 1 else Pt[0]
-        Z = HU[:, :self._n_watched(U.shape[1])] / Pc
+        Z = HU[:, :self._n_watched(n)] / Pc
         # one pass: the span of [U, Z] is what counts (the Rayleigh–Ritz on the host whitens S), so Z only needs the
         # part along U removed well enough that S stays well conditioned (|cos| ~ float round-off / residual)
         Z = Z - mm_columns(U, U.T @ (Pc * Z))
@@ -448,23 +531,29 @@ class SubspaceTracking:
             return k
         return min(int((lam > self.s_sdcp).sum()) + 1, k)
 
-    def _hvp_basis(self, w):
-        self.stats["rr_hvp"] += self.Y.shape[1]
-        return self.problem.hvp(w, self.Y)
+    def _basis(self, n):
+        """The first ``n`` columns of the tracked basis (the basis itself for all of them)."""
+        return self.Y if n >= self.Y.shape[1] else self.Y[:, :n]
 
-    def _finish(self, G, S, HS, expanded, k0=None) -> Ritz:
-        """Host part of a Rayleigh–Ritz on ``S``: the top ``k_track`` Ritz pairs (device vectors ``S C``, ``HS C``;
-        the coefficients go back without a wait). ``expanded``: ``S = [U, Z]`` with the basis in its first ``k0``
-        columns, whose own Ritz pairs (``Ritz.plain``) come from the leading blocks of the same matrices."""
+    def _hvp_basis(self, w, n):
+        self.stats["rr_hvp"] += n
+        return self.problem.hvp(w, self._basis(n))
+
+    def _finish(self, G, S, HS, expanded, k0, plain_basis=False) -> Ritz:
+        """Host part of a Rayleigh–Ritz on ``S``: the top ``k0`` Ritz pairs (device vectors ``S C``, ``HS C``; the
+        coefficients go back without a wait). ``k0``: the number of basis columns the Rayleigh–Ritz started from
+        (``S`` itself, or with ``expanded`` ``S = [U, Z]`` with them in its first ``k0`` columns, whose own Ritz
+        pairs, ``Ritz.plain``, come from the leading blocks of the same matrices). ``plain_basis``: ``S`` is those
+        basis columns themselves (``HS`` is kept as ``Ritz.basis_HY``)."""
         lam, rel, C = ritz_from_grams(G)
-        k = min(self.k_track, C.shape[1])
+        k = min(k0, C.shape[1])
         Cd = host.to_device(C[:, :k], _blocks(S)[0])
         plain = None
         if expanded:
             lam_p, rel_p, _ = ritz_from_grams(G[:, :k0, :k0])
             plain = (lam_p[:k], rel_p[:k])
         out = Ritz(lam[:k], rel[:k], combine(S, Cd).detach(), combine(HS, Cd).detach(), expanded, plain,
-                   basis_HY=None if expanded or S is not self.Y else HS)
+                   basis_HY=HS if plain_basis and not expanded else None, n_basis=k0)
         if expanded:                     # the newest expanded pairs keep their search space (memory: one at a time)
             last = getattr(self, "_last_space", None)
             if last is not None:
@@ -478,18 +567,18 @@ class SubspaceTracking:
         (``k_track`` HVPs), or with ``expand`` on the basis and its Davidson expansion (:meth:`_expansion_grams`;
         ``k`` more HVPs when the plain one is cached here); cached per ``(t, y)``, one host transfer each."""
         hit = self._cache.get("rr", t, y)
-        if hit is not None and (hit.expanded or not expand):
-            return hit
         if self.Y is None:
             self._refresh(t, w, nu)
+        n = self._basis_cols(t)
+        if hit is not None and (hit.expanded or not expand) and hit.n_basis >= n:
+            return hit
         t0 = time.perf_counter()
-        k0 = self.Y.shape[1]
         if expand:
-            G, S, HS = self._expansion_grams(w, Pt, hit)
+            G, S, HS = self._expansion_grams(w, Pt, hit, n)
         else:
-            S, HS = self.Y, self._hvp_basis(w)
+            S, HS = self._basis(n), self._hvp_basis(w, n)
             G = gram_matrices(S, HS, Pt)
-        out = self._finish(host.to_host(G), S, HS, expand, k0)
+        out = self._finish(host.to_host(G), S, HS, expand, n, plain_basis=not expand)
         self.stats["t_eig"] += time.perf_counter() - t0
         self._cache.put("rr", t, y, out)
         return out
@@ -542,7 +631,7 @@ class SubspaceTracking:
             G = extend_grams(G, cross_h, vals[4 * m * j:].reshape(2 * j, 2 * j))
             rows.append(Mz)
             S, HS = cat_columns([S, Z]), cat_columns([HS, HZ])
-            rr = self._finish(G, S, HS, False)
+            rr = self._finish(G, S, HS, False, rr.n_basis)
         return rr
 
     def _far(self) -> bool:
