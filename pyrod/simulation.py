@@ -43,6 +43,7 @@ from .spec import (
     RunSpec,
     check_placement,
     problem_config,  # noqa: F401  (simulation.problem_config, as before)
+    stored_spec,
 )
 
 __all__ = ["simulate", "resume", "spec_of", "config_of", "RunInterrupted", "build_problem",
@@ -68,7 +69,7 @@ def simulate(problem=None, optimizer=None, steps=None, runs=None, *, progress: b
       ``snapshot_every``, ``loss_target``, ``divergence_factor``, ``restart_at``, ``events``, ``backend``,
       ``method``, ``rtol``, ``atol``, ``max_step``, ``substeps``, ``min_step``, ``max_rhs_per_unit``, ``bea``,
       the central flow's ``sdcp_threshold``, ``track_threshold``, ``tau``, ``max_track``, ``sdcp_tol``,
-      ``refresh_tol``), ``threads`` (CPU threads; default: one for a small problem, every core for a large one:
+      ``refresh_tol``, ``watch_margin``, ``counter_rate``), ``threads`` (CPU threads; default: one for a small problem, every core for a large one:
       :mod:`pyrod.threads`), backend options (``jac``, ``max_steps``, ``linsolver``, …) and whole sections
       (``eig=``, ``integrator=``, ``stable=``, ``rod=``, ``central=``, ``stop=``, ``output=``; a spec section
       or a dict). An unknown keyword fails at once with the closest valid name.
@@ -120,7 +121,7 @@ def resume(path, steps: int | None = None, *, progress: bool | None = None, prob
     path = os.fspath(path)
     payload = _checkpoint_of(path)
     _require_run_kinds(path, payload["spec"].get("runs") or ())
-    spec = RunSpec.from_dict(payload["spec"])
+    spec = RunSpec.from_dict(stored_spec(payload["spec"]))
     done = int(payload["k"])
     if steps is not None:
         if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
@@ -219,7 +220,7 @@ def spec_of(path_or_tree) -> RunSpec:
     if "spec_version" not in cfg:
         raise ValueError(f"{path_or_tree!r} was written by a pyrod without run specs; "
                          f"use pyrod.config_of() and the keyword form")
-    return RunSpec.from_dict(cfg)
+    return RunSpec.from_dict(stored_spec(cfg))
 
 
 def config_of(path_or_tree) -> dict:
@@ -232,7 +233,7 @@ def config_of(path_or_tree) -> dict:
         return cfg
     if cfg.get("problem") is None:
         raise NotReproducible(f"{path_or_tree!r}: {NOT_REPRODUCIBLE}")
-    cfg = dict(cfg)
+    cfg = stored_spec(cfg)
     cfg.pop("spec_version")
     out = dict(cfg.get("output") or {})
     out.pop("path", None)

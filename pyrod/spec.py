@@ -41,6 +41,22 @@ __all__ = ["RunSpec", "EigSpec", "IntegratorSpec", "StableSpec", "RodSpec", "Cen
            "OutputSpec", "MiniBatchSpec", "MINIBATCH_SOURCES", "MEASURE_ON", "SpecError", "spec_from_kwargs", "FLAT_KEYWORDS", "RUN_NAMES", "SPEC_VERSION"]
 
 SPEC_VERSION = 1
+
+#: options added to a section after files were written, with the value that reproduces what the pyrod before them
+#: did: a stored spec (``pyrod.resume``, ``pyrod.spec_of``) whose section lacks one gets this value, not today's
+#: default (a spec a user writes gets the default)
+ADDED_OPTIONS = {("central", "watch_margin"): None}
+
+
+def stored_spec(d: dict) -> dict:
+    """A spec dict read from a file or checkpoint, with :data:`ADDED_OPTIONS` filled in where its section lacks
+    them (so a resumed or replayed run goes on as the pyrod that wrote it did)."""
+    d = dict(d)
+    for (section, name), value in ADDED_OPTIONS.items():
+        sec = d.get(section)
+        if isinstance(sec, dict) and name not in sec:
+            d[section] = {**sec, name: value}
+    return d
 #: the names of pyrod's own runs (every registered kind is valid: :func:`pyrod.run_kinds.run_names`)
 RUN_NAMES = tuple(k.name for k in BUILTIN_RUNS)
 

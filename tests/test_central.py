@@ -754,7 +754,8 @@ def test_watched_checks_plan_from_each_pairs_rise():
     assert flow.full_next == 7.0 and flow._basis_cols(6.75) == 3
     flow.lam_last = np.array([2.1, 1.97, 1.96, 1.60, 1.20])             # three critical: the candidate is unwatched
     flow._plan_checks(6.75, False, 3)
-    assert flow.full_next == 6.75 and flow._basis_cols(6.8) == 5
+    # the next accepted step takes the whole basis; the state just checked keeps its watched Rayleigh–Ritz
+    assert 6.75 < flow.full_next < 6.76 and flow._basis_cols(6.75) == 3 and flow._basis_cols(6.8) == 5
     off = CentralFlow(prob, GD(lr=0.1), watch_margin=None)
     off.Y, off.lam_last = flow.Y, np.array([2.1, 1.0, 0.9, 0.8, 0.7])
     for t in (1.0, 2.0, 3.0):
@@ -783,6 +784,9 @@ def test_watched_checks_keep_the_answers_with_fewer_hvps():
     assert watched.attrs["central_rr_hvp"] < 0.95 * every.attrs["central_rr_hvp"]
     assert watched.attrs["n_hvp"] < every.attrs["n_hvp"]
     np.testing.assert_array_equal(watched.ds["n_critical"].values, every.ds["n_critical"].values)
+    # the read-outs at integer times see every tracked pair (a whole check there)
+    np.testing.assert_array_equal(np.isfinite(watched.ds["critical_sharpness"].values).sum(1),
+                                  watched.ds["n_tracked"].values)
     ref = tight.ds["predicted_loss"].values
     err = {k: np.abs(r.ds["predicted_loss"].values / ref - 1).max() for k, r in (("every", every),
                                                                                    ("watched", watched))}

@@ -83,3 +83,16 @@ def test_old_file_resumes(tmp_path):
 def test_old_file_spec_round_trip():
     spec = pyrod.spec_of(FIXTURE)
     assert pyrod.RunSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_options_added_since_keep_the_old_behaviour_for_old_files():
+    """An option added after a file was written (``pyrod.spec.ADDED_OPTIONS``, e.g. ``central.watch_margin``)
+    takes, for that file's spec, config and resume, the value that reproduces the pyrod that wrote it, not today's
+    default; a spec written now gets the default."""
+    from pyrod.spec import ADDED_OPTIONS
+
+    assert ("central", "watch_margin") in ADDED_OPTIONS
+    assert "watch_margin" not in pyrod.io.reader.stored_config(FIXTURE)["central"]
+    assert pyrod.spec_of(FIXTURE).central.watch_margin is None
+    assert pyrod.config_of(FIXTURE)["central"]["watch_margin"] is None
+    assert pyrod.RunSpec.from_dict({**pyrod.spec_of(FIXTURE).to_dict(), "central": {}}).central.watch_margin == 0.05

@@ -532,6 +532,7 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
                  self.full_next, self.full_prev)
         try:
             self._cache = self._new_cache()
+            self.n_near = self.full_next = None         # a fresh basis: its Rayleigh–Ritz takes all of it
             with torch.no_grad():
                 p = self.layout.unpack(y_k)
                 self._refresh(float(k), p["w"], p.get("nu"))

@@ -314,6 +314,8 @@ class SubspaceTracking:
             else:   # the watched pairs rotated, the others kept as the last whole check left them
                 self.Y = cat_columns([rr.U, self.Y[:, rr.n_basis:]])
             self._plan_checks(t, whole and planned, rr.n_basis)
+            if not whole and rr.U.shape[1] < rr.n_basis:         # a watched direction was dropped: re-plan
+                self.full_next = math.nextafter(t, math.inf)
             self._schedule(t)
         return True
 
@@ -326,12 +328,12 @@ class SubspaceTracking:
         return np.concatenate([lam, last[n_basis:]])
 
     def _basis_cols(self, t) -> int:
-        """How many leading columns of the tracked basis a Rayleigh–Ritz at time ``t`` takes: all of them at a whole
-        check (from ``full_next`` on: each integer time, and whenever :meth:`_plan_checks` asked for one), else the
-        watched ones (``n_near``). The answer depends on ``t`` and on state changed only by :meth:`track`, so the
+        """How many leading columns of the tracked basis a Rayleigh–Ritz at time ``t`` takes: all of them at an
+        integer time (the whole checks and the read-outs there) and from ``full_next`` on (a whole check
+        :meth:`_plan_checks` asked for), else the watched ones (``n_near``). The answer depends on ``t`` and on state changed only by :meth:`track`, so the
         right-hand side, the event checks and the check at one state agree."""
         k = self.Y.shape[1]
-        if self.n_near is None or self.full_next is None or t >= self.full_next:
+        if self.n_near is None or self.full_next is None or t >= self.full_next or t == math.floor(t):
             return k
         return min(self.n_near, k)
 
@@ -357,6 +359,7 @@ class SubspaceTracking:
             if len(hist) == 2:
                 (t0, l0), (t1, l1) = hist
                 rate = np.maximum(np.maximum((l1 - l0) / (t1 - t0), (lam - l1) / (t - t1)), 0.0)
+                rate[~np.isfinite(rate)] = np.inf                 # a value without a rise: watched
             self.full_prev = [*hist, (t, np.array(lam, dtype=np.float64))][-2:]
             nxt = math.floor(t) + 1.0
             with np.errstate(invalid="ignore"):
@@ -373,7 +376,7 @@ class SubspaceTracking:
         n = min(n_basis, lam.size)
         kc = int((lam[:n] > self.s_sdcp).sum())
         if kc + 1 > n or (lam.size > n and lam[n - 1] < lam[n:].max()):
-            self.full_next = t
+            self.full_next = math.nextafter(t, math.inf)     # the next accepted step (not this state again)
 
     def lam_at(self, t):
         """λ̃ at time ``t`` when the last check or refresh was at ``t`` (the accepted state there: the integrator
@@ -546,7 +549,8 @@ class SubspaceTracking:
         pairs, ``Ritz.plain``, come from the leading blocks of the same matrices). ``plain_basis``: ``S`` is those
         basis columns themselves (``HS`` is kept as ``Ritz.basis_HY``)."""
         lam, rel, C = ritz_from_grams(G)
-        k = min(k0, C.shape[1])
+        # from the whole basis: the top k_track pairs (an expansion restores a column a dependent basis lost)
+        k = min(self.k_track if k0 >= self.Y.shape[1] else k0, C.shape[1])
         Cd = host.to_device(C[:, :k], _blocks(S)[0])
         plain = None
         if expanded:
