@@ -40,9 +40,10 @@ class CentralOptions:
     refresh_tol: float = 1e-3
     """Ritz residual above which the tracked subspace is improved"""
     watch_margin: float | None = 0.05
-    """a tracked direction more than this below sdcp_threshold (effective sharpness), not critical and not the next
-    candidate, and not projected to come within it by the next integer time, is checked at integer times only; the
-    others at every evaluation (None: every tracked direction at every evaluation)"""
+    """between the whole checks at integer times, the evaluations check only the leading tracked directions up to
+    the last one that is critical, the next candidate, or projected (twice its recent rise) to come within this
+    margin of sdcp_threshold (effective sharpness) by the next integer time; the others keep their last whole check
+    (None: every tracked direction at every evaluation)"""
     counter_rate: str = "1"
     """rate of the optimizer's step counter along the flow: "1" (one step per unit time, what the equations give)
     or "1/beta2" (the reference implementation's convention, for comparisons; docs/central_flows.md §7)"""

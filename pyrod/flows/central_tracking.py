@@ -50,7 +50,8 @@ class Ritz:
     residuals ``‖P̃^{-1/2}(Hu − λP̃u)‖/|λ|``), ``U`` (d × k, P̃-orthonormal, device) and ``HU`` (device).
     ``expanded``: from the basis and its Davidson expansion (2k columns), not the basis alone; and the
     residuals of the basis's own Ritz pairs (``plain``; the pairs themselves when not expanded). ``basis_HY``:
-    the products ``H Y`` of the tracked basis itself (device), kept by a plain Rayleigh–Ritz on the basis so that a
+    the products ``H Y`` of the basis columns it started from (the first ``n_basis``; device), kept by a plain
+    Rayleigh–Ritz on them so that a
     later expansion at the same state starts from exactly the products a fresh one would compute."""
 
     __slots__ = ("lam", "rel", "U", "HU", "expanded", "plain", "basis_HY", "space", "n_basis")
@@ -269,9 +270,11 @@ class SubspaceTracking:
     def track(self, t, y) -> bool:
         """After each accepted step: Rayleigh–Ritz at the new state on the tracked basis and its Davidson
         expansion (:meth:`_ritz` with ``expand=True``; usually already done by :meth:`probe` inside the step's host
-        transfer, or half done by the step's event checks); the top ``k_track`` Ritz vectors become the basis. A
-        full warm LOBPCG solve replaces them when the tracked set must grow or shrink, or a critical pair (or the
-        next candidate) still has a relative residual above ``30·refresh_tol``. Returns False when there was no
+        transfer, or half done by the step's event checks); the top ``k_track`` Ritz vectors become the basis (at a
+        watched check, :meth:`_basis_cols`, the watched columns only, the others kept). A full warm LOBPCG solve
+        replaces them when the tracked set must grow or shrink (decided at whole checks), or a critical pair (or the
+        next candidate) still has a relative residual above ``30·refresh_tol``; then the plan of watched checks is
+        made anew (:meth:`_plan_checks`). Returns False when there was no
         basis yet (the first refresh was done instead of a check)."""
         p = self.layout.unpack(y)
         t = float(t)
@@ -509,7 +512,8 @@ class SubspaceTracking:
         whole basis, which whitens it, restores them at the next whole check; orthogonalising against the whole
         basis instead doubled the predicted loss's error on a flow started far above the threshold). Returns
         ``(grams, S, HS)``; a zero direction of ``Z`` stays 0 and the host Rayleigh–Ritz drops it."""
-        # always the basis Y itself (products reused from a plain Rayleigh–Ritz at this state when there was one):
+        # always the basis's first n columns themselves (products reused from a plain Rayleigh–Ritz at this state
+        # on the same columns when there was one):
         # the same arithmetic whether the expansion is read in a tensor backend's step transfer (probe) or here
         U = self._basis(n)
         reuse = base is not None and base.basis_HY is not None and base.n_basis == n
@@ -567,8 +571,8 @@ class SubspaceTracking:
         return out
 
     def _ritz(self, t, y, w, nu, Pt, expand: bool = False) -> Ritz:
-        """Rayleigh–Ritz of the pencil (H, P̃) at the state ``y`` (``w``, ``ν`` its parts) on the tracked basis
-        (``k_track`` HVPs), or with ``expand`` on the basis and its Davidson expansion (:meth:`_expansion_grams`;
+        """Rayleigh–Ritz of the pencil (H, P̃) at the state ``y`` (``w``, ``ν`` its parts) on the tracked basis, or
+        between whole checks on its watched leading columns (:meth:`_basis_cols`; one HVP a column), or with ``expand`` on the basis and its Davidson expansion (:meth:`_expansion_grams`;
         ``k`` more HVPs when the plain one is cached here); cached per ``(t, y)``, one host transfer each."""
         hit = self._cache.get("rr", t, y)
         if self.Y is None:
