@@ -767,7 +767,7 @@ def test_watched_checks_plan_from_each_pairs_rise():
 
 def test_watched_checks_keep_the_answers_with_fewer_hvps():
     """The small MLP restarted at step 10 with GD at η = 2.1/λ1(w0), 30 steps: 5 tracked pairs, 2 then 3 critical.
-    With the default ``watch_margin`` (0.05) the Rayleigh–Ritz HVPs drop (measured 625 -> 541) and the predicted loss
+    With the default ``watch_margin`` (0.05) the Rayleigh–Ritz HVPs drop (measured 625 -> 542) and the predicted loss
     stays as close to a run that tracks every pair to 1e-7 as the run that checks every pair at every evaluation
     (largest relative difference, measured: 5.4e-4 against 4.9e-4); the critical counts are the same."""
     prob = _small_mlp()

@@ -274,8 +274,8 @@ class SubspaceTracking:
         watched check, :meth:`_basis_cols`, the watched columns only, the others kept). A full warm LOBPCG solve
         replaces them when the tracked set must grow or shrink (decided at whole checks), or a critical pair (or the
         next candidate) still has a relative residual above ``30·refresh_tol``; then the plan of watched checks is
-        made anew (:meth:`_plan_checks`). Returns False when there was no
-        basis yet (the first refresh was done instead of a check)."""
+        made anew (:meth:`_plan_checks`). Returns False when there was no basis yet (the first refresh was done
+        instead of a check)."""
         p = self.layout.unpack(y)
         t = float(t)
         w, nu = p["w"], p.get("nu")
@@ -311,7 +311,7 @@ class SubspaceTracking:
             if reason is not None:
                 self.stats["refresh_" + reason] += 1
                 self._refresh(t, w, nu, grow=reason == "grow")
-                whole = True
+                whole = planned = True           # a new basis: plan from its values
             elif whole:
                 self.Y = rr.U
             else:   # the watched pairs rotated, the others kept as the last whole check left them
@@ -333,8 +333,9 @@ class SubspaceTracking:
     def _basis_cols(self, t) -> int:
         """How many leading columns of the tracked basis a Rayleigh–Ritz at time ``t`` takes: all of them at an
         integer time (the whole checks and the read-outs there) and from ``full_next`` on (a whole check
-        :meth:`_plan_checks` asked for), else the watched ones (``n_near``). The answer depends on ``t`` and on state changed only by :meth:`track`, so the
-        right-hand side, the event checks and the check at one state agree."""
+        :meth:`_plan_checks` asked for), else the watched ones (``n_near``). The answer depends on ``t`` and on
+        state changed only by :meth:`track`, so the right-hand side, the event checks and the check at one state
+        agree."""
         k = self.Y.shape[1]
         if self.n_near is None or self.full_next is None or t >= self.full_next or t == math.floor(t):
             return k
@@ -342,14 +343,13 @@ class SubspaceTracking:
 
     def _plan_checks(self, t, planned: bool, n_basis: int):
         """After the check at ``t``: which tracked pairs the checks until the next integer time watch (``watch_margin``
-        on λ̃; None: all of them, always). After a planned whole check (the first, each integer time, and those a
-        watched check asked for; a check that takes the whole basis only because every pair is watched does not
-        count): the critical pairs, the next candidate, and every
-        pair ``j`` with ``λ̃_j + 2·rate_j·(t_next − t) ≥ s_sdcp − watch_margin`` (``rate_j``: its rise since the last
-        whole check and over the interval before, the larger, ``∞`` before there are two such intervals with the same
-        number of pairs: a flow just started, or whose tracked set changed size, watches every pair), up to the last
-        such pair; the
-        others are only checked at ``t_next``, the next integer time. After a watched check: a whole check at the
+        on λ̃; None: all of them, always). After a planned whole check (the first, each integer time, those a
+        watched check asked for, and every refresh; a check that takes the whole basis only because every pair is
+        watched does not count): the critical pairs, the next candidate, and every pair ``j`` with
+        ``λ̃_j + 2·rate_j·(t_next − t) ≥ s_sdcp − watch_margin`` (``rate_j``: its rise since the last planned check
+        and over the interval before, the larger, ``∞`` before there are two such intervals with the same number of
+        pairs: a flow just started, or whose tracked set changed size, watches every pair), up to the last such
+        pair; the others are only checked at ``t_next``, the next integer time. After a watched check: a whole check at the
         next accepted step when the critical set reached the last watched pair or a watched value fell below an
         unwatched one (the plan no longer holds)."""
         if self.watch_margin is None:
