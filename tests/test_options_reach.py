@@ -81,6 +81,11 @@ def test_central_options_reach_the_central_model():
     model = runs["central"].model
     for k, v in opts.items():
         assert getattr(model, k) == v, k
+    # watch_margin: a flat keyword too, held on the λ̃ scale (2 = the threshold), None turns the watched checks off
+    for wm, held in ((0.1, 0.2), (None, None)):
+        _, r = build({"name": "GD", "lr": 0.1}, {"toy": "quadratic", "dim": 10, "spectrum": [10.0, 0.1]},
+                     runs=["discrete", "central"], watch_margin=wm)
+        assert r["central"].model.watch_margin == (held if held is None else pytest.approx(held))
     # the central flow's own eigen options are not the measurement's (they were conflated before)
     assert (model.eig_tol, model.eig_max_iter) == (1e-5, 31)
     assert runs["central"].measurer.eig_tol == 1e-7
