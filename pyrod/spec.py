@@ -57,6 +57,8 @@ def stored_spec(d: dict) -> dict:
         if isinstance(sec, dict) and name not in sec:
             d[section] = {**sec, name: value}
     return d
+
+
 #: the names of pyrod's own runs (every registered kind is valid: :func:`pyrod.run_kinds.run_names`)
 RUN_NAMES = tuple(k.name for k in BUILTIN_RUNS)
 

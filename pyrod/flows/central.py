@@ -205,9 +205,8 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
                           refresh_nonfinite=0, refresh_unconverged=0, refresh_hvp=0,
                           n_expand=0, expand_hvp=0, rr_hvp=0, n_t3=0, n_t3_calls=0, n_sdcp=0,
                           sdcp_iterations=0, sdcp_unconverged=0, sdcp_max_merit=0.0, t_eig=0.0, t_t3=0.0,
-                          t_sdcp=0.0, max_critical=0, max_tracked=1, readout_fresh=0, refine_hvp=0, n_planned_check=0,
-                          n_watched_check=0,
-                          sdcp_max_asymmetry=0.0)
+                          t_sdcp=0.0, max_critical=0, max_tracked=1, readout_fresh=0, refine_hvp=0,
+                          n_planned_check=0, n_watched_check=0, sdcp_max_asymmetry=0.0)
 
     def warn_once(self, key: str, message: str) -> None:
         """A RuntimeWarning the first time ``key`` comes up in this run (the keys given are state)."""

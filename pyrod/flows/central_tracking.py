@@ -23,10 +23,10 @@ hits (the NumPy backends hand the flow a new tensor per callback). The cache is 
 
 State between chunks (``tracking_state``): ``Y``, ``k_track``, ``lam_last`` (λ̃ at the last accepted step, host
 float64) and ``lam_t`` (the time it belongs to), ``eig_floor``, and the plan of watched checks (``n_near``,
-``full_next``, ``full_prev``). The event values at a chunk's first state, the
-last accepted state of the chunk before, are read from ``lam_last`` (:meth:`lam_at`): no Rayleigh–Ritz is redone
-there, and a resumed run reads the same saved values. The mixin needs from its host: ``problem``, ``d``, ``P_tilde(ν, t)``, ``s_sdcp``,
-``s_track``, ``max_track``, ``track_threshold``, ``eig_tol``, ``eig_max_iter``, ``refresh_tol``, ``watch_margin``, ``stats``,
+``full_next``, ``full_prev``). The event values at a chunk's first state, the last accepted state of the chunk
+before, are read from ``lam_last`` (:meth:`lam_at`): no Rayleigh–Ritz is redone there, and a resumed run reads the
+same saved values. The mixin needs from its host: ``problem``, ``d``, ``P_tilde(ν, t)``, ``s_sdcp``, ``s_track``,
+``max_track``, ``track_threshold``, ``eig_tol``, ``eig_max_iter``, ``refresh_tol``, ``watch_margin``, ``stats``,
 ``layout`` and ``_warned``.
 """
 from __future__ import annotations
@@ -51,8 +51,8 @@ class Ritz:
     ``expanded``: from the basis and its Davidson expansion (2k columns), not the basis alone; and the
     residuals of the basis's own Ritz pairs (``plain``; the pairs themselves when not expanded). ``basis_HY``:
     the products ``H Y`` of the basis columns it started from (the first ``n_basis``; device), kept by a plain
-    Rayleigh–Ritz on them so that a
-    later expansion at the same state starts from exactly the products a fresh one would compute."""
+    Rayleigh–Ritz on them so that a later expansion at the same state starts from exactly the products a fresh one
+    would compute."""
 
     __slots__ = ("lam", "rel", "U", "HU", "expanded", "plain", "basis_HY", "space", "n_basis")
 
@@ -376,9 +376,9 @@ class SubspaceTracking:
         if n_basis >= lam.size:
             return                               # every pair watched: nothing to re-plan
         self.stats["n_watched_check"] += 1
-        n = min(n_basis, lam.size)
+        n = n_basis
         kc = int((lam[:n] > self.s_sdcp).sum())
-        if kc + 1 > n or (lam.size > n and lam[n - 1] < lam[n:].max()):
+        if kc + 1 > n or lam[n - 1] < lam[n:].max():
             self.full_next = math.nextafter(t, math.inf)     # the next accepted step (not this state again)
 
     def lam_at(self, t):
@@ -572,8 +572,9 @@ class SubspaceTracking:
 
     def _ritz(self, t, y, w, nu, Pt, expand: bool = False) -> Ritz:
         """Rayleigh–Ritz of the pencil (H, P̃) at the state ``y`` (``w``, ``ν`` its parts) on the tracked basis, or
-        between whole checks on its watched leading columns (:meth:`_basis_cols`; one HVP a column), or with ``expand`` on the basis and its Davidson expansion (:meth:`_expansion_grams`;
-        ``k`` more HVPs when the plain one is cached here); cached per ``(t, y)``, one host transfer each."""
+        between whole checks on its watched leading columns (:meth:`_basis_cols`; one HVP a column), or with
+        ``expand`` on those columns and their Davidson expansion (:meth:`_expansion_grams`; as many more HVPs as
+        watched pairs when the plain one is cached here); cached per ``(t, y)``, one host transfer each."""
         hit = self._cache.get("rr", t, y)
         if self.Y is None:
             self._refresh(t, w, nu)
