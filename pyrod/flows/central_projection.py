@@ -120,7 +120,8 @@ def project(flow, ev: Eval, tgt0) -> Eval:
     if flow.has_nu:
         hp, hq = take_columns(HUc, iu), take_columns(HUc, ju)
         q = opt.nu_target
-        Ghat = cols(lambda a: q(a), hp + hq) - cols(lambda a: q(a), hp - hq)
+        Gpm = cols(q, cat_columns([hp + hq, hp - hq]))          # q(h_p + h_q) and q(h_p − h_q) in one vmap
+        Ghat = Gpm[:, :hp.shape[1]] - Gpm[:, hp.shape[1]:]
         Ghat = 0.25 * Ghat * s                             # (ν, m): E[tgt(Hδ)] = Ghat @ svec(X)
         ev.Ghat = Ghat
         rho = opt.nu_velocity(nu, nu + 1.0) - opt.nu_velocity(nu, nu)     # d(ν-velocity)/d(target)
