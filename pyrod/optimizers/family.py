@@ -140,16 +140,22 @@ class PreconditionedMomentum(Optimizer):
         return self.relaxation_rate() * (target - nu)
 
     # ----------------------------------------------------- preconditioner
+    def _c1_moves(self) -> bool:
+        """The first-moment bias correction ``c1(t) = 1 − β1^(t+1)`` is on (else ``c1 = 1``)."""
+        return self.bias_correction_on and self.has_momentum
+
+    def _c2_moves(self) -> bool:
+        """The second-moment bias correction ``c2(t) = 1 − β2^(t+1)`` is on (else ``c2 = 1``)."""
+        return self.bias_correction_on and self.second_moment == "ema"
+
     def _c1(self, t) -> float:
-        return bias_factor(self.beta1, t + 1) if (self.bias_correction_on and self.has_momentum) else 1.0
+        return bias_factor(self.beta1, t + 1) if self._c1_moves() else 1.0
 
     def _c1n(self, t) -> float:
-        return bias_factor(self.beta1, t + 2) if (self.bias_correction_on and self.has_momentum) else 1.0
+        return bias_factor(self.beta1, t + 2) if self._c1_moves() else 1.0
 
     def _c2(self, t) -> float:
-        if self.bias_correction_on and self.second_moment == "ema":
-            return bias_factor(self.beta2, t + 1)
-        return 1.0
+        return bias_factor(self.beta2, t + 1) if self._c2_moves() else 1.0
 
     def preconditioner(self, nu, t):
         """``P(ν,t) = c1(t)·((ν/c2(t))^p + ε)`` for Adam-type methods (c1 folds the first-moment
@@ -183,11 +189,10 @@ class PreconditionedMomentum(Optimizer):
             return torch.zeros(1, dtype=torch.float64)
         if P is None:
             P = self.preconditioner(nu, t)
-        heavy = self.momentum == "ema_heavy_ball" and self.bias_correction_on and self.has_momentum
-        r1 = bias_factor_log_rate(self.beta1, t + 1) if heavy else 0.0
-        c1 = self._c1(t) if self.momentum == "ema_heavy_ball" else 1.0
-        r2 = bias_factor_log_rate(self.beta2, t + 1) if (self.bias_correction_on and self.second_moment == "ema") \
-            else 0.0
+        c1_in_P = self.momentum == "ema_heavy_ball"              # as in preconditioner
+        r1 = bias_factor_log_rate(self.beta1, t + 1) if c1_in_P and self._c1_moves() else 0.0
+        c1 = self._c1(t) if c1_in_P else 1.0
+        r2 = bias_factor_log_rate(self.beta2, t + 1) if self._c2_moves() else 0.0
         if r1 == 0.0 and r2 == 0.0:
             return torch.zeros_like(P)
         p, eps = self._get("p", 0.5), self._get("eps", 0.0)
