@@ -1,7 +1,11 @@
-"""GPU throughput and flow costs at CIFAR-5k scale (one command; needs a CUDA GPU).
+"""GPU throughput and the cost of each run kind at CIFAR-5k scale (one command; needs a CUDA GPU, or ``--device cpu``).
 
     python benchmarks/gpu.py [--n 5000] [--models mlp,cnn,vit] [--dtype float32] [--batch-size 1000]
-                             [--cpu-n 500] [--regimes eos,start] [--flow-steps 6] [--threads 16]
+                             [--cpu-n 500] [--regimes eos,start] [--flows rod,central] [--flow-steps 6] [--chunk 2]
+                             [--backend torch] [--project-n N] [--threads 16]
+    python benchmarks/gpu.py --device cpu --n 200 --cpu-n 0 --regimes eos --flows stable,rod,central \
+                             --backend default --flow-steps 12 --chunk 4 --project-n 5000 --threads 1
+                                                                    # the CPU rows of docs/howto/cost.md
 
 Data: synthetic CIFAR-shaped images ``X (n, 3, 32, 32)`` standard normal, 10 classes, MSE (no download). Models: the
 registry's MLP (2×256 GELU), CNN (channels 32, 64) and ViT (patch 4, dim 64, depth 2). For each model:
@@ -9,8 +13,13 @@ registry's MLP (2×256 GELU), CNN (channels 32, 64) and ViT (patch 4, dim 64, de
 * derivative throughput on the GPU over all ``--n`` images: gradients/s, HVPs/s (single vectors) and third-derivative
   rows/s (``d3(w, u, v)``), with the problem's HVP mode; with ``--cpu-n`` > 0 the same on the CPU over ``--cpu-n``
   images scaled to ``--n`` (per-image cost is linear in n), with the GPU/CPU speed-up;
-* flow cost per unit time (one optimizer step): wall seconds per unit time of the rod and the central flow
-  (torch backend), each run beside the discrete GD run, timed with ``torch.cuda.synchronize()`` around each chunk's
+* one sharpness measurement: seconds of one cold top-eigenvalue solve at ``w0`` (LOBPCG, ``k = 1``, tol 1e-4,
+  no warm start): an indication of what measuring λmax costs. A run measures with a warm-started tracker at
+  ``eig_tol`` (1e-8 by default), whose cost per solve differs (fewer iterations once warm, more at the tighter
+  tolerance), so read this column as a scale, not a price per ``eig_every``;
+* flow cost per unit time (one optimizer step): wall seconds per unit time of each flow of ``--flows`` (any of
+  ``stable``, ``midpoint``, ``rod``, ``central``; on the torch backend, or with ``--backend default`` on the one
+  pyrod picks for the device: SciPy on the CPU), each run beside the discrete GD run, timed with ``torch.cuda.synchronize()`` around each chunk's
   integration and read-out, over the chunks after the first (the first pays one-time set-up: the central flow's
   first eigen-solve), and as a ratio central / rod. Regimes (``--regimes``):
 
@@ -18,9 +27,15 @@ registry's MLP (2×256 GELU), CNN (channels 32, 64) and ViT (patch 4, dim 64, de
     critical set is non-empty from the first step (the regime the central flow exists for); each flow on its own
     default integrator (rod: bosh3 at rtol 1e-3; central: Euler, 4 substeps);
   - ``start``: the setting of the issue-22 table: GD at η = 0.05 from step 0 (below the edge of stability), both
-    flows on dopri5 at rtol 1e-5, atol 1e-8.
+    flows on Dormand–Prince 5(4) (torch dopri5, SciPy RK45) at rtol 1e-5, atol 1e-8.
 
-``--batch-size``: micro-batches of the full-batch values (exact; bounds GPU memory). Prints one table.
+``--batch-size``: micro-batches of the full-batch values (exact; bounds GPU memory). Prints one table: per model and
+regime the discrete run's seconds per step (without eigenvalues), each flow's seconds per unit time, central / rod,
+and what 1,000 steps of the discrete run beside the central flow take (the two columns' sum × 1,000, eigenvalues
+not included). ``--project-n N`` adds that last column scaled
+linearly from ``--n`` images to ``N`` (per-image cost is linear in n; an extrapolation, labelled as such).
+On the CPU the seconds are process CPU seconds (``time.process_time``: with ``--threads 1``, little disturbed by
+other jobs); on CUDA wall seconds.
 """
 from __future__ import annotations
 
@@ -46,16 +61,16 @@ def _problem(model, n, device, dtype, batch_size, seed=0):
 
 
 def _rate(fn, device, min_time=1.0, max_reps=50):
-    """Calls per second of ``fn`` (one warm-up call; synchronised on CUDA)."""
+    """Calls per second of ``fn`` (one warm-up call; synchronised on CUDA; process CPU time on the CPU)."""
     fn()
-    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+    sync, clock = _clock(device)
     sync()
-    reps, t0 = 0, time.perf_counter()
-    while reps < max_reps and (reps < 2 or time.perf_counter() - t0 < min_time):
+    reps, t0 = 0, clock()
+    while reps < max_reps and (reps < 2 or clock() - t0 < min_time):
         fn()
         reps += 1
     sync()
-    return reps / (time.perf_counter() - t0)
+    return reps / (clock() - t0)
 
 
 def _derivative_rates(prob, device):
@@ -67,57 +82,118 @@ def _derivative_rates(prob, device):
             _rate(lambda: prob.d3(w, u, v), device))
 
 
-def _flow_cost(prob, steps, flow, regime, chunk=2):
-    """Seconds per unit time of ``flow`` (integration + read-out, chunks after the first) beside the discrete run,
-    in ``regime`` (see the module docstring); returns ``(s per unit time, flow status, critical-set share, s per
-    discrete step without eigenvalues)``."""
-    from pyrod.flows.run import FlowRun
+def _clock(device):
+    """(synchronise, clock) for timing on ``device``: wall time with ``torch.cuda.synchronize()`` on CUDA, process
+    CPU time on the CPU."""
+    if str(device).startswith("cuda"):
+        return torch.cuda.synchronize, time.perf_counter
+    return (lambda: None), time.process_time
+
+
+def _sharpness(prob):
+    """(λ0 = λmax(H(w0)), seconds of that one LOBPCG solve: k = 1, tol 1e-4)."""
     from pyrod.spectra import hessian_operator, top_eigs
+    sync, clock = _clock(prob.device)
+    sync()
+    t0 = clock()
+    lam0 = float(top_eigs(hessian_operator(prob, prob.w0), prob.dim, 1, dtype=prob.dtype, device=prob.device,
+                          tol=1e-4)[0][0])
+    sync()
+    return lam0, clock() - t0
+
+
+def _flow_cost(prob, steps, flow, regime, chunk=2, lam0=None, backend="torch"):
+    """Seconds per unit time of ``flow`` (integration + read-out, chunks after the first) beside the discrete run,
+    in ``regime`` (see the module docstring; ``lam0`` from :func:`_sharpness`, computed when not given) on
+    ``backend`` (``"default"``: pyrod's choice for the device); returns ``(s per unit time, flow status,
+    critical-set share, s per discrete step without eigenvalues, (gradients, HVPs) per unit time)``: the counts of
+    the run's own counters over the timed chunks, a third-derivative column counted as two HVPs)."""
+    from pyrod.flows.run import FlowRun
     spent = []
     orig = FlowRun.advance
-
-    sync = torch.cuda.synchronize if prob.device.type == "cuda" else (lambda: None)
+    sync, clock = _clock(prob.device)
 
     def advance(self, ck):
         sync()
-        t0 = time.perf_counter()
+        t0, g0, h0 = clock(), self.problem.n_grad, self.problem.n_hvp
         try:
             return orig(self, ck)
         finally:
             sync()
             if self.name == flow:
-                spent.append((ck.k0, ck.n_steps, time.perf_counter() - t0))
+                spent.append((ck.k0, ck.n_steps, clock() - t0, self.problem.n_grad - g0, self.problem.n_hvp - h0))
     if regime == "eos":
-        lam0 = float(top_eigs(hessian_operator(prob, prob.w0), prob.dim, 1, dtype=prob.dtype, device=prob.device,
-                              tol=1e-4)[0][0])
+        lam0 = _sharpness(prob)[0] if lam0 is None else lam0
         kw = dict(lr=2.05 / lam0, integ={})
     else:
-        kw = dict(lr=0.05, integ=dict(method="dopri5", rtol=1e-5, atol=1e-8))
+        # Dormand–Prince 5(4): "dopri5" on the torch backend, the same pair as SciPy's "RK45" (the CPU default)
+        torch_backend = backend == "torch" or prob.device.type == "cuda"
+        kw = dict(lr=0.05, integ=dict(method="dopri5" if torch_backend else "RK45", rtol=1e-5, atol=1e-8))
     from pyrod.runs.discrete import DiscreteRun
     disc = []
     orig_chunk = DiscreteRun.run_chunk
 
     def run_chunk(self, n):
         sync()
-        t0 = time.perf_counter()
+        t0 = clock()
         try:
             return orig_chunk(self, n)
         finally:
             sync()
-            disc.append((self.state.k, n, time.perf_counter() - t0))
+            disc.append((self.state.k, n, clock() - t0))
     FlowRun.advance, DiscreteRun.run_chunk = advance, run_chunk
     try:
+        # threads: this process's torch setting (--threads), not the run's own choice (pyrod.threads), which may
+        # take every core for a large problem and would make the CPU seconds of different rows incomparable
         tree = pyrod.simulate(prob, pyrod.optimizers.GD(lr=kw["lr"]), steps=steps, runs=["discrete", flow], eigs=1,
-                              eig_every=10 ** 6, backend="torch", chunk=chunk, progress=False, **kw["integ"])
+                              eig_every=10 ** 6, backend=None if backend == "default" else backend, chunk=chunk,
+                              threads=torch.get_num_threads(), progress=False, **kw["integ"])
     finally:
         FlowRun.advance, DiscreteRun.run_chunk = orig, orig_chunk
-    timed = [(n, s) for k0, n, s in spent if k0 > 0]
-    per = sum(s for _, s in timed) / max(sum(n for n, _ in timed), 1)
+    timed = [(n, s, g, h) for k0, n, s, g, h in spent if k0 > 0]
+    units = max(sum(n for n, *_ in timed), 1)
+    per = sum(s for _, s, _, _ in timed) / units
+    counts = (sum(g for *_, g, _ in timed) / units, sum(h for *_, h in timed) / units)
     d_timed = [(n, s) for k, n, s in disc if k - n > 0]
     per_disc = sum(s for _, s in d_timed) / max(sum(n for n, _ in d_timed), 1)
     ds = tree[flow].ds
     crit = float((ds["n_critical"].values > 0).mean()) if "n_critical" in ds else float("nan")
-    return per, ds.attrs["flow_status"], crit, per_disc
+    return per, ds.attrs["flow_status"], crit, per_disc, counts
+
+
+FLOWS = ("stable", "midpoint", "rod", "central")
+
+
+def _duration(seconds: float) -> str:
+    """``seconds`` as a short human duration (s, min or h)."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def summary_table(rows, flows, project_n=None) -> str:
+    """The markdown cost table. ``rows``: ``(model, d, n, regime, sharpness s, discrete s/step, {flow: s/unit})``;
+    ``flows``: the flow columns in order. With ``rod`` and ``central`` measured, their ratio; with ``central``,
+    1,000 steps of discrete + central (and, with ``project_n``, that scaled linearly in n to ``project_n``)."""
+    head = ["model", "d", "n", "regime", "1 cold λmax solve s", "discrete s/step (no eigs)"]
+    head += [f"{f} s/unit time" for f in flows]
+    both = "rod" in flows and "central" in flows
+    head += ["central / rod"] if both else []
+    head += ["1,000 steps discrete + central"] if "central" in flows else []
+    head += [f"the same at n = {project_n} (linear in n, extrapolated)"] if "central" in flows and project_n else []
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for model, d, n, regime, sharp, dis, cost in rows:
+        cells = [model, str(d), str(n), regime, f"{sharp:.3g}", f"{dis:.4g}"]
+        cells += [f"{cost[f]:.4g}" for f in flows]
+        cells += [f"{cost['central'] / cost['rod']:.2f}"] if both else []
+        if "central" in flows:
+            total = 1000 * (dis + cost["central"])
+            cells.append(_duration(total))
+            cells += [_duration(total * project_n / n)] if project_n else []
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def main(argv=None):
@@ -127,22 +203,39 @@ def main(argv=None):
     ap.add_argument("--models", default="mlp,cnn,vit")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--batch-size", type=int, default=None)
-    ap.add_argument("--flow-steps", type=int, default=6, help="steps per flow run (the first chunk of 2 untimed)")
-    ap.add_argument("--flows", default="rod,central")
+    ap.add_argument("--flow-steps", type=int, default=6, help="steps per flow run (the first chunk untimed)")
+    ap.add_argument("--chunk", type=int, default=2,
+                    help="steps per chunk (an adaptive integrator starts a new segment at each chunk end; a run's "
+                         "default chunk is 50)")
+    ap.add_argument("--flows", default="rod,central", help=f"comma-separated subset of {','.join(FLOWS)}")
     ap.add_argument("--regimes", default="eos,start")
+    ap.add_argument("--backend", default="torch", choices=["torch", "default"],
+                    help="the flows' integrator backend (default: pyrod's choice for the device)")
+    ap.add_argument("--project-n", type=int, default=None,
+                    help="also give 1,000 steps of discrete + central scaled linearly to this many images")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: a smoke test of this script")
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     args = ap.parse_args(argv)
+    if not 1 <= args.chunk < args.flow_steps:
+        raise SystemExit(f"--chunk {args.chunk}: must be >= 1 and below --flow-steps {args.flow_steps} (the first "
+                         "chunk is not timed)")
+    flows = args.flows.split(",")
+    bad = [f for f in flows if f not in FLOWS]
+    if bad:
+        raise SystemExit(f"--flows: unknown {bad}; valid: {list(FLOWS)}")
+    bad = [r for r in args.regimes.split(",") if r not in ("eos", "start")]
+    if bad:
+        raise SystemExit(f"--regimes: unknown {bad}; valid: ['eos', 'start']")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("benchmarks/gpu.py needs a CUDA GPU (torch.cuda.is_available() is False; --device cpu "
-                         "runs the same code on the CPU, for a smoke test)")
+                         "runs the same code on the CPU)")
     if args.threads:
         torch.set_num_threads(args.threads)
-    name = torch.cuda.get_device_name(0) if args.device == "cuda" else "CPU only (smoke test)"
-    print(f"{name}; CPU {torch.get_num_threads()} threads; synthetic CIFAR-shaped data, "
+    name = torch.cuda.get_device_name(0) if args.device == "cuda" else "CPU (process CPU seconds)"
+    print(f"{name}; CPU {torch.get_num_threads()} threads; torch {torch.__version__}; synthetic CIFAR-shaped data, "
           f"n = {args.n} (CPU rates measured on {args.cpu_n} images, scaled to n), {args.dtype}, "
-          f"batch_size = {args.batch_size}", flush=True)
-    print(f"{'model':5s} {'d':>9s} {'what':26s} {'GPU':>10s} {'CPU':>10s} {'GPU/CPU':>8s}", flush=True)
+          f"batch_size = {args.batch_size}, backend {args.backend}", flush=True)
+    print(f"{'model':5s} {'d':>9s} {'what':26s} {'device':>10s} {'CPU':>10s} {'dev/CPU':>8s}", flush=True)
     summary = []
     for model in args.models.split(","):
         gpu = _problem(model, args.n, args.device, args.dtype, args.batch_size)
@@ -151,26 +244,28 @@ def main(argv=None):
             if args.cpu_n > 0 else (float("nan"),) * 3
         scale = args.cpu_n / args.n
         for what, a, b in zip(("gradients/s", "HVPs/s", "third-derivative rows/s"), rg, rc, strict=True):
-            print(f"{model:5s} {gpu.dim:9d} {what:26s} {a:10.2f} {b * scale:10.3f} {a / (b * scale):8.1f}",
-                  flush=True)
+            cpu = f"{b * scale:10.3f} {a / (b * scale):8.1f}" if args.cpu_n > 0 else f"{'-':>10s} {'-':>8s}"
+            print(f"{model:5s} {gpu.dim:9d} {what:26s} {a:10.2f} {cpu}", flush=True)
+        _sharpness(gpu)                      # warm-up (first-call set-up), then the timed solve
+        lam0, sharp = _sharpness(gpu)
+        print(f"{model:5s} {gpu.dim:9d} {'1 cold λmax solve s':26s} {sharp:10.3f}   (λ0 = {lam0:.4g})", flush=True)
         for regime in args.regimes.split(","):
             cost = {}
-            for flow in args.flows.split(","):
-                per, status, crit, per_disc = _flow_cost(gpu, args.flow_steps, flow, regime)
+            for flow in flows:
+                per, status, crit, per_disc, (grads, hvps) = _flow_cost(gpu, args.flow_steps, flow, regime,
+                                                                        chunk=args.chunk, lam0=lam0,
+                                                                        backend=args.backend)
                 cost[flow], cost["discrete"] = per, per_disc
                 extra = f" critical {crit:.0%} of steps" if flow == "central" else ""
                 print(f"{model:5s} {gpu.dim:9d} {regime + ' ' + flow + ' s/unit time':26s} {per:10.3f} "
-                      f"{'':>10s} {'':>8s} ({status}){extra}", flush=True)
-            if "rod" in cost and "central" in cost:
-                summary.append((model, gpu.dim, regime, cost["discrete"], cost["rod"], cost["central"]))
+                      f"{'':>10s} {'':>8s} ({status}){extra}; per unit time {grads:.1f} gradients, "
+                      f"{hvps:.1f} HVPs", flush=True)
+            summary.append((model, gpu.dim, args.n, regime, sharp, cost.pop("discrete"), cost))
         del gpu
         if args.device == "cuda":
             torch.cuda.empty_cache()
-    print("\n| model | d | regime | discrete s/step (no eigs) | rod s/unit time | central s/unit time | central / rod "
-          "|")
-    print("|---|---|---|---|---|---|---|")
-    for model, d, regime, dis, rod, cen in summary:
-        print(f"| {model} | {d} | {regime} | {dis:.4f} | {rod:.3f} | {cen:.3f} | {cen / rod:.2f} |")
+    print()
+    print(summary_table(summary, flows, args.project_n))
 
 
 if __name__ == "__main__":

@@ -166,8 +166,10 @@ class FlowRun:
             Var("centre_distance", ("t",), "distance of the flow centre to the discrete centre (w_k+w_{k+1})/2 "
                 f"(flow read at k+{self.model.compare_shift:g})", PARAMETER_UNITS),
             Var("relative_centre_distance", ("t",), "centre_distance / norm of (w_k+w_{k+1})/2", "1"),
-            Var("n_grad", ("t",), "cumulative gradient evaluations of this run", "1"),
-            Var("n_hvp", ("t",), "cumulative Hessian-vector products of this run", "1"),
+            Var("n_grad", ("t",), "cumulative gradient evaluations of this run when row t was written (a chunk is "
+                "integrated, then its rows read out: within a chunk the count includes its whole integration)", "1"),
+            Var("n_hvp", ("t",), "cumulative Hessian-vector products of this run when row t was written (as n_grad; "
+                "third derivatives count their backward passes: pyrod.flows.cost)", "1"),
         ] + self.model.extra_variables()
 
     def dims(self) -> dict:

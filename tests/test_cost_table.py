@@ -1,0 +1,74 @@
+"""benchmarks/gpu.py, the command behind docs/howto/cost.md: its cost table's arithmetic, and the whole command on
+the CPU at a tiny size (every run kind of ``--flows`` timed beside the discrete run)."""
+import os
+import re
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+import gpu  # noqa: E402
+
+
+def _cells(line):
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def _seconds(duration):
+    value, unit = duration.split()
+    return float(value) * {"s": 1, "min": 60, "h": 3600}[unit]
+
+
+def test_cost_table_sums_the_discrete_and_central_columns_and_scales_them_linearly_in_n():
+    rows = [("cnn", 60362, 200, "eos", 0.5, 0.25, {"stable": 0.1, "rod": 1.5, "central": 13.75}),
+            ("mlp", 855050, 200, "eos", 0.2, 0.02, {"stable": 0.05, "rod": 0.2, "central": 0.1})]
+    lines = gpu.summary_table(rows, ["stable", "rod", "central"], project_n=5000).splitlines()
+    head = _cells(lines[0])
+    assert head[-3:] == ["central / rod", "1,000 steps discrete + central",
+                         "the same at n = 5000 (linear in n, extrapolated)"]
+    cnn = dict(zip(head, _cells(lines[2]), strict=True))
+    assert cnn["rod s/unit time"] == "1.5" and cnn["central / rod"] == "9.17"     # 13.75 / 1.5
+    assert cnn["1,000 steps discrete + central"] == "3.9 h"                     # 1000 × 14.0 s = 14,000 s
+    assert cnn["the same at n = 5000 (linear in n, extrapolated)"] == "97.2 h"  # × 5000 / 200
+    mlp = dict(zip(head, _cells(lines[3]), strict=True))
+    assert mlp["1,000 steps discrete + central"] == "2.0 min"                   # 1000 × 0.12 s = 120 s
+    # without the central flow there is no 1,000-step column; without the rod no ratio
+    lines = gpu.summary_table([r[:6] + ({"stable": 0.1},) for r in rows], ["stable"]).splitlines()
+    assert _cells(lines[0])[-1] == "stable s/unit time" and len(_cells(lines[2])) == 7
+
+
+def test_cost_table_command_rejects_an_unknown_flow_and_a_chunk_that_leaves_nothing_timed():
+    with pytest.raises(SystemExit, match="unknown \\['rodd'\\]"):
+        gpu.main(["--device", "cpu", "--flows", "rod,rodd"])
+    with pytest.raises(SystemExit, match="--chunk 6: must be >= 1 and below --flow-steps 6"):
+        gpu.main(["--device", "cpu", "--chunk", "6"])
+
+
+@pytest.mark.filterwarnings("ignore:central flow. more than max_track")
+def test_cost_table_command_times_every_run_kind_on_the_cpu(capsys):
+    threads = torch.get_num_threads()
+    try:
+        gpu.main(["--device", "cpu", "--n", "4", "--cpu-n", "0", "--models", "cnn", "--regimes", "eos",
+                  "--flows", "stable,rod,central", "--backend", "default", "--flow-steps", "4", "--project-n", "40",
+                  "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    table = [ln for ln in out.splitlines() if ln.startswith("|")]
+    head, row = _cells(table[0]), dict(zip(_cells(table[0]), _cells(table[2]), strict=True))
+    assert head[:6] == ["model", "d", "n", "regime", "1 cold λmax solve s", "discrete s/step (no eigs)"]
+    assert row["model"] == "cnn" and row["n"] == "4" and row["regime"] == "eos"
+    for flow in ("stable", "rod", "central"):
+        assert float(row[f"{flow} s/unit time"]) > 0, row
+    disc, central = float(row["discrete s/step (no eigs)"]), float(row["central s/unit time"])
+    assert float(row["central / rod"]) == pytest.approx(central / float(row["rod s/unit time"]), rel=0.02)
+    assert _seconds(row["1,000 steps discrete + central"]) == pytest.approx(1000 * (disc + central), rel=0.05)
+    assert "(ok) critical 100% of steps" in out        # η = 2.05/λ0: the central flow is critical from its start
+    # each flow's own counters over the timed chunks: the rod flow two gradients per right-hand side and no HVPs;
+    # the central flow at least Euler ×4's four gradients, and HVPs (tracking, third derivatives) as it is critical
+    counts = {m.group(1): (float(m.group(2)), float(m.group(3))) for m in
+              re.finditer(r"eos (\w+) s/unit time .*per unit time ([\d.]+) gradients, ([\d.]+) HVPs", out)}
+    assert set(counts) == {"stable", "rod", "central"}, out
+    assert counts["rod"][0] >= 2 and counts["rod"][1] == 0
+    assert counts["central"][0] >= 4 and counts["central"][1] > 0
