@@ -17,10 +17,11 @@ registry's MLP (2×256 GELU), CNN (channels 32, 64) and ViT (patch 4, dim 64, de
   no warm start): an indication of what measuring λmax costs. A run measures with a warm-started tracker at
   ``eig_tol`` (1e-8 by default), whose cost per solve differs (fewer iterations once warm, more at the tighter
   tolerance), so read this column as a scale, not a price per ``eig_every``;
-* flow cost per unit time (one optimizer step): wall seconds per unit time of each flow of ``--flows`` (any of
-  ``stable``, ``midpoint``, ``rod``, ``central``; on the torch backend, or with ``--backend default`` on the one
-  pyrod picks for the device: SciPy on the CPU), each run beside the discrete GD run, timed with ``torch.cuda.synchronize()`` around each chunk's
-  integration and read-out, over the chunks after the first (the first pays one-time set-up: the central flow's
+* flow cost per unit time (one optimizer step): seconds per unit time of each flow of ``--flows`` (the
+  registry's flows, ``pyrod.run_kinds.flow_names()``: ``stable``, ``rod``, ``central`` and any registered flow), on
+  the torch backend or, with ``--backend default``, on the one pyrod picks for the device (SciPy on the CPU), each
+  run beside the discrete GD run, timed with ``torch.cuda.synchronize()`` around each chunk's integration and
+  read-out, over the chunks after the first (the first pays one-time set-up: the central flow's
   first eigen-solve), and as a ratio central / rod. Regimes (``--regimes``):
 
   - ``eos``: GD at ``η = 2.05/λ0`` (λ0 = λmax(H(w0))): effective sharpness 1.025 at the start, so the central flow's
@@ -46,6 +47,7 @@ import torch
 
 import pyrod
 from pyrod.problems.models import MODELS
+from pyrod.run_kinds import flow_names
 
 MODEL_KW = {"mlp": {"width": 256, "depth": 2, "activation": "gelu"}, "cnn": {"channels": (32, 64)},
             "vit": {"patch_size": 4, "dim": 64, "depth": 2}}
@@ -161,9 +163,6 @@ def _flow_cost(prob, steps, flow, regime, chunk=2, lam0=None, backend="torch"):
     return per, ds.attrs["flow_status"], crit, per_disc, counts
 
 
-FLOWS = ("stable", "midpoint", "rod", "central")
-
-
 def _duration(seconds: float) -> str:
     """``seconds`` as a short human duration (s, min or h)."""
     if seconds < 120:
@@ -207,7 +206,8 @@ def main(argv=None):
     ap.add_argument("--chunk", type=int, default=2,
                     help="steps per chunk (an adaptive integrator starts a new segment at each chunk end; a run's "
                          "default chunk is 50)")
-    ap.add_argument("--flows", default="rod,central", help=f"comma-separated subset of {','.join(FLOWS)}")
+    ap.add_argument("--flows", default="rod,central",
+                    help=f"comma-separated subset of {','.join(flow_names())} (the run kinds that are flows)")
     ap.add_argument("--regimes", default="eos,start")
     ap.add_argument("--backend", default="torch", choices=["torch", "default"],
                     help="the flows' integrator backend (default: pyrod's choice for the device)")
@@ -220,9 +220,9 @@ def main(argv=None):
         raise SystemExit(f"--chunk {args.chunk}: must be >= 1 and below --flow-steps {args.flow_steps} (the first "
                          "chunk is not timed)")
     flows = args.flows.split(",")
-    bad = [f for f in flows if f not in FLOWS]
+    bad = [f for f in flows if f not in flow_names()]
     if bad:
-        raise SystemExit(f"--flows: unknown {bad}; valid: {list(FLOWS)}")
+        raise SystemExit(f"--flows: not flows: {bad}; the flows (pyrod.run_kinds.flow_names()): {list(flow_names())}")
     bad = [r for r in args.regimes.split(",") if r not in ("eos", "start")]
     if bad:
         raise SystemExit(f"--regimes: unknown {bad}; valid: ['eos', 'start']")

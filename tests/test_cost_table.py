@@ -38,9 +38,11 @@ def test_cost_table_sums_the_discrete_and_central_columns_and_scales_them_linear
     assert _cells(lines[0])[-1] == "stable s/unit time" and len(_cells(lines[2])) == 7
 
 
-def test_cost_table_command_rejects_an_unknown_flow_and_a_chunk_that_leaves_nothing_timed():
-    with pytest.raises(SystemExit, match="unknown \\['rodd'\\]"):
+def test_cost_table_command_rejects_a_name_that_is_not_a_flow_and_a_chunk_that_leaves_nothing_timed():
+    with pytest.raises(SystemExit, match="not flows: \\['rodd'\\]"):
         gpu.main(["--device", "cpu", "--flows", "rod,rodd"])
+    with pytest.raises(SystemExit, match="not flows: \\['midpoint'\\]"):     # a run kind, but not a flow
+        gpu.main(["--device", "cpu", "--flows", "midpoint"])
     with pytest.raises(SystemExit, match="--chunk 6: must be >= 1 and below --flow-steps 6"):
         gpu.main(["--device", "cpu", "--chunk", "6"])
 
