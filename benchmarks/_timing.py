@@ -2,13 +2,66 @@
 
 A flow run's wall time is the time spent in its ``FlowRun.advance`` (integration + read-out at integer steps), so it
 excludes the discrete run that ``simulate`` always carries alongside; the discrete run is timed as a whole run.
+
+:func:`device_clock` and :func:`chunk_times` time chunk by chunk on a device (``gpu.py``, ``vs_reference.py``).
 """
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 
 import pyrod
+
+
+def device_clock(device):
+    """A function giving seconds for timing on ``device``: process CPU seconds on the CPU (with one thread, little
+    disturbed by other work); wall seconds after ``torch.cuda.synchronize()`` on CUDA."""
+    if not str(device).startswith("cuda"):
+        return time.process_time
+    import torch
+
+    def now():
+        torch.cuda.synchronize()
+        return time.perf_counter()
+    return now
+
+
+@contextlib.contextmanager
+def chunk_times(device):
+    """Inside the block, every chunk of the discrete run (``DiscreteRun.run_chunk``) and of each flow run
+    (``FlowRun.advance``) is timed with :func:`device_clock`. Yields ``{run name: [(k0, steps, seconds, gradients,
+    HVPs)]}``, one entry per chunk from step ``k0``, with the run's own derivative counts over that chunk."""
+    from pyrod.flows.run import FlowRun
+    from pyrod.runs.discrete import DiscreteRun
+    now, chunks = device_clock(device), {}
+    orig_chunk, orig_advance = DiscreteRun.run_chunk, FlowRun.advance
+
+    def mark(self):
+        return now(), self.problem.n_grad, self.problem.n_hvp
+
+    def record(self, k0, n, t0, g0, h0):
+        chunks.setdefault(self.name, []).append((k0, n, now() - t0, self.problem.n_grad - g0,
+                                                 self.problem.n_hvp - h0))
+
+    def run_chunk(self, n):
+        k0, start = self.state.k, mark(self)
+        out = orig_chunk(self, n)
+        record(self, k0, out[1].n_steps, *start)
+        return out
+
+    def advance(self, ck):
+        start = mark(self)
+        out = orig_advance(self, ck)
+        record(self, ck.k0, ck.n_steps, *start)
+        return out
+
+    DiscreteRun.run_chunk, FlowRun.advance = run_chunk, advance
+    try:
+        yield chunks
+    finally:
+        DiscreteRun.run_chunk, FlowRun.advance = orig_chunk, orig_advance
+
 
 _FLOW_TIME: dict = {}
 

@@ -27,7 +27,6 @@ import argparse
 import importlib.util
 import os
 import sys
-import time
 import warnings
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -42,6 +41,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 import vs_reference as vr  # noqa: E402
+from _timing import device_clock  # noqa: E402
 
 import pyrod  # noqa: E402
 from pyrod import spectra  # noqa: E402
@@ -105,10 +105,8 @@ DEVICE = "cpu"
 
 
 def clock() -> float:
-    if DEVICE == "cpu":
-        return time.process_time()
-    torch.cuda.synchronize()
-    return time.perf_counter()
+    """Seconds on ``DEVICE`` (``_timing.device_clock``: CPU seconds on the CPU, synchronised wall seconds on CUDA)."""
+    return device_clock(DEVICE)()
 
 
 def make_problem(data, width):

@@ -41,14 +41,15 @@ other jobs); on CUDA wall seconds.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from _timing import chunk_times, device_clock
 
 import pyrod
 from pyrod.problems.models import MODELS
 from pyrod.run_kinds import flow_names
 
+REGIMES = ("eos", "start")     # see the module docstring; _flow_cost: "eos", else "start"
 MODEL_KW = {"mlp": {"width": 256, "depth": 2, "activation": "gelu"}, "cnn": {"channels": (32, 64)},
             "vit": {"patch_size": 4, "dim": 64, "depth": 2}}
 
@@ -63,16 +64,15 @@ def _problem(model, n, device, dtype, batch_size, seed=0):
 
 
 def _rate(fn, device, min_time=1.0, max_reps=50):
-    """Calls per second of ``fn`` (one warm-up call; synchronised on CUDA; process CPU time on the CPU)."""
+    """Calls per second of ``fn`` (one warm-up call; ``_timing.device_clock``: synchronised wall seconds on CUDA,
+    process CPU seconds on the CPU)."""
     fn()
-    sync, clock = _clock(device)
-    sync()
-    reps, t0 = 0, clock()
-    while reps < max_reps and (reps < 2 or clock() - t0 < min_time):
+    now = device_clock(device)
+    reps, t0 = 0, now()
+    while reps < max_reps and (reps < 2 or now() - t0 < min_time):
         fn()
         reps += 1
-    sync()
-    return reps / (clock() - t0)
+    return reps / (now() - t0)
 
 
 def _derivative_rates(prob, device):
@@ -84,46 +84,30 @@ def _derivative_rates(prob, device):
             _rate(lambda: prob.d3(w, u, v), device))
 
 
-def _clock(device):
-    """(synchronise, clock) for timing on ``device``: wall time with ``torch.cuda.synchronize()`` on CUDA, process
-    CPU time on the CPU."""
-    if str(device).startswith("cuda"):
-        return torch.cuda.synchronize, time.perf_counter
-    return (lambda: None), time.process_time
-
-
 def _sharpness(prob):
     """(λ0 = λmax(H(w0)), seconds of that one LOBPCG solve: k = 1, tol 1e-4)."""
     from pyrod.spectra import hessian_operator, top_eigs
-    sync, clock = _clock(prob.device)
-    sync()
-    t0 = clock()
+    now = device_clock(prob.device)
+    t0 = now()
     lam0 = float(top_eigs(hessian_operator(prob, prob.w0), prob.dim, 1, dtype=prob.dtype, device=prob.device,
                           tol=1e-4)[0][0])
-    sync()
-    return lam0, clock() - t0
+    return lam0, now() - t0
+
+
+def _after_first(chunks):
+    """Totals ``(steps ≥ 1, seconds, gradients, HVPs)`` of the chunks of ``_timing.chunk_times`` after the first
+    (``k0 > 0``)."""
+    timed = [c[1:] for c in chunks if c[0] > 0]
+    steps, secs, grads, hvps = (sum(col) for col in zip(*timed, strict=True)) if timed else (0, 0.0, 0, 0)
+    return max(steps, 1), secs, grads, hvps
 
 
 def _flow_cost(prob, steps, flow, regime, chunk=2, lam0=None, backend="torch"):
     """Seconds per unit time of ``flow`` (integration + read-out, chunks after the first) beside the discrete run,
     in ``regime`` (see the module docstring; ``lam0`` from :func:`_sharpness`, computed when not given) on
     ``backend`` (``"default"``: pyrod's choice for the device); returns ``(s per unit time, flow status,
-    critical-set share, s per discrete step without eigenvalues, (gradients, HVPs) per unit time)``: the counts of
-    the run's own counters over the timed chunks, a third-derivative column counted as two HVPs)."""
-    from pyrod.flows.run import FlowRun
-    spent = []
-    orig = FlowRun.advance
-    sync, clock = _clock(prob.device)
-
-    def advance(self, ck):
-        sync()
-        t0, g0, h0 = clock(), self.problem.n_grad, self.problem.n_hvp
-        try:
-            return orig(self, ck)
-        finally:
-            sync()
-            if self.name == flow:
-                spent.append((ck.k0, ck.n_steps, clock() - t0, self.problem.n_grad - g0, self.problem.n_hvp - h0))
+    critical-set share, s per discrete step without eigenvalues, (gradients, HVPs) per unit time)``: the run's own
+    counters over the timed chunks, third derivatives counted as their backward passes: ``pyrod.flows.cost``)."""
     if regime == "eos":
         lam0 = _sharpness(prob)[0] if lam0 is None else lam0
         kw = dict(lr=2.05 / lam0, integ={})
@@ -131,33 +115,15 @@ def _flow_cost(prob, steps, flow, regime, chunk=2, lam0=None, backend="torch"):
         # Dormand–Prince 5(4): "dopri5" on the torch backend, the same pair as SciPy's "RK45" (the CPU default)
         torch_backend = backend == "torch" or prob.device.type == "cuda"
         kw = dict(lr=0.05, integ=dict(method="dopri5" if torch_backend else "RK45", rtol=1e-5, atol=1e-8))
-    from pyrod.runs.discrete import DiscreteRun
-    disc = []
-    orig_chunk = DiscreteRun.run_chunk
-
-    def run_chunk(self, n):
-        sync()
-        t0 = clock()
-        try:
-            return orig_chunk(self, n)
-        finally:
-            sync()
-            disc.append((self.state.k, n, clock() - t0))
-    FlowRun.advance, DiscreteRun.run_chunk = advance, run_chunk
-    try:
+    with chunk_times(prob.device) as chunks:
         # threads: this process's torch setting (--threads), not the run's own choice (pyrod.threads), which may
         # take every core for a large problem and would make the CPU seconds of different rows incomparable
         tree = pyrod.simulate(prob, pyrod.optimizers.GD(lr=kw["lr"]), steps=steps, runs=["discrete", flow], eigs=1,
                               eig_every=10 ** 6, backend=None if backend == "default" else backend, chunk=chunk,
                               threads=torch.get_num_threads(), progress=False, **kw["integ"])
-    finally:
-        FlowRun.advance, DiscreteRun.run_chunk = orig, orig_chunk
-    timed = [(n, s, g, h) for k0, n, s, g, h in spent if k0 > 0]
-    units = max(sum(n for n, *_ in timed), 1)
-    per = sum(s for _, s, _, _ in timed) / units
-    counts = (sum(g for *_, g, _ in timed) / units, sum(h for *_, h in timed) / units)
-    d_timed = [(n, s) for k, n, s in disc if k - n > 0]
-    per_disc = sum(s for _, s in d_timed) / max(sum(n for n, _ in d_timed), 1)
+    units, secs, grads, hvps = _after_first(chunks[flow])
+    d_steps, d_secs, _, _ = _after_first(chunks["discrete"])
+    per, counts, per_disc = secs / units, (grads / units, hvps / units), d_secs / d_steps
     ds = tree[flow].ds
     crit = float((ds["n_critical"].values > 0).mean()) if "n_critical" in ds else float("nan")
     return per, ds.attrs["flow_status"], crit, per_disc, counts
@@ -196,6 +162,7 @@ def summary_table(rows, flows, project_n=None) -> str:
 
 
 def main(argv=None):
+    valid_flows = flow_names()     # read when called: a plug-in flow registered after import counts
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=5000)
     ap.add_argument("--cpu-n", type=int, default=500, help="images for the CPU rates (0: skip the CPU)")
@@ -207,7 +174,7 @@ def main(argv=None):
                     help="steps per chunk (an adaptive integrator starts a new segment at each chunk end; a run's "
                          "default chunk is 50)")
     ap.add_argument("--flows", default="rod,central",
-                    help=f"comma-separated subset of {','.join(flow_names())} (the run kinds that are flows)")
+                    help=f"comma-separated subset of {','.join(valid_flows)} (the run kinds that are flows)")
     ap.add_argument("--regimes", default="eos,start")
     ap.add_argument("--backend", default="torch", choices=["torch", "default"],
                     help="the flows' integrator backend (default: pyrod's choice for the device)")
@@ -220,12 +187,12 @@ def main(argv=None):
         raise SystemExit(f"--chunk {args.chunk}: must be >= 1 and below --flow-steps {args.flow_steps} (the first "
                          "chunk is not timed)")
     flows = args.flows.split(",")
-    bad = [f for f in flows if f not in flow_names()]
+    bad = [f for f in flows if f not in valid_flows]
     if bad:
-        raise SystemExit(f"--flows: not flows: {bad}; the flows (pyrod.run_kinds.flow_names()): {list(flow_names())}")
-    bad = [r for r in args.regimes.split(",") if r not in ("eos", "start")]
+        raise SystemExit(f"--flows: not flows: {bad}; the flows (pyrod.run_kinds.flow_names()): {list(valid_flows)}")
+    bad = [r for r in args.regimes.split(",") if r not in REGIMES]
     if bad:
-        raise SystemExit(f"--regimes: unknown {bad}; valid: ['eos', 'start']")
+        raise SystemExit(f"--regimes: unknown {bad}; valid: {list(REGIMES)}")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("benchmarks/gpu.py needs a CUDA GPU (torch.cuda.is_available() is False; --device cpu "
                          "runs the same code on the CPU)")

@@ -43,6 +43,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # this checkout's pyrod
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from _timing import device_clock  # noqa: E402
+
 import pyrod  # noqa: E402
 from pyrod.problems.models import MODELS  # noqa: E402
 from pyrod.problems.problem import HVP_MODES, auto_hvp_mode, check_hvp_mode  # noqa: E402
@@ -73,22 +75,16 @@ class Timer:
     def __init__(self, device: str, min_time: float, max_reps: int):
         self.cuda = device.startswith("cuda")
         self.min_time, self.max_reps = min_time, max_reps
-        self.clock = time.perf_counter if self.cuda else time.process_time
-
-    def _sync(self):
-        if self.cuda:
-            torch.cuda.synchronize()
+        self.now = device_clock(device)
 
     def __call__(self, fn):
         """``(best seconds per call, last result)``."""
         out = fn()                                     # warm-up
         best, spent, reps = float("inf"), 0.0, 0
         while reps < 1 or (reps < self.max_reps and spent < self.min_time):
-            self._sync()
-            t0 = self.clock()
+            t0 = self.now()
             out = fn()
-            self._sync()
-            dt = self.clock() - t0
+            dt = self.now() - t0
             best, spent, reps = min(best, dt), spent + dt, reps + 1
         return best, out
 

@@ -70,6 +70,7 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # this checkout's pyrod
+from _timing import chunk_times, device_clock  # noqa: E402
 
 CLASSES = 4
 GD_LR = 0.037
@@ -77,19 +78,6 @@ RMS = dict(beta2=0.99, eps=1e-7)
 RMS_LR = 5e-5
 RMS_WARM = 5
 REF_EIG_TOL = 1e-10      # the reference's EigConfig default (used here)
-
-
-class Clock:
-    """Seconds for timing: CPU seconds on the CPU; wall seconds after ``torch.cuda.synchronize()`` on CUDA."""
-
-    def __init__(self, device: str):
-        self.cuda = str(device).startswith("cuda")
-
-    def now(self) -> float:
-        if self.cuda:
-            torch.cuda.synchronize()
-            return time.perf_counter()
-        return time.process_time()
 
 
 # ------------------------------------------------------------------------------------------------ problem
@@ -184,10 +172,10 @@ def run_reference(ref, opt_name, X, y, width, steps, which, lr, warm, clock, dev
         p = ref.proc.CentralFlow(**kw, config=ref.proc.CentralFlowConfig(nsubsteps=4))
     rows = []
     for i in range(steps):
-        t0 = clock.now()
+        t0 = clock()
         p.prepare()
         p.step()
-        sec = clock.now() - t0
+        sec = clock() - t0
         row = dict(k=warm + i, loss=float(p.loss), es=float(p.eff_eigs[0]) / 2.0, s=sec)
         if which == "central":
             row["pred"] = float(p.loss + p.X.sum())
@@ -238,31 +226,14 @@ def find_onset(opt_name, X, y, width, dtype, device, lr, steps) -> int | None:
     return int(idx[0]) + first if len(idx) else None
 
 
-def run_pyrod(opt_name, X, y, width, steps, dtype, chunk, lr, restart, clock, device, eig_tol=None, raw=False,
+def run_pyrod(opt_name, X, y, width, steps, dtype, chunk, lr, restart, device, eig_tol=None, raw=False,
               flow_opts=None):
     """pyrod on the same problem: discrete + central (Euler ×4) from ``restart``, ``steps`` steps after it,
-    eigenvalues every step (measured to ``eig_tol``; None: pyrod's default). Returns (tree, {run: [(k0, n, s)]})."""
+    eigenvalues every step (measured to ``eig_tol``; None: pyrod's default). Returns (tree, {run: [(k0, n, s,
+    gradients, HVPs)]}: ``_timing.chunk_times``)."""
     import pyrod
-    from pyrod.flows.run import FlowRun
-    from pyrod.runs.discrete import DiscreteRun
 
-    chunks = {"discrete": [], "central": []}
-    orig_chunk, orig_adv = DiscreteRun.run_chunk, FlowRun.advance
-
-    def run_chunk(self, n):
-        k0, t0 = self.state.k, clock.now()
-        out = orig_chunk(self, n)
-        chunks["discrete"].append((k0, out[1].n_steps, clock.now() - t0))
-        return out
-
-    def advance(self, ck):
-        t0 = clock.now()
-        out = orig_adv(self, ck)
-        chunks.setdefault(self.name, []).append((ck.k0, ck.n_steps, clock.now() - t0))
-        return out
-
-    DiscreteRun.run_chunk, FlowRun.advance = run_chunk, advance
-    try:
+    with chunk_times(device) as chunks:
         prob = _problem(X, y, width, dtype, device)
         opt = _optimizer(opt_name, lr)
         if opt_name == "rmsprop":
@@ -275,15 +246,13 @@ def run_pyrod(opt_name, X, y, width, steps, dtype, chunk, lr, restart, clock, de
             warnings.simplefilter("ignore")
             tree = pyrod.simulate(prob, opt, steps=restart + steps, runs=["discrete", "central"], eigs=2,
                                   eig_every=1, chunk=chunk, restart_at=restart or None, progress=False, **opts)
-    finally:
-        DiscreteRun.run_chunk, FlowRun.advance = orig_chunk, orig_adv
     return tree, chunks
 
 
 def steady_pyrod(chunks, steady):
-    per = [s / n for k0, n, s in chunks if k0 >= steady and n > 0]
+    per = [s / n for k0, n, s, *_ in chunks if k0 >= steady and n > 0]
     if not per:   # the window starts inside a chunk: use the chunks that end after it
-        per = [s / n for k0, n, s in chunks if k0 + n > steady and n > 0]
+        per = [s / n for k0, n, s, *_ in chunks if k0 + n > steady and n > 0]
     return float(np.median(per)) if per else float("nan")
 
 
@@ -354,12 +323,12 @@ def main(argv=None):
     device = args.device
     if device.startswith("cuda") and not torch.cuda.is_available():
         ap.error(f"--device {device}: torch.cuda.is_available() is False")
-    clock = Clock(device)
+    clock = device_clock(device)
     widths = [args.width] if args.width else [int(w) for w in args.widths.split(",") if w.strip()]
     X, y = make_data(args.n)
     ref = None if args.skip_reference else import_reference(args.reference, device)
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
-    unit = "wall s (CUDA, synchronised)" if clock.cuda else "CPU s"
+    unit = "wall s (CUDA, synchronised)" if device.startswith("cuda") else "CPU s"
     print(f"device {device}, n = {args.n}, 4 classes, MSE; Euler x4, eigenvalues every step; "
           f"{torch.get_num_threads()} thread(s); {args.steps} steps after the restart, steady window from +"
           f"{args.steady}; {unit} per unit time", flush=True)
@@ -398,8 +367,8 @@ def main(argv=None):
                 t0 = time.perf_counter()
                 eig_tol = None if tol_name == "default" else (ref_eig_tol(dim) if tol_name == "ref"
                                                               else float(tol_name))
-                tree, chunks = run_pyrod(opt_name, X, y, width, args.steps, dt, args.chunk, lr, restart, clock,
-                                         device, eig_tol=eig_tol, raw=args.raw_sharpness)
+                tree, chunks = run_pyrod(opt_name, X, y, width, args.steps, dt, args.chunk, lr, restart, device,
+                                         eig_tol=eig_tol, raw=args.raw_sharpness)
                 col = f"pyrod {dt}" + ("" if eig_tol is None else f" tol {eig_tol:.0e}")
                 a = tree["central"].attrs
                 entry = dict(times=(steady_pyrod(chunks["discrete"], steady),

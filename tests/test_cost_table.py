@@ -7,6 +7,8 @@ import sys
 import pytest
 import torch
 
+import pyrod
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 import gpu  # noqa: E402
 
@@ -48,8 +50,14 @@ def test_cost_table_command_rejects_a_name_that_is_not_a_flow_and_a_chunk_that_l
 
 
 @pytest.mark.filterwarnings("ignore:central flow. more than max_track")
-def test_cost_table_command_times_every_run_kind_on_the_cpu(capsys):
+def test_cost_table_command_times_every_run_kind_on_the_cpu(capsys, monkeypatch):
     threads = torch.get_num_threads()
+    calls, simulate = [], pyrod.simulate
+
+    def recording(*args, **kw):
+        calls.append(kw)
+        return simulate(*args, **kw)
+    monkeypatch.setattr(pyrod, "simulate", recording)
     try:
         gpu.main(["--device", "cpu", "--n", "4", "--cpu-n", "0", "--models", "cnn", "--regimes", "eos",
                   "--flows", "stable,rod,central", "--backend", "default", "--flow-steps", "4", "--project-n", "40",
@@ -74,3 +82,18 @@ def test_cost_table_command_times_every_run_kind_on_the_cpu(capsys):
     assert set(counts) == {"stable", "rod", "central"}, out
     assert counts["rod"][0] >= 2 and counts["rod"][1] == 0
     assert counts["central"][0] >= 4 and counts["central"][1] > 0
+    # the runs use --threads (not pyrod.threads' own choice), --chunk and, with --backend default, pyrod's backend
+    assert len(calls) == 3 and all(c["threads"] == 1 and c["chunk"] == 2 and c["backend"] is None for c in calls)
+
+
+@pytest.mark.filterwarnings("ignore:central flow. more than max_track")
+def test_vs_reference_times_pyrods_chunks_through_the_shared_chunk_timer():
+    import vs_reference as vr
+    X, y = vr.make_data(200)
+    _, chunks = vr.run_pyrod("gd", X, y, 8, 3, "float32", 1, vr.GD_LR, 0, "cpu")
+    for run in ("discrete", "central"):             # one entry per chunk of one step: (k0, steps, s, grads, HVPs)
+        assert [c[:2] for c in chunks[run]] == [(0, 1), (1, 1), (2, 1)], chunks
+        assert all(c[2] > 0 for c in chunks[run])
+    assert all(c[3] >= 4 for c in chunks["central"])   # Euler ×4: four right-hand-side gradients per step
+    steady = [c[2] for c in chunks["central"][1:]]     # the steady window from step 1: the median s per step
+    assert vr.steady_pyrod(chunks["central"], 1) == pytest.approx(sorted(steady)[0] / 2 + sorted(steady)[1] / 2)
