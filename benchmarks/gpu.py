@@ -22,7 +22,12 @@ registry's MLP (2×256 GELU), CNN (channels 32, 64) and ViT (patch 4, dim 64, de
   the torch backend or, with ``--backend default``, on the one pyrod picks for the device (SciPy on the CPU), each
   run beside the discrete GD run, timed with ``torch.cuda.synchronize()`` around each chunk's integration and
   read-out, over the chunks after the first (the first pays one-time set-up: the central flow's
-  first eigen-solve), and as a ratio central / rod. Regimes (``--regimes``):
+  first eigen-solve), and as a ratio central / rod;
+* with ``rod`` and ``central`` in ``--flows``, the central flow's floor: the least derivative work of a central flow
+  with one critical direction on its default integrator (Euler ×4), per right-hand side the graph of ∇L at the new
+  point, one HVP and one third-derivative pair, timed at ``w0`` (:func:`_central_rhs_floor`), and floor / rod: no
+  change to the tracking (Rayleigh–Ritz of other directions, basis checks) can bring central / rod below it.
+  Regimes (``--regimes``):
 
   - ``eos``: GD at ``η = 2.05/λ0`` (λ0 = λmax(H(w0))): effective sharpness 1.025 at the start, so the central flow's
     critical set is non-empty from the first step (the regime the central flow exists for); each flow on its own
@@ -46,10 +51,13 @@ import torch
 from _timing import chunk_times, device_clock
 
 import pyrod
+from pyrod.integrate.fixed_step import DEFAULT_SUBSTEPS
 from pyrod.problems.models import MODELS
 from pyrod.run_kinds import flow_names
 
-REGIMES = ("eos", "start")     # see the module docstring; _flow_cost: "eos", else "start"
+REGIMES = ("eos", "start")
+#: the cost-table column of :func:`_central_rhs_floor` (a key of a row's cost dict beside the flows)
+FLOOR = "central floor (1 critical direction, derivatives only)"     # see the module docstring; _flow_cost: "eos", else "start"
 MODEL_KW = {"mlp": {"width": 256, "depth": 2, "activation": "gelu"}, "cnn": {"channels": (32, 64)},
             "vit": {"patch_size": 4, "dim": 64, "depth": 2}}
 
@@ -82,6 +90,25 @@ def _derivative_rates(prob, device):
     v = torch.randn(prob.dim, generator=g).to(device=device, dtype=prob.dtype)
     return (_rate(lambda: prob.grad(w), device), _rate(lambda: prob.hvp(w, u), device),
             _rate(lambda: prob.d3(w, u, v), device))
+
+
+def _central_rhs_floor(prob, device, substeps=DEFAULT_SUBSTEPS):
+    """Seconds per unit time of the least derivative work a central flow with one critical direction does at its
+    default integrator (Euler, ``substeps`` right-hand sides per unit time): per right-hand side the graph of ∇L
+    at a new point (its gradient), one HVP ``Hu`` (the critical pair's Rayleigh–Ritz) and the third-derivative pair
+    ``∇(uᵀHu)``, nothing else (no other tracked directions, no basis checks, no read-out). A lower bound of the
+    central flow's cost inside the EoS, measured at ``w0`` with a new tensor per call (so every call builds the
+    graph, as every right-hand side does)."""
+    w = prob.w0
+    g = torch.Generator(device="cpu").manual_seed(2)
+    u = torch.randn(prob.dim, 1, generator=g).to(device=device, dtype=prob.dtype)
+    u /= torch.linalg.vector_norm(u)
+
+    def rhs_work():
+        ww = w.clone()                       # a new point: the cached graph of ∇L is built again
+        prob.hvp(ww, u[:, 0])
+        prob.d3_pairs(ww, u, [0], [0])
+    return substeps / _rate(rhs_work, device)
 
 
 def _sharpness(prob):
@@ -140,12 +167,15 @@ def _duration(seconds: float) -> str:
 
 def summary_table(rows, flows, project_n=None) -> str:
     """The markdown cost table. ``rows``: ``(model, d, n, regime, sharpness s, discrete s/step, {flow: s/unit})``;
-    ``flows``: the flow columns in order. With ``rod`` and ``central`` measured, their ratio; with ``central``,
-    1,000 steps of discrete + central (and, with ``project_n``, that scaled linearly in n to ``project_n``)."""
+    ``flows``: the flow columns in order. With ``rod`` and ``central`` measured, their ratio; where every row's
+    dict also has ``FLOOR`` (:func:`_central_rhs_floor`), that floor and floor / rod; with ``central``, 1,000 steps
+    of discrete + central (and, with ``project_n``, that scaled linearly in n to ``project_n``)."""
     head = ["model", "d", "n", "regime", "1 cold λmax solve s", "discrete s/step (no eigs)"]
     head += [f"{f} s/unit time" for f in flows]
     both = "rod" in flows and "central" in flows
+    floor = both and all(FLOOR in r[6] for r in rows)
     head += ["central / rod"] if both else []
+    head += [f"{FLOOR} s/unit time", "floor / rod"] if floor else []
     head += ["1,000 steps discrete + central"] if "central" in flows else []
     head += [f"the same at n = {project_n} (linear in n, extrapolated)"] if "central" in flows and project_n else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -153,6 +183,7 @@ def summary_table(rows, flows, project_n=None) -> str:
         cells = [model, str(d), str(n), regime, f"{sharp:.3g}", f"{dis:.4g}"]
         cells += [f"{cost[f]:.4g}" for f in flows]
         cells += [f"{cost['central'] / cost['rod']:.2f}"] if both else []
+        cells += [f"{cost[FLOOR]:.4g}", f"{cost[FLOOR] / cost['rod']:.2f}"] if floor else []
         if "central" in flows:
             total = 1000 * (dis + cost["central"])
             cells.append(_duration(total))
@@ -216,8 +247,13 @@ def main(argv=None):
         _sharpness(gpu)                      # warm-up (first-call set-up), then the timed solve
         lam0, sharp = _sharpness(gpu)
         print(f"{model:5s} {gpu.dim:9d} {'1 cold λmax solve s':26s} {sharp:10.3f}   (λ0 = {lam0:.4g})", flush=True)
+        floor = None
+        if "central" in flows and "rod" in flows:
+            floor = _central_rhs_floor(gpu, args.device)
+            print(f"{model:5s} {gpu.dim:9d} {'central floor s/unit time':26s} {floor:10.3f}   ({DEFAULT_SUBSTEPS} × "
+                  f"(gradient graph + 1 HVP + 1 third-derivative pair))", flush=True)
         for regime in args.regimes.split(","):
-            cost = {}
+            cost = {} if floor is None else {FLOOR: floor}
             for flow in flows:
                 per, status, crit, per_disc, (grads, hvps) = _flow_cost(gpu, args.flow_steps, flow, regime,
                                                                         chunk=args.chunk, lam0=lam0,

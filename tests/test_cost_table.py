@@ -29,6 +29,12 @@ def test_cost_table_sums_the_discrete_and_central_columns_and_scales_them_linear
     head = _cells(lines[0])
     assert head[-3:] == ["central / rod", "1,000 steps discrete + central",
                          "the same at n = 5000 (linear in n, extrapolated)"]
+    # the central flow's floor, where every row has it: its seconds and floor / rod after central / rod
+    floored = [r[:6] + ({**r[6], gpu.FLOOR: f},) for r, f in zip(rows, (6.0, 0.05), strict=True)]
+    fhead, frow = (_cells(ln) for ln in gpu.summary_table(floored, ["stable", "rod", "central"]).splitlines()[::2])
+    cnn = dict(zip(fhead, frow, strict=True))
+    assert cnn[f"{gpu.FLOOR} s/unit time"] == "6" and cnn["floor / rod"] == "4.00"   # 6 / 1.5
+    assert fhead.index("floor / rod") == fhead.index("central / rod") + 2
     cnn = dict(zip(head, _cells(lines[2]), strict=True))
     assert cnn["rod s/unit time"] == "1.5" and cnn["central / rod"] == "9.17"     # 13.75 / 1.5
     assert cnn["1,000 steps discrete + central"] == "3.9 h"                     # 1000 × 14.0 s = 14,000 s
@@ -73,6 +79,10 @@ def test_cost_table_command_times_every_run_kind_on_the_cpu(capsys, monkeypatch)
         assert float(row[f"{flow} s/unit time"]) > 0, row
     disc, central = float(row["discrete s/step (no eigs)"]), float(row["central s/unit time"])
     assert float(row["central / rod"]) == pytest.approx(central / float(row["rod s/unit time"]), rel=0.02)
+    # the floor: four right-hand sides' gradient graph, HVP and third-derivative pair, below what the flow costs
+    floor = float(row[f"{gpu.FLOOR} s/unit time"])
+    assert 0 < floor < central
+    assert float(row["floor / rod"]) == pytest.approx(floor / float(row["rod s/unit time"]), rel=0.02)
     assert _seconds(row["1,000 steps discrete + central"]) == pytest.approx(1000 * (disc + central), rel=0.05)
     assert "(ok) critical 100% of steps" in out        # η = 2.05/λ0: the central flow is critical from its start
     # each flow's own counters over the timed chunks: the rod flow two gradients per right-hand side and no HVPs;
@@ -97,3 +107,20 @@ def test_vs_reference_times_pyrods_chunks_through_the_shared_chunk_timer():
     assert all(c[3] >= 4 for c in chunks["central"])   # Euler ×4: four right-hand-side gradients per step
     steady = [c[2] for c in chunks["central"][1:]]     # the steady window from step 1: the median s per step
     assert vr.steady_pyrod(chunks["central"], 1) == pytest.approx(sorted(steady)[0] / 2 + sorted(steady)[1] / 2)
+
+
+def test_central_floor_times_one_right_hand_sides_least_derivative_work(monkeypatch):
+    """Each timed call builds the graph of ∇L at a new point and does one HVP and one third-derivative pair (three
+    backward passes on the problem's counter); the floor is substeps × the seconds of one call."""
+    prob = gpu._problem("cnn", 4, "cpu", "float32", None)
+    calls = []
+
+    def one_call_rate(fn, device):
+        for _ in range(2):
+            n0, graph0 = prob.n_hvp, prob._hcache.entry
+            fn()
+            calls.append((prob.n_hvp - n0, prob._hcache.entry is not graph0))
+        return 2.0                                   # calls per second
+    monkeypatch.setattr(gpu, "_rate", one_call_rate)
+    assert gpu._central_rhs_floor(prob, "cpu", substeps=4) == pytest.approx(4 / 2.0)
+    assert calls == [(3, True), (3, True)]           # a new graph at each call, 1 + 2 backward passes
