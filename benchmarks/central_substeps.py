@@ -1,0 +1,127 @@
+"""Does the central flow need its 4 Euler substeps? Cost and answers of the central flow at several ``substeps``.
+
+    python benchmarks/central_substeps.py --models cnn,vit --substeps 2,4,8 --steps 24 --n 200 --threads 1
+    python benchmarks/central_substeps.py --models cnn --substeps 2,4 --steps 3 --n 4       # smoke test
+
+The central flow's default integrator is Euler with ``substeps`` = 4 per unit time and the complementarity
+relaxation time ``τ = 1/substeps`` (docs/central_flows.md §4): every right-hand side pays one graph of ∇L, a
+Rayleigh–Ritz and the third-derivative pairs, so its cost per unit time is about proportional to ``substeps``.
+This benchmark runs the same problem at each ``--substeps`` value and prints what halving or doubling them buys.
+
+Problem: the CIFAR-shaped models of ``benchmarks/gpu.py`` (``--models``) on ``--n`` synthetic images, float32, GD at
+``η = 2.05/λ0`` (its ``eos`` regime: the run starts just past the edge of stability), the discrete run beside the
+central flow, ``--steps`` steps, ``chunk`` 4. Per model and ``substeps`` one markdown row:
+
+* ``CPU s``: process CPU seconds of the whole ``pyrod.simulate`` call (set-up, discrete run and flow; with
+  ``--threads 1`` little disturbed by other jobs);
+* gradients and HVPs per unit time of the flow over its last 8 steps (the run's ``n_grad`` / ``n_hvp``);
+* the critical-set history: the steps at which ``n_critical`` changes, as ``step:count`` (which directions the
+  flow holds at the threshold, the central flow's qualitative answer);
+* predicted loss against the discrete run's two-step average ``(L_k + L_{k+1})/2`` (the time average the central
+  flow predicts), relative, median and max over steps ≥ 4;
+* predicted loss against the run with the most substeps (the finest discretisation), relative, median and max.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import gpu
+import numpy as np
+import torch
+
+import pyrod
+
+
+def run(model: str, n: int, steps: int, substeps: int, lam0: float | None = None):
+    """One discrete + central run of ``model`` at ``substeps`` (``lam0``: λmax at w0, measured when None); returns
+    ``(process CPU seconds, central Dataset, discrete Dataset, lam0)``."""
+    prob = gpu._problem(model, n, "cpu", "float32", None)
+    lam0 = gpu._sharpness(prob)[0] if lam0 is None else lam0
+    t0 = time.process_time()
+    tree = pyrod.simulate(prob, pyrod.optimizers.GD(lr=2.05 / lam0), steps=steps, runs=["discrete", "central"],
+                          eigs=1, eig_every=10 ** 6, chunk=4, threads=torch.get_num_threads(), progress=False,
+                          substeps=substeps)
+    return time.process_time() - t0, tree["central"].ds, tree["discrete"].ds, lam0
+
+
+def _history(n_critical) -> str:
+    """``step:count`` at step 0 and wherever the count changes."""
+    c = np.asarray(n_critical).astype(int)
+    return " ".join(f"{k}:{c[k]}" for k in range(len(c)) if k == 0 or c[k] != c[k - 1])
+
+
+def _rel(a, b, skip=4):
+    """(median, max) of |a − b| / |b| over entries ≥ ``skip`` (all of them when there are fewer)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    r = np.abs(a - b) / np.abs(b)
+    r = r[skip:] if r.size > skip else r
+    return float(np.median(r)), float(r.max())
+
+
+def rows(model: str, n: int, steps: int, substeps: list[int]) -> list[dict]:
+    """One dict per ``substeps`` value (see the module docstring); the finest is the reference of the last
+    columns."""
+    out, lam0 = {}, None
+    for s in substeps:
+        cpu, c, d, lam0 = run(model, n, steps, s, lam0)
+        out[s] = (cpu, c, d)
+    finest = out[max(substeps)][1]["predicted_loss"].values
+    result = []
+    for s in substeps:
+        cpu, c, d = out[s]
+        pl, dl = c["predicted_loss"].values, d["loss"].values
+        k = min(len(pl), len(dl) - 1)
+        last = slice(-min(8, len(pl) - 1) - 1, None)
+        units = len(pl[last]) - 1
+        result.append({"model": model, "substeps": s, "cpu_s": cpu,
+                       "grads": float(np.diff(c["n_grad"].values[last]).sum() / units),
+                       "hvps": float(np.diff(c["n_hvp"].values[last]).sum() / units),
+                       "history": _history(c["n_critical"].values),
+                       "vs_discrete": _rel(pl[:k], 0.5 * (dl[:k] + dl[1:k + 1])),
+                       "vs_finest": _rel(pl, finest[:len(pl)])})
+    return result
+
+
+def table(all_rows: list[dict]) -> str:
+    """The markdown table of :func:`rows`' dicts."""
+    head = ["model", "substeps", "CPU s", "gradients + HVPs per unit time (last 8 steps)",
+            "critical set (step:count)", "predicted loss vs discrete 2-step average: median / max",
+            "predicted loss vs the most substeps: median / max"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in all_rows:
+        lines.append("| " + " | ".join([
+            r["model"], str(r["substeps"]), f"{r['cpu_s']:.0f}", f"{r['grads']:.1f} + {r['hvps']:.1f}", r["history"],
+            "{:.2g} / {:.2g}".format(*r["vs_discrete"]), "{:.2g} / {:.2g}".format(*r["vs_finest"])]) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="cnn,vit")
+    ap.add_argument("--substeps", default="2,4,8")
+    ap.add_argument("--steps", type=int, default=24)
+    ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    models = args.models.split(",")
+    bad = [m for m in models if m not in gpu.MODEL_KW]
+    if bad:
+        raise SystemExit(f"--models: unknown {bad}; valid: {sorted(gpu.MODEL_KW)}")
+    try:
+        subs = sorted({int(s) for s in args.substeps.split(",")})
+    except ValueError:
+        raise SystemExit(f"--substeps {args.substeps!r}: expected comma-separated integers >= 1") from None
+    if not subs or subs[0] < 1:
+        raise SystemExit(f"--substeps {args.substeps!r}: expected comma-separated integers >= 1")
+    if args.steps < 2:
+        raise SystemExit(f"--steps {args.steps}: at least 2")
+    torch.set_num_threads(args.threads)
+    all_rows = []
+    for model in models:
+        all_rows += rows(model, args.n, args.steps, subs)
+    print(table(all_rows))
+
+
+if __name__ == "__main__":
+    main()
