@@ -23,10 +23,11 @@ registry's MLP (2×256 GELU), CNN (channels 32, 64) and ViT (patch 4, dim 64, de
   run beside the discrete GD run, timed with ``torch.cuda.synchronize()`` around each chunk's integration and
   read-out, over the chunks after the first (the first pays one-time set-up: the central flow's
   first eigen-solve), and as a ratio central / rod;
-* with ``rod`` and ``central`` in ``--flows``, the central flow's floor: the least derivative work of a central flow
-  with one critical direction on its default integrator (Euler ×4), per right-hand side the graph of ∇L at the new
-  point, one HVP and one third-derivative pair, timed at ``w0`` (:func:`_central_rhs_floor`), and floor / rod: no
-  change to the tracking (Rayleigh–Ritz of other directions, basis checks) can bring central / rod below it.
+* with ``rod`` and ``central`` in ``--flows``, in the ``eos`` rows, the central flow's floor: the least derivative
+  work of a central flow with one critical direction on its default integrator (Euler ×4), per right-hand side the
+  graph of ∇L at the new point, one HVP and one third-derivative pair, timed at ``w0`` (:func:`_central_rhs_floor`),
+  and floor / rod: no change to the tracking (Rayleigh–Ritz of other directions, basis checks) can bring central /
+  rod below it inside the EoS.
   Regimes (``--regimes``):
 
   - ``eos``: GD at ``η = 2.05/λ0`` (λ0 = λmax(H(w0))): effective sharpness 1.025 at the start, so the central flow's
@@ -55,9 +56,9 @@ from pyrod.integrate.fixed_step import DEFAULT_SUBSTEPS
 from pyrod.problems.models import MODELS
 from pyrod.run_kinds import flow_names
 
-REGIMES = ("eos", "start")
-#: the cost-table column of :func:`_central_rhs_floor` (a key of a row's cost dict beside the flows)
-FLOOR = "central floor (1 critical direction, derivatives only)"     # see the module docstring; _flow_cost: "eos", else "start"
+REGIMES = ("eos", "start")     # see the module docstring; _flow_cost: "eos", else "start"
+#: the cost-table column of :func:`_central_rhs_floor` (a key of a row's cost dict beside the flows; eos rows)
+FLOOR = "central floor (1 critical direction, derivatives only)"
 MODEL_KW = {"mlp": {"width": 256, "depth": 2, "activation": "gelu"}, "cnn": {"channels": (32, 64)},
             "vit": {"patch_size": 4, "dim": 64, "depth": 2}}
 
@@ -167,13 +168,14 @@ def _duration(seconds: float) -> str:
 
 def summary_table(rows, flows, project_n=None) -> str:
     """The markdown cost table. ``rows``: ``(model, d, n, regime, sharpness s, discrete s/step, {flow: s/unit})``;
-    ``flows``: the flow columns in order. With ``rod`` and ``central`` measured, their ratio; where every row's
-    dict also has ``FLOOR`` (:func:`_central_rhs_floor`), that floor and floor / rod; with ``central``, 1,000 steps
-    of discrete + central (and, with ``project_n``, that scaled linearly in n to ``project_n``)."""
+    ``flows``: the flow columns in order. With ``rod`` and ``central`` measured, their ratio; where a row's dict
+    also has ``FLOOR`` (:func:`_central_rhs_floor`; the ``eos`` rows), that floor and floor / rod ("–" in the other
+    rows); with ``central``, 1,000 steps of discrete + central (and, with ``project_n``, that scaled linearly in n
+    to ``project_n``)."""
     head = ["model", "d", "n", "regime", "1 cold λmax solve s", "discrete s/step (no eigs)"]
     head += [f"{f} s/unit time" for f in flows]
     both = "rod" in flows and "central" in flows
-    floor = both and all(FLOOR in r[6] for r in rows)
+    floor = both and any(FLOOR in r[6] for r in rows)
     head += ["central / rod"] if both else []
     head += [f"{FLOOR} s/unit time", "floor / rod"] if floor else []
     head += ["1,000 steps discrete + central"] if "central" in flows else []
@@ -183,7 +185,8 @@ def summary_table(rows, flows, project_n=None) -> str:
         cells = [model, str(d), str(n), regime, f"{sharp:.3g}", f"{dis:.4g}"]
         cells += [f"{cost[f]:.4g}" for f in flows]
         cells += [f"{cost['central'] / cost['rod']:.2f}"] if both else []
-        cells += [f"{cost[FLOOR]:.4g}", f"{cost[FLOOR] / cost['rod']:.2f}"] if floor else []
+        if floor:
+            cells += [f"{cost[FLOOR]:.4g}", f"{cost[FLOOR] / cost['rod']:.2f}"] if FLOOR in cost else ["–", "–"]
         if "central" in flows:
             total = 1000 * (dis + cost["central"])
             cells.append(_duration(total))
@@ -248,12 +251,12 @@ def main(argv=None):
         lam0, sharp = _sharpness(gpu)
         print(f"{model:5s} {gpu.dim:9d} {'1 cold λmax solve s':26s} {sharp:10.3f}   (λ0 = {lam0:.4g})", flush=True)
         floor = None
-        if "central" in flows and "rod" in flows:
+        if "central" in flows and "rod" in flows and "eos" in args.regimes.split(","):
             floor = _central_rhs_floor(gpu, args.device)
             print(f"{model:5s} {gpu.dim:9d} {'central floor s/unit time':26s} {floor:10.3f}   ({DEFAULT_SUBSTEPS} × "
                   f"(gradient graph + 1 HVP + 1 third-derivative pair))", flush=True)
         for regime in args.regimes.split(","):
-            cost = {} if floor is None else {FLOOR: floor}
+            cost = {FLOOR: floor} if floor is not None and regime == "eos" else {}
             for flow in flows:
                 per, status, crit, per_disc, (grads, hvps) = _flow_cost(gpu, args.flow_steps, flow, regime,
                                                                         chunk=args.chunk, lam0=lam0,

@@ -35,6 +35,11 @@ def test_cost_table_sums_the_discrete_and_central_columns_and_scales_them_linear
     cnn = dict(zip(fhead, frow, strict=True))
     assert cnn[f"{gpu.FLOOR} s/unit time"] == "6" and cnn["floor / rod"] == "4.00"   # 6 / 1.5
     assert fhead.index("floor / rod") == fhead.index("central / rod") + 2
+    # a start-regime row (below the EoS, where the floor bounds nothing) has no floor: "–"
+    mixed = [floored[0], rows[0][:3] + ("start",) + rows[0][4:]]
+    mlines = gpu.summary_table(mixed, ["stable", "rod", "central"]).splitlines()
+    start = dict(zip(_cells(mlines[0]), _cells(mlines[3]), strict=True))
+    assert start["regime"] == "start" and start["floor / rod"] == "–" and start["central / rod"] == "9.17"
     cnn = dict(zip(head, _cells(lines[2]), strict=True))
     assert cnn["rod s/unit time"] == "1.5" and cnn["central / rod"] == "9.17"     # 13.75 / 1.5
     assert cnn["1,000 steps discrete + central"] == "3.9 h"                     # 1000 × 14.0 s = 14,000 s
