@@ -33,16 +33,14 @@ import torch
 import pyrod
 
 
-def run(model: str, n: int, steps: int, substeps: int, lam0: float | None = None):
-    """One discrete + central run of ``model`` at ``substeps`` (``lam0``: λmax at w0, measured when None); returns
-    ``(process CPU seconds, central Dataset, discrete Dataset, lam0)``."""
-    prob = gpu._problem(model, n, "cpu", "float32", None)
-    lam0 = gpu._sharpness(prob)[0] if lam0 is None else lam0
+def run(prob, steps: int, substeps: int, lam0: float):
+    """One discrete + central run of the problem ``prob`` at ``substeps``, GD at ``η = 2.05/lam0``; returns
+    ``(process CPU seconds, central Dataset, discrete Dataset)``."""
     t0 = time.process_time()
     tree = pyrod.simulate(prob, pyrod.optimizers.GD(lr=2.05 / lam0), steps=steps, runs=["discrete", "central"],
                           eigs=1, eig_every=10 ** 6, chunk=4, threads=torch.get_num_threads(), progress=False,
                           substeps=substeps)
-    return time.process_time() - t0, tree["central"].ds, tree["discrete"].ds, lam0
+    return time.process_time() - t0, tree["central"].ds, tree["discrete"].ds
 
 
 def _history(n_critical) -> str:
@@ -62,10 +60,9 @@ def _rel(a, b, skip=4):
 def rows(model: str, n: int, steps: int, substeps: list[int]) -> list[dict]:
     """One dict per ``substeps`` value (see the module docstring); the finest is the reference of the last
     columns."""
-    out, lam0 = {}, None
-    for s in substeps:
-        cpu, c, d, lam0 = run(model, n, steps, s, lam0)
-        out[s] = (cpu, c, d)
+    prob = gpu._problem(model, n, "cpu", "float32", None)     # one problem and one λ0 for every substeps value
+    lam0 = gpu._sharpness(prob)[0]
+    out = {s: run(prob, steps, s, lam0) for s in substeps}
     finest = out[max(substeps)][1]["predicted_loss"].values
     result = []
     for s in substeps:
@@ -112,7 +109,7 @@ def main(argv=None):
         subs = sorted({int(s) for s in args.substeps.split(",")})
     except ValueError:
         raise SystemExit(f"--substeps {args.substeps!r}: expected comma-separated integers >= 1") from None
-    if not subs or subs[0] < 1:
+    if subs[0] < 1:
         raise SystemExit(f"--substeps {args.substeps!r}: expected comma-separated integers >= 1")
     if args.steps < 2:
         raise SystemExit(f"--steps {args.steps}: at least 2")

@@ -224,7 +224,8 @@ def main(argv=None):
     bad = [f for f in flows if f not in valid_flows]
     if bad:
         raise SystemExit(f"--flows: not flows: {bad}; the flows (pyrod.run_kinds.flow_names()): {list(valid_flows)}")
-    bad = [r for r in args.regimes.split(",") if r not in REGIMES]
+    regimes = args.regimes.split(",")
+    bad = [r for r in regimes if r not in REGIMES]
     if bad:
         raise SystemExit(f"--regimes: unknown {bad}; valid: {list(REGIMES)}")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -251,11 +252,11 @@ def main(argv=None):
         lam0, sharp = _sharpness(gpu)
         print(f"{model:5s} {gpu.dim:9d} {'1 cold λmax solve s':26s} {sharp:10.3f}   (λ0 = {lam0:.4g})", flush=True)
         floor = None
-        if "central" in flows and "rod" in flows and "eos" in args.regimes.split(","):
+        if "central" in flows and "rod" in flows and "eos" in regimes:
             floor = _central_rhs_floor(gpu, args.device)
             print(f"{model:5s} {gpu.dim:9d} {'central floor s/unit time':26s} {floor:10.3f}   ({DEFAULT_SUBSTEPS} × "
                   f"(gradient graph + 1 HVP + 1 third-derivative pair))", flush=True)
-        for regime in args.regimes.split(","):
+        for regime in regimes:
             cost = {FLOOR: floor} if floor is not None and regime == "eos" else {}
             for flow in flows:
                 per, status, crit, per_disc, (grads, hvps) = _flow_cost(gpu, args.flow_steps, flow, regime,

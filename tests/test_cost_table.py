@@ -29,7 +29,7 @@ def test_cost_table_sums_the_discrete_and_central_columns_and_scales_them_linear
     head = _cells(lines[0])
     assert head[-3:] == ["central / rod", "1,000 steps discrete + central",
                          "the same at n = 5000 (linear in n, extrapolated)"]
-    # the central flow's floor, where every row has it: its seconds and floor / rod after central / rod
+    # the central flow's floor, where a row has it: its seconds and floor / rod after central / rod
     floored = [r[:6] + ({**r[6], gpu.FLOOR: f},) for r, f in zip(rows, (6.0, 0.05), strict=True)]
     fhead, frow = (_cells(ln) for ln in gpu.summary_table(floored, ["stable", "rod", "central"]).splitlines()[::2])
     cnn = dict(zip(fhead, frow, strict=True))
