@@ -27,14 +27,24 @@ def device_clock(device):
     return now
 
 
+class _Chunks(dict):
+    """``{run name: [chunk rows]}`` with ``flows``, the names of the flow runs among them."""
+
+    def __init__(self):
+        super().__init__()
+        self.flows = set()
+
+
 @contextlib.contextmanager
-def chunk_times(device):
+def chunk_times(device, clock=None):
     """Inside the block, every chunk of the discrete run (``DiscreteRun.run_chunk``) and of each flow run
-    (``FlowRun.advance``) is timed with :func:`device_clock`. Yields ``{run name: [(k0, steps, seconds, gradients,
-    HVPs)]}``, one entry per chunk from step ``k0``, with the run's own derivative counts over that chunk."""
+    (``FlowRun.advance``) is timed with ``clock`` (default :func:`device_clock`). Yields ``{run name: [(k0, steps,
+    seconds, gradients, HVPs)]}``, one entry per chunk from step ``k0``, with the run's own derivative counts over that
+    chunk; its ``flows`` attribute is the set of names timed in ``FlowRun.advance``. The original methods are back
+    when the block ends, also on an error."""
     from pyrod.flows.run import FlowRun
     from pyrod.runs.discrete import DiscreteRun
-    now, chunks = device_clock(device), {}
+    now, chunks = clock or device_clock(device), _Chunks()
     orig_chunk, orig_advance = DiscreteRun.run_chunk, FlowRun.advance
 
     def mark(self):
@@ -51,6 +61,7 @@ def chunk_times(device):
         return out
 
     def advance(self, ck):
+        chunks.flows.add(self.name)
         start = mark(self)
         out = orig_advance(self, ck)
         record(self, ck.k0, ck.n_steps, *start)
@@ -63,33 +74,13 @@ def chunk_times(device):
         DiscreteRun.run_chunk, FlowRun.advance = orig_chunk, orig_advance
 
 
-_FLOW_TIME: dict = {}
-
-
-def _timed_advance():
-    from pyrod.flows.run import FlowRun
-    if getattr(FlowRun.advance, "_timed", False):
-        return
-    orig = FlowRun.advance
-
-    def advance(self, chunk):
-        t0 = time.perf_counter()
-        try:
-            return orig(self, chunk)
-        finally:
-            _FLOW_TIME[self.name] = _FLOW_TIME.get(self.name, 0.0) + time.perf_counter() - t0
-    advance._timed = True
-    FlowRun.advance = advance
-
-
 def run(prob, opt, steps, runs, restart, **kw):
-    """``(tree, wall seconds of the whole simulate, seconds inside the flow runs' advance)``; eigenvalue
+    """``(tree, wall seconds of the whole simulate, wall seconds inside the flow runs' advance)``; eigenvalue
     diagnostics off (``eig_every`` longer than the run) so that only the dynamics are timed."""
-    _timed_advance()
-    _FLOW_TIME.clear()
     t0 = time.perf_counter()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), chunk_times("cpu", clock=time.perf_counter) as chunks:
         warnings.simplefilter("ignore")
         tree = pyrod.simulate(prob, opt, steps=steps, runs=runs, eigs=1, eig_every=10 ** 6, restart_at=restart,
                               progress=False, **kw)
-    return tree, time.perf_counter() - t0, sum(_FLOW_TIME.values())
+    wall = time.perf_counter() - t0
+    return tree, wall, sum(row[2] for name in chunks.flows for row in chunks[name])
