@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up pyrod: a virtual environment in ./.venv (unless one is active), the right torch, pyrod itself.
 #   bash scripts/setup.sh            # runtime only
-#   bash scripts/setup.sh test       # + test dependencies (pytest, ruff, cvxpy, fatou, scikit-sundae)
+#   bash scripts/setup.sh test       # + test dependencies (pytest, pytest-xdist, ruff, cvxpy, fatou, scikit-sundae)
 #   bash scripts/setup.sh test,julia # extras are pyproject.toml's optional-dependencies, comma-separated
 # Runtime dependencies (torch, numpy, scipy, xarray, netCDF4, matplotlib, scikit-learn, tqdm, threadpoolctl,
 # dask[distributed], tyro) come from pyproject.toml through `pip install -e`.
