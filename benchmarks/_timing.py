@@ -28,11 +28,14 @@ def device_clock(device):
 
 
 class _Chunks(dict):
-    """``{run name: [chunk rows]}`` with ``flows``, the names of the flow runs among them."""
+    """``{run name: [chunk rows]}`` with ``flows``, the names of the flow runs among them, and ``stats``: for a flow
+    whose model keeps counters (``model.stats``, e.g. the central flow's), ``{name: [(k0 + steps, copy of the
+    counters at the chunk's end)]}``."""
 
     def __init__(self):
         super().__init__()
         self.flows = set()
+        self.stats = {}
 
 
 @contextlib.contextmanager
@@ -40,8 +43,9 @@ def chunk_times(device, clock=None):
     """Inside the block, every chunk of the discrete run (``DiscreteRun.run_chunk``) and of each flow run
     (``FlowRun.advance``) is timed with ``clock`` (default :func:`device_clock`). Yields ``{run name: [(k0, steps,
     seconds, gradients, HVPs)]}``, one entry per chunk from step ``k0``, with the run's own derivative counts over that
-    chunk; its ``flows`` attribute is the set of names timed in ``FlowRun.advance``. The original methods are back
-    when the block ends, also on an error."""
+    chunk; its ``flows`` attribute is the set of names timed in ``FlowRun.advance`` and ``stats`` the flow models'
+    counters at each chunk end (:class:`_Chunks`). The original methods are back when the block ends, also on an
+    error."""
     from pyrod.flows.run import FlowRun
     from pyrod.runs.discrete import DiscreteRun
     now, chunks = clock or device_clock(device), _Chunks()
@@ -65,6 +69,9 @@ def chunk_times(device, clock=None):
         start = mark(self)
         out = orig_advance(self, ck)
         record(self, ck.k0, ck.n_steps, *start)
+        stats = getattr(self.model, "stats", None)
+        if isinstance(stats, dict):
+            chunks.stats.setdefault(self.name, []).append((ck.k0 + ck.n_steps, dict(stats)))
         return out
 
     DiscreteRun.run_chunk, FlowRun.advance = run_chunk, advance

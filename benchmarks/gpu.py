@@ -27,7 +27,11 @@ registry's MLP (2×256 GELU), CNN (channels 32, 64) and ViT (patch 4, dim 64, de
   work of a central flow with one critical direction on its default integrator (Euler ×4), per right-hand side the
   graph of ∇L at the new point, one HVP and one third-derivative pair, timed at ``w0`` (:func:`_central_rhs_floor`),
   and floor / rod: no change to the tracking (Rayleigh–Ritz of other directions, basis checks) can bring central /
-  rod below it inside the EoS.
+  rod below it inside the EoS;
+* for the central flow, what its HVPs went to per unit time over the same chunks (:func:`work_breakdown`): the
+  Rayleigh–Ritz on the tracked basis, its Davidson expansions, LOBPCG refreshes, refinements, and the
+  third-derivative pairs (two backward passes each in the HVP count; the parts add up to it), with the right-hand
+  sides per unit time.
   Regimes (``--regimes``):
 
   - ``eos``: GD at ``η = 2.05/λ0`` (λ0 = λmax(H(w0))): effective sharpness 1.025 at the start, so the central flow's
@@ -130,12 +134,30 @@ def _after_first(chunks):
     return max(steps, 1), secs, grads, hvps
 
 
+#: the central flow's counters (``CentralFlow.stats``) that :func:`work_breakdown` reports per unit time: HVPs of the
+#: Rayleigh–Ritz on the tracked basis, of its Davidson expansions, of the LOBPCG refreshes and of the refinements for
+#: a measurement, and the third-derivative pairs ∇(uᵢᵀHuⱼ) (each two backward passes in the run's HVP count)
+WORK_COUNTERS = {"rr_hvp": "Rayleigh-Ritz HVPs", "expand_hvp": "expansion HVPs", "refresh_hvp": "refresh HVPs",
+                 "refine_hvp": "refine HVPs", "n_t3": "third-derivative pairs", "n_rhs": "right-hand sides"}
+
+
+def work_breakdown(stats_rows) -> dict | None:
+    """Per unit time over the chunks after the first, what the central flow's derivative work went to:
+    ``{counter: count per unit time}`` for :data:`WORK_COUNTERS`, from ``stats_rows`` (``chunk_times``'s
+    ``chunks.stats[name]``: ``(step at the chunk's end, counters)``). None without a timed chunk."""
+    if not stats_rows or len(stats_rows) < 2:
+        return None
+    (k0, first), (k1, last) = stats_rows[0], stats_rows[-1]
+    return {key: (last.get(key, 0) - first.get(key, 0)) / (k1 - k0) for key in WORK_COUNTERS}
+
+
 def _flow_cost(prob, steps, flow, regime, chunk=2, lam0=None, backend="torch"):
     """Seconds per unit time of ``flow`` (integration + read-out, chunks after the first) beside the discrete run,
     in ``regime`` (see the module docstring; ``lam0`` from :func:`_sharpness`, computed when not given) on
     ``backend`` (``"default"``: pyrod's choice for the device); returns ``(s per unit time, flow status,
-    critical-set share, s per discrete step without eigenvalues, (gradients, HVPs) per unit time)``: the run's own
-    counters over the timed chunks, third derivatives counted as their backward passes: ``pyrod.flows.cost``)."""
+    critical-set share, s per discrete step without eigenvalues, (gradients, HVPs) per unit time, work)``: the run's
+    own counters over the timed chunks, third derivatives counted as their backward passes: ``pyrod.flows.cost``;
+    ``work``: :func:`work_breakdown` for a flow that keeps counters, else None)."""
     if regime == "eos":
         lam0 = _sharpness(prob)[0] if lam0 is None else lam0
         kw = dict(lr=2.05 / lam0, integ={})
@@ -154,7 +176,7 @@ def _flow_cost(prob, steps, flow, regime, chunk=2, lam0=None, backend="torch"):
     per, counts, per_disc = secs / units, (grads / units, hvps / units), d_secs / d_steps
     ds = tree[flow].ds
     crit = float((ds["n_critical"].values > 0).mean()) if "n_critical" in ds else float("nan")
-    return per, ds.attrs["flow_status"], crit, per_disc, counts
+    return per, ds.attrs["flow_status"], crit, per_disc, counts, work_breakdown(chunks.stats.get(flow))
 
 
 def _duration(seconds: float) -> str:
@@ -259,14 +281,16 @@ def main(argv=None):
         for regime in regimes:
             cost = {FLOOR: floor} if floor is not None and regime == "eos" else {}
             for flow in flows:
-                per, status, crit, per_disc, (grads, hvps) = _flow_cost(gpu, args.flow_steps, flow, regime,
-                                                                        chunk=args.chunk, lam0=lam0,
-                                                                        backend=args.backend)
+                per, status, crit, per_disc, (grads, hvps), work = _flow_cost(
+                    gpu, args.flow_steps, flow, regime, chunk=args.chunk, lam0=lam0, backend=args.backend)
                 cost[flow], cost["discrete"] = per, per_disc
                 extra = f" critical {crit:.0%} of steps" if flow == "central" else ""
                 print(f"{model:5s} {gpu.dim:9d} {regime + ' ' + flow + ' s/unit time':26s} {per:10.3f} "
                       f"{'':>10s} {'':>8s} ({status}){extra}; per unit time {grads:.1f} gradients, "
                       f"{hvps:.1f} HVPs", flush=True)
+                if work is not None:
+                    print(f"{'':5s} {'':9s} {'  of which, per unit time':26s} "
+                          + ", ".join(f"{WORK_COUNTERS[k]} {v:.1f}" for k, v in work.items()), flush=True)
             summary.append((model, gpu.dim, args.n, regime, sharp, cost.pop("discrete"), cost))
         del gpu
         if args.device == "cuda":

@@ -97,6 +97,15 @@ def test_cost_table_command_times_every_run_kind_on_the_cpu(capsys, monkeypatch)
     assert set(counts) == {"stable", "rod", "central"}, out
     assert counts["rod"][0] >= 2 and counts["rod"][1] == 0
     assert counts["central"][0] >= 4 and counts["central"][1] > 0
+    # what the central flow's HVPs went to, over the same chunks: the parts add up to its HVP count (a
+    # third-derivative pair is two backward passes), one right-hand side per Euler substep
+    m = re.search(r"of which, per unit time (.*)", out)
+    assert m is not None and out.count("of which, per unit time") == 1, out     # the central row only
+    work = {label.strip(): float(v) for label, v in re.findall(r"([A-Za-z -]+?) ([\d.]+)(?:, |$)", m.group(1))}
+    assert set(work) == set(gpu.WORK_COUNTERS.values()), work
+    hvp_parts = sum(v for label, v in work.items() if label.endswith("HVPs"))
+    assert hvp_parts + 2 * work["third-derivative pairs"] == pytest.approx(counts["central"][1], abs=0.1)
+    assert work["right-hand sides"] == 4 and work["third-derivative pairs"] >= 4      # critical at every one
     # the runs use --threads (not pyrod.threads' own choice), --chunk and, with --backend default, pyrod's backend
     assert len(calls) == 3 and all(c["threads"] == 1 and c["chunk"] == 2 and c["backend"] is None for c in calls)
 
@@ -112,6 +121,15 @@ def test_vs_reference_times_pyrods_chunks_through_the_shared_chunk_timer():
     assert all(c[3] >= 4 for c in chunks["central"])   # Euler ×4: four right-hand-side gradients per step
     steady = [c[2] for c in chunks["central"][1:]]     # the steady window from step 1: the median s per step
     assert vr.steady_pyrod(chunks["central"], 1) == pytest.approx(sorted(steady)[0] / 2 + sorted(steady)[1] / 2)
+
+
+def test_work_breakdown_is_the_counters_per_unit_time_after_the_first_chunk():
+    rows = [(2, {"rr_hvp": 10, "expand_hvp": 4, "refresh_hvp": 50, "refine_hvp": 0, "n_t3": 8, "n_rhs": 8}),
+            (4, {"rr_hvp": 20, "expand_hvp": 8, "refresh_hvp": 50, "refine_hvp": 0, "n_t3": 16, "n_rhs": 16}),
+            (6, {"rr_hvp": 34, "expand_hvp": 8, "refresh_hvp": 70, "refine_hvp": 2, "n_t3": 24, "n_rhs": 24})]
+    assert gpu.work_breakdown(rows) == {"rr_hvp": 6.0, "expand_hvp": 1.0, "refresh_hvp": 5.0, "refine_hvp": 0.5,
+                                        "n_t3": 4.0, "n_rhs": 4.0}
+    assert gpu.work_breakdown(rows[:1]) is None and gpu.work_breakdown(None) is None   # nothing timed
 
 
 def test_central_floor_times_one_right_hand_sides_least_derivative_work(monkeypatch):
