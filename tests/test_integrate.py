@@ -434,3 +434,20 @@ def test_non_finite_rhs_at_start_fails_cleanly_instead_of_hanging():
         assert seg.status == "failed" and seg.t_end == 0.0 and np.array_equal(seg.y_end, np.ones(2)), backend
     assert "not finite" in solve(FlowProblem(rhs=lambda t, y: np.full(2, np.nan), n=2), 0.0, np.ones(2), 1.0,
                                  []).message
+
+
+def test_locate_evaluates_the_event_function_once_per_time():
+    """``locate`` asks the event function at each time once: brentq returns a time it has evaluated, and a second
+    evaluation there would cost a whole eigen-solve where the state is a new interpolated tensor each call."""
+    from pyrod.integrate.driver import locate
+    times = []
+
+    def g(t, y):
+        times.append(t)
+        return float(y[0]) - 0.3 + 1e-3 * (float(y[0]) - 0.3) ** 2
+
+    ev = Event("y=0.3", g, direction=+1, xtol=1e-6)
+    r, gr = locate(ev, lambda s: np.array([s]), 0.0, 1.0, g(0.0, [0.0]), g(1.0, [1.0]))
+    times = times[2:]                                   # the two ends, evaluated by the caller
+    assert len(times) == len(set(times)) and len(times) >= 3, times
+    assert 0.3 <= r <= 0.3 + 2e-6 and gr >= 0 and gr == g(r, [r])

@@ -126,7 +126,10 @@ def locate(ev, Y, ta, tb, ga, gb):
     """Crossing time of ``ev`` in ``[ta, tb]`` (``ga``, ``gb`` of opposite signs), on the interpolant ``Y``.
 
     Returns ``(t, g(t))`` with ``t`` on the far side of the crossing (``g`` has its new sign or is 0), located to
-    ``ev.xtol`` steps (default ``1e-12·max(1, |t|)``).
+    ``ev.xtol`` steps (default ``1e-12·max(1, |t|)``). ``g`` is evaluated once per time: ``brentq`` returns a time it
+    has evaluated, and asking again would cost a whole evaluation where the event function cannot recognise the
+    state (a new interpolated tensor each call, as on the torch backend: the central flow's critical-set events are
+    a Rayleigh–Ritz each).
     """
     from scipy.optimize import brentq
 
@@ -135,7 +138,12 @@ def locate(ev, Y, ta, tb, ga, gb):
     tol = 1e-12 * max(1.0, abs(ta), abs(tb))
     if ev.xtol is not None:
         tol = max(tol, float(ev.xtol))
-    f = lambda t: _event_value(ev, t, Y(t))  # noqa: E731
+    seen = {}
+
+    def f(t):
+        if t not in seen:
+            seen[t] = _event_value(ev, t, Y(t))
+        return seen[t]
     try:
         r = brentq(f, ta, tb, xtol=tol, rtol=4 * _EPS, maxiter=200)
     except (ValueError, RuntimeError):
