@@ -5,26 +5,19 @@ import sys
 import time
 
 import pytest
-import torch
+from test_flows import quadratic
 
 import pyrod
 from pyrod.flows.run import FlowRun
 from pyrod.optimizers import GD
-from pyrod.problems import Problem
 from pyrod.runs.discrete import DiscreteRun
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 import _timing  # noqa: E402
 
 
-def _quadratic():
-    lams = torch.tensor([3.0, 1.0, 0.5], dtype=torch.float64)
-    return Problem(loss_fn=lambda w: 0.5 * (lams * w * w).sum(), w0=torch.ones(3, dtype=torch.float64),
-                   name="quadratic")
-
-
 def _timed(steps):
-    prob = _quadratic()
+    prob = quadratic([3.0, 1.0, 0.5])
     with _timing.chunk_times("cpu") as chunks:
         pyrod.simulate(prob, GD(lr=0.1), steps=steps, runs=["discrete", "rod"], eigs=1, eig_every=10 ** 6,
                        progress=False)
@@ -65,7 +58,7 @@ def test_run_times_the_flows_in_wall_seconds_apart_from_the_discrete_run(monkeyp
         time.sleep(0.02)
         return slow_advance(self, chunk)
     monkeypatch.setattr(FlowRun, "advance", advance)
-    tree, wall, flow = _timing.run(_quadratic(), GD(lr=0.1), 6, ["discrete", "rod"], None)
+    tree, wall, flow = _timing.run(quadratic([3.0, 1.0, 0.5]), GD(lr=0.1), 6, ["discrete", "rod"], None)
     assert (DiscreteRun.run_chunk, FlowRun.advance) == (orig[0], advance)       # only its own patch undone
     assert 0.02 <= flow < wall                                                   # wall seconds: the sleep counts
     assert "rod" in tree.children and "discrete" in tree.children
