@@ -73,12 +73,14 @@ def explain_failure(e, *, path, k, problem, ckpt_k):
 
 
 class NotReproducible(ValueError):
-    """The run's problem has no replay config (built with ``Problem.from_module``)."""
+    """The run's problem has no replay config (built in memory: ``Problem(loss_fn=...)`` or
+    ``Problem.from_module``)."""
 
 
-NOT_REPRODUCIBLE = ("the problem was built with Problem.from_module, which records no way to rebuild it; use "
-                     "pyrod.Problem.from_factory('package.module:function', **kwargs) (a function that returns the "
-                     "problem, or (model, X, Y, loss)) to make the run reproducible, or pass problem=... to resume")
+NOT_REPRODUCIBLE = ("the problem was built in memory (Problem(loss_fn=..., w0=...) or Problem.from_module), which "
+                    "records no way to rebuild it; use pyrod.Problem.from_factory('package.module:function', "
+                    "**kwargs) (a function that returns the problem, or (model, X, Y, loss)) to make the run "
+                    "reproducible, or pass problem=... to resume")
 
 
 class InterruptFlag:

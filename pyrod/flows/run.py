@@ -100,6 +100,9 @@ class FlowRun:
         self.max_norm = None   # ‖y‖ bound (divergence), set from the initial state
         self.fp = None
         self.progress = None   # optional callback(t) after each accepted step (progress display; not state)
+        # [(t, n_grad, n_hvp)] at the start of the chunk's integration and after each accepted step of it: the rows'
+        # cumulative counts (_row_counts); rebuilt by every chunk, so not state
+        self._cost_log = []
         # the "eos" event's warm-started eigen tracker (state, restored by load_state_dict)
         self._eos_tracker = None
         if any(e.kind == "eos" for e in self.event_specs):
@@ -166,10 +169,11 @@ class FlowRun:
             Var("centre_distance", ("t",), "distance of the flow centre to the discrete centre (w_k+w_{k+1})/2 "
                 f"(flow read at k+{self.model.compare_shift:g})", PARAMETER_UNITS),
             Var("relative_centre_distance", ("t",), "centre_distance / norm of (w_k+w_{k+1})/2", "1"),
-            Var("n_grad", ("t",), "cumulative gradient evaluations of this run when row t was written (a chunk is "
-                "integrated, then its rows read out: within a chunk the count includes its whole integration)", "1"),
-            Var("n_hvp", ("t",), "cumulative Hessian-vector products of this run when row t was written (as n_grad; "
-                "third derivatives count their backward passes: pyrod.flows.cost)", "1"),
+            Var("n_grad", ("t",), "cumulative gradient evaluations of this run through row t: its integration up to "
+                "the first accepted step at or past the row's time (t, or t + compare_shift), plus the read-outs "
+                "of its chunk's rows up to t (a chunk is integrated first, then read out)", "1"),
+            Var("n_hvp", ("t",), "cumulative Hessian-vector products of this run through row t (as n_grad; third "
+                "derivatives count their backward passes: pyrod.flows.cost)", "1"),
         ] + self.model.extra_variables()
 
     def dims(self) -> dict:
@@ -252,8 +256,20 @@ class FlowRun:
                            min_step=self.min_step, max_rhs_per_unit=self.max_rhs_per_unit)
 
     def _report(self, t):
-        if self.progress is not None and isinstance(t, (float, int, np.floating)):
-            self.progress(float(t))
+        """After each accepted step (from the divergence check every backend but Julia's calls): the counts so
+        far for :meth:`_row_counts`, and the progress display."""
+        if isinstance(t, (float, int, np.floating)):
+            self._cost_log.append((float(t), self.problem.n_grad, self.problem.n_hvp))
+            if self.progress is not None:
+                self.progress(float(t))
+
+    def _row_counts(self, t_row: float, integrated: list, read_out: list) -> tuple:
+        """``(n_grad, n_hvp)`` of the row whose states reach time ``t_row``: the counts when the integration first
+        accepted a step at or past ``t_row`` (the whole chunk's, ``integrated``, where no step was logged: a
+        backend that does not report its steps), plus what the chunk's read-outs have cost so far (``read_out``, the
+        counts beyond ``integrated``)."""
+        at = next(((g, h) for t, g, h in self._cost_log if t >= t_row - 1e-9), tuple(integrated))
+        return float(at[0] + read_out[0]), float(at[1] + read_out[1])
 
     def _diverged(self, t, y):
         """Divergence check after each accepted step: the loss at the flow centre (one forward pass)."""
@@ -372,15 +388,22 @@ class FlowRun:
         if starting:
             self.model.on_start(self.t, self.y)
         t_target = last + self.model.compare_shift if self.model.compare_shift else float(last)
+        self._cost_log = [(self.t, *self.cum)]
         if self.stopped is None and t_target > self.t:
             self._integrate_to(t_target)
+        integrated = self.cum
         records = []
         for k in range(max(chunk.k0, self.k_start), last + 1):
             yk = self.saved.get(2 * k)
             y_cmp = self.saved.get(int(round(2 * (k + self.model.compare_shift))))
             if yk is None or y_cmp is None:
                 break  # the flow stopped before k (terminal event or failure)
-            records.append((float(k), self._readout(k, yk, y_cmp, chunk)))
+            values = self._readout(k, yk, y_cmp, chunk)
+            read_out = [c - i for c, i in zip(self.cum, integrated, strict=True)]
+            values["n_grad"], values["n_hvp"] = self._row_counts(max(k, k + self.model.compare_shift), integrated,
+                                                                 read_out)
+            records.append((float(k), values))
+        self._cost_log = []
         # keep only what the next chunk can still need (the state at the last half step)
         self.saved = {i: v for i, v in self.saved.items() if i >= 2 * last - 1}
         return records
@@ -434,7 +457,6 @@ class FlowRun:
                                               "centre_norm": torch.linalg.vector_norm(centre)})
         dist = values["centre_distance"]
         values["relative_centre_distance"] = dist / max(values.pop("centre_norm"), 1e-300)
-        values["n_grad"], values["n_hvp"] = map(float, self.cum)
         y_prev_half = self.saved.get(2 * k - 1)
         values.update(model.readout(k, yk, y_prev_half, (s.w, s_next.w)))
         return values
