@@ -8,9 +8,17 @@ relaxation time ``τ = 1/substeps`` (docs/central_flows.md §4): every right-han
 Rayleigh–Ritz and the third-derivative pairs, so its cost per unit time is about proportional to ``substeps``.
 This benchmark runs the same problem at each ``--substeps`` value and prints what halving or doubling them buys.
 
-Problem: the CIFAR-shaped models of ``benchmarks/gpu.py`` (``--models``) on ``--n`` synthetic images, float32, GD at
-``η = 2.05/λ0`` (its ``eos`` regime: the run starts just past the edge of stability), the discrete run beside the
-central flow, ``--steps`` steps, ``chunk`` 4. Per model and ``substeps`` one markdown row:
+Problems (``--models``), float32, the discrete run beside the central flow, ``--steps`` steps, ``chunk`` 4:
+
+* ``mlp``, ``cnn``, ``vit``: the CIFAR-shaped models of ``benchmarks/gpu.py`` on ``--n`` synthetic images, GD at
+  ``η = 2.05/λ0`` (its ``eos`` regime: the run starts just past the edge of stability, and the question is how
+  the flow leaves or keeps its first critical direction);
+* ``ref-mlp``: the reference's MLP (width 32, 99k parameters) on ``benchmarks/vs_reference.py``'s data (``--n``
+  points), GD at its ``η = 0.037`` from step 0: the sharpness rises to the threshold (step ~25 at n = 200) and the
+  run stays at the edge of stability, where directions join the critical set one by one (the steady regime, as
+  ``python benchmarks/central_substeps.py --models ref-mlp --substeps 2,4,8,16 --steps 200``).
+
+Per model and ``substeps`` one markdown row:
 
 * ``CPU s``: process CPU seconds of the whole ``pyrod.simulate`` call (set-up, discrete run and flow; with
   ``--threads 1`` little disturbed by other jobs);
@@ -32,12 +40,25 @@ import torch
 
 import pyrod
 
+#: the ``--models`` name of the reference's MLP in its steady regime (see the module docstring)
+REF_MLP = "ref-mlp"
 
-def run(prob, steps: int, substeps: int, lam0: float):
-    """One discrete + central run of the problem ``prob`` at ``substeps``, GD at ``η = 2.05/lam0``; returns
+
+def setup(model: str, n: int):
+    """``(problem, GD's η)`` of ``--models`` entry ``model`` (see the module docstring)."""
+    if model == REF_MLP:
+        import vs_reference
+        X, y = vs_reference.make_data(n)
+        return vs_reference._problem(X, y, 32, torch.float32, "cpu"), vs_reference.GD_LR
+    prob = gpu._problem(model, n, "cpu", "float32", None)
+    return prob, 2.05 / gpu._sharpness(prob)[0]
+
+
+def run(prob, steps: int, substeps: int, lr: float):
+    """One discrete + central run of the problem ``prob`` at ``substeps``, GD at ``η = lr``; returns
     ``(process CPU seconds, central Dataset, discrete Dataset)``."""
     t0 = time.process_time()
-    tree = pyrod.simulate(prob, pyrod.optimizers.GD(lr=2.05 / lam0), steps=steps, runs=["discrete", "central"],
+    tree = pyrod.simulate(prob, pyrod.optimizers.GD(lr=lr), steps=steps, runs=["discrete", "central"],
                           eigs=1, eig_every=10 ** 6, chunk=4, threads=torch.get_num_threads(), progress=False,
                           substeps=substeps)
     return time.process_time() - t0, tree["central"].ds, tree["discrete"].ds
@@ -60,9 +81,8 @@ def _rel(a, b, skip=4):
 def rows(model: str, n: int, steps: int, substeps: list[int]) -> list[dict]:
     """One dict per ``substeps`` value (see the module docstring); the finest is the reference of the last
     columns."""
-    prob = gpu._problem(model, n, "cpu", "float32", None)     # one problem and one λ0 for every substeps value
-    lam0 = gpu._sharpness(prob)[0]
-    out = {s: run(prob, steps, s, lam0) for s in substeps}
+    prob, lr = setup(model, n)                 # one problem and one η for every substeps value
+    out = {s: run(prob, steps, s, lr) for s in substeps}
     finest = out[max(substeps)][1]["predicted_loss"].values
     result = []
     for s in substeps:
@@ -102,9 +122,10 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     models = args.models.split(",")
-    bad = [m for m in models if m not in gpu.MODEL_KW]
+    valid = sorted(gpu.MODEL_KW) + [REF_MLP]
+    bad = [m for m in models if m not in valid]
     if bad:
-        raise SystemExit(f"--models: unknown {bad}; valid: {sorted(gpu.MODEL_KW)}")
+        raise SystemExit(f"--models: unknown {bad}; valid: {valid}")
     try:
         subs = sorted({int(s) for s in args.substeps.split(",")})
     except ValueError:

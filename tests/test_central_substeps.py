@@ -42,3 +42,12 @@ def test_command_rejects_bad_options():
         cs.main(["--substeps", "0,4"])
     with pytest.raises(SystemExit, match="--substeps 'two'"):
         cs.main(["--substeps", "two"])
+
+
+def test_reference_mlp_runs_at_its_own_learning_rate(capsys):
+    """``ref-mlp``: the reference's MLP on vs_reference's data at its η = 0.037 (no λ0 solve); a tiny run."""
+    prob, lr = cs.setup(cs.REF_MLP, 8)
+    assert lr == 0.037 and prob.dim == 3 * 32 * 32 * 32 + 32 + 32 * 32 + 32 + 32 * 4 + 4   # width 32, 4 classes
+    cs.main(["--models", "ref-mlp", "--substeps", "2", "--steps", "2", "--n", "8"])
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ref-mlp")]
+    assert len(lines) == 1 and _cells(lines[0])[1] == "2"
