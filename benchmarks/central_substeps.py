@@ -16,7 +16,9 @@ Problems (``--models``), float32, the discrete run beside the central flow, ``--
 * ``ref-mlp``: the reference's MLP (width 32, 99k parameters) on ``benchmarks/vs_reference.py``'s data (``--n``
   points), GD at its ``η = 0.037`` from step 0: the sharpness rises to the threshold (step ~25 at n = 200) and the
   run stays at the edge of stability, where directions join the critical set one by one (the steady regime, as
-  ``python benchmarks/central_substeps.py --models ref-mlp --substeps 2,4,8,16 --steps 200``).
+  ``python benchmarks/central_substeps.py --models ref-mlp --substeps 2,4,8,16 --steps 200``); with ``--opt
+  rmsprop``, the reference's RMSProp (β2 = 0.99, ε = 1e-7, bias correction, its ν rate and step counter) at
+  ``η = 1e-4`` instead, whose preconditioned sharpness reaches the threshold within a few steps.
 
 Per model and ``substeps`` one markdown row:
 
@@ -42,25 +44,34 @@ import pyrod
 
 #: the ``--models`` name of the reference's MLP in its steady regime (see the module docstring)
 REF_MLP = "ref-mlp"
+#: RMSProp's η on ``ref-mlp`` (``--opt rmsprop``): the middle of ``vs_reference.py``'s ``--rms-lrs``
+REF_RMS_LR = 1e-4
+OPTS = ("gd", "rmsprop")
 
 
-def setup(model: str, n: int):
-    """``(problem, GD's η)`` of ``--models`` entry ``model`` (see the module docstring)."""
+def setup(model: str, n: int, opt: str = "gd"):
+    """``(problem, optimizer, the central flow's options)`` of ``--models`` entry ``model`` and ``--opt`` ``opt``
+    (see the module docstring)."""
     if model == REF_MLP:
         import vs_reference
         X, y = vs_reference.make_data(n)
-        return vs_reference._problem(X, y, 32, torch.float32, "cpu"), vs_reference.GD_LR
+        prob = vs_reference._problem(X, y, 32, torch.float32, "cpu")
+        if opt == "rmsprop":     # the reference's RMSProp: its ν rate and step counter (vs_reference.run_pyrod)
+            return prob, vs_reference._optimizer(opt, REF_RMS_LR), {"counter_rate": "1/beta2"}
+        return prob, vs_reference._optimizer(opt, vs_reference.GD_LR), {}
+    if opt != "gd":
+        raise SystemExit(f"--opt {opt}: only with --models {REF_MLP} (the CIFAR-shaped models run GD at 2.05/λ0)")
     prob = gpu._problem(model, n, "cpu", "float32", None)
-    return prob, 2.05 / gpu._sharpness(prob)[0]
+    return prob, pyrod.optimizers.GD(lr=2.05 / gpu._sharpness(prob)[0]), {}
 
 
-def run(prob, steps: int, substeps: int, lr: float):
-    """One discrete + central run of the problem ``prob`` at ``substeps``, GD at ``η = lr``; returns
-    ``(process CPU seconds, central Dataset, discrete Dataset)``."""
+def run(prob, steps: int, substeps: int, optimizer, flow_options=None):
+    """One discrete + central run of the problem ``prob`` at ``substeps`` with ``optimizer`` (and the central
+    flow's ``flow_options``); returns ``(process CPU seconds, central Dataset, discrete Dataset)``."""
     t0 = time.process_time()
-    tree = pyrod.simulate(prob, pyrod.optimizers.GD(lr=lr), steps=steps, runs=["discrete", "central"],
+    tree = pyrod.simulate(prob, optimizer, steps=steps, runs=["discrete", "central"],
                           eigs=1, eig_every=10 ** 6, chunk=4, threads=torch.get_num_threads(), progress=False,
-                          substeps=substeps)
+                          substeps=substeps, **(flow_options or {}))
     return time.process_time() - t0, tree["central"].ds, tree["discrete"].ds
 
 
@@ -78,11 +89,11 @@ def _rel(a, b, skip=4):
     return float(np.median(r)), float(r.max())
 
 
-def rows(model: str, n: int, steps: int, substeps: list[int]) -> list[dict]:
+def rows(model: str, n: int, steps: int, substeps: list[int], opt: str = "gd") -> list[dict]:
     """One dict per ``substeps`` value (see the module docstring); the finest is the reference of the last
     columns."""
-    prob, lr = setup(model, n)                 # one problem and one η for every substeps value
-    out = {s: run(prob, steps, s, lr) for s in substeps}
+    prob, optimizer, flow_options = setup(model, n, opt)   # one problem and one η for every substeps value
+    out = {s: run(prob, steps, s, optimizer, flow_options) for s in substeps}
     finest = out[max(substeps)][1]["predicted_loss"].values
     result = []
     for s in substeps:
@@ -91,7 +102,7 @@ def rows(model: str, n: int, steps: int, substeps: list[int]) -> list[dict]:
         k = min(len(pl), len(dl) - 1)
         last = slice(-min(8, len(pl) - 1) - 1, None)
         units = len(pl[last]) - 1
-        result.append({"model": model, "substeps": s, "cpu_s": cpu,
+        result.append({"model": model if opt == "gd" else f"{model} ({opt})", "substeps": s, "cpu_s": cpu,
                        "grads": float(np.diff(c["n_grad"].values[last]).sum() / units),
                        "hvps": float(np.diff(c["n_hvp"].values[last]).sum() / units),
                        "history": _history(c["n_critical"].values),
@@ -120,6 +131,8 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=24)
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--opt", default="gd", choices=OPTS,
+                    help=f"the optimizer (rmsprop: only with --models {REF_MLP}, at η = {REF_RMS_LR:g})")
     args = ap.parse_args(argv)
     models = args.models.split(",")
     valid = sorted(gpu.MODEL_KW) + [REF_MLP]
@@ -137,7 +150,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     all_rows = []
     for model in models:
-        all_rows += rows(model, args.n, args.steps, subs)
+        all_rows += rows(model, args.n, args.steps, subs, args.opt)
     print(table(all_rows))
 
 

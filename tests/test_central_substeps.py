@@ -4,6 +4,8 @@ import sys
 
 import pytest
 
+import pyrod
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 import central_substeps as cs  # noqa: E402
 
@@ -42,12 +44,21 @@ def test_command_rejects_bad_options():
         cs.main(["--substeps", "0,4"])
     with pytest.raises(SystemExit, match="--substeps 'two'"):
         cs.main(["--substeps", "two"])
+    with pytest.raises(SystemExit, match="--opt rmsprop: only with --models ref-mlp"):
+        cs.main(["--models", "cnn", "--opt", "rmsprop"])
 
 
+@pytest.mark.filterwarnings("ignore:central flow. more than max_track")   # RMSProp's first steps (ν from 0)
 def test_reference_mlp_runs_at_its_own_learning_rate(capsys):
-    """``ref-mlp``: the reference's MLP on vs_reference's data at its η = 0.037 (no λ0 solve); a tiny run."""
-    prob, lr = cs.setup(cs.REF_MLP, 8)
-    assert lr == 0.037 and prob.dim == 3 * 32 * 32 * 32 + 32 + 32 * 32 + 32 + 32 * 4 + 4   # width 32, 4 classes
+    """``ref-mlp``: the reference's MLP on vs_reference's data at its η = 0.037 (no λ0 solve), or the reference's
+    RMSProp at η = 1e-4 with its step counter; tiny runs."""
+    prob, opt, flow_options = cs.setup(cs.REF_MLP, 8)
+    assert isinstance(opt, pyrod.optimizers.GD) and opt.lr == 0.037 and flow_options == {}
+    assert prob.dim == 3 * 32 * 32 * 32 + 32 + 32 * 32 + 32 + 32 * 4 + 4             # width 32, 4 classes
+    _, rms, flow_options = cs.setup(cs.REF_MLP, 8, "rmsprop")
+    assert isinstance(rms, pyrod.optimizers.RMSProp) and rms.lr == 1e-4 and rms.beta2 == 0.99
+    assert flow_options == {"counter_rate": "1/beta2"}
     cs.main(["--models", "ref-mlp", "--substeps", "2", "--steps", "2", "--n", "8"])
+    cs.main(["--models", "ref-mlp", "--opt", "rmsprop", "--substeps", "2", "--steps", "2", "--n", "8"])
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ref-mlp")]
-    assert len(lines) == 1 and _cells(lines[0])[1] == "2"
+    assert [_cells(ln)[:2] for ln in lines] == [["ref-mlp", "2"], ["ref-mlp (rmsprop)", "2"]]
