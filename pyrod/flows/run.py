@@ -263,13 +263,17 @@ class FlowRun:
             if self.progress is not None:
                 self.progress(float(t))
 
-    def _row_counts(self, t_row: float, integrated: list, read_out: list) -> tuple:
-        """``(n_grad, n_hvp)`` of the row whose states reach time ``t_row``: the counts when the integration first
+    def _row_counts(self, t_row: float, integrated: list, read_out: list, start: int = 0) -> tuple:
+        """``(n_grad, n_hvp, i)`` of the row whose states reach time ``t_row``: the counts when the integration first
         accepted a step at or past ``t_row`` (the whole chunk's, ``integrated``, where no step was logged: a
         backend that does not report its steps), plus what the chunk's read-outs have cost so far (``read_out``, the
-        counts beyond ``integrated``)."""
-        at = next(((g, h) for t, g, h in self._cost_log if t >= t_row - 1e-9), tuple(integrated))
-        return float(at[0] + read_out[0]), float(at[1] + read_out[1])
+        counts beyond ``integrated``); ``i`` is that step's index in the log, where the search for a later row may
+        ``start`` (the first step past a later time is never an earlier one)."""
+        log, i = self._cost_log, start
+        while i < len(log) and log[i][0] < t_row - 1e-9:
+            i += 1
+        g, h = (log[i][1], log[i][2]) if i < len(log) else integrated
+        return float(g + read_out[0]), float(h + read_out[1]), i
 
     def _diverged(self, t, y):
         """Divergence check after each accepted step: the loss at the flow centre (one forward pass)."""
@@ -391,7 +395,7 @@ class FlowRun:
         self._cost_log = [(self.t, *self.cum)]
         if self.stopped is None and t_target > self.t:
             self._integrate_to(t_target)
-        integrated = self.cum
+        integrated, i = self.cum, 0
         records = []
         for k in range(max(chunk.k0, self.k_start), last + 1):
             yk = self.saved.get(2 * k)
@@ -400,8 +404,8 @@ class FlowRun:
                 break  # the flow stopped before k (terminal event or failure)
             values = self._readout(k, yk, y_cmp, chunk)
             read_out = [c - i for c, i in zip(self.cum, integrated, strict=True)]
-            values["n_grad"], values["n_hvp"] = self._row_counts(max(k, k + self.model.compare_shift), integrated,
-                                                                 read_out)
+            values["n_grad"], values["n_hvp"], i = self._row_counts(max(k, k + self.model.compare_shift),
+                                                                    integrated, read_out, i)
             records.append((float(k), values))
         self._cost_log = []
         # keep only what the next chunk can still need (the state at the last half step)
