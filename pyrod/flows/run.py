@@ -170,8 +170,9 @@ class FlowRun:
                 f"(flow read at k+{self.model.compare_shift:g})", PARAMETER_UNITS),
             Var("relative_centre_distance", ("t",), "centre_distance / norm of (w_k+w_{k+1})/2", "1"),
             Var("n_grad", ("t",), "cumulative gradient evaluations of this run through row t: its integration up to "
-                "the first accepted step at or past the row's time (t, or t + compare_shift), plus the read-outs "
-                "of its chunk's rows up to t (a chunk is integrated first, then read out)", "1"),
+                "the first step (or, on the torch backend's adaptive methods, step attempt) that reached the row's "
+                "time (t, or t + compare_shift), plus the read-outs of its chunk's rows up to t (a chunk is "
+                "integrated first, then read out)", "1"),
             Var("n_hvp", ("t",), "cumulative Hessian-vector products of this run through row t (as n_grad; third "
                 "derivatives count their backward passes: pyrod.flows.cost)", "1"),
         ] + self.model.extra_variables()
@@ -256,8 +257,9 @@ class FlowRun:
                            min_step=self.min_step, max_rhs_per_unit=self.max_rhs_per_unit)
 
     def _report(self, t):
-        """After each accepted step (from the divergence check every backend but Julia's calls): the counts so
-        far for :meth:`_row_counts`, and the progress display."""
+        """After each accepted step (from the divergence check, which every backend but Julia's calls; the torch
+        backend's adaptive methods call it for each attempt, rejected ones too): the counts so far for
+        :meth:`_row_counts`, and the progress display."""
         if isinstance(t, (float, int, np.floating)):
             self._cost_log.append((float(t), self.problem.n_grad, self.problem.n_hvp))
             if self.progress is not None:
