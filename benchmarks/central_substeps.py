@@ -56,11 +56,8 @@ def setup(model: str, n: int, opt: str = "gd"):
         import vs_reference
         X, y = vs_reference.make_data(n)
         prob = vs_reference._problem(X, y, 32, torch.float32, "cpu")
-        if opt == "rmsprop":     # the reference's RMSProp: its ν rate and step counter (vs_reference.run_pyrod)
-            return prob, vs_reference._optimizer(opt, REF_RMS_LR), {"counter_rate": "1/beta2"}
-        return prob, vs_reference._optimizer(opt, vs_reference.GD_LR), {}
-    if opt != "gd":
-        raise SystemExit(f"--opt {opt}: only with --models {REF_MLP} (the CIFAR-shaped models run GD at 2.05/λ0)")
+        lr = REF_RMS_LR if opt == "rmsprop" else vs_reference.GD_LR   # RMSProp: its ν rate and step counter
+        return prob, vs_reference._optimizer(opt, lr), vs_reference.flow_options(opt)
     prob = gpu._problem(model, n, "cpu", "float32", None)
     return prob, pyrod.optimizers.GD(lr=2.05 / gpu._sharpness(prob)[0]), {}
 
@@ -139,6 +136,11 @@ def main(argv=None):
     bad = [m for m in models if m not in valid]
     if bad:
         raise SystemExit(f"--models: unknown {bad}; valid: {valid}")
+    if args.opt != "gd" and models != [REF_MLP]:      # checked before any run, not after the first model's
+        raise SystemExit(f"--opt {args.opt}: only with --models {REF_MLP} alone (the CIFAR-shaped models run GD at "
+                         f"2.05/λ0), got --models {args.models}")
+    if REF_MLP in models and args.n % 4:
+        raise SystemExit(f"--n {args.n}: {REF_MLP}'s data has 4 classes of n/4 points; give a multiple of 4")
     try:
         subs = sorted({int(s) for s in args.substeps.split(",")})
     except ValueError:

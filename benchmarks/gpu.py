@@ -145,11 +145,11 @@ def work_breakdown(stats_rows) -> dict | None:
     """Per unit time over the chunks after the first, what the central flow's derivative work went to:
     ``{counter: count per unit time}`` for :data:`WORK_COUNTERS`, from ``stats_rows`` (``chunk_times``'s
     ``chunks.stats[name]``: ``(step at the chunk's end, counters)``). None without a timed chunk, and for a flow
-    whose counters are none of these (a plug-in flow that counts other things: no line of zeros)."""
+    that does not keep all of these (a plug-in flow that counts other things: no line of zeros)."""
     if not stats_rows or len(stats_rows) < 2:
         return None
     (k0, first), (k1, last) = stats_rows[0], stats_rows[-1]
-    if not any(key in last for key in WORK_COUNTERS):
+    if not all(key in last for key in WORK_COUNTERS):
         return None
     return {key: (last.get(key, 0) - first.get(key, 0)) / (k1 - k0) for key in WORK_COUNTERS}
 

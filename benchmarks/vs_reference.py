@@ -203,6 +203,11 @@ def _optimizer(opt_name, lr):
     return pyrod.optimizers.RMSProp(lr=lr, **RMS, bias_correction=True, nu_rate="(1-beta2)/beta2")
 
 
+def flow_options(opt_name) -> dict:
+    """The central flow's options that match the reference's for ``opt_name``: RMSProp's step counter."""
+    return {"counter_rate": "1/beta2"} if opt_name == "rmsprop" else {}
+
+
 def auto_lr(X, y, width, dtype, device) -> float:
     """GD's ``1.9/λ0`` (λ0 = λmax(H(w0))) to 3 significant digits: effective sharpness 0.95 at the start."""
     from pyrod.spectra import hessian_operator, top_eigs
@@ -236,8 +241,7 @@ def run_pyrod(opt_name, X, y, width, steps, dtype, chunk, lr, restart, device, e
     with chunk_times(device) as chunks:
         prob = _problem(X, y, width, dtype, device)
         opt = _optimizer(opt_name, lr)
-        if opt_name == "rmsprop":
-            flow_opts = {"counter_rate": "1/beta2", **(flow_opts or {})}   # the reference's step counter
+        flow_opts = {**flow_options(opt_name), **(flow_opts or {})}    # the reference's step counter
         opts = dict(method="euler", substeps=4, eig_raw=raw)
         if eig_tol is not None:
             opts["eig_tol"] = eig_tol

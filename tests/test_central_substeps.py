@@ -44,8 +44,12 @@ def test_command_rejects_bad_options():
         cs.main(["--substeps", "0,4"])
     with pytest.raises(SystemExit, match="--substeps 'two'"):
         cs.main(["--substeps", "two"])
-    with pytest.raises(SystemExit, match="--opt rmsprop: only with --models ref-mlp"):
+    with pytest.raises(SystemExit, match="--opt rmsprop: only with --models ref-mlp alone .* got --models cnn"):
         cs.main(["--models", "cnn", "--opt", "rmsprop"])
+    with pytest.raises(SystemExit, match="got --models ref-mlp,cnn"):        # refused before the first model runs
+        cs.main(["--models", "ref-mlp,cnn", "--opt", "rmsprop"])
+    with pytest.raises(SystemExit, match="--n 10: ref-mlp's data has 4 classes"):
+        cs.main(["--models", "ref-mlp", "--n", "10"])
 
 
 @pytest.mark.filterwarnings("ignore:central flow. more than max_track")   # RMSProp's first steps (ν from 0)

@@ -130,7 +130,7 @@ def test_work_breakdown_is_the_counters_per_unit_time_after_the_first_chunk():
     assert gpu.work_breakdown(rows) == {"rr_hvp": 6.0, "expand_hvp": 1.0, "refresh_hvp": 5.0, "refine_hvp": 0.5,
                                         "n_t3": 4.0, "n_rhs": 4.0}
     assert gpu.work_breakdown(rows[:1]) is None and gpu.work_breakdown(None) is None   # nothing timed
-    other = [(2, {"n_jacobian": 3}), (4, {"n_jacobian": 9})]          # a flow that counts other things
+    other = [(2, {"n_jacobian": 3, "n_rhs": 4}), (4, {"n_jacobian": 9, "n_rhs": 8})]   # a flow counting other things
     assert gpu.work_breakdown(other) is None
 
 

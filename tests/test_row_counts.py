@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from test_flows import quadratic
 
 import pyrod
@@ -42,6 +43,57 @@ def test_rows_count_up_to_the_run_total(flow, backend):
     # two chunks of 10 rows: between the first and the last row of each, more than its 9 read-outs' gradients (the
     # chunk's integration); the old per-chunk counts differed by exactly those 9
     assert g[9] - g[0] > 9 and g[19] - g[10] > 9, g
+
+
+@pytest.mark.filterwarnings("ignore:central flow. SDCP not converged")    # a quadratic has no third derivative
+@pytest.mark.parametrize("flow, backend", [("central", None), ("central", "torch"), ("stable", None),
+                                           ("stable", "torch")])
+def test_work_after_a_step_counts_in_its_row(flow, backend):
+    """Inside the EoS (λ = 5 > 2/η = 4) with the ``eos`` event: the central flow's basis checks after each step and
+    the event's eigen-solves are done after the step's own right-hand sides; they count in the row of the step,
+    and the last row still holds the whole run's counts (the group attributes)."""
+    tree = pyrod.simulate(quadratic([5.0, 3.0, 1.0, 0.2]), pyrod.optimizers.GD(lr=0.5), steps=20,
+                          runs=["discrete", flow], chunk=10, eigs=1, events=["eos"], progress=False,
+                          **({"backend": backend} if backend else {}))
+    ds, attrs = tree[flow].ds, tree[flow].attrs
+    for var in ("n_grad", "n_hvp"):
+        c = ds[var].values
+        assert np.all(np.diff(c) >= 0) and c[-1] == attrs[var], (var, c, attrs[var])
+        assert len(c) > 11 and c[9] < c[10] < c[-1], (var, c)      # the discrete run diverges after step 18
+
+
+def test_a_flow_stopped_by_a_terminal_event_inside_a_chunk():
+    """The stable flow of GD on a bowl reaches its loss target at t = ln(1500)/0.2 ≈ 36.6, inside the chunk of
+    steps 30–39: the rows up to there count up, and the last row written holds the run's counts."""
+    prob = pyrod.Problem(loss_fn=lambda w: 0.5 * (w * w).sum(), w0=torch.ones(3, dtype=torch.float64), name="bowl")
+    tree = pyrod.simulate(prob, pyrod.optimizers.GD(lr=0.1), steps=60, runs=["discrete", "stable"], chunk=10,
+                          events=["loss<1e-3!"], progress=False)
+    ds, attrs = tree["stable"].ds, tree["stable"].attrs
+    assert attrs["flow_status"].startswith("terminal event")
+    g = ds["n_grad"].values
+    written = np.isfinite(ds["loss"].values)
+    assert written[:36].all() and not written[37:].any()
+    assert np.all(np.diff(g[written]) > 0) and g[written][-1] == attrs["n_grad"], g
+
+
+def test_a_backend_that_reports_no_steps_counts_whole_chunks(monkeypatch):
+    """Without a step log (a backend that calls no ``on_accept``) each row counts its chunk's whole integration
+    and its read-outs so far: rows of a chunk then differ only by their read-outs' one gradient each."""
+    from pyrod.integrate import base
+
+    real = base.FlowProblem.__init__
+
+    def no_hook(self, *args, **kw):
+        real(self, *args, **kw)
+        self.on_accept = None
+
+    monkeypatch.setattr(base.FlowProblem, "__init__", no_hook)
+    tree = _run(["stable"], method="euler", substeps=4)
+    g = tree["stable"].ds["n_grad"].values
+    np.testing.assert_array_equal(np.diff(g[:10]), 1.0)
+    np.testing.assert_array_equal(np.diff(g[10:]), 1.0)
+    # the stable flow is read half a step on: chunk 1 integrates to t = 9.5 (38 right-hand sides), chunk 2 to 19.5
+    assert g[0] == 38 + 1 and g[10] == 78 + 11 and g[-1] == tree["stable"].attrs["n_grad"] == 78 + 20
 
 
 def test_rows_after_resume_are_the_same(tmp_path):

@@ -100,8 +100,8 @@ class FlowRun:
         self.max_norm = None   # ‖y‖ bound (divergence), set from the initial state
         self.fp = None
         self.progress = None   # optional callback(t) after each accepted step (progress display; not state)
-        # [(t, n_grad, n_hvp)] at the start of the chunk's integration and after each accepted step of it: the rows'
-        # cumulative counts (_row_counts); rebuilt by every chunk, so not state
+        # [(t, n_grad, n_hvp)] at the start of the chunk's integration and after each accepted step of it (on_accept):
+        # the rows' cumulative counts (_row_counts); rebuilt by every chunk, so not state
         self._cost_log = []
         # the "eos" event's warm-started eigen tracker (state, restored by load_state_dict)
         self._eos_tracker = None
@@ -170,9 +170,9 @@ class FlowRun:
                 f"(flow read at k+{self.model.compare_shift:g})", PARAMETER_UNITS),
             Var("relative_centre_distance", ("t",), "centre_distance / norm of (w_k+w_{k+1})/2", "1"),
             Var("n_grad", ("t",), "cumulative gradient evaluations of this run through row t: its integration up to "
-                "the first step (or, on the torch backend's adaptive methods, step attempt) that reached the row's "
-                "time (t, or t + compare_shift), plus the read-outs of its chunk's rows up to t (a chunk is "
-                "integrated first, then read out)", "1"),
+                "the first accepted step that reached the row's time (t, or t + compare_shift), that step's checks "
+                "included, plus the read-outs of its chunk's rows up to t (a chunk is integrated first, then read "
+                "out)", "1"),
             Var("n_hvp", ("t",), "cumulative Hessian-vector products of this run through row t (as n_grad; third "
                 "derivatives count their backward passes: pyrod.flows.cost)", "1"),
         ] + self.model.extra_variables()
@@ -242,10 +242,14 @@ class FlowRun:
             out = tjvp(lambda yy: self.rhs_t(float(t), yy), (self._to_torch(y),), (self._to_torch(v),))[1]
             return out if self.tensors else self._to_numpy(out)
 
-        on_accept = None
-        if model.has_on_accept():  # model hook, e.g. eigen-subspace refresh (central)
-            def on_accept(t, y):
+        hook = model.has_on_accept()   # model hook, e.g. eigen-subspace refresh (central)
+
+        def on_accept(t, y):
+            """After each accepted step, as the last thing of it (and at a terminal event's state): the model's
+            hook, then the counts so far (:meth:`_row_counts`)."""
+            if hook:
                 model.on_accept(float(t), self._to_torch(y))
+            self._cost_log.append((float(t), prob.n_grad, prob.n_hvp))
 
         probe = None
         if self.tensors and model.has_probe():   # e.g. central: its tracking Rayleigh–Ritz in the step's transfer
@@ -257,25 +261,21 @@ class FlowRun:
                            min_step=self.min_step, max_rhs_per_unit=self.max_rhs_per_unit)
 
     def _report(self, t):
-        """After each accepted step (from the divergence check, which every backend but Julia's calls; the torch
-        backend's adaptive methods call it for each attempt, rejected ones too): the counts so far for
-        :meth:`_row_counts`, and the progress display."""
-        if isinstance(t, (float, int, np.floating)):
-            self._cost_log.append((float(t), self.problem.n_grad, self.problem.n_hvp))
-            if self.progress is not None:
-                self.progress(float(t))
+        if self.progress is not None and isinstance(t, (float, int, np.floating)):
+            self.progress(float(t))
 
     def _row_counts(self, t_row: float, integrated: list, read_out: list, start: int = 0) -> tuple:
-        """``(n_grad, n_hvp, i)`` of the row whose states reach time ``t_row``: the counts when the integration first
-        accepted a step at or past ``t_row`` (the whole chunk's, ``integrated``, where no step was logged: a
-        backend that does not report its steps), plus what the chunk's read-outs have cost so far (``read_out``, the
-        counts beyond ``integrated``); ``i`` is that step's index in the log, where the search for a later row may
-        ``start`` (the first step past a later time is never an earlier one)."""
-        log, i = self._cost_log, start
-        while i < len(log) and log[i][0] < t_row - 1e-9:
-            i += 1
-        g, h = (log[i][1], log[i][2]) if i < len(log) else integrated
-        return float(g + read_out[0]), float(h + read_out[1]), i
+        """``(n_grad, n_hvp, step)`` of the row whose states reach time ``t_row``: the counts after the first
+        accepted step that reached ``t_row`` (the chunk's whole integration, ``integrated``, for a row at the
+        chunk's end, and where no step was logged), plus what the chunk's read-outs have cost so far (``read_out``,
+        the counts beyond ``integrated``); ``step`` is that step's index in the log, where the search for a later
+        row may ``start`` (the first step past a later time is never an earlier one)."""
+        log, step = self._cost_log, start
+        while step < len(log) and log[step][0] < t_row - 1e-9:
+            step += 1
+        at_end = self.t is not None and t_row >= self.t - 1e-9
+        g, h = (log[step][1], log[step][2]) if step < len(log) and not at_end else integrated
+        return float(g + read_out[0]), float(h + read_out[1]), step
 
     def _diverged(self, t, y):
         """Divergence check after each accepted step: the loss at the flow centre (one forward pass)."""
@@ -397,7 +397,7 @@ class FlowRun:
         self._cost_log = [(self.t, *self.cum)]
         if self.stopped is None and t_target > self.t:
             self._integrate_to(t_target)
-        integrated, i = self.cum, 0
+        integrated, step = self.cum, 0
         records = []
         for k in range(max(chunk.k0, self.k_start), last + 1):
             yk = self.saved.get(2 * k)
@@ -405,9 +405,9 @@ class FlowRun:
             if yk is None or y_cmp is None:
                 break  # the flow stopped before k (terminal event or failure)
             values = self._readout(k, yk, y_cmp, chunk)
-            read_out = [c - i for c, i in zip(self.cum, integrated, strict=True)]
-            values["n_grad"], values["n_hvp"], i = self._row_counts(max(k, k + self.model.compare_shift),
-                                                                    integrated, read_out, i)
+            read_out = [now - before for now, before in zip(self.cum, integrated, strict=True)]
+            values["n_grad"], values["n_hvp"], step = self._row_counts(max(k, k + self.model.compare_shift),
+                                                                       integrated, read_out, step)
             records.append((float(k), values))
         self._cost_log = []
         # keep only what the next chunk can still need (the state at the last half step)
