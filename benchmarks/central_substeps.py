@@ -39,6 +39,7 @@ import time
 import gpu
 import numpy as np
 import torch
+import vs_reference  # here, not in setup(): its import sets one torch thread, which main's --threads then overrides
 
 import pyrod
 
@@ -53,7 +54,6 @@ def setup(model: str, n: int, opt: str = "gd"):
     """``(problem, optimizer, the central flow's options)`` of ``--models`` entry ``model`` and ``--opt`` ``opt``
     (see the module docstring)."""
     if model == REF_MLP:
-        import vs_reference
         X, y = vs_reference.make_data(n)
         prob = vs_reference._problem(X, y, 32, torch.float32, "cpu")
         lr = REF_RMS_LR if opt == "rmsprop" else vs_reference.GD_LR   # RMSProp: its ν rate and step counter

@@ -3,6 +3,7 @@ import os
 import sys
 
 import pytest
+import torch
 
 import pyrod
 
@@ -56,7 +57,13 @@ def test_command_rejects_bad_options():
 def test_reference_mlp_runs_at_its_own_learning_rate(capsys):
     """``ref-mlp``: the reference's MLP on vs_reference's data at its η = 0.037 (no λ0 solve), or the reference's
     RMSProp at η = 1e-4 with its step counter; tiny runs."""
-    prob, opt, flow_options = cs.setup(cs.REF_MLP, 8)
+    threads = torch.get_num_threads()
+    try:                                    # --threads holds: building the problem does not reset torch's threads
+        torch.set_num_threads(2)
+        prob, opt, flow_options = cs.setup(cs.REF_MLP, 8)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
     assert isinstance(opt, pyrod.optimizers.GD) and opt.lr == 0.037 and flow_options == {}
     assert prob.dim == 3 * 32 * 32 * 32 + 32 + 32 * 32 + 32 + 32 * 4 + 4             # width 32, 4 classes
     _, rms, flow_options = cs.setup(cs.REF_MLP, 8, "rmsprop")
