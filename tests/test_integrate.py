@@ -122,6 +122,38 @@ def test_exact_saves_land_steps_on_save_times(backend):
     assert np.abs(seg.y_save - exact).max() < 1e-7 * np.abs(exact).max()
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_exact_saves_integers_land_on_the_integer_save_times_only(backend):
+    """``exact_saves="integers"`` (the central flow's hint): steps land on the integer save times, the others
+    are interpolated; with a loose tolerance the steps span the half-integer saves (no step ends there), and every
+    save is the closed form to the tolerance's order."""
+    fp, A, y0 = linear_problem(rtol=1e-6, atol=1e-9)
+    ts = np.arange(1, 13) / 2.0                                   # 0.5, 1.0, ..., 6.0
+    seen = []
+    fp.on_accept = lambda t, y: seen.append(t)
+    fp.options = {"exact_saves": "integers"}
+    seg = solve(fp, 0.0, y0, 6.0, ts, backend=backend)
+    assert seg.status == "ok" and set(ts[ts == np.round(ts)]) <= set(seen)
+    assert not set(ts[ts != np.round(ts)]) & set(seen)            # the half-integer saves are not step ends
+    exact = np.array([expm(A * t) @ y0 for t in ts])
+    assert np.abs(seg.y_save - exact).max() < 1e-4 * np.abs(exact).max()
+
+
+def test_save_stops_values_and_a_bad_value_named():
+    from pyrod.integrate import check_options
+    from pyrod.integrate.driver import save_stops
+
+    ts = np.array([0.5, 1.0, 1.5, 2.0, 2.5])
+    np.testing.assert_array_equal(save_stops({"exact_saves": True}, ts), ts)
+    np.testing.assert_array_equal(save_stops({"exact_saves": "integers"}, ts), [1.0, 2.0])
+    for off in ({}, None, {"exact_saves": False}, {"max_steps": 3}):
+        assert save_stops(off, ts).size == 0
+    with pytest.raises(ValueError, match=r"options\['exact_saves'\]='half'; valid: \[False, True, 'integers'\]"):
+        save_stops({"exact_saves": "half"}, ts)
+    with pytest.raises(ValueError, match="'half'"):        # refused when the run is specified, not mid-run
+        check_options("scipy", {"exact_saves": "half"})
+
+
 # ------------------------------------------------------------------------------------------ (b) events
 def t_cross_w1(c):
     return math.log(W0[0] / c) / LAM[0]  # w_1(t) = e^{-t} = c

@@ -268,6 +268,24 @@ def test_resume_with_torch_backend_is_bit_identical(tmp_path):
     assert_same_run(resumed, ref, ["discrete", "stable", "rod"])
 
 
+@pytest.mark.parametrize("method", ["dopri5", "bosh3"])
+@pytest.mark.parametrize("mode", [True, "integers"])
+def test_exact_saves_land_on_every_save_or_the_integer_ones(method, mode):
+    """``exact_saves=True``: every save time is a step end; ``"integers"`` (the central flow's hint): the integer
+    ones only, the half-integer saves interpolated, and fewer steps; saves within 1e-4 of matrix_exp either way."""
+    A, y0, _ = _linear_problem()
+    ts = np.arange(1, 13) / 2.0
+    seen = []
+    fp = FlowProblem(rhs=lambda t, y: A @ y, n=y0.numel(), method=method, rtol=1e-6, atol=1e-9,
+                     on_accept=lambda t, y: seen.append(float(t)), options={"exact_saves": mode})
+    seg = solve(fp, 0.0, y0, 6.0, ts, backend="torch")
+    ints, halves = set(ts[ts == np.round(ts)]), set(ts[ts != np.round(ts)])
+    assert seg.status == "ok" and ints <= set(seen)
+    assert (halves <= set(seen)) if mode is True else not (halves & set(seen))
+    exact = torch.stack([torch.linalg.matrix_exp(float(t) * A) @ y0 for t in ts])
+    assert float((seg.y_save - exact).abs().max()) < 1e-4 * float(exact.abs().max())
+
+
 # ------------------------------------------------------------------------------- Bogacki–Shampine 3(2)
 def _linear_problem(d=20, seed=3):
     """y' = A y with A symmetric negative definite (eigenvalues in [−2, −0.1]); exact solution by matrix_exp."""

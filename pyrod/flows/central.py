@@ -268,8 +268,9 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
 
     # hooks read by FlowRun
     def integrator_options(self) -> dict:
-        # exact_saves: adaptive steps land on the save times, so on_accept sees the exact states at integer t
-        return {"substeps": self.substeps, "exact_saves": True}
+        # adaptive steps land on the integer save times, so on_accept sees the exact states of the read-outs; the
+        # half-step states (compare_shift) come from the interpolant: landing there too capped steps at 1/2
+        return {"substeps": self.substeps, "exact_saves": "integers"}
 
     def on_accept(self, t, y):
         """After each accepted step: check / improve the tracked subspace at the new state

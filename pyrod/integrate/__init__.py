@@ -218,13 +218,17 @@ def options_of(backend: str, method=None) -> dict:
 
 def check_options(backend: str, options, method=None) -> None:
     """Raise TypeError naming each key of ``options`` that ``backend`` (with ``method``) does not accept, listing
-    the valid keys (:func:`options_of`). ``options=None`` or ``{}`` is always valid."""
+    the valid keys (:func:`options_of`), and ValueError naming a value of ``exact_saves`` that is not one of
+    :data:`pyrod.integrate.driver.EXACT_SAVES`. ``options=None`` or ``{}`` is always valid."""
     if not options:
         return
     if not isinstance(options, dict):
         raise TypeError(f"options={options!r} must be a dict")
     what = f"backend {backend!r}" + (f" with method={method!r}" if method is not None else "")
     check_keys(options_of(backend, method), options, what)
+    if "exact_saves" in options:
+        from .driver import save_stops
+        save_stops(options, ())          # its value: ValueError naming it
 
 
 def solve(problem: FlowProblem, t0: float, y0, t1: float, t_save=(), backend: str = "scipy") -> Segment:

@@ -103,6 +103,26 @@ def first_step_for(problem: FlowProblem, t0, t1):
     return float(min(h, t1 - t0))
 
 
+#: the values of the backends' ``exact_saves`` option (:func:`save_stops`)
+EXACT_SAVES = (False, True, "integers")
+
+
+def save_stops(options, ts) -> np.ndarray:
+    """Where an adaptive backend's steps must land, from its ``options["exact_saves"]``: ``True``: every save time
+    of ``ts``; ``"integers"``: the integer ones only (the other saves come from the step's interpolant: the
+    central flow's read-out times are the integers, its half-step comparison states may be interpolated, so its
+    steps are not capped at ½); ``False`` / absent: none. Any other value raises ValueError naming it."""
+    mode = options.get("exact_saves", False) if options else False
+    if mode is None or (isinstance(mode, (bool, np.bool_)) and not mode):
+        return np.empty(0)
+    if isinstance(mode, (bool, np.bool_)):
+        return np.asarray(ts, dtype=np.float64)
+    if mode == "integers":
+        ts = np.asarray(ts, dtype=np.float64)
+        return ts[ts == np.round(ts)]
+    raise ValueError(f"options['exact_saves']={mode!r}; valid: {list(EXACT_SAVES)}")
+
+
 def next_stop(stops, t, t1) -> float:
     """The first of ``stops`` (sorted) after ``t``, else ``t1``: where a step must land exactly."""
     i = int(np.searchsorted(stops, t, side="right"))

@@ -31,9 +31,10 @@ matrix is passed to SciPy as is.  Use the ``sundials`` backend for large stiff p
 ``problem.options`` keys read here: ``jac`` (above), ``max_steps`` (accepted steps per segment, default
 unlimited), ``exact_saves`` (default False: states at ``t_save`` come from the dense output; True: steps
 land on the save times, restarting the solver there — one extra RHS per save for the RK methods, order
-reset for BDF/LSODA).  DOP853's dense output is not error-controlled: for a stiff component integrated
-near the explicit stability limit it can be off by ~100×rtol (measured 2e-4 at rtol 1e-6, λh ≈ -3,
-same as ``solve_ivp(t_eval=...)``) while step-end values are accurate; ``exact_saves`` removes that.
+reset for BDF/LSODA; ``"integers"``: on the integer save times only, :func:`pyrod.integrate.driver.save_stops`).
+DOP853's dense output is not error-controlled: for a stiff component integrated near the explicit stability
+limit it can be off by ~100×rtol (measured 2e-4 at rtol 1e-6, λh ≈ -3, same as ``solve_ivp(t_eval=...)``) while
+step-end values are accurate; ``exact_saves=True`` removes that.
 Any other key raises TypeError (:data:`OPTIONS`); ``method="euler"`` takes :data:`pyrod.integrate.fixed_step.OPTIONS`.
 
 The accepted-step loop (saving, events, projection, divergence / step-size / budget bounds) is
@@ -58,6 +59,7 @@ from .driver import (  # noqa: F401
     next_stop,
     prepare,
     resolve_method,
+    save_stops,
 )
 from .registry import Backend, check_keys
 
@@ -75,7 +77,8 @@ OPTIONS = {
     "jac": 'implicit methods: "fd" (SciPy finite differences, default), "jvp" (n calls of problem.jvp), '
            "a callable (t, y) -> (n, n) or a constant matrix",
     "max_steps": "accepted steps per segment (default unlimited)",
-    "exact_saves": "bool (default False): steps land on the save times instead of interpolating",
+    "exact_saves": "False (default), True or 'integers': steps land on every save time, or on the integer ones, "
+                   "instead of interpolating",
 }
 # method="euler" is handed to .fixed_step, which accepts its own keys (fixed_step.OPTIONS)
 
@@ -178,7 +181,7 @@ def integrate_segment(problem: FlowProblem, t0: float, y0: np.ndarray, t1: float
         return drive(None, problem, t0, y0, t1, ts, counter)
     try:
         stepper = _ScipyStepper(problem, method, t0, y0, t1, counter, first_step_for(problem, t0, t1),
-                                stops=ts if problem.options.get("exact_saves") else ())
+                                stops=save_stops(problem.options, ts))
     except NUMERIC_ERRORS as e:
         seg = drive(None, problem, t0, y0, t0, ts, counter)
         seg.status, seg.message = "failed", f"right-hand side raised {type(e).__name__} at t0: {e}"

@@ -40,7 +40,17 @@ import math
 import numpy as np
 
 from .base import BackendUnavailable, FlowProblem, Segment
-from .driver import NUMERIC_ERRORS, Counter, StepFailure, drive, first_step_for, next_stop, prepare, resolve_method
+from .driver import (
+    NUMERIC_ERRORS,
+    Counter,
+    StepFailure,
+    drive,
+    first_step_for,
+    next_stop,
+    prepare,
+    resolve_method,
+    save_stops,
+)
 from .registry import Backend, check_keys
 
 __all__ = ["integrate_segment", "available", "METHODS", "DEFAULT_METHOD", "OPTIONS", "BACKEND"]
@@ -54,7 +64,8 @@ OPTIONS = {
     "max_conv_fails": "Newton convergence failures per step",
     "min_step": "CVODE's absolute step floor (steps)",
     "max_steps": "accepted steps per segment (default unlimited)",
-    "exact_saves": "bool: steps land on the save times through CVODE's tstop",
+    "exact_saves": "False (default), True or 'integers': steps land on every save time, or on the integer ones, "
+                   "through CVODE's tstop",
 }
 
 DEFAULT_METHOD = "BDF"
@@ -192,7 +203,7 @@ def integrate_segment(problem: FlowProblem, t0: float, y0: np.ndarray, t1: float
         return drive(None, problem, t0, y0, t1, ts, counter)
     try:
         stepper = _CvodeStepper(problem, method, t0, y0, t1, counter, first_step_for(problem, t0, t1),
-                                stops=ts if problem.options.get("exact_saves") else ())
+                                stops=save_stops(problem.options, ts))
     except (StepFailure, *NUMERIC_ERRORS) as e:
         seg = drive(None, problem, t0, y0, t0, ts, counter)
         seg.status, seg.message = "failed", f"CVODE could not start at t0={t0:.10g}: {e}"

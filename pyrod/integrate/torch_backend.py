@@ -39,8 +39,8 @@ event function returns a float (one transfer per event per step), ``project`` is
 plain ``diverged`` returns a string.
 
 Everything else is :func:`pyrod.integrate.driver.drive` itself, run on tensors (``_TensorOps``): saves from the dense output (or the step end when a
-step lands there; ``options["exact_saves"]=True`` makes adaptive steps land on every save time), events located
-with ``brentq`` on the dense output (:func:`.driver.locate`, far side of the crossing), projection after each
+step lands there; ``options["exact_saves"]=True`` makes adaptive steps land on every save time, ``"integers"`` on
+the integer ones), events located with ``brentq`` on the dense output (:func:`.driver.locate`, far side of the crossing), projection after each
 accepted step, ``on_accept`` after each accepted step and at a terminal event, and the bounds ``max_norm``,
 ``diverged``, ``min_step`` (ten small steps in a row), ``max_rhs_per_unit`` (also checked between rejected attempts,
 so a stiff flow on which every attempt is rejected fails cleanly) and ``options["max_steps"]``, each ending the
@@ -65,7 +65,17 @@ import torch
 
 from .. import host
 from .base import FlowProblem, Segment
-from .driver import NUMERIC_ERRORS, ArrayOps, Counter, StepFailure, check_length, drive, next_stop, prepare_times
+from .driver import (
+    NUMERIC_ERRORS,
+    ArrayOps,
+    Counter,
+    StepFailure,
+    check_length,
+    drive,
+    next_stop,
+    prepare_times,
+    save_stops,
+)
 from .fixed_step import next_grid_time
 from .registry import Backend, check_keys
 
@@ -82,7 +92,8 @@ DEFAULT_SUBSTEPS = 4
 OPTIONS = {
     "substeps": "rk4 / euler: steps per unit time (int >= 1, default 4); the step is 1/substeps",
     "max_steps": "accepted steps per segment (default unlimited)",
-    "exact_saves": "dopri5 / bosh3: bool (default False): steps land on the save times instead of interpolating",
+    "exact_saves": "dopri5 / bosh3: False (default), True or 'integers': steps land on every save time, or on the "
+                   "integer ones, instead of interpolating",
 }
 
 # ---------------------------------------------------------------------------------- Dormand–Prince 5(4)
@@ -415,7 +426,7 @@ def integrate_segment(problem: FlowProblem, t0: float, y0, t1: float, t_save) ->
     if t1 > t0:
         try:
             if method in ADAPTIVE:   # checks that y0 is finite in its first transfer
-                stops = ts if problem.options.get("exact_saves") else np.empty(0)
+                stops = save_stops(problem.options, ts)
                 stepper = _EmbeddedStepper(problem, _PAIRS[method], t0, y0, t1, counter, score, first, stops)
             elif _to_host(torch.isfinite(y0).all()):
                 n = _substeps(problem)
