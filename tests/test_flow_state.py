@@ -246,3 +246,22 @@ def test_float32_central_flow_agrees_with_float64():
     np.testing.assert_allclose(b["predicted_loss"].values, a["predicted_loss"].values, rtol=1e-4)
     np.testing.assert_allclose(b["predicted_variances"].values[4:, 0], a["predicted_variances"].values[4:, 0],
                                rtol=1e-3)
+
+
+def test_save_stops_values_and_a_bad_value_named():
+    from pyrod.integrate import check_options
+    from pyrod.integrate.driver import save_stops
+
+    ts = np.array([0.5, 1.0, 1.5, 2.0, 2.5])
+    np.testing.assert_array_equal(save_stops({"exact_saves": True}, ts), ts)
+    np.testing.assert_array_equal(save_stops({"exact_saves": "integers"}, ts), [1.0, 2.0])
+    for off in ({}, None, {"exact_saves": False}, {"max_steps": 3}):
+        assert save_stops(off, ts).size == 0
+    with pytest.raises(ValueError, match=r"options\['exact_saves'\]='half'; valid: \[False, True, 'integers'\]"):
+        save_stops({"exact_saves": "half"}, ts)
+    with pytest.raises(ValueError, match=r"exact_saves'\]=1; .*\(backend 'scipy'\)"):     # 1 is not True
+        check_options("scipy", {"exact_saves": 1})
+    prob = pyrod.Problem(loss_fn=lambda w: 0.5 * (w * w).sum(), w0=torch.ones(3, dtype=torch.float64), name="bowl")
+    with pytest.raises(ValueError, match="'half'"):        # refused when the run is specified, not mid-run
+        pyrod.simulate(prob, pyrod.optimizers.GD(lr=0.1), steps=3, runs=["discrete", "stable"],
+                       exact_saves="half", progress=False)

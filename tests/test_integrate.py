@@ -139,21 +139,6 @@ def test_exact_saves_integers_land_on_the_integer_save_times_only(backend):
     assert np.abs(seg.y_save - exact).max() < 1e-4 * np.abs(exact).max()
 
 
-def test_save_stops_values_and_a_bad_value_named():
-    from pyrod.integrate import check_options
-    from pyrod.integrate.driver import save_stops
-
-    ts = np.array([0.5, 1.0, 1.5, 2.0, 2.5])
-    np.testing.assert_array_equal(save_stops({"exact_saves": True}, ts), ts)
-    np.testing.assert_array_equal(save_stops({"exact_saves": "integers"}, ts), [1.0, 2.0])
-    for off in ({}, None, {"exact_saves": False}, {"max_steps": 3}):
-        assert save_stops(off, ts).size == 0
-    with pytest.raises(ValueError, match=r"options\['exact_saves'\]='half'; valid: \[False, True, 'integers'\]"):
-        save_stops({"exact_saves": "half"}, ts)
-    with pytest.raises(ValueError, match="'half'"):        # refused when the run is specified, not mid-run
-        check_options("scipy", {"exact_saves": "half"})
-
-
 # ------------------------------------------------------------------------------------------ (b) events
 def t_cross_w1(c):
     return math.log(W0[0] / c) / LAM[0]  # w_1(t) = e^{-t} = c

@@ -1,6 +1,6 @@
-"""The flows' per-row work counters ``n_grad`` / ``n_hvp``: each row counts the integration up to the first step
-that reached its time plus the read-outs of its chunk so far, not the whole chunk's integration (they used to be
-the same for every row of a chunk)."""
+"""The flows' per-row work counters ``n_grad`` / ``n_hvp``: each row counts the integration up to the last step
+that ended at or before its time plus the read-outs of its chunk so far, not the whole chunk's integration (they
+used to be the same for every row of a chunk)."""
 from __future__ import annotations
 
 import numpy as np
@@ -107,3 +107,18 @@ def test_rows_after_resume_are_the_same(tmp_path):
         pyrod.resume(str(path), steps=20, progress=False)
     resumed = pyrod.resume(str(path), steps=20, progress=False, problem=quadratic([1.0, 0.5, 0.2]))
     np.testing.assert_array_equal(resumed["rod"].ds["n_grad"].values, whole)
+
+
+def test_a_step_past_a_rows_time_counts_in_the_next_row():
+    """The central flow on an adaptive method lands its steps on the integer times (its read-outs) only, so the step
+    that passes row k's time k + ½ ends at k + 1 and carries row k + 1's read-out (here the λmax measurement of
+    ``eig_every=4`` at k = 4 and 8). That work counts in rows 4 and 8, not in rows 3 and 7 (measured, HVPs per row
+    from row 2: 34, 2, 24, 2, 2, 2, 18, 2, 2, 2; the rule "the first step that reached the row's time" gave 24 and 18
+    to rows 3 and 7)."""
+    prob = pyrod.problem(model="mlp", data="digits", classes=2, n=40, seed=0, model_kwargs={"width": 8})
+    ds = pyrod.simulate(prob, pyrod.optimizers.GD(lr=0.1), steps=12, runs=["discrete", "central"], method="RK45",
+                        rtol=1e-4, chunk=12, eigs=1, eig_every=4, progress=False)["central"].ds
+    assert np.all(ds["n_critical"].values == 0)
+    d = np.diff(ds["n_hvp"].values)                  # d[k - 1]: the work of row k
+    assert d[3] >= 10 and d[7] >= 10, d               # rows 4 and 8: the measurement's LOBPCG solve
+    assert np.all(d[[2, 4, 5, 6, 8, 9, 10]] <= 4), d  # the other rows: the integer-time check (1 + 1 HVPs)

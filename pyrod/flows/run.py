@@ -170,9 +170,9 @@ class FlowRun:
                 f"(flow read at k+{self.model.compare_shift:g})", PARAMETER_UNITS),
             Var("relative_centre_distance", ("t",), "centre_distance / norm of (w_k+w_{k+1})/2", "1"),
             Var("n_grad", ("t",), "cumulative gradient evaluations of this run through row t: its integration up to "
-                "the first accepted step that reached the row's time (t, or t + compare_shift), that step's checks "
-                "included, plus the read-outs of its chunk's rows up to t (a chunk is integrated first, then read "
-                "out)", "1"),
+                "the last accepted step that ended at or before the row's time (t, or t + compare_shift), that "
+                "step's checks included, plus the read-outs of its chunk's rows up to t (a chunk is integrated "
+                "first, then read out)", "1"),
             Var("n_hvp", ("t",), "cumulative Hessian-vector products of this run through row t (as n_grad; third "
                 "derivatives count their backward passes: pyrod.flows.cost)", "1"),
         ] + self.model.extra_variables()
@@ -264,17 +264,20 @@ class FlowRun:
         if self.progress is not None and isinstance(t, (float, int, np.floating)):
             self.progress(float(t))
 
-    def _row_counts(self, t_row: float, integrated: list, read_out: list, start: int = 0) -> tuple:
-        """``(n_grad, n_hvp, step)`` of the row whose states reach time ``t_row``: the counts after the first
-        accepted step that reached ``t_row`` (the chunk's whole integration, ``integrated``, for a row at the
-        chunk's end, and where no step was logged), plus what the chunk's read-outs have cost so far (``read_out``,
-        the counts beyond ``integrated``); ``step`` is that step's index in the log, where the search for a later
-        row may ``start`` (the first step past a later time is never an earlier one)."""
+    def _row_counts(self, t_row: float, integrated: list, read_out: list, start: int = 0,
+                    final: bool = False) -> tuple:
+        """``(n_grad, n_hvp, step)`` of the row whose states reach time ``t_row``: the counts after the last
+        accepted step that ended at or before ``t_row`` (the chunk's start when none did; the chunk's whole
+        integration, ``integrated``, for the ``final`` row the chunk writes (at its end, or the last before a
+        terminal event or failure), and where no step was logged), plus what the
+        chunk's read-outs have cost so far (``read_out``, the counts beyond ``integrated``); ``step`` is that
+        step's index in the log, where the search for a later row may ``start``. A step that passes ``t_row``
+        counts in a later row with the checks at its end (the central flow's read-out at the next integer time
+        among them): no row counts work done after its time."""
         log, step = self._cost_log, start
-        while step < len(log) and log[step][0] < t_row - 1e-9:
+        while step + 1 < len(log) and log[step + 1][0] <= t_row + 1e-9:
             step += 1
-        at_end = self.t is not None and t_row >= self.t - 1e-9
-        g, h = (log[step][1], log[step][2]) if step < len(log) and not at_end else integrated
+        g, h = (log[step][1], log[step][2]) if len(log) > 1 and not final else integrated
         return float(g + read_out[0]), float(h + read_out[1]), step
 
     def _diverged(self, t, y):
@@ -399,15 +402,18 @@ class FlowRun:
             self._integrate_to(t_target)
         integrated, step = self.cum, 0
         records = []
+        def states(k):
+            return self.saved.get(2 * k), self.saved.get(int(round(2 * (k + self.model.compare_shift))))
+
         for k in range(max(chunk.k0, self.k_start), last + 1):
-            yk = self.saved.get(2 * k)
-            y_cmp = self.saved.get(int(round(2 * (k + self.model.compare_shift))))
+            yk, y_cmp = states(k)
             if yk is None or y_cmp is None:
                 break  # the flow stopped before k (terminal event or failure)
             values = self._readout(k, yk, y_cmp, chunk)
             read_out = [now - before for now, before in zip(self.cum, integrated, strict=True)]
+            final = k == last or None in states(k + 1)      # the chunk's last row: its whole integration
             values["n_grad"], values["n_hvp"], step = self._row_counts(max(k, k + self.model.compare_shift),
-                                                                       integrated, read_out, step)
+                                                                       integrated, read_out, step, final)
             records.append((float(k), values))
         self._cost_log = []
         # keep only what the next chunk can still need (the state at the last half step)

@@ -228,7 +228,10 @@ def check_options(backend: str, options, method=None) -> None:
     check_keys(options_of(backend, method), options, what)
     if "exact_saves" in options:
         from .driver import save_stops
-        save_stops(options, ())          # its value: ValueError naming it
+        try:
+            save_stops(options, ())
+        except ValueError as e:
+            raise ValueError(f"{e} ({what})") from None
 
 
 def solve(problem: FlowProblem, t0: float, y0, t1: float, t_save=(), backend: str = "scipy") -> Segment:

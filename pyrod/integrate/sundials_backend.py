@@ -14,8 +14,9 @@ quotients, one RHS evaluation per J·v (counted in ``n_rhs``).
 
 ``problem.method``: ``"BDF"`` (default) or ``"Adams"``.  ``problem.options`` keys read here:
 ``linsolver``, ``krylov_dim``, ``max_order``, ``max_nonlin_iters``, ``max_conv_fails``, ``min_step``,
-``max_steps`` (accepted steps per segment, default unlimited), ``exact_saves`` (steps land on the save
-times through CVODE's ``tstop`` instead of interpolating; no restart needed); any other key raises TypeError
+``max_steps`` (accepted steps per segment, default unlimited), ``exact_saves`` (True: steps land on the save
+times through CVODE's ``tstop`` instead of interpolating, no restart needed; ``"integers"``: on the integer save
+times only, :func:`pyrod.integrate.driver.save_stops`); any other key raises TypeError
 (:data:`OPTIONS`). Note ``options["min_step"]`` is CVODE's own absolute step floor; the driver's relative floor
 is ``FlowProblem.min_step``.
 
