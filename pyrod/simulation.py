@@ -225,8 +225,8 @@ def spec_of(path_or_tree) -> RunSpec:
 
 def config_of(path_or_tree) -> dict:
     """Keyword arguments that reproduce the run in memory: ``pyrod.simulate(**pyrod.config_of(path))`` (add
-    ``path=`` to write a file). Refuses runs whose problem has no replay config (built in memory: ``Problem.from_module``,
-    ``Problem(loss_fn=...)``)."""
+    ``path=`` to write a file). Refuses runs whose problem has no replay config (built in memory:
+    ``Problem.from_module``, ``Problem(loss_fn=...)``)."""
     from .io.reader import stored_config as _raw_config
 
     cfg = _raw_config(path_or_tree)

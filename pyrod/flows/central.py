@@ -28,10 +28,11 @@ right-hand side does a Rayleigh–Ritz of the pencil (H, P̃) on it at its own `
 ``U``, ``λ̃``, ``HU`` belong to the evaluation point; after every accepted step (``FlowProblem.on_accept``) the Ritz
 residuals are checked and the basis improved by a Davidson expansion, or re-solved by warm LOBPCG
 (:func:`pyrod.spectra.top_eigs`) when the tracked set changes. Read-outs at integer times are computed in
-``on_accept`` (an adaptive backend lands on the integer save times) with the basis current there. Tracked: every eigenvalue with
-effective sharpness ``λ/threshold ≥ track_threshold`` (0.75, the reference's 1.5) plus one below it; critical: ``≥ sdcp_threshold`` (0.975, the reference's 1.95). Events of kind
-``critical_set`` record each entry / exit of an eigenvalue (``critical_enter_j`` / ``critical_leave_j``: the j-th
-largest crossed ``sdcp_threshold`` up / down), located to ``CRITICAL_EVENT_XTOL`` steps.
+``on_accept`` (an adaptive backend lands on the integer save times) with the basis current there. Tracked: every
+eigenvalue with effective sharpness ``λ/threshold ≥ track_threshold`` (0.75, the reference's 1.5) plus one below
+it; critical: ``≥ sdcp_threshold`` (0.975, the reference's 1.95). Events of kind ``critical_set`` record each
+entry / exit of an eigenvalue (``critical_enter_j`` / ``critical_leave_j``: the j-th largest crossed
+``sdcp_threshold`` up / down), located to ``CRITICAL_EVENT_XTOL`` steps.
 
 Momentum methods (EMA heavy ball, Adam, …): the same averaged increment in the phase space ``z = (w, m)`` with
 the threshold ``opt.threshold()`` (``(2+2β1)/((1−β1)η)`` for EMA heavy ball / Adam); see

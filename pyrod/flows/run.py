@@ -402,6 +402,7 @@ class FlowRun:
             self._integrate_to(t_target)
         integrated, step = self.cum, 0
         records = []
+
         def states(k):
             return self.saved.get(2 * k), self.saved.get(int(round(2 * (k + self.model.compare_shift))))
 

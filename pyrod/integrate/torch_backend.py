@@ -40,8 +40,8 @@ plain ``diverged`` returns a string.
 
 Everything else is :func:`pyrod.integrate.driver.drive` itself, run on tensors (``_TensorOps``): saves from the dense output (or the step end when a
 step lands there; ``options["exact_saves"]=True`` makes adaptive steps land on every save time, ``"integers"`` on
-the integer ones), events located with ``brentq`` on the dense output (:func:`.driver.locate`, far side of the crossing), projection after each
-accepted step, ``on_accept`` after each accepted step and at a terminal event, and the bounds ``max_norm``,
+the integer ones), events located with ``brentq`` on the dense output (:func:`.driver.locate`, far side of the
+crossing), projection after each accepted step, ``on_accept`` after each accepted step and at a terminal event, and the bounds ``max_norm``,
 ``diverged``, ``min_step`` (ten small steps in a row), ``max_rhs_per_unit`` (also checked between rejected attempts,
 so a stiff flow on which every attempt is rejected fails cleanly) and ``options["max_steps"]``, each ending the
 segment with ``status="failed"`` and a message naming the bound.
