@@ -795,22 +795,26 @@ def test_watched_checks_keep_the_answers_with_fewer_hvps():
 
 
 @pytest.mark.parametrize("backend,method", [("scipy", "RK45"), ("torch", "dopri5")])
-def test_adaptive_steps_land_on_the_read_out_times_only(backend, method):
-    """On an adaptive method the central flow asks its steps to land on the integer times only (its read-outs,
-    from the accepted states there: no fresh eigen-solve), not on the half-integer comparison times as well, which
-    capped every step at ½. Below the edge of stability (GD at η = 0.5/λmax) the rows match a run that lands on
-    every save time (``exact_saves=True``) to the integration's accuracy (measured: predicted loss 2e-7 relative,
-    the half-step centre distance 2e-5) at fewer gradients (measured 346 vs 457 on SciPy, 389 vs 437 on torch)."""
+def test_adaptive_steps_need_not_land_on_the_read_out_times(backend, method):
+    """On an adaptive method the central flow's steps land on no save time: its read-outs at the integer times are
+    taken at the saved states, from the step's interpolant, each with the tracked subspace checked there (no fresh
+    eigen-solve). Landing on the integer times (``exact_saves="integers"``, the version before) or on every save
+    time (``True``, the one before that) capped the steps. Below the edge of stability (GD at η = 0.5/λmax) the
+    rows match those of a run landing everywhere to the integration's accuracy (measured: predicted loss 3e-7
+    relative, the half-step centre distance 2e-5) at fewer gradients (measured 250 vs 346 and 457 on SciPy, 268
+    vs 389 and 437 on torch)."""
     prob = _small_mlp()
     lam = float(torch.linalg.eigvalsh(prob.hessian(prob.w0))[-1])
     runs = {}
-    for mode in ("integers", True):
-        kw = {} if mode == "integers" else {"exact_saves": True}
+    for mode in (None, "integers", True):
+        kw = {} if mode is None else {"exact_saves": mode}
         runs[mode] = pyrod.simulate(prob, GD(lr=0.5 / lam), steps=30, runs=["discrete", "central"], method=method,
                                     rtol=1e-6, atol=1e-9, backend=backend, chunk=10, progress=False, **kw)["central"]
-    now, every = runs["integers"], runs[True]
-    assert now.attrs["central_readout_fresh"] == 0 and every.attrs["central_readout_fresh"] == 0
+    now, integers, every = runs[None], runs["integers"], runs[True]
+    assert all(r.attrs["central_readout_fresh"] == 0 for r in runs.values())
     assert np.all(now.ds["n_critical"].values == 0)
-    assert now.attrs["n_grad"] < 0.92 * every.attrs["n_grad"], (now.attrs["n_grad"], every.attrs["n_grad"])
-    np.testing.assert_allclose(now.ds["predicted_loss"].values, every.ds["predicted_loss"].values, rtol=1e-5)
-    np.testing.assert_allclose(now.ds["centre_distance"].values, every.ds["centre_distance"].values, rtol=2e-4)
+    assert now.attrs["n_grad"] < 0.85 * integers.attrs["n_grad"], (now.attrs["n_grad"], integers.attrs["n_grad"])
+    assert integers.attrs["n_grad"] < 0.92 * every.attrs["n_grad"], (integers.attrs["n_grad"], every.attrs["n_grad"])
+    for r in (now, integers):
+        np.testing.assert_allclose(r.ds["predicted_loss"].values, every.ds["predicted_loss"].values, rtol=1e-5)
+        np.testing.assert_allclose(r.ds["centre_distance"].values, every.ds["centre_distance"].values, rtol=2e-4)

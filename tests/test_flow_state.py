@@ -265,3 +265,40 @@ def test_save_stops_values_and_a_bad_value_named():
     with pytest.raises(ValueError, match="'half'"):        # refused when the run is specified, not mid-run
         pyrod.simulate(prob, pyrod.optimizers.GD(lr=0.1), steps=3, runs=["discrete", "stable"],
                        exact_saves="half", progress=False)
+
+
+@pytest.mark.parametrize("backend,method", [("scipy", "RK45"), ("scipy", "euler"), ("torch", "dopri5"),
+                                            ("torch", "bosh3"), ("sundials", None)])
+def test_on_save_gets_each_saved_state_before_its_steps_on_accept(backend, method):
+    """``FlowProblem.on_save`` (the shared step driver): called once per save time, in order, with the very state
+    that is saved, after the ``on_accept`` of the steps before it and before that of the step that reached it; the
+    steps need not land there (a long adaptive step passes several save times, from its interpolant)."""
+    if backend == "sundials":
+        pytest.importorskip("sksundae")
+    from pyrod.integrate import FlowProblem, solve
+
+    log = []
+
+    def host(y):
+        return np.array(y.detach().cpu() if isinstance(y, torch.Tensor) else y, dtype=np.float64)
+
+    fp = FlowProblem(rhs=lambda t, y: -0.1 * y, n=2, method=method, rtol=1e-6, atol=1e-9,
+                     on_save=lambda t, y: log.append(("save", t, host(y))),
+                     on_accept=lambda t, y: log.append(("accept", t, None)),
+                     options={"substeps": 4} if method == "euler" else {})
+    ts = np.arange(1, 17) / 2.0
+    seg = solve(fp, 0.0, np.array([1.0, -2.0]), 8.0, ts, backend=backend)
+    assert seg.status == "ok"
+    saves = [(t, y) for kind, t, y in log if kind == "save"]
+    np.testing.assert_array_equal([t for t, _ in saves], ts)
+    np.testing.assert_array_equal(np.stack([y for _, y in saves]), host(seg.y_save))
+    decay = (1 - 0.1 / 4) ** (4 * ts) if method == "euler" else np.exp(-0.1 * ts)   # Euler ×4's own recursion
+    np.testing.assert_allclose(np.stack([y for _, y in saves]), decay[:, None] * np.array([1.0, -2.0]), rtol=1e-5)
+    accepts = [t for kind, t, _ in log if kind == "accept"]
+    for i, (kind, t, _) in enumerate(log):
+        if kind == "save":
+            before = [a for kind_, a, _ in log[:i] if kind_ == "accept"]
+            after = [a for kind_, a, _ in log[i:] if kind_ == "accept"]
+            assert (not before or before[-1] < t) and after and after[0] >= t, (t, before[-1:], after[:1])
+    inside = [t for t in ts if t not in accepts]    # saves from a step's interpolant (Euler ×4 lands on all)
+    assert (inside == []) if method == "euler" else len(inside) >= 4, (inside, accepts)

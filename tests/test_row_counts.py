@@ -110,15 +110,42 @@ def test_rows_after_resume_are_the_same(tmp_path):
 
 
 def test_a_step_past_a_rows_time_counts_in_the_next_row():
-    """The central flow on an adaptive method lands its steps on the integer times (its read-outs) only, so the step
-    that passes row k's time k + ½ ends at k + 1 and carries row k + 1's read-out (here the λmax measurement of
-    ``eig_every=4`` at k = 4 and 8). That work counts in rows 4 and 8, not in rows 3 and 7 (measured, HVPs per row
-    from row 2: 34, 2, 24, 2, 2, 2, 18, 2, 2, 2; the rule "the first step that reached the row's time" gave 24 and 18
-    to rows 3 and 7)."""
+    """The central flow on an adaptive method asked to land its steps on the integer times only
+    (``exact_saves="integers"``, where its read-outs are): the step that passes row k's time k + ½ ends at k + 1 and
+    carries row k + 1's read-out (here the λmax measurement of ``eig_every=4`` at k = 4 and 8). That work counts in
+    rows 4 and 8, not in rows 3 and 7 (measured, HVPs per row from row 2: 34, 2, 24, 2, 2, 2, 18, 2, 2, 2; the rule
+    "the first step that reached the row's time" gave 24 and 18 to rows 3 and 7)."""
     prob = pyrod.problem(model="mlp", data="digits", classes=2, n=40, seed=0, model_kwargs={"width": 8})
     ds = pyrod.simulate(prob, pyrod.optimizers.GD(lr=0.1), steps=12, runs=["discrete", "central"], method="RK45",
-                        rtol=1e-4, chunk=12, eigs=1, eig_every=4, progress=False)["central"].ds
+                        rtol=1e-4, chunk=12, eigs=1, eig_every=4, exact_saves="integers",
+                        progress=False)["central"].ds
     assert np.all(ds["n_critical"].values == 0)
     d = np.diff(ds["n_hvp"].values)                  # d[k - 1]: the work of row k
     assert d[3] >= 10 and d[7] >= 10, d               # rows 4 and 8: the measurement's LOBPCG solve
     assert np.all(d[[2, 4, 5, 6, 8, 9, 10]] <= 4), d  # the other rows: the integer-time check (1 + 1 HVPs)
+
+
+def test_without_landings_a_read_out_counts_in_the_row_its_step_ends_in():
+    """By default an adaptive method's steps land on no integer time: the central flow reads out at the saved
+    (interpolated) state of each integer time, in the ``on_accept`` of the step that passed it, so that work counts
+    in the row where that step ended, never earlier. The eigen-measurement's own work (the difference between runs
+    with ``eig_every=4`` and ``eig_every=0``, never, the flow itself unchanged) is 0 in rows 0–3 and shows from the
+    row of the step that passed k = 4 on (measured: the steps end at 0.69, 3.27, 6.28, 9.77, 11.5, so rows 6 and 10
+    carry the measurements at 4 and 8, 22 and 16 HVPs)."""
+    prob = pyrod.problem(model="mlp", data="digits", classes=2, n=40, seed=0, model_kwargs={"width": 8})
+    runs = {every: pyrod.simulate(prob, pyrod.optimizers.GD(lr=0.1), steps=12, runs=["discrete", "central"],
+                                  method="RK45", rtol=1e-4, chunk=12, progress=False, eigs=1,
+                                  eig_every=every)["central"]
+            for every in (0, 4)}
+    plain, measured = runs[0].ds, runs[4].ds
+    np.testing.assert_array_equal(plain["predicted_loss"].values, measured["predicted_loss"].values)
+    assert np.isfinite(measured["eigs"].values[[4, 8], 0]).all()
+    extra = measured["n_hvp"].values - plain["n_hvp"].values          # the measurements' work, cumulative per row
+    assert np.all(extra[:4] == 0), extra
+    assert np.all(np.diff(extra) >= 0), extra
+    jumps = np.flatnonzero(np.diff(extra) > 0) + 1                     # rows where a measurement's work shows
+    assert jumps.size == 2 and jumps[0] >= 4 and jumps[1] >= 8, extra
+    # the steps did not land on the integer times: fewer right-hand sides than landing there
+    landing = pyrod.simulate(prob, pyrod.optimizers.GD(lr=0.1), steps=12, runs=["discrete", "central"],
+                             method="RK45", rtol=1e-4, chunk=12, progress=False, exact_saves="integers")["central"]
+    assert runs[0].attrs["n_rhs"] < landing.attrs["n_rhs"], (runs[0].attrs["n_rhs"], landing.attrs["n_rhs"])

@@ -28,7 +28,8 @@ right-hand side does a Rayleigh–Ritz of the pencil (H, P̃) on it at its own `
 ``U``, ``λ̃``, ``HU`` belong to the evaluation point; after every accepted step (``FlowProblem.on_accept``) the Ritz
 residuals are checked and the basis improved by a Davidson expansion, or re-solved by warm LOBPCG
 (:func:`pyrod.spectra.top_eigs`) when the tracked set changes. Read-outs at integer times are computed in
-``on_accept`` (an adaptive backend lands on the integer save times) with the basis current there. Tracked: every
+``on_accept`` with the basis current there, at the saved state (``FlowProblem.on_save``: the step end on Euler,
+the step's interpolant where an adaptive step passes the integer time: :meth:`CentralFlow.on_accept`). Tracked: every
 eigenvalue with effective sharpness ``λ/threshold ≥ track_threshold`` (0.75, the reference's 1.5) plus one below
 it; critical: ``≥ sdcp_threshold`` (0.975, the reference's 1.95). Events of kind ``critical_set`` record each
 entry / exit of an eigenvalue (``critical_enter_j`` / ``critical_leave_j``: the j-th largest crossed
@@ -201,6 +202,7 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
         self._warned = set()
         self._chunk = None          # discrete states of the chunk being integrated (FlowRun.begin_chunk)
         self._stash = {}            # k -> (read-out values, spectrum or None) computed during integration
+        self._pending = []          # [(k, y(k))] integer read-out times saved inside the step being accepted (on_save)
         # --- counters (reported in the group attributes)
         self.stats = dict(n_rhs=0, n_refresh=0, refresh_grow=0, refresh_shrink=0, refresh_residual=0,
                           refresh_nonfinite=0, refresh_unconverged=0, refresh_hvp=0,
@@ -269,17 +271,46 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
 
     # hooks read by FlowRun
     def integrator_options(self) -> dict:
-        # adaptive steps land on the integer save times, so on_accept sees the exact states of the read-outs; the
-        # half-step states (compare_shift) come from the interpolant: landing there too capped steps at 1/2
-        return {"substeps": self.substeps, "exact_saves": "integers"}
+        # no landing asked of an adaptive method: the read-outs at integer times are taken at the saved states
+        # (on_save), from the step's interpolant where a step passes one
+        return {"substeps": self.substeps}
+
+    def on_save(self, t, y):
+        """A saved state at an integer time of the chunk not yet read out: kept for :meth:`on_accept` of the step
+        that reached it (the integrator saves before it accepts the step)."""
+        k = round(t)
+        ck = self._chunk
+        if t == k and ck is not None and ck.k0 <= k < ck.k0 + len(ck.states) and k not in self._stash:
+            self._pending.append((float(t), y))
 
     def on_accept(self, t, y):
-        """After each accepted step: check / improve the tracked subspace at the new state
-        (:meth:`~pyrod.flows.central_tracking.SubspaceTracking.track`), then compute the read-out if ``t`` is an
-        integer time of the chunk (with the basis current there)."""
+        """After each accepted step: check / improve the tracked subspace
+        (:meth:`~pyrod.flows.central_tracking.SubspaceTracking.track`) and compute the read-out at each integer time
+        of the chunk the step reached, with the basis current there. An adaptive method's steps need not land on
+        the integers: where a step passed one, ``k``, the state saved there (from the step's interpolant,
+        :meth:`on_save`) is read out.
+
+        * Far from the critical set (every tracked value below the track threshold) the check due at ``k`` is made
+          there, and none at the step end (the next is due at the next integer time): one check per unit time, as
+          when the steps landed on the integers.
+        * Otherwise the step end is checked as after every step (its Rayleigh–Ritz is the one the event checks
+          already made there), then ``k`` is read out with a Rayleigh–Ritz on the basis just checked.
+
+        Where the step ends on an integer time (a fixed-step method, or an adaptive one asked to land there with
+        ``exact_saves``) the read-out is taken at the accepted state after its check."""
+        t = float(t)
+        inside, self._pending = [(k, yk) for k, yk in self._pending if k < t], []
         with torch.no_grad():
+            if inside and self._far():
+                for k, yk in inside:
+                    if self.track(k, yk):
+                        self._stash_readout(k, yk)
+                self._cache.clear()          # values at other states came from the basis before these checks
+                return
             if self.track(t, y):
-                self._stash_readout(float(t), y)
+                self._stash_readout(t, y)
+                for k, yk in inside:
+                    self._stash_readout(k, yk)
 
     def on_start(self, t, y):
         """The flow's first state: the first refresh of the tracked subspace (the one its first right-hand side
@@ -296,6 +327,7 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
         the same HVPs as an uninterrupted one."""
         self._chunk = chunk
         self._cache = self._new_cache()
+        self._pending = []
         self._pt_memo = None
         self.flush_device_counts()
         self._stash = {k: v for k, v in self._stash.items() if k >= chunk.k0}
@@ -322,10 +354,10 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
         self._warned = set(state["warned"])
 
     def _stash_readout(self, t, y):
-        """At an integer time reached exactly by an accepted step (or the flow's first state, :meth:`on_start`),
-        compute the read-out now, with the basis that is current there (FlowRun reads out after the whole chunk,
-        when the tracked basis has moved on). The integrator saves exactly this state at ``k`` (the driver saves
-        the accepted state itself when a step lands on a save time, before ``on_accept``), so the stash is keyed by
+        """At an integer time ``t`` of the chunk, at the state the integrator saves there (an accepted step's end, a
+        step's interpolant passed to :meth:`on_save`, or the flow's first state, :meth:`on_start`), compute the
+        read-out now, with the basis that is current there (FlowRun reads out after the whole chunk, when the
+        tracked basis has moved on). That state is the one FlowRun reads out at ``k``, so the stash is keyed by
         ``k`` alone."""
         k = round(t)
         ck = self._chunk

@@ -61,6 +61,8 @@ class FlowModel:
     * ``integrator_options()``: option *hints* for the integrator (e.g. ``exact_saves``); FlowRun passes only
       the keys the chosen backend accepts;
     * ``on_accept(t, y)``: after every accepted integrator step (torch state); only called when overridden;
+    * ``on_save(t, y)``: with each state the integrator saves (integer and half-integer times), before the
+      ``on_accept`` of the step that reached it; only called when overridden, and not by the Julia backend;
     * ``begin_chunk(chunk)``: before integrating through a chunk of discrete states (``pyrod.runs.discrete.Chunk``);
       models with a pure cache clear it here, so that a resumed run does exactly the same work;
     * ``on_start(t, y)``: once, with the flow's first state, after the first chunk's ``begin_chunk`` and before
@@ -144,6 +146,9 @@ class FlowModel:
     def on_accept(self, t: float, y: torch.Tensor) -> None:
         return None
 
+    def on_save(self, t: float, y: torch.Tensor) -> None:
+        return None
+
     def begin_chunk(self, chunk) -> None:
         return None
 
@@ -171,6 +176,10 @@ class FlowModel:
     def has_on_accept(self) -> bool:
         """Whether :meth:`on_accept` is overridden (FlowRun skips the per-step conversion otherwise)."""
         return type(self).on_accept is not FlowModel.on_accept
+
+    def has_on_save(self) -> bool:
+        """Whether :meth:`on_save` is overridden (FlowRun passes no hook otherwise)."""
+        return type(self).on_save is not FlowModel.on_save
 
     def probe(self, t: float, y: torch.Tensor):
         """Values at a step end that a tensor backend reads in its one host transfer of the step, and what to do

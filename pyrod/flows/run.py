@@ -251,12 +251,18 @@ class FlowRun:
                 model.on_accept(float(t), self._to_torch(y))
             self._cost_log.append((float(t), prob.n_grad, prob.n_hvp))
 
+        on_save = None
+        if model.has_on_save():     # e.g. central: its read-outs at integer times inside a step
+
+            def on_save(t, y):
+                model.on_save(float(t), self._to_torch(y))
+
         probe = None
         if self.tensors and model.has_probe():   # e.g. central: its tracking Rayleigh–Ritz in the step's transfer
             probe = model.probe
         return FlowProblem(rhs=rhs, n=model.layout.size, jvp=jvp, events=self._events(), method=self.method,
-                           rtol=self.rtol, atol=self.atol, max_step=self.max_step, on_accept=on_accept, probe=probe,
-                           options=self._integrator_options(), max_norm=self.max_norm,
+                           rtol=self.rtol, atol=self.atol, max_step=self.max_step, on_accept=on_accept,
+                           on_save=on_save, probe=probe, options=self._integrator_options(), max_norm=self.max_norm,
                            diverged=self._score_hook() if self.tensors else self._diverged,
                            min_step=self.min_step, max_rhs_per_unit=self.max_rhs_per_unit)
 
@@ -272,8 +278,8 @@ class FlowRun:
         terminal event or failure), and where no step was logged), plus what the
         chunk's read-outs have cost so far (``read_out``, the counts beyond ``integrated``); ``step`` is that
         step's index in the log, where the search for a later row may ``start``. A step that passes ``t_row``
-        counts in a later row with the checks at its end (the central flow's read-out at the next integer time
-        among them): no row counts work done after its time."""
+        counts in a later row with the work of its ``on_accept`` (the central flow's checks and its read-outs at
+        the integer times the step reached among them): no row counts work done after its time."""
         log, step = self._cost_log, start
         while step + 1 < len(log) and log[step + 1][0] <= t_row + 1e-9:
             step += 1

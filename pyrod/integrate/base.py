@@ -67,6 +67,10 @@ class FlowProblem:
     method : backend-specific integrator name (``None`` = the backend's default).
     rtol, atol : tolerances. max_step : largest step (steps), ``inf`` = unlimited.
     on_accept : optional ``(t, y) -> None`` called after each accepted step (eigen-tracking warm starts).
+    on_save : optional ``(t, y) -> None`` called with each state of ``t_save`` as it is saved, before the
+        ``on_accept`` of the step that reached it (``y`` the saved state: the step end where the step landed there,
+        else the step's interpolant). The central flow reads out there. The Python backends call it (the shared
+        step driver); the Julia backend does not.
     probe : optional ``(t, y) -> (values, consume) | None``, for backends that read the device once per step (the
         torch backend's fixed-step methods, where every step is accepted): called on the step end before that
         read, ``values`` (a flat tensor on the state's device) joins it and ``consume(host values)`` is called
@@ -98,6 +102,7 @@ class FlowProblem:
     max_step: float = float("inf")
     first_step: float | None = None
     on_accept: Callable[[float, np.ndarray], None] | None = None
+    on_save: Callable[[float, np.ndarray], None] | None = None
     probe: Callable | None = None
     options: dict = field(default_factory=dict)
     max_norm: float | None = None

@@ -10,6 +10,8 @@ identically for every backend:
   sign or is 0), so a run restarted at a terminal event's state does not fire it again. A crossing is
   ``g_old < 0 <= g_new`` (upward) or ``g_old > 0 >= g_new`` (downward); two crossings inside one step cancel;
 * projection (``problem.project``) after every accepted step, restarting the stepper when it changes ``y``;
+* ``problem.on_save(t, y)`` with each state as it is saved (the step end when the step lands there, else the
+  step's interpolant), before that step's ``on_accept``;
 * ``problem.on_accept(t, y)`` after every accepted step and once at a terminal event's state;
 * bounded work on a diverging or stiff flow, checked after every accepted step (each gives
   ``status="failed"`` with the last good state and a message saying which bound was hit):
@@ -109,9 +111,9 @@ EXACT_SAVES = (False, True, "integers")
 
 def save_stops(options, ts) -> np.ndarray:
     """Where an adaptive backend's steps must land, from its ``options["exact_saves"]``: ``True``: every save time
-    of ``ts``; ``"integers"``: the integer ones only (the other saves come from the step's interpolant: the
-    central flow's read-out times are the integers, its half-step comparison states may be interpolated, so its
-    steps are not capped at ½); ``False`` / absent: none. Any other value raises ValueError naming it."""
+    of ``ts``; ``"integers"``: the integer ones only (the other saves come from the step's interpolant); ``False``
+    / absent: none (the default; the central flow reads out at interpolated states too, through ``on_save``). Any
+    other value raises ValueError naming it."""
     mode = options.get("exact_saves", False) if options else False
     if mode is None or (isinstance(mode, (bool, np.bool_)) and not mode):
         return np.empty(0)
@@ -222,7 +224,7 @@ NUMPY_OPS = ArrayOps()
 
 def drive(stepper, problem: FlowProblem, t0, y0, t1, ts, counter: Counter, max_steps=None,
           max_rhs_per_unit=None, ops: ArrayOps = NUMPY_OPS) -> Segment:
-    """Generic accepted-step loop: saving, events, projection, ``on_accept``, bounds, failure reporting.
+    """Generic accepted-step loop: saving (``on_save``), events, projection, ``on_accept``, bounds, failure reporting.
 
     ``max_rhs_per_unit`` overrides ``problem.max_rhs_per_unit`` (the fixed-step backends raise it to their fixed
     cost). ``ops``: how states are handled (:class:`ArrayOps`; the torch backend passes its own). See the module
@@ -235,7 +237,7 @@ def drive(stepper, problem: FlowProblem, t0, y0, t1, ts, counter: Counter, max_s
     """
     n = problem.n
     events = list(problem.events)
-    project, on_accept = problem.project, problem.on_accept
+    project, on_accept, on_save = problem.project, problem.on_accept, problem.on_save
     t_out, y_out, records = [], [], []
     si = 0
     t, y = t0, y0
@@ -334,6 +336,8 @@ def drive(stepper, problem: FlowProblem, t0, y0, t1, ts, counter: Counter, max_s
                 t_out.append(s)
                 y_out.append(ops.keep(ys))
                 si += 1
+                if on_save is not None:
+                    on_save(s, y_out[-1])
 
             for r, i, gr in hits:
                 if r <= t_stop:
