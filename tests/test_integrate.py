@@ -124,9 +124,9 @@ def test_exact_saves_land_steps_on_save_times(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_exact_saves_integers_land_on_the_integer_save_times_only(backend):
-    """``exact_saves="integers"`` (the central flow's hint): steps land on the integer save times, the others
-    are interpolated; with a loose tolerance the steps span the half-integer saves (no step ends there), and every
-    save is the closed form to the tolerance's order."""
+    """``exact_saves="integers"`` (the central flow's hint until 2026-12-07): steps land on the integer save times,
+    the others are interpolated; with a loose tolerance the steps span the half-integer saves (no step ends there),
+    and every save is the closed form to the tolerance's order."""
     fp, A, y0 = linear_problem(rtol=1e-6, atol=1e-9)
     ts = np.arange(1, 13) / 2.0                                   # 0.5, 1.0, ..., 6.0
     seen = []

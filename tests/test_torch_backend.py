@@ -271,7 +271,7 @@ def test_resume_with_torch_backend_is_bit_identical(tmp_path):
 @pytest.mark.parametrize("method", ["dopri5", "bosh3"])
 @pytest.mark.parametrize("mode", [True, "integers"])
 def test_exact_saves_land_on_every_save_or_the_integer_ones(method, mode):
-    """``exact_saves=True``: every save time is a step end; ``"integers"`` (the central flow's hint): the integer
+    """``exact_saves=True``: every save time is a step end; ``"integers"`` (the central flow's former hint): the integer
     ones only, the half-integer saves interpolated, and fewer steps; saves within 1e-4 of matrix_exp either way."""
     A, y0, _ = _linear_problem()
     ts = np.arange(1, 13) / 2.0

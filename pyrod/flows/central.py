@@ -290,27 +290,34 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
         the integers: where a step passed one, ``k``, the state saved there (from the step's interpolant,
         :meth:`on_save`) is read out.
 
-        * Far from the critical set (every tracked value below the track threshold) the check due at ``k`` is made
-          there, and none at the step end (the next is due at the next integer time): one check per unit time, as
-          when the steps landed on the integers.
-        * Otherwise the step end is checked as after every step (its Rayleigh–Ritz is the one the event checks
-          already made there), then ``k`` is read out with a Rayleigh–Ritz on the basis just checked.
+        * Far from the critical set at the last check (every tracked value below the track threshold) the check
+          due at ``k`` is made there, and none at the step end unless the step ends on an integer time too (the
+          next is due at the next integer time): one check per unit time, as when the steps landed on the integers.
+        * Otherwise ``k`` is read out with a Rayleigh–Ritz on the basis of the last check (nothing of the tracking
+          changes; the SDCP's warm start is put back, so the flow does not depend on its read-outs), then the step
+          end is checked as after every step (its Rayleigh–Ritz is the one the event checks already made there).
 
         Where the step ends on an integer time (a fixed-step method, or an adaptive one asked to land there with
         ``exact_saves``) the read-out is taken at the accepted state after its check."""
         t = float(t)
-        inside, self._pending = [(k, yk) for k, yk in self._pending if k < t], []
+        pending, self._pending = self._pending, []
+        inside = [(k, yk) for k, yk in pending if k < t]
         with torch.no_grad():
             if inside and self._far():
                 for k, yk in inside:
                     if self.track(k, yk):
                         self._stash_readout(k, yk)
                 self._cache.clear()          # values at other states came from the basis before these checks
+                if len(inside) < len(pending) and self.track(t, y):     # the step also ended on an integer time
+                    self._stash_readout(t, y)
                 return
-            if self.track(t, y):
-                self._stash_readout(t, y)
+            if inside and self.Y is not None:
+                warm = self._X_prev
                 for k, yk in inside:
                     self._stash_readout(k, yk)
+                self._X_prev = warm
+            if self.track(t, y):
+                self._stash_readout(t, y)
 
     def on_start(self, t, y):
         """The flow's first state: the first refresh of the tracked subspace (the one its first right-hand side

@@ -383,7 +383,8 @@ class SubspaceTracking:
 
     def lam_at(self, t):
         """λ̃ at time ``t`` when the last check or refresh was at ``t`` (the accepted state there: the integrator
-        evaluates nothing else at that time afterwards but the next segment's first state, which is that state),
+        evaluates nothing else at that time afterwards but the next segment's first state, which is that state; a
+        check at an integer time inside a step, ``CentralFlow.on_accept``, is at a time nothing evaluates again),
         else None."""
         return self.lam_last if self.lam_t is not None and self.lam_t == t else None
 
@@ -644,6 +645,6 @@ class SubspaceTracking:
         return rr
 
     def _far(self) -> bool:
-        """All tracked eigenvalues were below the track threshold at the last accepted step: no eigenvalue can
+        """All tracked eigenvalues were below the track threshold at the last check: no eigenvalue can
         reach the critical one within a step, the right-hand side is the stable flow's (no HVPs)."""
         return self.lam_last is not None and self.lam_last.size > 0 and float(self.lam_last[0]) < self.s_track

@@ -255,7 +255,11 @@ class FlowRun:
         if model.has_on_save():     # e.g. central: its read-outs at integer times inside a step
 
             def on_save(t, y):
+                # a saved state is not the accepted one: keep the conversion memo of the step end (_to_torch), so
+                # that on_accept gets the very tensor its event checks got
+                memo = getattr(self, "_np_memo", None)
                 model.on_save(float(t), self._to_torch(y))
+                self._np_memo = memo
 
         probe = None
         if self.tensors and model.has_probe():   # e.g. central: its tracking Rayleigh–Ritz in the step's transfer
