@@ -278,9 +278,7 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
     def on_save(self, t, y):
         """A saved state at an integer time of the chunk not yet read out: kept for :meth:`on_accept` of the step
         that reached it (the integrator saves before it accepts the step)."""
-        k = round(t)
-        ck = self._chunk
-        if t == k and ck is not None and ck.k0 <= k < ck.k0 + len(ck.states) and k not in self._stash:
+        if self._readout_due(t):
             self._pending.append((float(t), y))
 
     def on_accept(self, t, y):
@@ -360,16 +358,21 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
         self.stats = {**{k: type(v)(0) for k, v in self.stats.items()}, **state["stats"]}   # counters added later: 0
         self._warned = set(state["warned"])
 
+    def _readout_due(self, t) -> bool:
+        """Whether ``t`` is an integer time of the chunk being integrated not yet read out."""
+        k = round(t)
+        ck = self._chunk
+        return t == k and ck is not None and ck.k0 <= k < ck.k0 + len(ck.states) and k not in self._stash
+
     def _stash_readout(self, t, y):
         """At an integer time ``t`` of the chunk, at the state the integrator saves there (an accepted step's end, a
         step's interpolant passed to :meth:`on_save`, or the flow's first state, :meth:`on_start`), compute the
         read-out now, with the basis that is current there (FlowRun reads out after the whole chunk, when the
         tracked basis has moved on). That state is the one FlowRun reads out at ``k``, so the stash is keyed by
         ``k`` alone."""
-        k = round(t)
-        ck = self._chunk
-        if t != k or ck is None or k in self._stash or not (ck.k0 <= k < ck.k0 + len(ck.states)):
+        if not self._readout_due(t):
             return
+        k, ck = round(t), self._chunk
         pred = self._predictions(float(k), y, ck.state(k).w)
         spec = None
         if self.spectrum_at is not None:
