@@ -467,6 +467,8 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
             lam = self.lam_last          # far from critical: the last accepted values suffice (no HVPs)
         else:
             hit = self._cache.get("rr", float(t), y)       # the other events at this state: no P̃, no unpacking
+            if hit is not None and hit.n_basis < self._basis_cols(float(t)):
+                hit = None                   # a right-hand side's, on fewer columns than the check here takes
             if hit is not None:
                 lam = self.with_unwatched(hit.lam, hit.n_basis)
             elif (lam := self.lam_at(float(t))) is not None:
@@ -509,7 +511,7 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
         # graph of ∇L for its HVPs: the gradient comes from it (the same values, one backward pass less)
         g = None if far else self.problem.graph_grad(w)
         if g is None and not far:
-            self._ritz(t, y, w, nu, self.P_tilde(nu, t))
+            self._ritz(t, y, w, nu, self.P_tilde(nu, t), check=False)
             g = self.problem.graph_grad(w)
         g = self.grad(w).detach() if g is None else g
         ev.g = g
@@ -521,7 +523,7 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
             lam, U, HU = self.lam_last, None, None
             kc = 0
         else:
-            rr = self._ritz(t, y, w, nu, Pt)
+            rr = self._ritz(t, y, w, nu, Pt, check=False)
             lam, U, HU = rr.lam, rr.U, rr.HU
             kc = int((lam > self.s_sdcp).sum())
         ev.lam, ev.kc = lam, kc

@@ -54,10 +54,13 @@ class Ritz:
     Rayleigh–Ritz on them so that a later expansion at the same state starts from exactly the products a fresh one
     would compute."""
 
-    __slots__ = ("lam", "rel", "U", "HU", "expanded", "plain", "basis_HY", "space", "n_basis")
+    __slots__ = ("lam", "rel", "U", "HU", "expanded", "plain", "basis_HY", "space", "n_basis", "basis")
 
-    def __init__(self, lam, rel, U, HU, expanded=False, plain=None, basis_HY=None, n_basis=None):
+    def __init__(self, lam, rel, U, HU, expanded=False, plain=None, basis_HY=None, n_basis=None, basis=None):
         self.lam, self.rel, self.U, self.HU, self.expanded = lam, rel, U, HU, expanded
+        #: the tracked basis tensor (``Y``, all its columns) this Rayleigh–Ritz started from: ``basis_HY`` holds
+        #: products with its columns only while it is still the tracked basis (checked by identity)
+        self.basis = basis
         #: the leading columns of the tracked basis this Rayleigh–Ritz started from (all of them, or the watched
         #: ones between whole checks: :meth:`SubspaceTracking._basis_cols`)
         self.n_basis = n_basis
@@ -330,14 +333,19 @@ class SubspaceTracking:
             return lam
         return np.concatenate([lam, last[n_basis:]])
 
-    def _basis_cols(self, t) -> int:
+    def _basis_cols(self, t, check: bool = True) -> int:
         """How many leading columns of the tracked basis a Rayleigh–Ritz at time ``t`` takes: all of them at an
-        integer time (the whole checks and the read-outs there) and from ``full_next`` on (a whole check
-        :meth:`_plan_checks` asked for), else the watched ones (``n_near``). The answer depends on ``t`` and on
-        state changed only by :meth:`track`, so the right-hand side, the event checks and the check at one state
-        agree."""
+        integer time (the whole checks and the read-outs there) and before the first plan, else the watched ones
+        (``n_near``), except that a ``check`` (the accepted step's, :meth:`track`, its device half :meth:`probe`, and
+        the event checks, which read the same values) takes all of them from ``full_next`` on (a whole check
+        :meth:`_plan_checks` asked for). A right-hand side (``check=False``) takes the watched columns at every
+        non-integer time: the whole check past ``full_next`` is the accepted step end's, not every stage's of the
+        steps after it (an adaptive method's stages past an integer time would otherwise all take the whole basis).
+        The answer depends on ``t`` and on state changed only by :meth:`track`, so the event checks and the check at
+        one state agree; a right-hand side at a step end whose check takes more columns leaves the products of its
+        watched ones for that check (:meth:`_hvp_basis`)."""
         k = self.Y.shape[1]
-        if self.n_near is None or self.full_next is None or t >= self.full_next or t == math.floor(t):
+        if self.n_near is None or self.full_next is None or t == math.floor(t) or (check and t >= self.full_next):
             return k
         return min(self.n_near, k)
 
@@ -425,12 +433,13 @@ class SubspaceTracking:
             return None
         p = self.layout.unpack(y)
         n = self._basis_cols(t)
+        base = self._cache.get("rr", t, y)           # the step end's right-hand side's (its watched columns)
         with torch.no_grad():
             Pt = self.P_tilde(p.get("nu"), t)
             if self.expand_due:
-                G, S, HS = self._expansion_grams(p["w"], Pt, None, n)
+                G, S, HS = self._expansion_grams(p["w"], Pt, base, n)
             else:
-                S, HS = self._basis(n), self._hvp_basis(p["w"], n)
+                S, HS = self._basis(n), self._hvp_basis(p["w"], n, base)
                 G = gram_matrices(S, HS, Pt)
         expanded = self.expand_due
 
@@ -517,8 +526,7 @@ class SubspaceTracking:
         # on the same columns when there was one):
         # the same arithmetic whether the expansion is read in a tensor backend's step transfer (probe) or here
         U = self._basis(n)
-        reuse = base is not None and base.basis_HY is not None and base.n_basis == n
-        HU = base.basis_HY if reuse else self._hvp_basis(w, n)
+        HU = self._hvp_basis(w, n, base)
         Pc = Pt[:, None] if Pt.numel() > 1 else Pt[0]
         Z = HU[:, :self._n_watched(n)] / Pc
         # one pass: the span of [U, Z] is what counts (the Rayleigh–Ritz on the host whitens S), so Z only needs the
@@ -543,9 +551,20 @@ class SubspaceTracking:
         """The first ``n`` columns of the tracked basis (the basis itself for all of them)."""
         return self.Y if n >= self.Y.shape[1] else self.Y[:, :n]
 
-    def _hvp_basis(self, w, n):
-        self.stats["rr_hvp"] += n
-        return self.problem.hvp(w, self._basis(n))
+    def _hvp_basis(self, w, n, base: "Ritz | None" = None):
+        """``H Y`` for the first ``n`` columns of the tracked basis (``(d, n)``), taking the products that ``base``, a
+        plain Rayleigh–Ritz at this state on leading columns of the same basis, kept (:attr:`Ritz.basis_HY`): one
+        HVP per column it lacks (a right-hand side at a step end on the watched columns, then the step's whole
+        check). The columns are the same products either way (an HVP is one backward pass per column)."""
+        have = None
+        if base is not None and base.basis_HY is not None and base.basis is self.Y:
+            have = base.basis_HY[:, :n]
+        nb = 0 if have is None else have.shape[1]
+        if nb >= n:
+            return have
+        self.stats["rr_hvp"] += n - nb
+        rest = self.problem.hvp(w, self.Y[:, nb:n])
+        return rest if nb == 0 else cat_columns([have, rest])
 
     def _finish(self, G, S, HS, expanded, k0, plain_basis=False) -> Ritz:
         """Host part of a Rayleigh–Ritz on ``S``: the top ``k0`` Ritz pairs (device vectors ``S C``, ``HS C``; the
@@ -562,7 +581,7 @@ class SubspaceTracking:
             lam_p, rel_p, _ = ritz_from_grams(G[:, :k0, :k0])
             plain = (lam_p[:k], rel_p[:k])
         out = Ritz(lam[:k], rel[:k], combine(S, Cd).detach(), combine(HS, Cd).detach(), expanded, plain,
-                   basis_HY=HS if plain_basis and not expanded else None, n_basis=k0)
+                   basis_HY=HS if plain_basis and not expanded else None, n_basis=k0, basis=self.Y)
         if expanded:                     # the newest expanded pairs keep their search space (memory: one at a time)
             last = getattr(self, "_last_space", None)
             if last is not None:
@@ -571,7 +590,7 @@ class SubspaceTracking:
             self._last_space = out
         return out
 
-    def _ritz(self, t, y, w, nu, Pt, expand: bool = False) -> Ritz:
+    def _ritz(self, t, y, w, nu, Pt, expand: bool = False, check: bool = True) -> Ritz:
         """Rayleigh–Ritz of the pencil (H, P̃) at the state ``y`` (``w``, ``ν`` its parts) on the tracked basis, or
         between whole checks on its watched leading columns (:meth:`_basis_cols`; one HVP a column), or with
         ``expand`` on those columns and their Davidson expansion (:meth:`_expansion_grams`; as many more HVPs as
@@ -579,14 +598,14 @@ class SubspaceTracking:
         hit = self._cache.get("rr", t, y)
         if self.Y is None:
             self._refresh(t, w, nu)
-        n = self._basis_cols(t)
+        n = self._basis_cols(t, check)
         if hit is not None and (hit.expanded or not expand) and hit.n_basis >= n:
             return hit
         t0 = time.perf_counter()
         if expand:
             G, S, HS = self._expansion_grams(w, Pt, hit, n)
         else:
-            S, HS = self._basis(n), self._hvp_basis(w, n)
+            S, HS = self._basis(n), self._hvp_basis(w, n, hit)
             G = gram_matrices(S, HS, Pt)
         out = self._finish(host.to_host(G), S, HS, expand, n, plain_basis=not expand)
         self.stats["t_eig"] += time.perf_counter() - t0
