@@ -746,9 +746,12 @@ def test_watched_checks_plan_from_each_pairs_rise():
     # rises 0.01 and 0.01: 1.72 + 2·0.01 < 1.85 -> unwatched; 1.90 is the next candidate anyway
     assert flow.n_near == 2 and flow.full_next == 6.0
     assert [flow._basis_cols(t) for t in (5.25, 5.75, 6.0, 7.0)] == [2, 2, 5, 5]
+    # right-hand sides past 6 keep the watched pairs until pair 3, rising 2·0.01 per unit, reaches 1.85: t = 11.5
+    assert flow.watch_until == pytest.approx(5.0 + 0.13 / 0.02)
+    assert [flow._basis_cols(t, check=False) for t in (6.25, 11.25, 11.75, 7.0)] == [2, 2, 5, 5]
     flow.lam_last = np.array([2.1, 1.90, 1.78, 1.60, 1.20])             # pair 3 rose 0.06: 1.78 + 0.12 >= 1.85
     flow._plan_checks(6.0, True, 5)
-    assert flow.n_near == 3
+    assert flow.n_near == 3 and flow.watch_until == math.inf            # the unwatched ones do not rise
     flow.lam_last = np.array([2.1, 1.96, 1.80, 1.60, 1.20])             # two critical of three watched: holds
     flow._plan_checks(6.5, False, 3)
     assert flow.full_next == 7.0 and flow._basis_cols(6.75) == 3
@@ -756,6 +759,7 @@ def test_watched_checks_plan_from_each_pairs_rise():
     flow._plan_checks(6.75, False, 3)
     # the next accepted step takes the whole basis; the state just checked keeps its watched Rayleigh–Ritz
     assert 6.75 < flow.full_next < 6.76 and flow._basis_cols(6.75) == 3 and flow._basis_cols(6.8) == 5
+    assert flow.watch_until is None and flow._basis_cols(6.8, check=False) == 5     # right-hand sides too
     off = CentralFlow(prob, GD(lr=0.1), watch_margin=None)
     off.Y, off.lam_last = flow.Y, np.array([2.1, 1.0, 0.9, 0.8, 0.7])
     for t in (1.0, 2.0, 3.0):
@@ -795,9 +799,10 @@ def test_watched_checks_keep_the_answers_with_fewer_hvps():
 
 
 def test_a_right_hand_side_between_integer_times_takes_the_watched_columns_only():
-    """Past ``full_next`` (a whole check asked for) only a check (the accepted step's, and the event checks that read
-    the same values) takes the whole tracked basis; a right-hand side between integer times takes the watched
-    columns (an adaptive method's stages after an integer time each took the whole basis: on the ViT of
+    """Past ``full_next`` (a whole check asked for) a check (the accepted step's, and the event checks that read the
+    same values) takes the whole tracked basis; a right-hand side between integer times takes the watched columns
+    until ``watch_until``, where the plan's projections stop (an adaptive method's stages after an integer time each
+    took the whole basis: on the ViT of
     ``benchmarks/gpu.py``, dopri5, 29.5 -> 20.5 Rayleigh–Ritz HVPs per unit time). The check at a state where a
     right-hand side was evaluated computes only the columns it lacked, and its Ritz values are those of a
     Rayleigh–Ritz on the whole basis from scratch (1e-12 relative); the event values come from the check's pairs."""
@@ -808,9 +813,10 @@ def test_a_right_hand_side_between_integer_times_takes_the_watched_columns_only(
     assert flow.track(0.0, w) is False
     k = flow.k_track
     assert k >= 4 and flow.lam_last[0] > flow.s_sdcp > flow.lam_last[1]      # one critical, two watched
-    flow.n_near, flow.full_next, flow.expand_due = 2, 1.0, False              # the plan after a whole check at 0
-    assert [flow._basis_cols(t, check=False) for t in (0.5, 1.25, 2.0)] == [2, 2, k]
-    assert [flow._basis_cols(t) for t in (0.5, 1.25, 2.0)] == [2, k, k]
+    # the plan after a whole check at 0: two watched pairs; the others projected below the margin until t = 1.5
+    flow.n_near, flow.full_next, flow.watch_until, flow.expand_due = 2, 1.0, 1.5, False
+    assert [flow._basis_cols(t, check=False) for t in (0.5, 1.25, 1.5, 2.0)] == [2, 2, k, k]
+    assert [flow._basis_cols(t) for t in (0.5, 1.25, 1.5, 2.0)] == [2, k, k, k]
     t, y, n0 = 1.25, w.clone(), flow.stats["rr_hvp"]
     ev = flow.evaluate(t, y)                                                   # a right-hand side at t
     assert flow.stats["rr_hvp"] - n0 == 2 and ev.kc == 1
@@ -829,7 +835,7 @@ def test_watched_right_hand_sides_keep_the_answers_of_an_adaptive_method():
     """On an adaptive method inside the EoS (10-class digits MLP, GD at η = 2.02/λ1(w0), RK45 at rtol 1e-5, 20 steps,
     one to three critical directions among 7 tracked), right-hand sides on the watched columns only (the default)
     against every stage past ``full_next`` taking the whole basis (the version before, restored here by making every
-    Rayleigh–Ritz a check): fewer Rayleigh–Ritz HVPs (measured 2326 -> 1943), the same critical counts as a run at
+    Rayleigh–Ritz a check): fewer Rayleigh–Ritz HVPs (measured 2326 -> 1960), the same critical counts as a run at
     rtol 1e-8 landing on every save time, and a predicted loss as close to it (measured, largest relative difference
     9.4e-4 before, 8.0e-4 after)."""
     prob = pyrod.problem(model="mlp", data="digits", classes=10, n=100, seed=0, model_kwargs={"width": 16})

@@ -93,6 +93,9 @@ CASES = [
     ("central-RMSProp-euler-f32", "central", lambda: _quartic(torch.float32),
      lambda: RMSProp(lr=0.1, beta2=0.9), dict(method="euler")),
     ("central-GD-euler-watched-mlp", "central", _mlp_watched, None, dict(method="euler")),
+    # adaptive methods: right-hand sides past an integer time keep the watched columns until the plan's watch_until
+    ("central-GD-RK45-watched-mlp", "central", _mlp_watched, None, dict(method="RK45")),
+    ("central-GD-dopri5-watched-mlp", "central", _mlp_watched, None, dict(method="dopri5", backend="torch")),
 ]
 
 

@@ -23,9 +23,11 @@ hits (the NumPy backends hand the flow a new tensor per callback). The cache is 
 
 State between chunks (``tracking_state``): ``Y``, ``k_track``, ``lam_last`` (λ̃ at the last accepted step, host
 float64) and ``lam_t`` (the time it belongs to), ``eig_floor``, and the plan of watched checks (``n_near``,
-``full_next``, ``full_prev``). The event values at a chunk's first state, the last accepted state of the chunk
-before, are read from ``lam_last`` (:meth:`lam_at`): no Rayleigh–Ritz is redone there, and a resumed run reads the
-same saved values. The mixin needs from its host: ``problem``, ``d``, ``P_tilde(ν, t)``, ``s_sdcp``, ``s_track``,
+``full_next``, ``full_prev``, ``watch_until``). The event values at a chunk's first state, the last accepted state
+of the chunk before, are read from ``lam_last`` (:meth:`lam_at`) when nothing has been evaluated there yet (the
+fixed-step methods: no Rayleigh–Ritz is redone there); an adaptive method evaluates its first right-hand side there
+before the first event check, which then reads that right-hand side's Rayleigh–Ritz. Either way a resumed run does
+the same arithmetic as an uninterrupted one. The mixin needs from its host: ``problem``, ``d``, ``P_tilde(ν, t)``, ``s_sdcp``, ``s_track``,
 ``max_track``, ``track_threshold``, ``eig_tol``, ``eig_max_iter``, ``refresh_tol``, ``watch_margin``, ``stats``,
 ``layout`` and ``_warned``.
 """
@@ -34,6 +36,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+import weakref
 
 import numpy as np
 import torch
@@ -58,9 +61,10 @@ class Ritz:
 
     def __init__(self, lam, rel, U, HU, expanded=False, plain=None, basis_HY=None, n_basis=None, basis=None):
         self.lam, self.rel, self.U, self.HU, self.expanded = lam, rel, U, HU, expanded
-        #: the tracked basis tensor (``Y``, all its columns) this Rayleigh–Ritz started from: ``basis_HY`` holds
-        #: products with its columns only while it is still the tracked basis (checked by identity)
-        self.basis = basis
+        #: a weak reference to the tracked basis tensor (``Y``, all its columns) this Rayleigh–Ritz started from:
+        #: ``basis_HY`` holds products with its columns, usable only while it is still the tracked basis (checked
+        #: by identity; weak, so that the cache does not keep old bases alive)
+        self.basis = None if basis is None else weakref.ref(basis)
         #: the leading columns of the tracked basis this Rayleigh–Ritz started from (all of them, or the watched
         #: ones between whole checks: :meth:`SubspaceTracking._basis_cols`)
         self.n_basis = n_basis
@@ -243,6 +247,7 @@ class SubspaceTracking:
         self.n_near = None          # leading basis columns checked at every evaluation (None: all; _plan_checks)
         self.full_next = None       # the time from which checks take the whole basis again (None: now)
         self.full_prev = None       # [(t, λ̃ of the whole basis)] at the last two whole checks: rates of the others
+        self.watch_until = None     # past full_next, right-hand sides keep the watched columns until then (_plan_checks)
 
     def _new_cache(self) -> StateCache:
         return StateCache(by_value=not self.tensor_states)
@@ -251,7 +256,8 @@ class SubspaceTracking:
         return {"Y": self.Y, "k_track": self.k_track, "lam_last": self.lam_last, "lam_t": self.lam_t,
                 "eig_floor": self.eig_floor,
                 "far_next": self.far_next, "far_prev": self.far_prev, "expand_due": self.expand_due,
-                "n_near": self.n_near, "full_next": self.full_next, "full_prev": self.full_prev}
+                "n_near": self.n_near, "full_next": self.full_next, "full_prev": self.full_prev,
+                "watch_until": self.watch_until}
 
     def load_tracking_state(self, state: dict) -> None:
         dev, dt = self.problem.device, self.problem.dtype
@@ -268,6 +274,8 @@ class SubspaceTracking:
         # checkpoints written before the watched / whole checks: the next check takes the whole basis
         self.n_near, self.full_next, self.full_prev = (state.get("n_near"), state.get("full_next"),
                                                        state.get("full_prev"))
+        # checkpoints written before it: right-hand sides past full_next take the whole basis (as they did then)
+        self.watch_until = state.get("watch_until")
         self._cache = self._new_cache()
 
     def track(self, t, y) -> bool:
@@ -321,7 +329,7 @@ class SubspaceTracking:
                 self.Y = cat_columns([rr.U, self.Y[:, rr.n_basis:]])
             self._plan_checks(t, whole and planned, rr.n_basis)
             if not whole and rr.U.shape[1] < rr.n_basis:         # a watched direction was dropped: re-plan
-                self.full_next = math.nextafter(t, math.inf)
+                self.full_next, self.watch_until = math.nextafter(t, math.inf), None
             self._schedule(t)
         return True
 
@@ -336,16 +344,23 @@ class SubspaceTracking:
     def _basis_cols(self, t, check: bool = True) -> int:
         """How many leading columns of the tracked basis a Rayleigh–Ritz at time ``t`` takes: all of them at an
         integer time (the whole checks and the read-outs there) and before the first plan, else the watched ones
-        (``n_near``), except that a ``check`` (the accepted step's, :meth:`track`, its device half :meth:`probe`, and
-        the event checks, which read the same values) takes all of them from ``full_next`` on (a whole check
-        :meth:`_plan_checks` asked for). A right-hand side (``check=False``) takes the watched columns at every
-        non-integer time: the whole check past ``full_next`` is the accepted step end's, not every stage's of the
-        steps after it (an adaptive method's stages past an integer time would otherwise all take the whole basis).
+        (``n_near``), except from ``full_next`` on (a whole check :meth:`_plan_checks` asked for):
+
+        * a ``check`` (the accepted step's, :meth:`track`, its device half :meth:`probe`, and the event checks, which
+          read the same values) takes all of them;
+        * a right-hand side (``check=False``) keeps the watched ones until ``watch_until``, the time from which the
+          plan's projections no longer keep the other pairs below the margin (None: at once, as after a watched
+          check that found the plan broken), so that an adaptive method's stages between the integer time and the
+          step end that makes the whole check do not each take the whole basis.
+
         The answer depends on ``t`` and on state changed only by :meth:`track`, so the event checks and the check at
         one state agree; a right-hand side at a step end whose check takes more columns leaves the products of its
-        watched ones for that check (:meth:`_hvp_basis`)."""
+        watched ones for that check (:meth:`_hvp_basis`). A fixed-step method evaluates nothing past ``full_next``
+        before its check there, so only adaptive methods take the second rule."""
         k = self.Y.shape[1]
-        if self.n_near is None or self.full_next is None or t == math.floor(t) or (check and t >= self.full_next):
+        if self.n_near is None or self.full_next is None or t == math.floor(t):
+            return k
+        if t >= self.full_next and (check or self.watch_until is None or t >= self.watch_until):
             return k
         return min(self.n_near, k)
 
@@ -379,6 +394,12 @@ class SubspaceTracking:
             near |= ~np.isfinite(lam)
             self.n_near = int(np.flatnonzero(near).max()) + 1
             self.full_next = nxt
+            # past nxt, until the step end that makes the whole check, right-hand sides keep the watched pairs while
+            # every other one stays projected below the margin (its value plus twice its rise, as above)
+            gap, rise = self.s_sdcp - self.watch_margin - lam[self.n_near:], 2.0 * rate[self.n_near:]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                reach = np.where(rise > 0, t + gap / rise, math.inf)
+            self.watch_until = float(reach.min()) if reach.size else math.inf
             self.stats["n_planned_check"] += 1
             return
         if n_basis >= lam.size:
@@ -388,6 +409,7 @@ class SubspaceTracking:
         kc = int((lam[:n] > self.s_sdcp).sum())
         if kc + 1 > n or lam[n - 1] < lam[n:].max():
             self.full_next = math.nextafter(t, math.inf)     # the next accepted step (not this state again)
+            self.watch_until = None                          # and every right-hand side after it: the plan broke
 
     def lam_at(self, t):
         """λ̃ at time ``t`` when the last check or refresh was at ``t`` (the accepted state there: the integrator
@@ -441,11 +463,11 @@ class SubspaceTracking:
             else:
                 S, HS = self._basis(n), self._hvp_basis(p["w"], n, base)
                 G = gram_matrices(S, HS, Pt)
-        expanded = self.expand_due
+        expanded, Y = self.expand_due, self.Y
 
         def consume(vals):
             self._cache.put("rr", t, y, self._finish(np.asarray(vals).reshape(G.shape), S, HS, expanded, n,
-                                                     plain_basis=not expanded))
+                                                     plain_basis=not expanded, basis=Y))
         return G.reshape(-1), consume
 
     def _refresh(self, t, w, nu, grow: bool = False):
@@ -555,9 +577,10 @@ class SubspaceTracking:
         """``H Y`` for the first ``n`` columns of the tracked basis (``(d, n)``), taking the products that ``base``, a
         plain Rayleigh–Ritz at this state on leading columns of the same basis, kept (:attr:`Ritz.basis_HY`): one
         HVP per column it lacks (a right-hand side at a step end on the watched columns, then the step's whole
-        check). The columns are the same products either way (an HVP is one backward pass per column)."""
+        check). In the ``graph`` HVP mode (the default) the columns are the same numbers either way, one backward
+        pass each; the ``batched`` and ``forward`` modes compute a block in one pass, equal up to rounding."""
         have = None
-        if base is not None and base.basis_HY is not None and base.basis is self.Y:
+        if base is not None and base.basis_HY is not None and base.basis is not None and base.basis() is self.Y:
             have = base.basis_HY[:, :n]
         nb = 0 if have is None else have.shape[1]
         if nb >= n:
@@ -566,12 +589,13 @@ class SubspaceTracking:
         rest = self.problem.hvp(w, self.Y[:, nb:n])
         return rest if nb == 0 else cat_columns([have, rest])
 
-    def _finish(self, G, S, HS, expanded, k0, plain_basis=False) -> Ritz:
+    def _finish(self, G, S, HS, expanded, k0, plain_basis=False, basis=None) -> Ritz:
         """Host part of a Rayleigh–Ritz on ``S``: the top ``k0`` Ritz pairs (device vectors ``S C``, ``HS C``; the
         coefficients go back without a wait). ``k0``: the number of basis columns the Rayleigh–Ritz started from
         (``S`` itself, or with ``expanded`` ``S = [U, Z]`` with them in its first ``k0`` columns, whose own Ritz
         pairs, ``Ritz.plain``, come from the leading blocks of the same matrices). ``plain_basis``: ``S`` is those
-        basis columns themselves (``HS`` is kept as ``Ritz.basis_HY``)."""
+        basis columns themselves (``HS`` is kept as ``Ritz.basis_HY``). ``basis``: the tracked basis ``S`` came from
+        (default: the current one)."""
         lam, rel, C = ritz_from_grams(G)
         # from the whole basis: the top k_track pairs (an expansion restores a column a dependent basis lost)
         k = min(self.k_track if k0 >= self.Y.shape[1] else k0, C.shape[1])
@@ -581,7 +605,8 @@ class SubspaceTracking:
             lam_p, rel_p, _ = ritz_from_grams(G[:, :k0, :k0])
             plain = (lam_p[:k], rel_p[:k])
         out = Ritz(lam[:k], rel[:k], combine(S, Cd).detach(), combine(HS, Cd).detach(), expanded, plain,
-                   basis_HY=HS if plain_basis and not expanded else None, n_basis=k0, basis=self.Y)
+                   basis_HY=HS if plain_basis and not expanded else None, n_basis=k0,
+                   basis=self.Y if basis is None else basis)
         if expanded:                     # the newest expanded pairs keep their search space (memory: one at a time)
             last = getattr(self, "_last_space", None)
             if last is not None:
