@@ -27,9 +27,9 @@ float64) and ``lam_t`` (the time it belongs to), ``eig_floor``, and the plan of 
 of the chunk before, are read from ``lam_last`` (:meth:`lam_at`) when nothing has been evaluated there yet (the
 fixed-step methods: no Rayleigh–Ritz is redone there); an adaptive method evaluates its first right-hand side there
 before the first event check, which then reads that right-hand side's Rayleigh–Ritz. Either way a resumed run does
-the same arithmetic as an uninterrupted one. The mixin needs from its host: ``problem``, ``d``, ``P_tilde(ν, t)``, ``s_sdcp``, ``s_track``,
-``max_track``, ``track_threshold``, ``eig_tol``, ``eig_max_iter``, ``refresh_tol``, ``watch_margin``, ``stats``,
-``layout`` and ``_warned``.
+the same arithmetic as an uninterrupted one. The mixin needs from its host: ``problem``, ``d``, ``P_tilde(ν, t)``,
+``s_sdcp``, ``s_track``, ``max_track``, ``track_threshold``, ``eig_tol``, ``eig_max_iter``, ``refresh_tol``,
+``watch_margin``, ``stats``, ``layout`` and ``_warned``.
 """
 from __future__ import annotations
 
@@ -247,7 +247,7 @@ class SubspaceTracking:
         self.n_near = None          # leading basis columns checked at every evaluation (None: all; _plan_checks)
         self.full_next = None       # the time from which checks take the whole basis again (None: now)
         self.full_prev = None       # [(t, λ̃ of the whole basis)] at the last two whole checks: rates of the others
-        self.watch_until = None     # past full_next, right-hand sides keep the watched columns until then (_plan_checks)
+        self.watch_until = None     # past full_next, right-hand sides keep the watched columns until then
 
     def _new_cache(self) -> StateCache:
         return StateCache(by_value=not self.tensor_states)
@@ -329,7 +329,7 @@ class SubspaceTracking:
                 self.Y = cat_columns([rr.U, self.Y[:, rr.n_basis:]])
             self._plan_checks(t, whole and planned, rr.n_basis)
             if not whole and rr.U.shape[1] < rr.n_basis:         # a watched direction was dropped: re-plan
-                self.full_next, self.watch_until = math.nextafter(t, math.inf), None
+                self._whole_check_next(t)
             self._schedule(t)
         return True
 
@@ -408,8 +408,12 @@ class SubspaceTracking:
         n = n_basis
         kc = int((lam[:n] > self.s_sdcp).sum())
         if kc + 1 > n or lam[n - 1] < lam[n:].max():
-            self.full_next = math.nextafter(t, math.inf)     # the next accepted step (not this state again)
-            self.watch_until = None                          # and every right-hand side after it: the plan broke
+            self._whole_check_next(t)
+
+    def _whole_check_next(self, t):
+        """The plan made at the last whole check no longer holds at ``t``: the next accepted step (not this state
+        again) makes a whole check, and every right-hand side until then takes the whole basis."""
+        self.full_next, self.watch_until = math.nextafter(t, math.inf), None
 
     def lam_at(self, t):
         """λ̃ at time ``t`` when the last check or refresh was at ``t`` (the accepted state there: the integrator
