@@ -12,6 +12,9 @@
 #          (cvxpy imports without scs, highspy and sparsediffpy; the reference solves its SDCP with CVXOPT)
 #   .ref/centralflows/  a checkout of the reference central-flows code (mahyarjn80/centralflows, commit 1f074fb;
 #          no license: it is run from there, never copied into pyrod)
+# benchmarks/gpu_prepare.sh writes both (and prints the device call). A dry run on the CPU, every part at a toy size
+# (minutes; the reference's part only where .ref/ is there, else pyrod's columns alone):
+#   DEVICE=cpu SMOKE=1 OUT=/tmp/gpu_smoke bash benchmarks/gpu_checks.sh
 # Parts (limit in seconds): vs_reference (200): pyrod vs the reference, widths 32/512/2048, GD and RMSProp, on the
 # GPU; cuda_tests (100): tests marked cuda (the central flow under torch.cuda.set_sync_debug_mode("error") among
 # them); gpu_flows (110): benchmarks/gpu.py, rod vs central per unit time on the CIFAR-shaped MLP/CNN/ViT;
@@ -29,9 +32,14 @@ if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
 else
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
-"$PY" -c "import torch, numpy, xarray, netCDF4; print('torch', torch.__version__, torch.cuda.get_device_name(0), \
-'numpy', numpy.__version__, 'xarray', xarray.__version__)" 2>&1 | tee "$OUT/env.log"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee -a "$OUT/env.log"
+DEVICE=${DEVICE:-cuda}
+SMOKE=${SMOKE:-0}
+"$PY" -c "import torch, numpy, xarray, netCDF4; print('torch', torch.__version__, \
+torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA device', \
+'numpy', numpy.__version__, 'xarray', xarray.__version__, 'netCDF4', netCDF4.__version__)" 2>&1 | tee "$OUT/env.log"
+if [ "$DEVICE" = cuda ]; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee -a "$OUT/env.log"
+fi
 
 part() {   # part NAME LIMIT COMMAND...
   local name=$1 limit=$2; shift 2
@@ -44,13 +52,25 @@ part() {   # part NAME LIMIT COMMAND...
 }
 
 REF=${PYROD_REF:-.ref/centralflows}
+if [ "$SMOKE" = 1 ]; then          # every part at a toy size on $DEVICE: the arguments, imports and wheels work
+  if [ -f "$REF/src/processes.py" ]; then REFARG=(--reference "$REF"); else REFARG=(--skip-reference); fi
+  part vs_reference 300 "$PY" benchmarks/vs_reference.py "${REFARG[@]}" --device "$DEVICE" --widths 8 --n 24 \
+    --opts gd,rmsprop --steps 4 --steady 2 --chunk 2 --probe-steps 60
+  part cuda_tests 300 "$PY" -m pytest -p no:cacheprovider -q -m cuda tests/test_cuda.py tests/test_host_sync.py \
+    tests/test_hvp_modes.py
+  part gpu_flows 300 "$PY" benchmarks/gpu.py --device "$DEVICE" --n 8 --cpu-n 0 --models mlp,cnn,vit \
+    --regimes eos,start --flow-steps 2 --chunk 1 --threads 1
+  part hvp_modes 120 "$PY" benchmarks/hvp_modes.py --device "$DEVICE" --n 8 --ref-n 8 --models mlp,cnn,vit,ref32 \
+    --ks 1,2 --ms 1 --pair-ks 2 --max-reps 1 --min-time 0
+  part minibatch 120 "$PY" benchmarks/minibatch_cost.py --device "$DEVICE" --size tiny --steps 4 --reps 2 --budget 30
+  echo "=== all parts done in $SECONDS s"
+  exit 0
+fi
 part vs_reference 200 "$PY" benchmarks/vs_reference.py --reference "$REF" --device cuda --widths 32,512,2048 \
   --opts gd,rmsprop --steps 30 --steady 10 --chunk 5 --probe-steps 100
-part cuda_tests 100 "$PY" -m pytest -p no:cacheprovider -q -m cuda -x tests/test_cuda.py tests/test_host_sync.py \
+part cuda_tests 100 "$PY" -m pytest -p no:cacheprovider -q -m cuda tests/test_cuda.py tests/test_host_sync.py \
   tests/test_hvp_modes.py
 part gpu_flows 110 "$PY" benchmarks/gpu.py --cpu-n 0 --models mlp,cnn,vit --regimes eos,start --flow-steps 4
 part hvp_modes 55 "$PY" benchmarks/hvp_modes.py --device cuda --max-reps 3 --min-time 0.2
-if [ -f benchmarks/minibatch_cost.py ]; then
-  part minibatch 45 "$PY" -S benchmarks/minibatch_cost.py --device cuda --size gpu --budget 35
-fi
+part minibatch 45 "$PY" benchmarks/minibatch_cost.py --device cuda --size gpu --budget 35
 echo "=== all parts done in $SECONDS s"

@@ -388,28 +388,40 @@ def main(argv=None):
                       f"{a['central_n_t3'] / args.steps:.1f} d3 rows, n_hvp {a['n_hvp'] / (restart + args.steps):.1f}"
                       f" per unit time; row {time.perf_counter() - t_row:.0f} s", flush=True)
             table.append(row)
+            for line in table_rows(row):      # at once too: a run stopped at a time limit keeps its finished rows
+                print(f"  [w{width} {opt_name}] row {line}", flush=True)
     print(f"\n{unit} per unit time (steady window), speed-up = reference / pyrod\n")
-    print("| width (d) | optimizer | η | onset / restart | column | discrete + eigs: ref / pyrod / speed-up "
-          "| central: ref / pyrod / speed-up | in EoS (pyrod / ref) | predicted loss rel. diff median / max "
-          "| critical entry pyrod / ref |")
+    print(TABLE_HEADER)
     print("|---|---|---|---|---|---|---|---|---|---|")
     for row in table:
-        r = row.get("reference")
-        for col, e in ((c, v) for c, v in row.items() if c.startswith("pyrod")):
-            d_p, c_p = e["times"]
-            if r is not None:
-                g = e["agree"]
-                disc = f"{r[0]:.4f} / {d_p:.4f} / {r[0] / d_p:.2f}x"
-                cen = f"{r[1]:.4f} / {c_p:.4f} / {r[1] / c_p:.2f}x"
-                eos = f"{'yes' if g['eos_pyrod'] else 'NO'} / {'yes' if g['eos_ref'] else 'NO'}"
-                agr = f"{g['pred_rel_median']:.2e} / {g['pred_rel_max']:.2e}"
-                ent = f"{g['enter_pyrod']} / {g['enter_ref']}"
-            else:
-                disc, cen = f"- / {d_p:.4f} / -", f"- / {c_p:.4f} / -"
-                eos, agr, ent = f"{'yes' if e['eos'] else 'NO'} / -", "-", "-"
-            print(f"| {row['width']} ({row['dim'] / 1e6:.3g}M) | {row['opt']} | {row['lr']:.3g} | "
-                  f"{row['onset']} / {row['restart']} | {col[6:]} | {disc} | {cen} | {eos} | {agr} | {ent} |")
+        for line in table_rows(row):
+            print(line)
 
+
+TABLE_HEADER = ("| width (d) | optimizer | η | onset / restart | column | discrete + eigs: ref / pyrod / speed-up "
+                "| central: ref / pyrod / speed-up | in EoS (pyrod / ref) | predicted loss rel. diff median / max "
+                "| critical entry pyrod / ref |")
+
+
+def table_rows(row: dict) -> list[str]:
+    """The markdown rows of the table (:data:`TABLE_HEADER`) for one width and optimizer, one per pyrod column."""
+    out = []
+    r = row.get("reference")
+    for col, e in ((c, v) for c, v in row.items() if c.startswith("pyrod")):
+        d_p, c_p = e["times"]
+        if r is not None:
+            g = e["agree"]
+            disc = f"{r[0]:.4f} / {d_p:.4f} / {r[0] / d_p:.2f}x"
+            cen = f"{r[1]:.4f} / {c_p:.4f} / {r[1] / c_p:.2f}x"
+            eos = f"{'yes' if g['eos_pyrod'] else 'NO'} / {'yes' if g['eos_ref'] else 'NO'}"
+            agr = f"{g['pred_rel_median']:.2e} / {g['pred_rel_max']:.2e}"
+            ent = f"{g['enter_pyrod']} / {g['enter_ref']}"
+        else:
+            disc, cen = f"- / {d_p:.4f} / -", f"- / {c_p:.4f} / -"
+            eos, agr, ent = f"{'yes' if e['eos'] else 'NO'} / -", "-", "-"
+        out.append(f"| {row['width']} ({row['dim'] / 1e6:.3g}M) | {row['opt']} | {row['lr']:.3g} | "
+                   f"{row['onset']} / {row['restart']} | {col[6:]} | {disc} | {cen} | {eos} | {agr} | {ent} |")
+    return out
 
 if __name__ == "__main__":
     main()

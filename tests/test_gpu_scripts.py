@@ -1,0 +1,68 @@
+"""The GPU session's scripts (benchmarks/gpu_prepare.sh, benchmarks/gpu_checks.sh) and what they print.
+
+A lent GPU gives one run of gpu_checks.sh (device time is scarce): its parts must run as they are on the machine's
+image, and what a part finished before its time limit must be in its log. The smoke run (``-m slow``, about four
+minutes on two cores) runs every part of the script on the CPU at a toy size."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_prepare_refuses_a_folder_that_is_not_the_references_clone(tmp_path):
+    res = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "gpu_prepare.sh"), str(tmp_path)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert res.returncode == 2, res
+    assert f"{tmp_path} is not a git clone holding the reference's commit 1f074fb" in res.stderr
+    res = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "gpu_prepare.sh")], capture_output=True,
+                         text=True, cwd=ROOT, timeout=60)
+    assert res.returncode != 0 and "usage: bash benchmarks/gpu_prepare.sh REFERENCE_GIT" in res.stderr
+
+
+def test_vs_reference_prints_each_rows_line_when_it_is_done():
+    """The table's rows, for a row with the reference's columns and one without (--skip-reference)."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import vs_reference as vr
+    entry = {"times": (0.02, 0.05), "eos": True,
+             "agree": {"eos_pyrod": True, "eos_ref": False, "pred_rel_median": 3.9e-5, "pred_rel_max": 2e-3,
+                       "enter_pyrod": 26, "enter_ref": 27}}
+    row = {"width": 32, "dim": 99524, "opt": "gd", "lr": 0.037, "onset": 29, "restart": 26,
+           "reference": (0.1, 0.2), "pyrod float32 tol 5e-05": entry}
+    assert vr.table_rows(row) == [
+        "| 32 (0.0995M) | gd | 0.037 | 29 / 26 | float32 tol 5e-05 | 0.1000 / 0.0200 / 5.00x | "
+        "0.2000 / 0.0500 / 4.00x | yes / NO | 3.90e-05 / 2.00e-03 | 26 / 27 |"]
+    del row["reference"]
+    assert vr.table_rows(row) == [
+        "| 32 (0.0995M) | gd | 0.037 | 29 / 26 | float32 tol 5e-05 | - / 0.0200 / - | - / 0.0500 / - | yes / - | - "
+        "| - |"]
+    assert vr.TABLE_HEADER.count("|") == vr.table_rows(row)[0].count("|")
+
+
+@pytest.mark.slow
+def test_every_part_of_the_gpu_checks_runs_on_the_cpu_at_a_toy_size(tmp_path):
+    """DEVICE=cpu SMOKE=1: each part exits 0 and prints its table (the reference's columns where .ref/ holds the
+    reference, from benchmarks/gpu_prepare.sh; else pyrod's alone). The CUDA tests are collected and skipped."""
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "SMOKE": "1", "OUT": str(out)}
+    res = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "gpu_checks.sh")], capture_output=True,
+                         text=True, cwd=ROOT, env=env, timeout=1200)
+    log = res.stdout + res.stderr
+    assert res.returncode == 0, log
+    parts = re.findall(r"=== (\w+): exit (\d+) after", log)
+    assert parts == [(p, "0") for p in ("vs_reference", "cuda_tests", "gpu_flows", "hvp_modes", "minibatch")], log
+    vs = (out / "vs_reference.log").read_text()
+    rows = [ln for ln in vs.splitlines() if ln.startswith("  [w8 ") and " row | " in ln]
+    assert len(rows) == 2, vs                          # one per optimizer as soon as it is done, then the table
+    assert all(r.split(" row ", 1)[1] in vs.split("per unit time (steady window)")[1] for r in rows)
+    assert "skipped" in (out / "cuda_tests.log").read_text()
+    flows = (out / "gpu_flows.log").read_text()
+    assert all(f"| {m} |" in flows for m in ("mlp", "cnn", "vit")), flows
+    assert "| ref32 |" in (out / "hvp_modes.log").read_text()
+    mb = (out / "minibatch.log").read_text()
+    assert re.search(r'"mean_wall_s_per_step": [0-9.e-]+', mb), mb
