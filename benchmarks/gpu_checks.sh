@@ -3,22 +3,18 @@
 #
 #   OUT=results/gpu bash benchmarks/gpu_checks.sh           # from the repository root, on a machine with a CUDA GPU
 #
-# Logs go to $OUT/<part>.log (and stdout). Before a machine without internet access (this project's lent GPUs),
-# prepare two ignored folders beside the code, on a machine that has it:
-#   .whl/  wheels of what the GPU machine's Python lacks, for its Python version, e.g. (Python 3.12, x86-64):
-#          pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#            --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl netCDF4 cftime dask \
-#            distributed partd locket tblib zict tornado importlib_metadata cvxpy cvxopt clarabel osqp qdldl
-#          (cvxpy imports without scs, highspy and sparsediffpy; the reference solves its SDCP with CVXOPT)
-#   .ref/centralflows/  a checkout of the reference central-flows code (mahyarjn80/centralflows, commit 1f074fb;
-#          no license: it is run from there, never copied into pyrod)
-# benchmarks/gpu_prepare.sh writes both (and prints the device call). A dry run on the CPU, every part at a toy size
-# (minutes; the reference's part only where .ref/ is there, else pyrod's columns alone):
+# Logs go to $OUT/<part>.log (and stdout). A GPU machine without internet access (this project's lent GPUs) needs two
+# ignored folders beside the code, which `bash benchmarks/gpu_prepare.sh REFERENCE_GIT` writes where PyPI can be
+# reached: .whl/ (pinned wheels of what the machine's image lacks, installed here into /tmp/pyrod_site) and
+# .ref/centralflows/ (the reference central-flows code, mahyarjn80/centralflows at commit 1f074fb; no license: run
+# from there, never copied into pyrod). A dry run on the CPU, every part at a toy size (about 3 minutes on two
+# cores; the reference's part only where .ref/ is there, else pyrod's columns alone):
 #   DEVICE=cpu SMOKE=1 OUT=/tmp/gpu_smoke bash benchmarks/gpu_checks.sh
 # Parts (limit in seconds): vs_reference (200): pyrod vs the reference, widths 32/512/2048, GD and RMSProp, on the
-# GPU; cuda_tests (100): tests marked cuda (the central flow under torch.cuda.set_sync_debug_mode("error") among
-# them); gpu_flows (110): benchmarks/gpu.py, rod vs central per unit time on the CIFAR-shaped MLP/CNN/ViT;
-# hvp_modes (55): HVP and third-derivative modes on CUDA; then the mini-batch and rod-adam-map checks when present.
+# GPU, each row printed when done; cuda_tests (100): tests marked cuda (the central flow under
+# torch.cuda.set_sync_debug_mode("error") among them); gpu_flows (110): benchmarks/gpu.py, rod vs central per unit
+# time on the CIFAR-shaped MLP/CNN/ViT; hvp_modes (55): HVP and third-derivative modes on CUDA; minibatch (45): the
+# per-step cost of the mini-batch experiments' medium scale. A part stopped at its limit keeps what it printed.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-results/gpu}

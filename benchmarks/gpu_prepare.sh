@@ -10,13 +10,13 @@
 # PYTHON_VERSION (default 3.12, the GPU image's python3): .whl/ gets the wheels of what that image lacks, pinned:
 # netCDF4 and cftime (NetCDF output), cvxpy with CVXOPT, OSQP, QDLDL and Clarabel (the reference's SDCP solver), and
 # tyro with docstring-parser and typeguard (the experiments' typed parameters: the mini-batch part). The image has
-# torch, numpy, scipy, xarray, pytest, certifi, jinja2, joblib, rich (the device tool's KINDS.md); pyrod imports
+# torch, numpy, scipy, xarray, pytest, certifi, jinja2, joblib, rich (its package list of 2026-11); pyrod imports
 # without dask, which the checks do not use, and cvxpy without scs, highspy and sparsediffpy.
 # Checked on the CPU: DEVICE=cpu SMOKE=1 bash benchmarks/gpu_checks.sh ran every part in a Python 3.11 environment
 # holding only such image packages and these wheels for 3.11 (tests/test_gpu_scripts.py runs the smoke run, -m slow).
 #
-# Then, with the device tool: run(command="OUT=$OUT bash benchmarks/gpu_checks.sh", carry=[".whl", ".ref"],
-# timeout_s=560). Together they are about 45 MB of the call's 64 MiB.
+# Then copy the checkout with .whl/ and .ref/ (about 40 MB) to the GPU machine and run there, from its root:
+#   OUT=results/gpu bash benchmarks/gpu_checks.sh      # about 8.5 minutes at most (the parts' limits)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REF_GIT=${1:?usage: bash benchmarks/gpu_prepare.sh REFERENCE_GIT [PYTHON_VERSION]}
