@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU session's checks, in priority order, each under its own time limit (about 8 minutes in all on an H200).
+# One GPU session's checks, in priority order, each under its own time limit (8 minutes in all at most).
 #
 #   OUT=results/gpu bash benchmarks/gpu_checks.sh           # from the repository root, on a machine with a CUDA GPU
 #
@@ -10,11 +10,13 @@
 # from there, never copied into pyrod). A dry run on the CPU, every part at a toy size (about 3 minutes on two
 # cores; the reference's part only where .ref/ is there, else pyrod's columns alone):
 #   DEVICE=cpu SMOKE=1 OUT=/tmp/gpu_smoke bash benchmarks/gpu_checks.sh
-# Parts (limit in seconds): vs_reference (200): pyrod vs the reference, widths 32/512/2048, GD and RMSProp, on the
-# GPU, each row printed when done; cuda_tests (100): tests marked cuda (the central flow under
-# torch.cuda.set_sync_debug_mode("error") among them); gpu_flows (110): benchmarks/gpu.py, rod vs central per unit
-# time on the CIFAR-shaped MLP/CNN/ViT; hvp_modes (55): HVP and third-derivative modes on CUDA; minibatch (45): the
-# per-step cost of the mini-batch experiments' medium scale. A part stopped at its limit keeps what it printed.
+# Parts (limit in seconds): vs_reference (190): pyrod vs the reference, widths 32/512/2048, GD and RMSProp, on the
+# GPU, each row printed when done; cuda_tests (70): tests marked cuda (the central flow under
+# torch.cuda.set_sync_debug_mode("error") among them); gpu_flows (150): benchmarks/gpu.py, rod vs central per unit
+# time on the CIFAR-shaped MLP/CNN/ViT, a model's rows printed as they are done (at the earlier code's H200 speeds,
+# about 2 minutes for the MLP and CNN and 4 for the ViT: the ViT's central rows may not fit); hvp_modes (35): HVP and
+# third-derivative modes on CUDA; minibatch (35): the per-step cost of the mini-batch experiments' medium scale.
+# A part stopped at its limit keeps what it printed. 480 s of limits in all.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-results/gpu}
@@ -62,11 +64,11 @@ if [ "$SMOKE" = 1 ]; then          # every part at a toy size on $DEVICE: the ar
   echo "=== all parts done in $SECONDS s"
   exit 0
 fi
-part vs_reference 200 "$PY" benchmarks/vs_reference.py --reference "$REF" --device cuda --widths 32,512,2048 \
+part vs_reference 190 "$PY" benchmarks/vs_reference.py --reference "$REF" --device cuda --widths 32,512,2048 \
   --opts gd,rmsprop --steps 30 --steady 10 --chunk 5 --probe-steps 100
-part cuda_tests 100 "$PY" -m pytest -p no:cacheprovider -q -m cuda tests/test_cuda.py tests/test_host_sync.py \
+part cuda_tests 70 "$PY" -m pytest -p no:cacheprovider -q -m cuda tests/test_cuda.py tests/test_host_sync.py \
   tests/test_hvp_modes.py
-part gpu_flows 110 "$PY" benchmarks/gpu.py --cpu-n 0 --models mlp,cnn,vit --regimes eos,start --flow-steps 4
-part hvp_modes 55 "$PY" benchmarks/hvp_modes.py --device cuda --max-reps 3 --min-time 0.2
-part minibatch 45 "$PY" benchmarks/minibatch_cost.py --device cuda --size gpu --budget 35
+part gpu_flows 150 "$PY" benchmarks/gpu.py --cpu-n 0 --models mlp,cnn,vit --regimes eos,start --flow-steps 4
+part hvp_modes 35 "$PY" benchmarks/hvp_modes.py --device cuda --max-reps 3 --min-time 0.2
+part minibatch 35 "$PY" benchmarks/minibatch_cost.py --device cuda --size gpu --budget 25
 echo "=== all parts done in $SECONDS s"

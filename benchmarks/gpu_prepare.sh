@@ -16,7 +16,7 @@
 # holding only such image packages and these wheels for 3.11 (tests/test_gpu_scripts.py runs the smoke run, -m slow).
 #
 # Then copy the checkout with .whl/ and .ref/ (about 40 MB) to the GPU machine and run there, from its root:
-#   OUT=results/gpu bash benchmarks/gpu_checks.sh      # about 8.5 minutes at most (the parts' limits)
+#   OUT=results/gpu bash benchmarks/gpu_checks.sh      # 8 minutes at most (the parts' limits)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REF_GIT=${1:?usage: bash benchmarks/gpu_prepare.sh REFERENCE_GIT [PYTHON_VERSION]}
