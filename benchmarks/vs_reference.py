@@ -423,5 +423,6 @@ def table_rows(row: dict) -> list[str]:
                    f"{row['onset']} / {row['restart']} | {col[6:]} | {disc} | {cen} | {eos} | {agr} | {ent} |")
     return out
 
+
 if __name__ == "__main__":
     main()

@@ -1,12 +1,13 @@
 """The GPU session's scripts (benchmarks/gpu_prepare.sh, benchmarks/gpu_checks.sh) and what they print.
 
 A lent GPU gives one run of gpu_checks.sh (device time is scarce): its parts must run as they are on the machine's
-image, and what a part finished before its time limit must be in its log. The smoke run (``-m slow``, about four
+image, and what a part finished before its time limit must be in its log. The smoke run (``-m slow``, about three
 minutes on two cores) runs every part of the script on the CPU at a toy size."""
 from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -25,9 +26,25 @@ def test_prepare_refuses_a_folder_that_is_not_the_references_clone(tmp_path):
     assert res.returncode != 0 and "usage: bash benchmarks/gpu_prepare.sh REFERENCE_GIT" in res.stderr
 
 
-def test_vs_reference_prints_each_rows_line_when_it_is_done():
-    """The table's rows, for a row with the reference's columns and one without (--skip-reference)."""
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+def test_checks_refuse_a_cpu_device_without_smoke_and_exit_nonzero_naming_the_parts_that_failed(tmp_path):
+    """DEVICE=cpu alone would run the parts sized for a GPU: refused. A part that fails does not stop the others,
+    and the exit status and the last line say which failed (here every part, with a Python that always fails)."""
+    script = os.path.join(ROOT, "benchmarks", "gpu_checks.sh")
+    env = {**os.environ, "DEVICE": "cpu", "OUT": str(tmp_path / "a")}
+    res = subprocess.run(["bash", script], capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+    assert res.returncode == 2 and "DEVICE=cpu needs SMOKE=1" in res.stderr, res
+    env.update(SMOKE="1", PYTHON="false", PYROD_WHL="", OUT=str(tmp_path / "b"))
+    res = subprocess.run(["bash", script], capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+    assert res.returncode == 1, res
+    parts = re.findall(r"=== (\w+): exit (\d+) after", res.stdout)
+    assert parts == [(p, "1") for p in ("vs_reference", "cuda_tests", "gpu_flows", "hvp_modes", "minibatch")], res
+    assert res.stdout.rstrip().endswith("failed or stopped: vs_reference cuda_tests gpu_flows hvp_modes minibatch")
+
+
+def test_vs_reference_table_rows_with_and_without_the_reference(monkeypatch):
+    """The table's rows (vs_reference prints each as soon as its width and optimizer are done, then the table), for a
+    row with the reference's columns and one without (--skip-reference)."""
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
     import vs_reference as vr
     entry = {"times": (0.02, 0.05), "eos": True,
              "agree": {"eos_pyrod": True, "eos_ref": False, "pred_rel_median": 3.9e-5, "pred_rel_max": 2e-3,
@@ -49,11 +66,17 @@ def test_every_part_of_the_gpu_checks_runs_on_the_cpu_at_a_toy_size(tmp_path):
     """DEVICE=cpu SMOKE=1: each part exits 0 and prints its table (the reference's columns where .ref/ holds the
     reference, from benchmarks/gpu_prepare.sh; else pyrod's alone). The CUDA tests are collected and skipped."""
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "SMOKE": "1", "OUT": str(out)}
-    res = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "gpu_checks.sh")], capture_output=True,
-                         text=True, cwd=ROOT, env=env, timeout=1200)
-    log = res.stdout + res.stderr
-    assert res.returncode == 0, log
+    env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "SMOKE": "1", "PYROD_WHL": "", "OUT": str(out)}
+    proc = subprocess.Popen(["bash", os.path.join(ROOT, "benchmarks", "gpu_checks.sh")], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env, start_new_session=True)
+    try:
+        log, _ = proc.communicate(timeout=1200)
+    except subprocess.TimeoutExpired:
+        # the script leads its own session; each part's `timeout` makes a process group of its own inside it
+        subprocess.run(["pkill", "-KILL", "-s", str(proc.pid)], check=False)
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    assert proc.returncode == 0, log
     parts = re.findall(r"=== (\w+): exit (\d+) after", log)
     assert parts == [(p, "0") for p in ("vs_reference", "cuda_tests", "gpu_flows", "hvp_modes", "minibatch")], log
     vs = (out / "vs_reference.log").read_text()
