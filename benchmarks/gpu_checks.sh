@@ -43,7 +43,7 @@ if [ -n "$WHL" ] && [ -d "$WHL" ] && ls "$WHL"/*.whl >/dev/null 2>&1; then
 else
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
-"$PY" -c "import torch, numpy, xarray, netCDF4, typing_extensions as te, importlib.metadata as md; \
+"$PY" -c "import torch, numpy, xarray, netCDF4, importlib.metadata as md; \
 print('torch', torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA device', \
 'numpy', numpy.__version__, 'xarray', xarray.__version__, 'netCDF4', netCDF4.__version__, \
 'typing_extensions', md.version('typing_extensions'))" 2>&1 | tee "$OUT/env.log"
@@ -69,6 +69,8 @@ finish() {   # the exit status says whether every part exited 0 (each part's log
 }
 
 REF=${PYROD_REF:-.ref/centralflows}
+CUDA_TESTS=("$PY" -m pytest -p no:cacheprovider -v -m cuda tests/test_cuda.py tests/test_host_sync.py
+            tests/test_hvp_modes.py)
 if [ "$SMOKE" = 1 ]; then          # every part at a toy size on $DEVICE: the arguments, imports and wheels work
   REFARG=(--skip-reference)        # the reference where it is there and its solver (CVXOPT) can be imported
   if [ -f "$REF/src/processes.py" ] && "$PY" -c "import cvxpy, sys; sys.exit('CVXOPT' not in \
@@ -77,8 +79,7 @@ cvxpy.installed_solvers())" >/dev/null 2>&1; then
   fi
   part vs_reference 300 "$PY" benchmarks/vs_reference.py "${REFARG[@]}" --device "$DEVICE" --widths 8 --n 24 \
     --opts gd,rmsprop --steps 4 --steady 2 --chunk 2 --probe-steps 60
-  part cuda_tests 300 "$PY" -m pytest -p no:cacheprovider -v -m cuda tests/test_cuda.py tests/test_host_sync.py \
-    tests/test_hvp_modes.py
+  part cuda_tests 300 "${CUDA_TESTS[@]}"
   part gpu_flows 300 "$PY" benchmarks/gpu.py --device "$DEVICE" --n 8 --cpu-n 0 --models mlp,cnn,vit \
     --regimes eos,start --flow-steps 2 --chunk 1 --threads 1
   part hvp_modes 120 "$PY" benchmarks/hvp_modes.py --device "$DEVICE" --n 8 --ref-n 8 --models mlp,cnn,vit,ref32 \
@@ -88,8 +89,7 @@ cvxpy.installed_solvers())" >/dev/null 2>&1; then
 fi
 part vs_reference 180 "$PY" benchmarks/vs_reference.py --reference "$REF" --device cuda --widths 32,512,2048 \
   --opts gd,rmsprop --steps 30 --steady 10 --chunk 5 --probe-steps 100
-part cuda_tests 70 "$PY" -m pytest -p no:cacheprovider -v -m cuda tests/test_cuda.py tests/test_host_sync.py \
-  tests/test_hvp_modes.py
+part cuda_tests 70 "${CUDA_TESTS[@]}"
 part gpu_flows 140 "$PY" benchmarks/gpu.py --cpu-n 0 --models mlp,cnn,vit --regimes eos,start --flow-steps 4
 part hvp_modes 50 "$PY" benchmarks/hvp_modes.py --device cuda --ks 1,4 --ms 1,3 --pair-ks 2 --max-reps 3 \
   --min-time 0.2

@@ -26,8 +26,7 @@ REF_COMMIT=1f074fb
 WHEELS=(netCDF4==1.7.5.1.post1 cftime==1.6.6.1 cvxpy==1.9.3 cvxopt==1.3.3 osqp==1.1.3 qdldl==0.1.9.post1
         clarabel==0.11.1 tyro==1.0.17 docstring-parser==0.18.0 typeguard==4.6.1 typing-extensions==4.16.0)
 
-if ! git --git-dir="$REF_GIT" cat-file -e "$REF_COMMIT^{commit}" 2>/dev/null \
-   && ! git -C "$REF_GIT" cat-file -e "$REF_COMMIT^{commit}" 2>/dev/null; then
+if ! git -C "$REF_GIT" cat-file -e "$REF_COMMIT^{commit}" 2>/dev/null; then     # bare or not
   echo "gpu_prepare: $REF_GIT is not a git clone holding the reference's commit $REF_COMMIT" >&2
   exit 2
 fi
@@ -35,8 +34,7 @@ fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 mkdir -p "$tmp/ref" "$tmp/whl"
-{ git --git-dir="$REF_GIT" archive "$REF_COMMIT" src 2>/dev/null || git -C "$REF_GIT" archive "$REF_COMMIT" src; } \
-  | tar -x -C "$tmp/ref"
+git -C "$REF_GIT" archive "$REF_COMMIT" src | tar -x -C "$tmp/ref"
 test -f "$tmp/ref/src/processes.py" || { echo "gpu_prepare: no src/processes.py at $REF_COMMIT" >&2; exit 2; }
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$PYV" --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
