@@ -15,14 +15,14 @@
 # (with PYTHON=<a Python holding only what the image holds> and PYROD_WHL unset, it tries the wheels too: they must
 # then be for that Python's version, `bash benchmarks/gpu_prepare.sh REFERENCE_GIT 3.11` for 3.11).
 # Parts (limit in seconds): vs_reference (180): pyrod vs the reference, widths 32/512/2048, GD and RMSProp, on the
-# GPU, each row printed when done; cuda_tests (70): tests marked cuda, each named as it ends (the central flow under
-# torch.cuda.set_sync_debug_mode("error") among them); gpu_flows (140): benchmarks/gpu.py, rod vs central per unit
-# time on the CIFAR-shaped MLP/CNN/ViT, a model's rows printed as they are done (at the earlier code's H200 speeds,
-# about 2 minutes for the MLP and CNN and 4 for the ViT: the ViT's central rows may not fit); hvp_modes (50): HVP and
-# third-derivative modes on CUDA, a model's rows as they are done (the last of its five models may not fit);
-# minibatch (35): the per-step cost of the mini-batch experiments' medium scale (its simulated steps within 15 s; it
-# prints at its end). A part stopped at its limit keeps what it printed. 475 s of limits, plus the wheel install and
-# up to 5 s of grace per part.
+# GPU, each row printed when done; cuda_tests (70): tests marked cuda, each named as it ends, the central flow under
+# torch.cuda.set_sync_debug_mode("error") first (tests/test_cuda.py, last, may not finish); gpu_flows (140):
+# benchmarks/gpu.py, rod vs central per unit time on the CIFAR-shaped MLP/CNN/ViT, a model's rows printed as they
+# are done (at the earlier code's H200 speeds, about 2 minutes for the MLP and CNN and 4 for the ViT: the ViT's
+# central rows may not fit); hvp_modes (50): HVP and third-derivative modes on CUDA, a model's rows as they are
+# done (the last of its five models may not fit); minibatch (35): the per-step cost of the mini-batch experiments'
+# medium scale (its simulated steps within 15 s; it prints at its end). A part stopped at its limit keeps what it
+# printed. 475 s of limits, plus the wheel install and up to 5 s of grace per part.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-results/gpu}
@@ -69,8 +69,10 @@ finish() {   # the exit status says whether every part exited 0 (each part's log
 }
 
 REF=${PYROD_REF:-.ref/centralflows}
-CUDA_TESTS=("$PY" -m pytest -p no:cacheprovider -v -m cuda tests/test_cuda.py tests/test_host_sync.py
-            tests/test_hvp_modes.py)
+# the central flow's host-free step loop (tests/test_host_sync.py) first: tests/test_cuda.py alone takes 1-2
+# minutes on a GPU (its docstring), so where this part reaches its limit, it is test_cuda.py's last tests that are cut
+CUDA_TESTS=("$PY" -m pytest -p no:cacheprovider -v -m cuda tests/test_host_sync.py tests/test_hvp_modes.py
+            tests/test_cuda.py)
 if [ "$SMOKE" = 1 ]; then          # every part at a toy size on $DEVICE: the arguments, imports and wheels work
   REFARG=(--skip-reference)        # the reference where it is there and its solver (CVXOPT) can be imported
   if [ -f "$REF/src/processes.py" ] && "$PY" -c "import cvxpy, sys; sys.exit('CVXOPT' not in \
