@@ -14,7 +14,7 @@
 #   DEVICE=cpu SMOKE=1 PYROD_WHL= OUT=/tmp/gpu_smoke bash benchmarks/gpu_checks.sh
 # (with PYTHON=<a Python holding only what the image holds> and PYROD_WHL unset, it tries the wheels too: they must
 # then be for that Python's version, `bash benchmarks/gpu_prepare.sh REFERENCE_GIT 3.11` for 3.11).
-# Parts (limit in seconds): vs_reference (180): pyrod vs the reference, widths 32/512/2048, GD and RMSProp, on the
+# Parts (limit in seconds): vs_reference (180): pyrod vs the reference, widths 2048/512/32, GD and RMSProp, on the
 # GPU, each row printed when done; cuda_tests (70): tests marked cuda, each named as it ends, the central flow under
 # torch.cuda.set_sync_debug_mode("error") first (tests/test_cuda.py, last, may not finish); gpu_flows (140):
 # benchmarks/gpu.py, rod vs central per unit time on the CIFAR-shaped MLP/CNN/ViT, a model's rows printed as they
@@ -89,7 +89,8 @@ cvxpy.installed_solvers())" >/dev/null 2>&1; then
   part minibatch 120 "$PY" benchmarks/minibatch_cost.py --device "$DEVICE" --size tiny --steps 4 --reps 2 --budget 30
   finish
 fi
-part vs_reference 180 "$PY" benchmarks/vs_reference.py --reference "$REF" --device cuda --widths 32,512,2048 \
+# widest first: the rows the scale question is about, kept where the part reaches its limit
+part vs_reference 180 "$PY" benchmarks/vs_reference.py --reference "$REF" --device cuda --widths 2048,512,32 \
   --opts gd,rmsprop --steps 30 --steady 10 --chunk 5 --probe-steps 100
 part cuda_tests 70 "${CUDA_TESTS[@]}"
 part gpu_flows 140 "$PY" benchmarks/gpu.py --cpu-n 0 --models mlp,cnn,vit --regimes eos,start --flow-steps 4
