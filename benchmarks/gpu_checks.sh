@@ -17,12 +17,13 @@
 # Parts (limit in seconds): vs_reference (180): pyrod vs the reference, widths 2048/512/32, GD and RMSProp, on the
 # GPU, each row printed when done; cuda_tests (70): tests marked cuda, each named as it ends, the central flow under
 # torch.cuda.set_sync_debug_mode("error") first (tests/test_cuda.py, last, may not finish); gpu_flows (140):
-# benchmarks/gpu.py, rod vs central per unit time on the CIFAR-shaped MLP/CNN/ViT, a model's rows printed as they
-# are done (at the earlier code's H200 speeds, about 2 minutes for the MLP and CNN and 4 for the ViT: the ViT's
-# central rows may not fit); hvp_modes (50): HVP and third-derivative modes on CUDA, a model's rows as they are
-# done (the last of its five models may not fit); minibatch (35): the per-step cost of the mini-batch experiments'
-# medium scale (its simulated steps within 15 s; it prints at its end). A part stopped at its limit keeps what it
-# printed. 475 s of limits, plus the wheel install and up to 5 s of grace per part.
+# benchmarks/gpu.py, rod vs central per unit time on the CIFAR-shaped CNN, ViT and MLP (in that order), a model's
+# rows printed as they are done (at the earlier code's H200 speeds, about 2 minutes for the MLP and CNN and 4 for
+# the ViT: the MLP's rows, and some of the ViT's, may not fit); hvp_modes (50): HVP and third-derivative modes on
+# CUDA, a model's rows as they are done, the CNN and the ViT first (the last of its five models may not fit);
+# minibatch (35): the per-step cost of the mini-batch experiments' medium scale (its simulated steps within 15 s;
+# it prints at its end). A part stopped at its limit keeps what it printed. 475 s of limits, plus the wheel install
+# and up to 5 s of grace per part.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-results/gpu}
@@ -93,8 +94,9 @@ fi
 part vs_reference 180 "$PY" benchmarks/vs_reference.py --reference "$REF" --device cuda --widths 2048,512,32 \
   --opts gd,rmsprop --steps 30 --steady 10 --chunk 5 --probe-steps 100
 part cuda_tests 70 "${CUDA_TESTS[@]}"
-part gpu_flows 140 "$PY" benchmarks/gpu.py --cpu-n 0 --models mlp,cnn,vit --regimes eos,start --flow-steps 4
-part hvp_modes 50 "$PY" benchmarks/hvp_modes.py --device cuda --ks 1,4 --ms 1,3 --pair-ks 2 --max-reps 3 \
-  --min-time 0.2
+# the CNN and the ViT first: their central flows are the ones far from the rod's cost (the MLP's was 2.6x)
+part gpu_flows 140 "$PY" benchmarks/gpu.py --cpu-n 0 --models cnn,vit,mlp --regimes eos,start --flow-steps 4
+part hvp_modes 50 "$PY" benchmarks/hvp_modes.py --device cuda --models cnn,vit,mlp,ref512,ref32 --ks 1,4 --ms 1,3 \
+  --pair-ks 2 --max-reps 3 --min-time 0.2
 part minibatch 35 "$PY" benchmarks/minibatch_cost.py --device cuda --size gpu --budget 15
 finish
