@@ -44,7 +44,9 @@ registry's MLP (2×256 GELU), CNN (channels 32, 64) and ViT (patch 4, dim 64, de
 regime the discrete run's seconds per step (without eigenvalues), each flow's seconds per unit time, central / rod,
 and what 1,000 steps of the discrete run beside the central flow take (the two columns' sum × 1,000, eigenvalues
 not included). ``--project-n N`` adds that last column scaled
-linearly from ``--n`` images to ``N`` (per-image cost is linear in n; an extrapolation, labelled as such).
+linearly from ``--n`` images to ``N`` (per-image cost is linear in n; an extrapolation, labelled as such). Each
+model's rows are also printed when that model is done, each line prefixed ``[model]``, so that a run stopped at a
+time limit keeps them.
 On the CPU the seconds are process CPU seconds (``time.process_time``: with ``--threads 1``, little disturbed by
 other jobs); on CUDA wall seconds.
 """
@@ -295,6 +297,9 @@ def main(argv=None):
                     print(f"{'':5s} {'':9s} {'  of which, per unit time':26s} "
                           + ", ".join(f"{WORK_COUNTERS[k]} {v:.1f}" for k, v in work.items()), flush=True)
             summary.append((model, gpu.dim, args.n, regime, sharp, cost.pop("discrete"), cost))
+        # at once too: a run stopped at a time limit (benchmarks/gpu_checks.sh) keeps each finished model's table
+        for line in summary_table(summary[-len(regimes):], flows, args.project_n).splitlines():
+            print(f"[{model}] {line}", flush=True)
         del gpu
         if args.device == "cuda":
             torch.cuda.empty_cache()

@@ -90,6 +90,8 @@ def test_cost_table_command_times_every_run_kind_on_the_cpu(capsys, monkeypatch)
     assert float(row["floor / rod"]) == pytest.approx(floor / float(row["rod s/unit time"]), rel=0.02)
     assert _seconds(row["1,000 steps discrete + central"]) == pytest.approx(1000 * (disc + central), rel=0.05)
     assert "(ok) critical 100% of steps" in out        # η = 2.05/λ0: the central flow is critical from its start
+    # the model's table is printed as soon as the model is done too (a run cut at a time limit keeps it)
+    assert [ln[len("[cnn] "):] for ln in out.splitlines() if ln.startswith("[cnn] |")] == table[:3]
     # each flow's own counters over the timed chunks: the rod flow two gradients per right-hand side and no HVPs;
     # the central flow at least Euler ×4's four gradients, and HVPs (tracking, third derivatives) as it is critical
     counts = {m.group(1): (float(m.group(2)), float(m.group(3))) for m in
