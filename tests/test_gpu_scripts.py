@@ -41,6 +41,35 @@ def test_checks_refuse_a_cpu_device_without_smoke_and_exit_nonzero_naming_the_pa
     assert res.stdout.rstrip().endswith("failed or stopped: vs_reference cuda_tests gpu_flows hvp_modes minibatch")
 
 
+def test_the_full_run_puts_first_what_a_part_cut_at_its_limit_must_keep(tmp_path):
+    """Each part of the GPU run is stopped at its own limit, so its order decides what is lost: the central flow's
+    host-free test before tests/test_cuda.py (1-2 minutes alone), the widest MLP first against the reference, and
+    the CNN and the ViT before the MLP. Read from the commands the full run gives a stand-in Python that prints its
+    arguments (no GPU needed)."""
+    fake = tmp_path / "python"
+    fake.write_text('#!/bin/sh\necho "ARGS $*"\nexit 1\n')
+    fake.chmod(0o755)
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHON": str(fake), "PYROD_WHL": "", "OUT": str(out)}
+    for name in ("DEVICE", "SMOKE"):         # the full run's defaults
+        env.pop(name, None)
+    res = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "gpu_checks.sh")], capture_output=True, text=True,
+                         cwd=ROOT, env=env, timeout=60)
+    assert res.returncode == 1, res
+
+    def args(part):
+        return (out / f"{part}.log").read_text().split("ARGS ", 1)[1].split()
+
+    tests = [a for a in args("cuda_tests") if a.startswith("tests/")]
+    assert tests == ["tests/test_host_sync.py", "tests/test_hvp_modes.py", "tests/test_cuda.py"], tests
+    a = args("vs_reference")
+    widths = [int(w) for w in a[a.index("--widths") + 1].split(",")]
+    assert widths == sorted(widths, reverse=True) and widths[0] == 2048, widths
+    for part in ("gpu_flows", "hvp_modes"):
+        a = args(part)
+        assert a[a.index("--models") + 1].split(",")[:2] == ["cnn", "vit"], (part, a)
+
+
 def test_vs_reference_table_rows_with_and_without_the_reference(monkeypatch):
     """The table's rows (vs_reference prints each as soon as its width and optimizer are done, then the table), for a
     row with the reference's columns and one without (--skip-reference)."""
