@@ -2,7 +2,7 @@
 
     python benchmarks/gpu.py [--n 5000] [--models mlp,cnn,vit] [--dtype float32] [--batch-size 1000]
                              [--cpu-n 500] [--regimes eos,start] [--flows rod,central] [--flow-steps 6] [--chunk 2]
-                             [--backend torch] [--project-n N] [--threads 16]
+                             [--backend torch] [--project-n N] [--threads 16] [--third-derivative autograd]
     python benchmarks/gpu.py --device cpu --n 200 --cpu-n 0 --regimes eos --flows stable,rod,central \
                              --backend default --flow-steps 12 --chunk 4 --project-n 5000 --threads 1
                                                                     # the CPU rows of docs/howto/cost.md
@@ -99,13 +99,15 @@ def _derivative_rates(prob, device):
             _rate(lambda: prob.d3(w, u, v), device))
 
 
-def _central_rhs_floor(prob, device, substeps=DEFAULT_SUBSTEPS):
+def _central_rhs_floor(prob, device, substeps=DEFAULT_SUBSTEPS, third_derivative="autograd"):
     """Seconds per unit time of the least derivative work a central flow with one critical direction does at its
     default integrator (Euler, ``substeps`` right-hand sides per unit time): per right-hand side the graph of ∇L
     at a new point (its gradient), one HVP ``Hu`` (the critical pair's Rayleigh–Ritz) and the third-derivative pair
-    ``∇(uᵀHu)``, nothing else (no other tracked directions, no basis checks, no read-out). A lower bound of the
-    central flow's cost inside the EoS, measured at ``w0`` with a new tensor per call (so every call builds the
-    graph, as every right-hand side does)."""
+    ``∇(uᵀHu)`` (with ``third_derivative="difference"``: from two more gradients,
+    :func:`pyrod.flows.third_derivatives.d3_pairs_by_difference`), nothing else (no other tracked directions, no
+    basis checks, no read-out). A lower bound of the central flow's cost inside the EoS, measured at ``w0`` with a
+    new tensor per call (so every call builds the graph, as every right-hand side does)."""
+    from pyrod.flows.third_derivatives import d3_pairs_by_difference
     w = prob.w0
     g = torch.Generator(device="cpu").manual_seed(2)
     u = torch.randn(prob.dim, 1, generator=g).to(device=device, dtype=prob.dtype)
@@ -114,7 +116,10 @@ def _central_rhs_floor(prob, device, substeps=DEFAULT_SUBSTEPS):
     def rhs_work():
         ww = w.clone()                       # a new point: the cached graph of ∇L is built again
         prob.hvp(ww, u[:, 0])
-        prob.d3_pairs(ww, u, [0], [0])
+        if third_derivative == "difference":
+            d3_pairs_by_difference(prob.grad, ww, prob.graph_grad(ww), u, [0], [0])
+        else:
+            prob.d3_pairs(ww, u, [0], [0])
     return substeps / _rate(rhs_work, device)
 
 
@@ -138,7 +143,8 @@ def _after_first(chunks):
 
 #: the central flow's counters (``CentralFlow.stats``) that :func:`work_breakdown` reports per unit time: HVPs of the
 #: Rayleigh–Ritz on the tracked basis, of its Davidson expansions, of the LOBPCG refreshes and of the refinements for
-#: a measurement, and the third-derivative pairs ∇(uᵢᵀHuⱼ) (each two backward passes in the run's HVP count)
+#: a measurement, and the third-derivative pairs ∇(uᵢᵀHuⱼ) (each two backward passes in the run's HVP count; with
+#: ``--third-derivative difference`` two gradients per diagonal pair in its gradient count instead)
 WORK_COUNTERS = {"rr_hvp": "Rayleigh-Ritz HVPs", "expand_hvp": "expansion HVPs", "refresh_hvp": "refresh HVPs",
                  "refine_hvp": "refine HVPs", "n_t3": "third-derivative pairs", "n_rhs": "right-hand sides"}
 
@@ -156,13 +162,14 @@ def work_breakdown(stats_rows) -> dict | None:
     return {key: (last.get(key, 0) - first.get(key, 0)) / (k1 - k0) for key in WORK_COUNTERS}
 
 
-def _flow_cost(prob, steps, flow, regime, chunk=2, lam0=None, backend="torch"):
+def _flow_cost(prob, steps, flow, regime, chunk=2, lam0=None, backend="torch", third_derivative="autograd"):
     """Seconds per unit time of ``flow`` (integration + read-out, chunks after the first) beside the discrete run,
     in ``regime`` (see the module docstring; ``lam0`` from :func:`_sharpness`, computed when not given) on
     ``backend`` (``"default"``: pyrod's choice for the device); returns ``(s per unit time, flow status,
     critical-set share, s per discrete step without eigenvalues, (gradients, HVPs) per unit time, work)``: the run's
     own counters over the timed chunks, third derivatives counted as their backward passes: ``pyrod.flows.cost``;
-    ``work``: :func:`work_breakdown` for a flow that keeps counters, else None)."""
+    ``work``: :func:`work_breakdown` for a flow that keeps counters, else None). ``third_derivative``: the central
+    flow's option of that name."""
     if regime == "eos":
         lam0 = _sharpness(prob)[0] if lam0 is None else lam0
         kw = dict(lr=2.05 / lam0, integ={})
@@ -175,7 +182,8 @@ def _flow_cost(prob, steps, flow, regime, chunk=2, lam0=None, backend="torch"):
         # take every core for a large problem and would make the CPU seconds of different rows incomparable
         tree = pyrod.simulate(prob, pyrod.optimizers.GD(lr=kw["lr"]), steps=steps, runs=["discrete", flow], eigs=1,
                               eig_every=10 ** 6, backend=None if backend == "default" else backend, chunk=chunk,
-                              threads=torch.get_num_threads(), progress=False, **kw["integ"])
+                              threads=torch.get_num_threads(), progress=False, **kw["integ"],
+                              **({"third_derivative": third_derivative} if flow == "central" else {}))
     units, secs, grads, hvps = _after_first(chunks[flow])
     d_steps, d_secs, _, _ = _after_first(chunks["discrete"])
     per, counts, per_disc = secs / units, (grads / units, hvps / units), d_secs / d_steps
@@ -243,7 +251,12 @@ def main(argv=None):
                     help="also give 1,000 steps of discrete + central scaled linearly to this many images")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    ap.add_argument("--third-derivative", default="autograd", choices=["autograd", "difference"],
+                    help="the central flow's third_derivative option (and its floor's); difference: float64 only")
     args = ap.parse_args(argv)
+    if args.third_derivative == "difference" and args.dtype != "float64":
+        raise SystemExit("--third-derivative difference needs --dtype float64 (the central flow refuses it in "
+                         "float32)")
     if not 1 <= args.chunk < args.flow_steps:
         raise SystemExit(f"--chunk {args.chunk}: must be >= 1 and below --flow-steps {args.flow_steps} (the first "
                          "chunk is not timed)")
@@ -263,7 +276,8 @@ def main(argv=None):
     name = torch.cuda.get_device_name(0) if args.device == "cuda" else "CPU (process CPU seconds)"
     print(f"{name}; CPU {torch.get_num_threads()} threads; torch {torch.__version__}; synthetic CIFAR-shaped data, "
           f"n = {args.n} (CPU rates measured on {args.cpu_n} images, scaled to n), {args.dtype}, "
-          f"batch_size = {args.batch_size}, backend {args.backend}", flush=True)
+          f"batch_size = {args.batch_size}, backend {args.backend}, central third_derivative "
+          f"{args.third_derivative}", flush=True)
     print(f"{'model':5s} {'d':>9s} {'what':26s} {'device':>10s} {'CPU':>10s} {'dev/CPU':>8s}", flush=True)
     summary = []
     for model in args.models.split(","):
@@ -280,14 +294,16 @@ def main(argv=None):
         print(f"{model:5s} {gpu.dim:9d} {'1 cold λmax solve s':26s} {sharp:10.3f}   (λ0 = {lam0:.4g})", flush=True)
         floor = None
         if "central" in flows and "rod" in flows and "eos" in regimes:
-            floor = _central_rhs_floor(gpu, args.device)
+            floor = _central_rhs_floor(gpu, args.device, third_derivative=args.third_derivative)
+            pair = "2 gradients for the pair" if args.third_derivative == "difference" else "1 third-derivative pair"
             print(f"{model:5s} {gpu.dim:9d} {'central floor s/unit time':26s} {floor:10.3f}   ({DEFAULT_SUBSTEPS} × "
-                  f"(gradient graph + 1 HVP + 1 third-derivative pair))", flush=True)
+                  f"(gradient graph + 1 HVP + {pair}))", flush=True)
         for regime in regimes:
             cost = {FLOOR: floor} if floor is not None and regime == "eos" else {}
             for flow in flows:
                 per, status, crit, per_disc, (grads, hvps), work = _flow_cost(
-                    gpu, args.flow_steps, flow, regime, chunk=args.chunk, lam0=lam0, backend=args.backend)
+                    gpu, args.flow_steps, flow, regime, chunk=args.chunk, lam0=lam0, backend=args.backend,
+                    third_derivative=args.third_derivative)
                 cost[flow], cost["discrete"] = per, per_disc
                 extra = f" critical {crit:.0%} of steps" if flow == "central" else ""
                 print(f"{model:5s} {gpu.dim:9d} {regime + ' ' + flow + ' s/unit time':26s} {per:10.3f} "

@@ -12,10 +12,13 @@ from dataclasses import dataclass, fields
 
 from .checks import check_float, check_int, set_frozen
 
-__all__ = ["CentralOptions", "COUNTER_RATES"]
+__all__ = ["CentralOptions", "COUNTER_RATES", "THIRD_DERIVATIVES"]
 
 #: values of ``central.counter_rate``
 COUNTER_RATES = ("1", "1/beta2")
+#: values of ``central.third_derivative``: "autograd" (the problem's exact ``d3_pairs``) or "difference"
+#: (:func:`pyrod.flows.third_derivatives.d3_pairs_by_difference`, float64 only)
+THIRD_DERIVATIVES = ("autograd", "difference")
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,10 @@ class CentralOptions:
     counter_rate: str = "1"
     """rate of the optimizer's step counter along the flow: "1" (one step per unit time, what the equations give)
     or "1/beta2" (the reference implementation's convention, for comparisons; docs/central_flows.md §7)"""
+    third_derivative: str = "autograd"
+    """how the third derivatives ∇(u_iᵀHu_j) of the critical directions are computed: "autograd" (exact) or
+    "difference" (second differences of gradients, k(k+1) gradients for k critical directions; float64 only;
+    relative error about 1e-8; cheaper where autograd's reverse over reverse is dear: convolutions, attention)"""
 
     def __post_init__(self):
         w = "central"
@@ -66,6 +73,10 @@ class CentralOptions:
             raise ValueError(f"central.counter_rate={self.counter_rate!r} is not one of {list(COUNTER_RATES)}: '1' "
                              f"(one optimizer step per unit time) or '1/beta2' (the reference implementation's "
                              f"convention)")
+        if self.third_derivative not in THIRD_DERIVATIVES:
+            raise ValueError(f"central.third_derivative={self.third_derivative!r} is not one of "
+                             f"{list(THIRD_DERIVATIVES)}: 'autograd' (exact) or 'difference' (second differences "
+                             f"of gradients, float64 only)")
 
     @classmethod
     def names(cls) -> tuple:

@@ -62,6 +62,7 @@ from ..tensor_identity import TensorKey
 from .central_projection import Eval, project
 from .central_tracking import SubspaceTracking
 from .models import FlowModel, PhaseSpaceState
+from .third_derivatives import check_dtype
 
 __all__ = ["CentralFlow", "CentralFlowExperimentalWarning", "CENTRAL_OPTIONS", "check_options"]
 
@@ -156,7 +157,7 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
     def __init__(self, problem, optimizer, *, bea: bool = False, substeps: int = DEFAULT_SUBSTEPS, **options):
         """``options``: the fields of :class:`pyrod.central_options.CentralOptions` (``sdcp_threshold``,
         ``track_threshold``, ``tau``, ``eig_tol``, ``eig_max_iter``, ``max_track``, ``sdcp_tol``, ``refresh_tol``,
-        ``watch_margin``, ``counter_rate``; defaults there); ``substeps``: Euler steps per unit time."""
+        ``watch_margin``, ``counter_rate``, ``third_derivative``; defaults there); ``substeps``: Euler steps per unit time."""
         o = self.validate_options(bea=bea, substeps=substeps, **options)
         super().__init__(problem, optimizer, bea=False)
         self.counter_rate = o["counter_rate"]
@@ -184,6 +185,9 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
         self.max_track = int(min(max_track, self.d))
         self.sdcp_tol = float(sdcp_tol)
         self.refresh_tol = float(refresh_tol)
+        self.third_derivative = o["third_derivative"]
+        if self.third_derivative == "difference":
+            check_dtype(self.problem.dtype)
         # on λ̃ (2 = the stability threshold), as s_sdcp
         self.watch_margin = None if o["watch_margin"] is None else 2.0 * float(o["watch_margin"])
         self.n_eig = self.max_track                         # length of the "eig" dim (FlowRun sets measurer.n_eig)

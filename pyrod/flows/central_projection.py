@@ -2,7 +2,7 @@
 
 Given the critical eigenpairs at ``(t, y)`` (``U`` (d×k), ``HU``, ``λ̃``; see :mod:`.central_tracking`) this builds the
 affine map ``dA/dt = α + β[X]`` of ``A = Uᵀ(2P̃ − H)U`` — third derivatives ``T_ij = ∇(u_iᵀHu_j)`` (one batched
-``Problem.d3`` call), the linear maps of ``svec(X)`` into ``dw/dt`` and, for a preconditioner, ``dP̃/dt`` through
+``Problem.d3_pairs`` call, or differences of gradients: :mod:`.third_derivatives`), the linear maps of ``svec(X)`` into ``dw/dt`` and, for a preconditioner, ``dP̃/dt`` through
 ``dν/dt`` — solves ``X ⪰ 0, α + β[X] ⪰ 0, ⟨X, α + β[X]⟩ = 0`` with :func:`pyrod.sdcp.solve_sdcp` (warm-started
 from the last ``X``) and returns the averaged velocity ``dy/dt``. The derivation is in docs/central_flows.md and
 in :mod:`pyrod.flows.central`.
@@ -18,6 +18,7 @@ from torch.func import jvp, vmap
 
 from .. import host
 from ..columns import cat_columns, stack_columns, take_columns
+from .third_derivatives import d3_pairs_by_difference
 
 __all__ = ["Eval", "cols", "project"]
 
@@ -99,10 +100,13 @@ def project(flow, ev: Eval, tgt0) -> Eval:
     Uc, HUc = ev.U, ev.HU
     iu, ju = torch.triu_indices(kc, kc, device=g.device)
     s = torch.where(iu == ju, 1.0, _SQRT2).to(dtype=g.dtype, device=g.device)
-    # --- third derivatives T_p = ∇(u_iᵀ H u_j), all pairs in one batched call
+    # --- third derivatives T_p = ∇(u_iᵀ H u_j): all pairs in one batched call, or from differences of gradients
     t0 = time.perf_counter()
     iu_h, ju_h = np.triu_indices(kc)                       # the same (row-major upper-triangle) order, on the host
-    T = prob.d3_pairs(w, Uc, iu_h.tolist(), ju_h.tolist())
+    if flow.third_derivative == "difference":
+        T = d3_pairs_by_difference(prob.grad, w, g, Uc, iu_h.tolist(), ju_h.tolist())
+    else:
+        T = prob.d3_pairs(w, Uc, iu_h.tolist(), ju_h.tolist())
     flow.stats["t_t3"] += time.perf_counter() - t0
     flow.stats["n_t3"] += int(iu.numel())
     flow.stats["n_t3_calls"] += 1
