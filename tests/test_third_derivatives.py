@@ -35,7 +35,7 @@ def test_step_is_the_fourth_root_of_the_precision():
 
 def test_pairs_equal_autograd_on_an_mlp_diagonal_and_off_diagonal():
     """All 6 pairs i ≤ j of the top 3 Hessian eigenvectors of the small digits MLP (float64): each column within 1e-6
-    relative of autograd's ``Problem.d3_pairs`` (measured: 6.6e-9 to 1.7e-8), for 3·4 = 12 gradients."""
+    relative of autograd's ``Problem.d3_pairs`` (measured: 6.6e-9 to 2.1e-8), for 3·4 = 12 gradients."""
     prob = _small_mlp()
     _, U = _top_eigenvectors(prob, 3)
     w = prob.w0
@@ -48,6 +48,37 @@ def test_pairs_equal_autograd_on_an_mlp_diagonal_and_off_diagonal():
     print(f"relative errors of the 6 pairs: {rel.tolist()}")
     assert approx.shape == exact.shape == (prob.dim, 6)
     assert float(rel.max()) <= 1e-6
+
+
+@pytest.mark.parametrize("scale", [1e-2, 1e2])
+def test_directions_of_any_length_are_stepped_by_h(scale):
+    """With a preconditioner the flow's directions are P̃-normalised, not unit vectors: columns scaled by 1e-2 or 1e2
+u|u| would be 1e2 too long or short: measured
+    errors 1e-4 and 1e-4 without the per-direction step)."""
+    prob = _small_mlp()
+    _, U = _top_eigenvectors(prob, 2)
+    w = prob.w0
+    exact = prob.d3_pairs(w, U, [0, 0, 1], [0, 1, 1]) * scale ** 2
+    approx = d3_pairs_by_difference(prob.grad, w, prob.grad(w), scale * U, [0, 0, 1], [0, 1, 1])
+    rel = (approx - exact).norm(dim=0) / exact.norm(dim=0)
+    print(f"scale {scale}: relative errors {rel.tolist()}")
+    assert float(rel.max()) <= 1e-6
+
+
+def test_rmsprop_directions_at_a_small_epsilon_match_autograd():
+    """RMSProp with ε = 1e-8: the critical direction's Euclidean length is about 10 (P̃-normalised); the flow's
+    difference pairs at that direction equal autograd's to 1e-6 (measured 1.2e-7)."""
+    prob = _small_mlp()
+    w, g = prob.w0, prob.grad(prob.w0)
+    p = g.abs() + 1e-8
+    lam = float(torch.linalg.eigvalsh(prob.hessian(w) / torch.sqrt(p[:, None] * p[None, :]))[-1])
+    flow = CentralFlow(prob, RMSProp(lr=2.1 / lam, beta2=0.99, eps=1e-8), third_derivative="difference")
+    ev = flow.evaluate(0.0, torch.cat([w, g * g]))
+    assert ev.kc >= 1 and float(ev.U[:, 0].norm()) > 5
+    exact = prob.d3_pairs(w, ev.U, [0], [0])
+    rel = float((ev.That[:, :1] - exact).norm() / exact.norm())
+    print(f"|u| = {float(ev.U[:, 0].norm()):.2f}, relative error {rel:.2e}")
+    assert rel <= 1e-6
 
 
 def test_pairs_equal_the_quartic_closed_form():
@@ -76,7 +107,7 @@ def test_bad_arguments_are_named():
 def test_central_flow_answers_equal_autograd_with_fewer_hvps(opt_name):
     """The small MLP restarted at step 10 at 2.1× its top eigenvalue's threshold, 30 steps (2 then 3 critical
     directions for GD): the central flow with ``third_derivative="difference"`` gives the same critical counts,
-    predicted loss and predicted variances as with autograd, to 1e-6 relative (measured: 3.5e-9 (GD) and 5.7e-8
+    predicted loss and predicted variances as with autograd, to 1e-6 relative (measured: 5.7e-9 (GD) and 3.5e-8
     (RMSProp) on the loss), with no third-derivative HVPs and more gradients."""
     prob = _small_mlp()
     lam = float(torch.linalg.eigvalsh(prob.hessian(prob.w0))[-1])

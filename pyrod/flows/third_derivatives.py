@@ -7,16 +7,17 @@ difference of gradients estimates it,
 
 with a truncation error ``h²/12 · D⁴(∇L)[u, u, u, u]`` and a rounding error of about ``ε |∇L| / h²``; the step
 that balances the two for directions of unit length is ``h = ε^(1/4)`` (:func:`difference_step`: 1.2e-4 in
-float64). Off-diagonal pairs come by polarisation, ``T_ij = ½ (T_(u_i+u_j) − T_ii − T_jj)``, from the diagonal
+float64). Directions of any length are stepped by ``h/|u|`` (a step of length ``h`` in parameter space): with a
+preconditioner the central flow's directions are normalised in the metric of ``P̃``, not to unit length. Off-diagonal pairs come by polarisation, ``T_ij = ½ (T_(u_i+u_j) − T_ii − T_jj)``, from the diagonal
 ones and one more pair of gradients. For ``k`` directions and all ``k(k+1)/2`` pairs ``i ≤ j`` this costs
 ``k(k + 1)`` gradients (2 for one critical direction), where autograd computes each pair by reverse over reverse
-through the graph of ∇L: a backward pass that on convolutions and attention costs 8–25 gradients.
+through the graph of ∇L: a backward pass that on convolutions and attention cost 7–25 gradients.
 
 Only float64 is accepted (:func:`check_dtype`): measured on the CIFAR-shaped MLP, CNN and ViT of
-``benchmarks/gpu.py`` (n = 200, the top two Hessian eigenvectors at initialisation), the relative error of every
-pair against autograd was 1e-9 to 5e-8 in float64, below the error of autograd itself in float32, but 4e-5 to
-5e-4 in float32 even at the step that suited each pair best (``benchmarks/third_derivatives.py``; the numbers are in
-docs/central_flows.md, "Third derivatives").
+``benchmarks/gpu.py`` (n = 200, the top two Hessian eigenvectors at initialisation, two runs), the relative error
+of every pair against autograd was 1e-9 to 5e-8 in float64, below the error of autograd itself in float32, but
+4e-5 to 5e-4 in float32 even at the step that suited each pair best (``benchmarks/third_derivatives.py``; the
+numbers are in docs/central_flows.md, "Third derivatives").
 """
 from __future__ import annotations
 
@@ -46,10 +47,10 @@ def d3_pairs_by_difference(grad, w: torch.Tensor, g: torch.Tensor, U: torch.Tens
     ``Problem.d3_pairs(w, U, iu, ju)``, from second differences of gradients (module docstring).
 
     ``grad``: ``w -> ∇L(w)`` (``(d,) -> (d,)``, e.g. ``Problem.grad``: each call counts as one gradient);
-    ``g``: ``∇L(w)``, already computed; ``U``: ``(d, k)``, columns of unit length (e.g. orthonormal Ritz vectors);
-    ``iu``, ``ju``: host integers of one length ``m``, each in ``[0, k)``; ``h``: the step in parameter units
-    (default :func:`difference_step` of ``w``'s dtype). Calls ``grad`` twice per distinct direction: ``2k`` for
-    the diagonal pairs used and 2 more per distinct off-diagonal pair."""
+    ``g``: ``∇L(w)``, already computed; ``U``: ``(d, k)``, nonzero columns of any length (each is stepped by
+    ``h/|u|``); ``iu``, ``ju``: host integers of one length ``m``, each in ``[0, k)``; ``h``: the length of each
+    step in parameter units (default :func:`difference_step` of ``w``'s dtype). Calls ``grad`` twice per distinct
+    direction: twice per diagonal pair used and twice more per off-diagonal pair."""
     iu, ju = [int(i) for i in iu], [int(j) for j in ju]
     if len(iu) != len(ju):
         raise ValueError(f"iu and ju must have one length, got {len(iu)} and {len(ju)}")
@@ -61,7 +62,10 @@ def d3_pairs_by_difference(grad, w: torch.Tensor, g: torch.Tensor, U: torch.Tens
     twice_g = 2.0 * g
 
     def second_difference(v):
-        return (grad(w + h * v) - twice_g + grad(w - h * v)) / (h * h)
+        # the step along v is h in parameter units whatever |v| (the central flow's directions are P̃-normalised,
+        # not unit vectors, with a preconditioner): s = h/|v|, a device scalar (no transfer)
+        step = h / torch.linalg.vector_norm(v)
+        return (grad(w + step * v) - twice_g + grad(w - step * v)) / (step * step)
 
     diag = {}
 
