@@ -58,6 +58,7 @@ import torch
 from _timing import chunk_times, device_clock
 
 import pyrod
+from pyrod.central_options import THIRD_DERIVATIVES
 from pyrod.integrate.fixed_step import DEFAULT_SUBSTEPS
 from pyrod.problems.models import MODELS
 from pyrod.run_kinds import flow_names
@@ -251,7 +252,7 @@ def main(argv=None):
                     help="also give 1,000 steps of discrete + central scaled linearly to this many images")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    ap.add_argument("--third-derivative", default="autograd", choices=["autograd", "difference"],
+    ap.add_argument("--third-derivative", default="autograd", choices=THIRD_DERIVATIVES,
                     help="the central flow's third_derivative option (and its floor's); difference: float64 only")
     args = ap.parse_args(argv)
     if args.third_derivative == "difference" and args.dtype != "float64":

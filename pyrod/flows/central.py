@@ -157,7 +157,8 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
     def __init__(self, problem, optimizer, *, bea: bool = False, substeps: int = DEFAULT_SUBSTEPS, **options):
         """``options``: the fields of :class:`pyrod.central_options.CentralOptions` (``sdcp_threshold``,
         ``track_threshold``, ``tau``, ``eig_tol``, ``eig_max_iter``, ``max_track``, ``sdcp_tol``, ``refresh_tol``,
-        ``watch_margin``, ``counter_rate``, ``third_derivative``; defaults there); ``substeps``: Euler steps per unit time."""
+        ``watch_margin``, ``counter_rate``, ``third_derivative``; defaults there); ``substeps``: Euler steps per unit
+        time."""
         o = self.validate_options(bea=bea, substeps=substeps, **options)
         super().__init__(problem, optimizer, bea=False)
         self.counter_rate = o["counter_rate"]

@@ -2,9 +2,10 @@
 
 Given the critical eigenpairs at ``(t, y)`` (``U`` (d×k), ``HU``, ``λ̃``; see :mod:`.central_tracking`) this builds the
 affine map ``dA/dt = α + β[X]`` of ``A = Uᵀ(2P̃ − H)U`` — third derivatives ``T_ij = ∇(u_iᵀHu_j)`` (one batched
-``Problem.d3_pairs`` call, or differences of gradients: :mod:`.third_derivatives`), the linear maps of ``svec(X)`` into ``dw/dt`` and, for a preconditioner, ``dP̃/dt`` through
-``dν/dt`` — solves ``X ⪰ 0, α + β[X] ⪰ 0, ⟨X, α + β[X]⟩ = 0`` with :func:`pyrod.sdcp.solve_sdcp` (warm-started
-from the last ``X``) and returns the averaged velocity ``dy/dt``. The derivation is in docs/central_flows.md and
+``Problem.d3_pairs`` call, or differences of gradients: :mod:`.third_derivatives`), the linear maps of ``svec(X)``
+into ``dw/dt`` and, for a preconditioner, ``dP̃/dt`` through ``dν/dt`` — solves ``X ⪰ 0, α + β[X] ⪰ 0,
+⟨X, α + β[X]⟩ = 0`` with :func:`pyrod.sdcp.solve_sdcp` (warm-started from the last ``X``) and returns the averaged
+velocity ``dy/dt``. The derivation is in docs/central_flows.md and
 in :mod:`pyrod.flows.central`.
 """
 from __future__ import annotations

@@ -8,8 +8,9 @@ difference of gradients estimates it,
 with a truncation error ``h²/12 · D⁴(∇L)[u, u, u, u]`` and a rounding error of about ``ε |∇L| / h²``; the step
 that balances the two for directions of unit length is ``h = ε^(1/4)`` (:func:`difference_step`: 1.2e-4 in
 float64). Directions of any length are stepped by ``h/|u|`` (a step of length ``h`` in parameter space): with a
-preconditioner the central flow's directions are normalised in the metric of ``P̃``, not to unit length. Off-diagonal pairs come by polarisation, ``T_ij = ½ (T_(u_i+u_j) − T_ii − T_jj)``, from the diagonal
-ones and one more pair of gradients. For ``k`` directions and all ``k(k+1)/2`` pairs ``i ≤ j`` this costs
+preconditioner the central flow's directions are normalised in the metric of ``P̃``, not to unit length.
+Off-diagonal pairs come by polarisation, ``T_ij = ½ (T_(u_i+u_j) − T_ii − T_jj)``, from the diagonal ones and one
+more pair of gradients. For ``k`` directions and all ``k(k+1)/2`` pairs ``i ≤ j`` this costs
 ``k(k + 1)`` gradients (2 for one critical direction), where autograd computes each pair by reverse over reverse
 through the graph of ∇L: a backward pass that on convolutions and attention cost 7–25 gradients.
 
@@ -38,7 +39,8 @@ def check_dtype(dtype: torch.dtype) -> None:
     if dtype != torch.float64:
         raise ValueError(f"central.third_derivative='difference' needs a float64 problem, not {dtype}: in float32 "
                          f"the second difference of gradients was off by 4e-5 to 5e-4 (relative) even at the best "
-                         f"step for each pair (docs/central_flows.md, 'Third derivatives'); use third_derivative='autograd'")
+                         f"step for each pair (docs/central_flows.md, 'Third derivatives'); use "
+                         f"third_derivative='autograd'")
 
 
 def d3_pairs_by_difference(grad, w: torch.Tensor, g: torch.Tensor, U: torch.Tensor, iu, ju,
