@@ -3,6 +3,7 @@
     python benchmarks/gpu.py [--n 5000] [--models mlp,cnn,vit] [--dtype float32] [--batch-size 1000]
                              [--cpu-n 500] [--regimes eos,start] [--flows rod,central] [--flow-steps 6] [--chunk 2]
                              [--backend torch] [--project-n N] [--threads 16] [--third-derivative autograd]
+                             [--tracking-hvp autograd]
     python benchmarks/gpu.py --device cpu --n 200 --cpu-n 0 --regimes eos --flows stable,rod,central \
                              --backend default --flow-steps 12 --chunk 4 --project-n 5000 --threads 1
                                                                     # the CPU rows of docs/howto/cost.md
@@ -25,7 +26,8 @@ registry's MLP (2×256 GELU), CNN (channels 32, 64) and ViT (patch 4, dim 64, de
   first eigen-solve), and as a ratio central / rod;
 * with ``rod`` and ``central`` in ``--flows``, in the ``eos`` rows, the central flow's floor: the least derivative
   work of a central flow with one critical direction on its default integrator (Euler ×4), per right-hand side the
-  graph of ∇L at the new point, one HVP and one third-derivative pair, timed at ``w0`` (:func:`_central_rhs_floor`),
+  graph of ∇L at the new point, one HVP and one third-derivative pair (or their differences of gradients with
+  ``--third-derivative`` / ``--tracking-hvp difference``), timed at ``w0`` (:func:`_central_rhs_floor`),
   and floor / rod: no change to the tracking (Rayleigh–Ritz of other directions, basis checks) can bring central /
   rod below it inside the EoS;
 * for the central flow, what its HVPs went to per unit time over the same chunks (:func:`work_breakdown`): the
@@ -58,7 +60,7 @@ import torch
 from _timing import chunk_times, device_clock
 
 import pyrod
-from pyrod.central_options import THIRD_DERIVATIVES
+from pyrod.central_options import THIRD_DERIVATIVES, TRACKING_HVPS
 from pyrod.integrate.fixed_step import DEFAULT_SUBSTEPS
 from pyrod.problems.models import MODELS
 from pyrod.run_kinds import flow_names
@@ -100,14 +102,18 @@ def _derivative_rates(prob, device):
             _rate(lambda: prob.d3(w, u, v), device))
 
 
-def _central_rhs_floor(prob, device, substeps=DEFAULT_SUBSTEPS, third_derivative="autograd"):
+def _central_rhs_floor(prob, device, substeps=DEFAULT_SUBSTEPS, third_derivative="autograd",
+                       tracking_hvp="autograd"):
     """Seconds per unit time of the least derivative work a central flow with one critical direction does at its
     default integrator (Euler, ``substeps`` right-hand sides per unit time): per right-hand side the graph of ∇L
-    at a new point (its gradient), one HVP ``Hu`` (the critical pair's Rayleigh–Ritz) and the third-derivative pair
-    ``∇(uᵀHu)`` (with ``third_derivative="difference"``: from two more gradients,
-    :func:`pyrod.flows.third_derivatives.d3_pairs_by_difference`), nothing else (no other tracked directions, no
-    basis checks, no read-out). A lower bound of the central flow's cost inside the EoS, measured at ``w0`` with a
-    new tensor per call (so every call builds the graph, as every right-hand side does)."""
+    at a new point (its gradient), one HVP ``Hu`` (the critical pair's Rayleigh–Ritz; with
+    ``tracking_hvp="difference"`` a plain gradient and one more gradient, :func:`pyrod.flows.difference_hvp
+    .hvp_by_difference`) and the third-derivative pair ``∇(uᵀHu)`` (with ``third_derivative="difference"``: from
+    two more gradients, :func:`pyrod.flows.third_derivatives.d3_pairs_by_difference`), nothing else (no other
+    tracked directions, no basis checks, no read-out). A lower bound of the central flow's cost inside the EoS,
+    measured at ``w0`` with a new tensor per call (so every call builds the graph, as every right-hand side
+    does)."""
+    from pyrod.flows.difference_hvp import hvp_by_difference
     from pyrod.flows.third_derivatives import d3_pairs_by_difference
     w = prob.w0
     g = torch.Generator(device="cpu").manual_seed(2)
@@ -116,12 +122,24 @@ def _central_rhs_floor(prob, device, substeps=DEFAULT_SUBSTEPS, third_derivative
 
     def rhs_work():
         ww = w.clone()                       # a new point: the cached graph of ∇L is built again
-        prob.hvp(ww, u[:, 0])
+        if tracking_hvp == "difference":
+            gw = prob.grad(ww)
+            hvp_by_difference(prob.grad, ww, gw, u)
+        else:
+            prob.hvp(ww, u[:, 0])
+            gw = prob.graph_grad(ww)
         if third_derivative == "difference":
-            d3_pairs_by_difference(prob.grad, ww, prob.graph_grad(ww), u, [0], [0])
+            d3_pairs_by_difference(prob.grad, ww, gw, u, [0], [0])
         else:
             prob.d3_pairs(ww, u, [0], [0])
     return substeps / _rate(rhs_work, device)
+
+
+def _floor_words(third_derivative, tracking_hvp) -> str:
+    """What :func:`_central_rhs_floor` counts per right-hand side, in words."""
+    hvp = "gradient + 1 more for Hu" if tracking_hvp == "difference" else "gradient graph + 1 HVP"
+    pair = "2 gradients for the pair" if third_derivative == "difference" else "1 third-derivative pair"
+    return f"{hvp} + {pair}"
 
 
 def _sharpness(prob):
@@ -145,7 +163,8 @@ def _after_first(chunks):
 #: the central flow's counters (``CentralFlow.stats``) that :func:`work_breakdown` reports per unit time: HVPs of the
 #: Rayleigh–Ritz on the tracked basis, of its Davidson expansions, of the LOBPCG refreshes and of the refinements for
 #: a measurement, and the third-derivative pairs ∇(uᵢᵀHuⱼ) (each two backward passes in the run's HVP count; with
-#: ``--third-derivative difference`` two gradients per diagonal pair in its gradient count instead)
+#: ``--third-derivative difference`` two gradients per diagonal pair in its gradient count instead; with
+#: ``--tracking-hvp difference`` the Rayleigh–Ritz and expansion products are one gradient each, in the gradient count)
 WORK_COUNTERS = {"rr_hvp": "Rayleigh-Ritz HVPs", "expand_hvp": "expansion HVPs", "refresh_hvp": "refresh HVPs",
                  "refine_hvp": "refine HVPs", "n_t3": "third-derivative pairs", "n_rhs": "right-hand sides"}
 
@@ -163,14 +182,15 @@ def work_breakdown(stats_rows) -> dict | None:
     return {key: (last.get(key, 0) - first.get(key, 0)) / (k1 - k0) for key in WORK_COUNTERS}
 
 
-def _flow_cost(prob, steps, flow, regime, chunk=2, lam0=None, backend="torch", third_derivative="autograd"):
+def _flow_cost(prob, steps, flow, regime, chunk=2, lam0=None, backend="torch", third_derivative="autograd",
+               tracking_hvp="autograd"):
     """Seconds per unit time of ``flow`` (integration + read-out, chunks after the first) beside the discrete run,
     in ``regime`` (see the module docstring; ``lam0`` from :func:`_sharpness`, computed when not given) on
     ``backend`` (``"default"``: pyrod's choice for the device); returns ``(s per unit time, flow status,
     critical-set share, s per discrete step without eigenvalues, (gradients, HVPs) per unit time, work)``: the run's
     own counters over the timed chunks, third derivatives counted as their backward passes: ``pyrod.flows.cost``;
-    ``work``: :func:`work_breakdown` for a flow that keeps counters, else None). ``third_derivative``: the central
-    flow's option of that name."""
+    ``work``: :func:`work_breakdown` for a flow that keeps counters, else None). ``third_derivative``,
+    ``tracking_hvp``: the central flow's options of those names."""
     if regime == "eos":
         lam0 = _sharpness(prob)[0] if lam0 is None else lam0
         kw = dict(lr=2.05 / lam0, integ={})
@@ -184,7 +204,8 @@ def _flow_cost(prob, steps, flow, regime, chunk=2, lam0=None, backend="torch", t
         tree = pyrod.simulate(prob, pyrod.optimizers.GD(lr=kw["lr"]), steps=steps, runs=["discrete", flow], eigs=1,
                               eig_every=10 ** 6, backend=None if backend == "default" else backend, chunk=chunk,
                               threads=torch.get_num_threads(), progress=False, **kw["integ"],
-                              **({"third_derivative": third_derivative} if flow == "central" else {}))
+                              **({"third_derivative": third_derivative, "tracking_hvp": tracking_hvp}
+                                 if flow == "central" else {}))
     units, secs, grads, hvps = _after_first(chunks[flow])
     d_steps, d_secs, _, _ = _after_first(chunks["discrete"])
     per, counts, per_disc = secs / units, (grads / units, hvps / units), d_secs / d_steps
@@ -254,10 +275,12 @@ def main(argv=None):
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     ap.add_argument("--third-derivative", default="autograd", choices=THIRD_DERIVATIVES,
                     help="the central flow's third_derivative option (and its floor's); difference: float64 only")
+    ap.add_argument("--tracking-hvp", default="autograd", choices=TRACKING_HVPS,
+                    help="the central flow's tracking_hvp option (and its floor's); difference: float64 only")
     args = ap.parse_args(argv)
-    if args.third_derivative == "difference" and args.dtype != "float64":
-        raise SystemExit("--third-derivative difference needs --dtype float64 (the central flow refuses it in "
-                         "float32)")
+    for flag, value in (("--third-derivative", args.third_derivative), ("--tracking-hvp", args.tracking_hvp)):
+        if value == "difference" and args.dtype != "float64":
+            raise SystemExit(f"{flag} difference needs --dtype float64 (the central flow refuses it in float32)")
     if not 1 <= args.chunk < args.flow_steps:
         raise SystemExit(f"--chunk {args.chunk}: must be >= 1 and below --flow-steps {args.flow_steps} (the first "
                          "chunk is not timed)")
@@ -278,7 +301,7 @@ def main(argv=None):
     print(f"{name}; CPU {torch.get_num_threads()} threads; torch {torch.__version__}; synthetic CIFAR-shaped data, "
           f"n = {args.n} (CPU rates measured on {args.cpu_n} images, scaled to n), {args.dtype}, "
           f"batch_size = {args.batch_size}, backend {args.backend}, central third_derivative "
-          f"{args.third_derivative}", flush=True)
+          f"{args.third_derivative}, tracking_hvp {args.tracking_hvp}", flush=True)
     print(f"{'model':5s} {'d':>9s} {'what':26s} {'device':>10s} {'CPU':>10s} {'dev/CPU':>8s}", flush=True)
     summary = []
     for model in args.models.split(","):
@@ -295,16 +318,16 @@ def main(argv=None):
         print(f"{model:5s} {gpu.dim:9d} {'1 cold λmax solve s':26s} {sharp:10.3f}   (λ0 = {lam0:.4g})", flush=True)
         floor = None
         if "central" in flows and "rod" in flows and "eos" in regimes:
-            floor = _central_rhs_floor(gpu, args.device, third_derivative=args.third_derivative)
-            pair = "2 gradients for the pair" if args.third_derivative == "difference" else "1 third-derivative pair"
+            floor = _central_rhs_floor(gpu, args.device, third_derivative=args.third_derivative,
+                                       tracking_hvp=args.tracking_hvp)
             print(f"{model:5s} {gpu.dim:9d} {'central floor s/unit time':26s} {floor:10.3f}   ({DEFAULT_SUBSTEPS} × "
-                  f"(gradient graph + 1 HVP + {pair}))", flush=True)
+                  f"({_floor_words(args.third_derivative, args.tracking_hvp)}))", flush=True)
         for regime in regimes:
             cost = {FLOOR: floor} if floor is not None and regime == "eos" else {}
             for flow in flows:
                 per, status, crit, per_disc, (grads, hvps), work = _flow_cost(
                     gpu, args.flow_steps, flow, regime, chunk=args.chunk, lam0=lam0, backend=args.backend,
-                    third_derivative=args.third_derivative)
+                    third_derivative=args.third_derivative, tracking_hvp=args.tracking_hvp)
                 cost[flow], cost["discrete"] = per, per_disc
                 extra = f" critical {crit:.0%} of steps" if flow == "central" else ""
                 print(f"{model:5s} {gpu.dim:9d} {regime + ' ' + flow + ' s/unit time':26s} {per:10.3f} "

@@ -12,13 +12,16 @@ from dataclasses import dataclass, fields
 
 from .checks import check_float, check_int, set_frozen
 
-__all__ = ["CentralOptions", "COUNTER_RATES", "THIRD_DERIVATIVES"]
+__all__ = ["CentralOptions", "COUNTER_RATES", "THIRD_DERIVATIVES", "TRACKING_HVPS"]
 
 #: values of ``central.counter_rate``
 COUNTER_RATES = ("1", "1/beta2")
 #: values of ``central.third_derivative``: "autograd" (the problem's exact ``d3_pairs``) or "difference"
 #: (:func:`pyrod.flows.third_derivatives.d3_pairs_by_difference`, float64 only)
 THIRD_DERIVATIVES = ("autograd", "difference")
+#: values of ``central.tracking_hvp``: "autograd" (the problem's exact ``hvp``) or "difference"
+#: (:func:`pyrod.flows.difference_hvp.hvp_by_difference`, float64 only)
+TRACKING_HVPS = ("autograd", "difference")
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,10 @@ class CentralOptions:
     """how the third derivatives ∇(u_iᵀHu_j) of the critical directions are computed: "autograd" (exact) or
     "difference" (second differences of gradients, k(k+1) gradients for k critical directions; float64 only;
     relative error about 1e-8; cheaper where autograd's reverse over reverse is dear: convolutions, attention)"""
+    tracking_hvp: str = "autograd"
+    """how the Hessian-vector products of the tracked basis's Rayleigh–Ritz steps and Davidson expansions are
+    computed: "autograd" (exact) or "difference" (one-sided differences of gradients, one gradient per product;
+    float64 only; relative error about 5e-8; LOBPCG refreshes and eigenvalue measurements stay exact)"""
 
     def __post_init__(self):
         w = "central"
@@ -77,6 +84,9 @@ class CentralOptions:
             raise ValueError(f"central.third_derivative={self.third_derivative!r} is not one of "
                              f"{list(THIRD_DERIVATIVES)}: 'autograd' (exact) or 'difference' (second differences "
                              f"of gradients, float64 only)")
+        if self.tracking_hvp not in TRACKING_HVPS:
+            raise ValueError(f"central.tracking_hvp={self.tracking_hvp!r} is not one of {list(TRACKING_HVPS)}: "
+                             f"'autograd' (exact) or 'difference' (one-sided differences of gradients, float64 only)")
 
     @classmethod
     def names(cls) -> tuple:

@@ -69,8 +69,8 @@ def simulate(problem=None, optimizer=None, steps=None, runs=None, *, progress: b
       ``snapshot_every``, ``loss_target``, ``divergence_factor``, ``restart_at``, ``events``, ``backend``,
       ``method``, ``rtol``, ``atol``, ``max_step``, ``substeps``, ``min_step``, ``max_rhs_per_unit``, ``bea``,
       the central flow's ``sdcp_threshold``, ``track_threshold``, ``tau``, ``max_track``, ``sdcp_tol``,
-      ``refresh_tol``, ``watch_margin``, ``counter_rate``, ``third_derivative``), ``threads`` (CPU threads;
-      default: one for a small problem, every core for a large one: :mod:`pyrod.threads`), backend options
+      ``refresh_tol``, ``watch_margin``, ``counter_rate``, ``third_derivative``, ``tracking_hvp``), ``threads``
+      (CPU threads; default: one for a small problem, every core for a large one: :mod:`pyrod.threads`), backend options
       (``jac``, ``max_steps``, ``linsolver``, …) and whole sections (``eig=``, ``integrator=``, ``stable=``,
       ``rod=``, ``central=``, ``stop=``, ``output=``; a spec section or a dict). An unknown keyword fails at once with
       the closest valid name.

@@ -710,6 +710,7 @@ FLAT_KEYWORDS = {
     "tau": "central.tau", "max_track": "central.max_track", "sdcp_tol": "central.sdcp_tol",
     "refresh_tol": "central.refresh_tol", "watch_margin": "central.watch_margin",
     "counter_rate": "central.counter_rate", "third_derivative": "central.third_derivative",
+    "tracking_hvp": "central.tracking_hvp",
     "runs": "runs", "restart_at": "restart_at", "events": "events", "threads": "threads",
     "minibatch_size": "minibatch.size", "minibatch_seed": "minibatch.seed", "minibatch_source": "minibatch.source",
     "heldout": "minibatch.heldout", "heldout_every": "minibatch.heldout_every", "measure_on": "minibatch.measure_on",

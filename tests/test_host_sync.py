@@ -61,13 +61,12 @@ def _cuda_sync_errors():
         torch.cuda.set_sync_debug_mode(0)
 
 
-def _gd_at_eos(monkeypatch, eigs=2, eig_every=1, width=16, steps=30, restart=12, device="cpu",
-               third_derivative="autograd"):
+def _gd_at_eos(monkeypatch, eigs=2, eig_every=1, width=16, steps=30, restart=12, device="cpu", **central):
     """GD at η = 2.2/λ0 on a small digits MLP, discrete + central from ``restart``, the central flow on the torch
     backend (Euler ×4) with every host read outside the declared transfers an error (CPU: :func:`forbid_host_reads`;
     CUDA: the sync debug mode). Returns (tree, log): the log holds, in order, ``("T",)`` per declared transfer,
-    ``("accept", t)`` per accepted step, ``("refresh",)``, ``("kc", k)`` per evaluation. ``third_derivative``: the
-    central flow's option."""
+    ``("accept", t)`` per accepted step, ``("refresh",)``, ``("kc", k)`` per evaluation. ``central``: the central
+    flow's options (``third_derivative``, ``tracking_hvp``)."""
     prob = pyrod.problem(model="mlp", data="digits", classes=4, n=64, seed=0, device=device,
                          model_kwargs={"width": width, "depth": 2, "activation": "gelu"})
     lam = float(top_eigs(hessian_operator(prob, prob.w0), prob.dim, 1, dtype=prob.dtype, device=device)[0][0])
@@ -114,7 +113,7 @@ def _gd_at_eos(monkeypatch, eigs=2, eig_every=1, width=16, steps=30, restart=12,
         warnings.simplefilter("ignore")
         tree = pyrod.simulate(prob, GD(lr=2.2 / lam), steps=steps, runs=["discrete", "central"], eigs=eigs,
                               eig_every=eig_every, restart_at=restart, backend="torch", chunk=6,
-                              third_derivative=third_derivative)
+                              **central)
     return tree, log
 
 
@@ -145,13 +144,16 @@ DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skip
     not torch.cuda.is_available(), reason="no CUDA GPU here: torch.cuda.is_available() is False")])]
 
 
-@pytest.mark.parametrize("third_derivative", ["autograd", "difference"])
+@pytest.mark.parametrize("central", [{}, {"third_derivative": "difference"},
+                                     {"third_derivative": "difference", "tracking_hvp": "difference"}],
+                         ids=["autograd", "difference", "difference-tracking"])
 @pytest.mark.parametrize("device", DEVICES)
-def test_central_flow_reads_the_device_once_per_step(monkeypatch, device, third_derivative):
+def test_central_flow_reads_the_device_once_per_step(monkeypatch, device, central):
     """Between two integer times (no read-out due) and without a refresh, an accepted step makes exactly one
     transfer with at most one critical direction, two with more (the SDCP's). On CUDA any other synchronisation
-    raises (sync debug mode). The same with the third derivatives from differences of gradients."""
-    tree, log = _gd_at_eos(monkeypatch, eig_every=6, device=device, third_derivative=third_derivative)
+    raises (sync debug mode). The same with the third derivatives, and the tracked basis's products, from
+    differences of gradients."""
+    tree, log = _gd_at_eos(monkeypatch, eig_every=6, device=device, **central)
     assert tree["central"].ds.attrs["flow_status"] == "ok"
     steps = _per_step(log)
     assert len(steps) >= 4 * 15

@@ -53,8 +53,8 @@ def test_pairs_equal_autograd_on_an_mlp_diagonal_and_off_diagonal():
 @pytest.mark.parametrize("scale", [1e-2, 1e2])
 def test_directions_of_any_length_are_stepped_by_h(scale):
     """With a preconditioner the flow's directions are P̃-normalised, not unit vectors: columns scaled by 1e-2 or 1e2
-u|u| would be 1e2 too long or short: measured
-    errors 1e-4 and 1e-4 without the per-direction step)."""
+    give pairs scaled by their square, within 1e-6 of autograd (each direction is stepped by h/|u|; a step of
+    h·|u| would be 1e2 too long or short: measured errors 1e-4 and 1e-4 without the per-direction step)."""
     prob = _small_mlp()
     _, U = _top_eigenvectors(prob, 2)
     w = prob.w0

@@ -61,6 +61,7 @@ from ..integrate.fixed_step import DEFAULT_SUBSTEPS, check_substeps
 from ..tensor_identity import TensorKey
 from .central_projection import Eval, project
 from .central_tracking import SubspaceTracking
+from .difference_hvp import check_dtype as check_tracking_hvp_dtype
 from .models import FlowModel, PhaseSpaceState
 from .third_derivatives import check_dtype
 
@@ -157,8 +158,8 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
     def __init__(self, problem, optimizer, *, bea: bool = False, substeps: int = DEFAULT_SUBSTEPS, **options):
         """``options``: the fields of :class:`pyrod.central_options.CentralOptions` (``sdcp_threshold``,
         ``track_threshold``, ``tau``, ``eig_tol``, ``eig_max_iter``, ``max_track``, ``sdcp_tol``, ``refresh_tol``,
-        ``watch_margin``, ``counter_rate``, ``third_derivative``; defaults there); ``substeps``: Euler steps per unit
-        time."""
+        ``watch_margin``, ``counter_rate``, ``third_derivative``, ``tracking_hvp``; defaults there); ``substeps``:
+        Euler steps per unit time."""
         o = self.validate_options(bea=bea, substeps=substeps, **options)
         super().__init__(problem, optimizer, bea=False)
         self.counter_rate = o["counter_rate"]
@@ -189,6 +190,9 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
         self.third_derivative = o["third_derivative"]
         if self.third_derivative == "difference":
             check_dtype(self.problem.dtype)
+        self.tracking_hvp = o["tracking_hvp"]
+        if self.tracking_hvp == "difference":
+            check_tracking_hvp_dtype(self.problem.dtype)
         # on λ̃ (2 = the stability threshold), as s_sdcp
         self.watch_margin = None if o["watch_margin"] is None else 2.0 * float(o["watch_margin"])
         self.n_eig = self.max_track                         # length of the "eig" dim (FlowRun sets measurer.n_eig)
@@ -337,6 +341,7 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
         the same HVPs as an uninterrupted one."""
         self._chunk = chunk
         self._cache = self._new_cache()
+        self._grad_memo = None
         self._pending = []
         self._pt_memo = None
         self.flush_device_counts()
@@ -389,7 +394,8 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
             rr = self._ritz(float(k), y, p["w"], p.get("nu"), Pt)
             need = self.spectrum_needs(k) if self.spectrum_needs is not None else None
             if need is not None:       # polish the pairs the measurement needs (not the tracked basis: the flow
-                rr = self._refine(p["w"], Pt, rr, *need)   # does not depend on how often it is measured)
+                # does not depend on how often it is measured), from exact products (tracking_hvp="difference")
+                rr = self._refine(p["w"], Pt, self.exact_products(p["w"], Pt, rr), *need)
             sq = Pt.sqrt()[:, None] if Pt.numel() > 1 else Pt.sqrt()[0]
             # V = P~^{1/2} U and S V = P^{-1/2} H P^{-1/2} V = c P~^{-1/2} H U (no HVPs)
             spec = self.spectrum_at(k, y, sq * rr.U, init_AX=self.c * rr.HU / sq, known=(self.c * rr.lam, rr.rel))
@@ -514,11 +520,15 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
         far = self._far()
         # near the critical set the state's Rayleigh–Ritz (the event checks', usually done already) builds the
         # graph of ∇L for its HVPs: the gradient comes from it (the same values, one backward pass less)
-        g = None if far else self.problem.graph_grad(w)
-        if g is None and not far:
-            self._ritz(t, y, w, nu, self.P_tilde(nu, t), check=False)
-            g = self.problem.graph_grad(w)
-        g = self.grad(w).detach() if g is None else g
+        # (with tracking_hvp="difference" there is no graph: the gradient the differences started from)
+        if not far and self.tracking_hvp == "difference":
+            g = self.base_grad(w)
+        else:
+            g = None if far else self.problem.graph_grad(w)
+            if g is None and not far:
+                self._ritz(t, y, w, nu, self.P_tilde(nu, t), check=False)
+                g = self.problem.graph_grad(w)
+            g = self.grad(w).detach() if g is None else g
         ev.g = g
         Pt = self.P_tilde(nu, t)
         ev.Pt = Pt

@@ -21,6 +21,11 @@ hands the same tensor to the right-hand side, the event checks and the accepted-
 content on a GPU; on the CPU, where reading values costs no synchronisation, a content-equal copy of the state also
 hits (the NumPy backends hand the flow a new tensor per callback). The cache is pure and cleared at every chunk.
 
+**Products** ``HY``, ``HZ`` of the Rayleigh–Ritz steps and Davidson expansions (:meth:`SubspaceTracking._products`):
+the problem's exact HVPs, or with ``tracking_hvp="difference"`` one-sided differences of gradients from ``∇L`` at the
+state (:mod:`pyrod.flows.difference_hvp`, float64, ~5e-8 relative: enough for ``refresh_tol``). LOBPCG refreshes and
+the products a measurement starts from (:meth:`SubspaceTracking.exact_products`) are always exact.
+
 State between chunks (``tracking_state``): ``Y``, ``k_track``, ``lam_last`` (λ̃ at the last accepted step, host
 float64) and ``lam_t`` (the time it belongs to), ``eig_floor``, and the plan of watched checks (``n_near``,
 ``full_next``, ``full_prev``, ``watch_until``). The event values at a chunk's first state, the last accepted state
@@ -29,7 +34,8 @@ fixed-step methods: no Rayleigh–Ritz is redone there); an adaptive method eval
 before the first event check, which then reads that right-hand side's Rayleigh–Ritz. Either way a resumed run does
 the same arithmetic as an uninterrupted one. The mixin needs from its host: ``problem``, ``d``, ``P_tilde(ν, t)``,
 ``s_sdcp``, ``s_track``, ``max_track``, ``track_threshold``, ``eig_tol``, ``eig_max_iter``, ``refresh_tol``,
-``watch_margin``, ``stats``, ``layout`` and ``_warned``.
+``watch_margin``, ``tracking_hvp``, ``grad`` (∇L, uncounted), ``tensor_states``, ``stats``, ``layout`` and
+``_warned``.
 """
 from __future__ import annotations
 
@@ -44,6 +50,7 @@ import torch
 from .. import host
 from ..columns import cat_columns, mm_columns, take_columns
 from ..tensor_identity import TensorKey
+from .difference_hvp import hvp_by_difference
 
 __all__ = ["SubspaceTracking", "Ritz", "StateCache", "gram_matrices", "ritz_from_grams", "pencil_rayleigh_ritz"]
 
@@ -241,6 +248,7 @@ class SubspaceTracking:
         self.lam_t = None           # the time of lam_last (None: not from a check or refresh at a known time)
         self.eig_floor = 0.0        # tolerance floor learned from an unconverged refresh (see _refresh)
         self._cache = self._new_cache()  # ("rr" | "ev", t, state) -> Ritz / evaluation (pure; cleared per chunk)
+        self._grad_memo = None      # (TensorKey(w), ∇L(w)): the base of the difference products (base_grad; pure)
         self.expand_due = True      # the next check expands the basis (see track)
         self.far_next = None        # far from critical: time of the next check (see _schedule)
         self.far_prev = None        # far from critical: (t, λ̃max) at the last check
@@ -277,6 +285,7 @@ class SubspaceTracking:
         # checkpoints written before it: right-hand sides past full_next take the whole basis (as they did then)
         self.watch_until = state.get("watch_until")
         self._cache = self._new_cache()
+        self._grad_memo = None
 
     def track(self, t, y) -> bool:
         """After each accepted step: Rayleigh–Ritz at the new state on the tracked basis and its Davidson
@@ -560,7 +569,7 @@ class SubspaceTracking:
         Z = Z - mm_columns(U, U.T @ (Pc * Z))
         nz = torch.sqrt((Z * (Pc * Z)).sum(0))
         Z = Z / nz.clamp_min(torch.finfo(Z.dtype).tiny)
-        HZ = self.problem.hvp(w, Z)
+        HZ = self._products(w, Z)
         self.stats["expand_hvp"] += Z.shape[1]
         self.stats["n_expand"] += 1
         S, HS = (U, Z), (HU, HZ)         # kept as column blocks (combine, gram_rows): no d × m copies
@@ -590,8 +599,41 @@ class SubspaceTracking:
         if nb >= n:
             return have
         self.stats["rr_hvp"] += n - nb
-        rest = self.problem.hvp(w, self.Y[:, nb:n])
+        rest = self._products(w, self.Y[:, nb:n])
         return rest if nb == 0 else cat_columns([have, rest])
+
+    def _products(self, w, V):
+        """``H V`` for the tracking's Rayleigh–Ritz steps and Davidson expansions: the problem's exact ``hvp``, or
+        with ``tracking_hvp="difference"`` one-sided differences of gradients (:func:`.difference_hvp
+        .hvp_by_difference`: one gradient per column, from :meth:`base_grad`)."""
+        if self.tracking_hvp != "difference":
+            return self.problem.hvp(w, V)
+        return hvp_by_difference(self.problem.grad, w, self.base_grad(w), V)
+
+    def base_grad(self, w):
+        """``∇L(w)``, the base point of the difference products at ``w``, kept for the last point (matched as the
+        state caches match, :class:`StateCache`): the right-hand side at that state takes it as its own gradient.
+        Computed with the flow's uncounted ``grad`` (the run counts one gradient per right-hand side; a Rayleigh–
+        Ritz where no right-hand side follows, such as a read-out inside a step, is then not counted, as autograd's
+        graph of ∇L there is not)."""
+        memo = self._grad_memo
+        if memo is not None and (memo[0].matches(w) or (not self.tensor_states and _same_on_cpu(memo[0].tensor, w))):
+            return memo[1]
+        g = self.grad(w).detach()
+        self._grad_memo = (TensorKey(w), g)
+        return g
+
+    def exact_products(self, w, Pt, rr: Ritz) -> Ritz:
+        """``rr`` (Ritz pairs at ``w``) with its products from autograd: with ``tracking_hvp="difference"`` a
+        measurement at ``eig_tol`` (finer than the differences' ~5e-8) recomputes ``H U`` exactly for the pairs it
+        takes (one HVP each) and does the Rayleigh–Ritz on them again; otherwise ``rr`` itself."""
+        if self.tracking_hvp != "difference":
+            return rr
+        U = rr.U
+        HU = self.problem.hvp(w, U)
+        self.stats["refine_hvp"] += U.shape[1]
+        return self._finish(host.to_host(gram_matrices(U, HU, Pt)), U, HU, False, U.shape[1],
+                            basis=None if rr.basis is None else rr.basis())
 
     def _finish(self, G, S, HS, expanded, k0, plain_basis=False, basis=None) -> Ritz:
         """Host part of a Rayleigh–Ritz on ``S``: the top ``k0`` Ritz pairs (device vectors ``S C``, ``HS C``; the
