@@ -7,12 +7,12 @@ a step of length ``h`` in parameter space whatever ``|v|`` (with a preconditione
 normalised in the metric of ``P̃``, not to unit length). The truncation error is ``h/2 · |D³L[v, v, ·]|`` and the
 rounding error about ``ε |∇L| / h``; ``h = √ε`` (1.5e-8 in float64, :func:`difference_step`) balances the two. One
 gradient per column, ``∇L(w)`` given (the central flow's right-hand side needs it anyway), where autograd's
-reverse over reverse costs 2 to 4 gradients on convolutions and attention.
+reverse over reverse cost 2.1 to 2.7 gradients on convolutions and attention on a CPU.
 
 Only float64 is accepted (:func:`check_dtype`). Measured on the CIFAR-shaped CNN and ViT of ``benchmarks/gpu.py``
 (n = 200, float64, the top six Hessian eigenvectors at initialisation, ``benchmarks/difference_hvp.py``): relative
-error 2e-8 to 6e-8 against autograd; 2e-7 along random directions, whose ``|Hv|`` is smaller. In float32 the same
-formula is off by about ``√ε₃₂`` = 3e-4 at best. The central flow uses these products only where it needs
+error 2e-8 to 6e-8 against autograd; 2e-7 to 3e-7 along random directions, whose ``|Hv|`` is smaller. In float32
+the same formula was off by 3e-4 to 1.5e-3 even at the best step per column (``√ε₃₂`` = 3e-4). The central flow uses these products only where it needs
 ``refresh_tol`` (1e-3) accuracy: the Rayleigh–Ritz steps and Davidson expansions of the tracked basis; LOBPCG
 refreshes and the eigenvalue measurements at ``eig_tol`` use autograd.
 """
