@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu import _problem  # noqa: E402  (the same models and data as the cost table)
+from third_derivatives import _rel, _seconds  # noqa: E402  (the same error and timing as its sibling benchmark)
 
 from pyrod.flows.difference_hvp import hvp_by_difference  # noqa: E402
 from pyrod.spectra import hessian_operator, top_eigs  # noqa: E402
@@ -44,10 +44,6 @@ def _directions(prob):
     R = torch.randn(prob.dim, N_RANDOM, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     V = torch.cat([V, R], dim=1)
     return V / V.norm(dim=0)
-
-
-def _rel(a, b):
-    return (a.double() - b).norm(dim=0) / b.norm(dim=0)
 
 
 def _split(errs):
@@ -69,14 +65,6 @@ def accuracy(model, n):
     return p64.dim, out
 
 
-def _seconds(fn, reps=3):
-    fn()
-    t0 = time.process_time()
-    for _ in range(reps):
-        fn()
-    return (time.process_time() - t0) / reps
-
-
 def cost(model, n, dtype):
     """``(autograd s, difference s, gradient s)`` for the eight products at a new point, one model and dtype."""
     prob = _problem(model, n, "cpu", dtype, None)
@@ -91,7 +79,8 @@ def cost(model, n, dtype):
     def difference():
         ww = w.clone()
         hvp_by_difference(prob.grad, ww, prob.grad(ww), V)
-    return _seconds(autograd), _seconds(difference), _seconds(lambda: prob.grad(w.clone()))
+    return (_seconds(autograd, reps=3), _seconds(difference, reps=3),
+            _seconds(lambda: prob.grad(w.clone()), reps=3))
 
 
 def main(argv=None):

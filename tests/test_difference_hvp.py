@@ -1,7 +1,8 @@
 """Hessian-vector products of the central flow's tracked basis from one-sided differences of gradients
 (pyrod.flows.difference_hvp, ``central.tracking_hvp="difference"``): against autograd and the quadratic toy's closed
-form, the gradient count, the central flow's answers and measurements with either, and the refusals (float32,
-unknown values). Numbers quoted were measured on the 2-core development machine (float64, one torch thread)."""
+form, the gradient count and the central flow's answers and measurements with either (the refusals, the spec and
+command-line round trip and the resume: tests/test_difference_options.py). Numbers quoted were measured on the
+2-core development machine (float64, one torch thread)."""
 from __future__ import annotations
 
 import warnings
@@ -11,7 +12,6 @@ import pytest
 import torch
 
 import pyrod
-from pyrod.flows.central import CentralFlow
 from pyrod.flows.cost import CountingProblem
 from pyrod.flows.difference_hvp import difference_step, hvp_by_difference
 from pyrod.optimizers import GD, RMSProp
@@ -131,42 +131,6 @@ def test_central_flow_answers_and_measurements_equal_autograd(opt_name):
     assert diff.attrs["n_hvp"] < auto.attrs["n_hvp"] and diff.attrs["n_grad"] > auto.attrs["n_grad"]
 
 
-def test_float32_and_unknown_values_are_refused_by_name():
-    prob32 = _small_mlp("float32")
-    with pytest.raises(ValueError, match=r"float64 problem, not torch\.float32.*tracking_hvp='autograd'"):
-        CentralFlow(prob32, GD(lr=0.1), tracking_hvp="difference")
-    prob = _small_mlp()
-    with pytest.raises(ValueError, match=r"tracking_hvp='finite'.*'autograd', 'difference'"):
-        CentralFlow(prob, GD(lr=0.1), tracking_hvp="finite")
-    with pytest.raises(ValueError, match=r"tracking_hvp='finite'"):
-        pyrod.simulate(prob, GD(lr=0.1), steps=2, runs=["discrete", "central"], tracking_hvp="finite")
-
-
-def test_the_option_is_recorded_and_read_back(tmp_path):
-    """A flat keyword of ``simulate``, stored in the file's spec; a file written before the option existed reads
-    back as autograd (what pyrod did then)."""
-    prob = _small_mlp()
-    path = tmp_path / "run.nc"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pyrod.simulate(prob, GD(lr=0.1), steps=2, runs=["discrete", "central"], tracking_hvp="difference",
-                       path=path)
-    assert pyrod.spec_of(path).central.tracking_hvp == "difference"
-    d = pyrod.spec_of(path).to_dict()
-    d["central"].pop("tracking_hvp")
-    assert pyrod.RunSpec.from_dict(d).central.tracking_hvp == "autograd"
-
-
-def test_the_command_line_takes_the_option():
-    """``--central.tracking-hvp difference`` reaches the run's spec (the flag is built from the options' one
-    declaration)."""
-    from pyrod.cli import parse_run
-    spec, _ = parse_run(["--problem", '{"toy": "quartic"}', "--runs", "discrete", "central",
-                         "--central.tracking-hvp", "difference"])
-    assert spec.central.tracking_hvp == "difference"
-    assert parse_run(["--problem", '{"toy": "quartic"}'])[0].central.tracking_hvp == "autograd"
-
-
 def test_the_benchmark_shows_float64_differences_beat_float32_autograd_along_eigenvectors():
     """``benchmarks/difference_hvp.py``'s accuracy part on the CNN at 4 images, the claims behind the option: in
     float64 the products along the top eigenvectors (what a tracked basis holds) are within 1e-6 of autograd and
@@ -182,19 +146,3 @@ def test_the_benchmark_shows_float64_differences_beat_float32_autograd_along_eig
     best32 = acc["difference float32, best step per column"]
     assert f64[0] <= 1e-6 and f64[0] < auto32[0]
     assert best32[0] > 10 * auto32[0] and best32[1] > 10 * auto32[1]
-
-
-def test_a_resumed_run_keeps_the_option_and_its_bits(tmp_path):
-    """A finished 8-step run (chunk 4) extended to 12 steps equals a 12-step run variable by variable: the resumed
-    run takes ``tracking_hvp`` from the file (an autograd resume would differ at about 1e-8)."""
-    prob = _small_mlp()
-    lam = float(torch.linalg.eigvalsh(prob.hessian(prob.w0))[-1])
-    kw = dict(runs=["discrete", "central"], restart_at=2, chunk=4, tracking_hvp="difference", threads=1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        whole = pyrod.simulate(prob, GD(lr=2.1 / lam), steps=12, path=tmp_path / "whole.nc", **kw)
-        pyrod.simulate(prob, GD(lr=2.1 / lam), steps=8, path=tmp_path / "part.nc", **kw)
-        resumed = pyrod.resume(tmp_path / "part.nc", steps=12)
-    assert whole["central"].attrs["central_rr_hvp"] > 0
-    for name in ("predicted_loss", "predicted_variances", "n_critical", "critical_sharpness"):
-        np.testing.assert_array_equal(resumed["central"].ds[name].values, whole["central"].ds[name].values)

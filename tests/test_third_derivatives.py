@@ -1,7 +1,8 @@
 """The central flow's third derivatives from differences of gradients (pyrod.flows.third_derivatives,
 ``central.third_derivative="difference"``): against autograd's exact pairs and the quartic toy's closed form, the
-gradient count, the central flow's answers with either, and the refusals (float32, unknown values). Numbers quoted
-were measured on the 2-core development machine (float64, one torch thread)."""
+gradient count and the central flow's answers with either (the refusals, the spec round trip and the resume:
+tests/test_difference_options.py). Numbers quoted were measured on the 2-core development machine (float64, one
+torch thread)."""
 from __future__ import annotations
 
 import warnings
@@ -141,33 +142,6 @@ def test_central_flow_answers_equal_autograd_with_fewer_hvps(opt_name):
     assert diff.attrs["n_hvp"] < auto.attrs["n_hvp"] and diff.attrs["n_grad"] > auto.attrs["n_grad"]
 
 
-def test_float32_and_unknown_values_are_refused_by_name():
-    prob32 = _small_mlp("float32")
-    with pytest.raises(ValueError, match=r"float64 problem, not torch\.float32.*third_derivative='autograd'"):
-        CentralFlow(prob32, GD(lr=0.1), third_derivative="difference")
-    CentralFlow(prob32, GD(lr=0.1))              # autograd, the default, is fine in float32
-    prob = _small_mlp()
-    with pytest.raises(ValueError, match=r"third_derivative='finite'.*'autograd', 'difference'"):
-        CentralFlow(prob, GD(lr=0.1), third_derivative="finite")
-    with pytest.raises(ValueError, match=r"third_derivative='finite'"):
-        pyrod.simulate(prob, GD(lr=0.1), steps=2, runs=["discrete", "central"], third_derivative="finite")
-
-
-def test_the_option_is_recorded_and_read_back(tmp_path):
-    """A flat keyword of ``simulate``, stored in the file's spec; a file written before the option existed reads
-    back as autograd (what pyrod did then)."""
-    prob = _small_mlp()
-    path = tmp_path / "run.nc"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pyrod.simulate(prob, GD(lr=0.1), steps=2, runs=["discrete", "central"], third_derivative="difference",
-                       path=path)
-    assert pyrod.spec_of(path).central.third_derivative == "difference"
-    d = pyrod.spec_of(path).to_dict()
-    d["central"].pop("third_derivative")
-    assert pyrod.RunSpec.from_dict(d).central.third_derivative == "autograd"
-
-
 def test_the_benchmark_shows_float64_differences_beat_float32_autograd_and_float32_differences_do_not():
     """``benchmarks/third_derivatives.py``'s accuracy part on the CNN at 4 images, the claim behind refusing float32:
     in float64 the differences are within 1e-6 of autograd (measured 2e-9 to 8e-9), closer than autograd in float32
@@ -184,19 +158,3 @@ def test_the_benchmark_shows_float64_differences_beat_float32_autograd_and_float
     best32 = np.array(acc["difference float32, best step per pair"])
     assert f64.max() <= 1e-6 and np.all(f64 < auto32)
     assert np.all(best32 > 10 * auto32)
-
-
-def test_a_resumed_run_keeps_the_option_and_its_bits(tmp_path):
-    """A finished 8-step run (chunk 4) extended to 12 steps equals a 12-step run variable by variable: the resumed
-    run takes ``third_derivative`` from the file (an autograd resume would differ at about 1e-9)."""
-    prob = _small_mlp()
-    lam = float(torch.linalg.eigvalsh(prob.hessian(prob.w0))[-1])
-    kw = dict(runs=["discrete", "central"], restart_at=2, chunk=4, third_derivative="difference", threads=1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        whole = pyrod.simulate(prob, GD(lr=2.1 / lam), steps=12, path=tmp_path / "whole.nc", **kw)
-        pyrod.simulate(prob, GD(lr=2.1 / lam), steps=8, path=tmp_path / "part.nc", **kw)
-        resumed = pyrod.resume(tmp_path / "part.nc", steps=12)
-    assert whole["central"].attrs["central_n_t3"] > 0
-    for name in ("predicted_loss", "predicted_variances", "n_critical"):
-        np.testing.assert_array_equal(resumed["central"].ds[name].values, whole["central"].ds[name].values)

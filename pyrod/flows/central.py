@@ -341,7 +341,7 @@ class CentralFlow(PhaseSpaceState, SubspaceTracking, FlowModel):
         the same HVPs as an uninterrupted one."""
         self._chunk = chunk
         self._cache = self._new_cache()
-        self._grad_memo = None
+        self._grad_memo = self._new_cache(size=1)
         self._pending = []
         self._pt_memo = None
         self.flush_device_counts()

@@ -248,7 +248,7 @@ class SubspaceTracking:
         self.lam_t = None           # the time of lam_last (None: not from a check or refresh at a known time)
         self.eig_floor = 0.0        # tolerance floor learned from an unconverged refresh (see _refresh)
         self._cache = self._new_cache()  # ("rr" | "ev", t, state) -> Ritz / evaluation (pure; cleared per chunk)
-        self._grad_memo = None      # (TensorKey(w), ∇L(w)): the base of the difference products (base_grad; pure)
+        self._grad_memo = self._new_cache(size=1)  # ("grad", None, w) -> ∇L(w): base of the differences (base_grad)
         self.expand_due = True      # the next check expands the basis (see track)
         self.far_next = None        # far from critical: time of the next check (see _schedule)
         self.far_prev = None        # far from critical: (t, λ̃max) at the last check
@@ -257,8 +257,8 @@ class SubspaceTracking:
         self.full_prev = None       # [(t, λ̃ of the whole basis)] at the last two whole checks: rates of the others
         self.watch_until = None     # past full_next, right-hand sides keep the watched columns until then
 
-    def _new_cache(self) -> StateCache:
-        return StateCache(by_value=not self.tensor_states)
+    def _new_cache(self, size: int = 16) -> StateCache:
+        return StateCache(size=size, by_value=not self.tensor_states)
 
     def tracking_state(self) -> dict:
         return {"Y": self.Y, "k_track": self.k_track, "lam_last": self.lam_last, "lam_t": self.lam_t,
@@ -285,7 +285,7 @@ class SubspaceTracking:
         # checkpoints written before it: right-hand sides past full_next take the whole basis (as they did then)
         self.watch_until = state.get("watch_until")
         self._cache = self._new_cache()
-        self._grad_memo = None
+        self._grad_memo = self._new_cache(size=1)
 
     def track(self, t, y) -> bool:
         """After each accepted step: Rayleigh–Ritz at the new state on the tracked basis and its Davidson
@@ -611,16 +611,15 @@ class SubspaceTracking:
         return hvp_by_difference(self.problem.grad, w, self.base_grad(w), V)
 
     def base_grad(self, w):
-        """``∇L(w)``, the base point of the difference products at ``w``, kept for the last point (matched as the
-        state caches match, :class:`StateCache`): the right-hand side at that state takes it as its own gradient.
+        """``∇L(w)``, the base point of the difference products at ``w``, kept for the last point (a
+        :class:`StateCache` of one entry): the right-hand side at that state takes it as its own gradient.
         Computed with the flow's uncounted ``grad`` (the run counts one gradient per right-hand side; a Rayleigh–
         Ritz where no right-hand side follows, such as a read-out inside a step, is then not counted, as autograd's
         graph of ∇L there is not)."""
-        memo = self._grad_memo
-        if memo is not None and (memo[0].matches(w) or (not self.tensor_states and _same_on_cpu(memo[0].tensor, w))):
-            return memo[1]
-        g = self.grad(w).detach()
-        self._grad_memo = (TensorKey(w), g)
+        g = self._grad_memo.get("grad", None, w)
+        if g is None:
+            g = self.grad(w).detach()
+            self._grad_memo.put("grad", None, w, g)
         return g
 
     def exact_products(self, w, Pt, rr: Ritz) -> Ritz:
