@@ -3,7 +3,7 @@
     python benchmarks/gpu.py [--n 5000] [--models mlp,cnn,vit] [--dtype float32] [--batch-size 1000]
                              [--cpu-n 500] [--regimes eos,start] [--flows rod,central] [--flow-steps 6] [--chunk 2]
                              [--backend torch] [--project-n N] [--threads 16] [--third-derivative autograd]
-                             [--tracking-hvp autograd]
+                             [--tracking-hvp autograd] [--warmup 2]
     python benchmarks/gpu.py --device cpu --n 200 --cpu-n 0 --regimes eos --flows stable,rod,central \
                              --backend default --flow-steps 12 --chunk 4 --project-n 5000 --threads 1
                                                                     # the CPU rows of docs/howto/cost.md
@@ -23,7 +23,9 @@ registry's MLP (2×256 GELU), CNN (channels 32, 64) and ViT (patch 4, dim 64, de
   the torch backend or, with ``--backend default``, on the one pyrod picks for the device (SciPy on the CPU), each
   run beside the discrete GD run, timed with ``torch.cuda.synchronize()`` around each chunk's integration and
   read-out, over the chunks after the first (the first pays one-time set-up: the central flow's
-  first eigen-solve), and as a ratio central / rod;
+  first eigen-solve) or, with ``--warmup W``, over those from step ``W`` on, and as a ratio central / rod. A central
+  flow's first few units watch every tracked pair (its plan needs two whole checks' rates before it lets a pair
+  go unwatched): a run of thousands of steps costs what the later units cost, so time those (``--warmup 6``);
 * with ``rod`` and ``central`` in ``--flows``, in the ``eos`` rows, the central flow's floor: the least derivative
   work of a central flow with one critical direction on its default integrator (Euler ×4), per right-hand side the
   graph of ∇L at the new point, one HVP and one third-derivative pair (or their differences of gradients with
@@ -152,10 +154,10 @@ def _sharpness(prob):
     return lam0, now() - t0
 
 
-def _after_first(chunks):
-    """Totals ``(steps ≥ 1, seconds, gradients, HVPs)`` of the chunks of ``_timing.chunk_times`` after the first
-    (``k0 > 0``)."""
-    timed = [c[1:] for c in chunks if c[0] > 0]
+def _after_first(chunks, warmup=1):
+    """Totals ``(steps ≥ 1, seconds, gradients, HVPs)`` of the chunks of ``_timing.chunk_times`` that start at step
+    ``warmup`` or later (default: every chunk after the first)."""
+    timed = [c[1:] for c in chunks if c[0] >= max(warmup, 1)]
     steps, secs, grads, hvps = (sum(col) for col in zip(*timed, strict=True)) if timed else (0, 0.0, 0, 0)
     return max(steps, 1), secs, grads, hvps
 
@@ -169,28 +171,34 @@ WORK_COUNTERS = {"rr_hvp": "Rayleigh-Ritz HVPs", "expand_hvp": "expansion HVPs",
                  "refine_hvp": "refine HVPs", "n_t3": "third-derivative pairs", "n_rhs": "right-hand sides"}
 
 
-def work_breakdown(stats_rows) -> dict | None:
-    """Per unit time over the chunks after the first, what the central flow's derivative work went to:
-    ``{counter: count per unit time}`` for :data:`WORK_COUNTERS`, from ``stats_rows`` (``chunk_times``'s
-    ``chunks.stats[name]``: ``(step at the chunk's end, counters)``). None without a timed chunk, and for a flow
-    that does not keep all of these (a plug-in flow that counts other things: no line of zeros)."""
-    if not stats_rows or len(stats_rows) < 2:
+def work_breakdown(stats_rows, warmup=1) -> dict | None:
+    """Per unit time over the timed chunks (those that start at step ``warmup`` or later; default: after the first),
+    what the central flow's derivative work went to: ``{counter: count per unit time}`` for :data:`WORK_COUNTERS`,
+    from ``stats_rows`` (``chunk_times``'s ``chunks.stats[name]``: ``(step at the chunk's end, counters)``). None
+    without a timed chunk, and for a flow that does not keep all of these (a plug-in flow that counts other things:
+    no line of zeros)."""
+    if not stats_rows:
         return None
-    (k0, first), (k1, last) = stats_rows[0], stats_rows[-1]
+    before = [row for row in stats_rows if row[0] <= max(warmup, stats_rows[0][0])]
+    if not before or before[-1] is stats_rows[-1]:
+        return None
+    (k0, first), (k1, last) = before[-1], stats_rows[-1]
     if not all(key in last for key in WORK_COUNTERS):
         return None
     return {key: (last.get(key, 0) - first.get(key, 0)) / (k1 - k0) for key in WORK_COUNTERS}
 
 
 def _flow_cost(prob, steps, flow, regime, chunk=2, lam0=None, backend="torch", third_derivative="autograd",
-               tracking_hvp="autograd"):
-    """Seconds per unit time of ``flow`` (integration + read-out, chunks after the first) beside the discrete run,
+               tracking_hvp="autograd", warmup=None):
+    """Seconds per unit time of ``flow`` (integration + read-out, chunks after ``warmup``) beside the discrete run,
     in ``regime`` (see the module docstring; ``lam0`` from :func:`_sharpness`, computed when not given) on
     ``backend`` (``"default"``: pyrod's choice for the device); returns ``(s per unit time, flow status,
     critical-set share, s per discrete step without eigenvalues, (gradients, HVPs) per unit time, work)``: the run's
     own counters over the timed chunks, third derivatives counted as their backward passes: ``pyrod.flows.cost``;
     ``work``: :func:`work_breakdown` for a flow that keeps counters, else None). ``third_derivative``,
-    ``tracking_hvp``: the central flow's options of those names."""
+    ``tracking_hvp``: the central flow's options of those names. ``warmup``: the steps not timed at the start (a
+    multiple of ``chunk``; default: the first chunk)."""
+    warmup = chunk if warmup is None else warmup
     if regime == "eos":
         lam0 = _sharpness(prob)[0] if lam0 is None else lam0
         kw = dict(lr=2.05 / lam0, integ={})
@@ -206,12 +214,12 @@ def _flow_cost(prob, steps, flow, regime, chunk=2, lam0=None, backend="torch", t
                               threads=torch.get_num_threads(), progress=False, **kw["integ"],
                               **({"third_derivative": third_derivative, "tracking_hvp": tracking_hvp}
                                  if flow == "central" else {}))
-    units, secs, grads, hvps = _after_first(chunks[flow])
-    d_steps, d_secs, _, _ = _after_first(chunks["discrete"])
+    units, secs, grads, hvps = _after_first(chunks[flow], warmup)
+    d_steps, d_secs, _, _ = _after_first(chunks["discrete"], warmup)
     per, counts, per_disc = secs / units, (grads / units, hvps / units), d_secs / d_steps
     ds = tree[flow].ds
     crit = float((ds["n_critical"].values > 0).mean()) if "n_critical" in ds else float("nan")
-    return per, ds.attrs["flow_status"], crit, per_disc, counts, work_breakdown(chunks.stats.get(flow))
+    return per, ds.attrs["flow_status"], crit, per_disc, counts, work_breakdown(chunks.stats.get(flow), warmup)
 
 
 def _duration(seconds: float) -> str:
@@ -260,7 +268,11 @@ def main(argv=None):
     ap.add_argument("--models", default="mlp,cnn,vit")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--batch-size", type=int, default=None)
-    ap.add_argument("--flow-steps", type=int, default=6, help="steps per flow run (the first chunk untimed)")
+    ap.add_argument("--flow-steps", type=int, default=6, help="steps per flow run (the first --warmup untimed)")
+    ap.add_argument("--warmup", type=int, default=None,
+                    help="steps not timed at the start of each flow run, a multiple of --chunk (default: one chunk); "
+                         "a larger one times a central flow past its start, once its checks watch only the pairs "
+                         "near the threshold (docs/howto/cost.md)")
     ap.add_argument("--chunk", type=int, default=2,
                     help="steps per chunk (an adaptive integrator starts a new segment at each chunk end; a run's "
                          "default chunk is 50)")
@@ -284,6 +296,10 @@ def main(argv=None):
     if not 1 <= args.chunk < args.flow_steps:
         raise SystemExit(f"--chunk {args.chunk}: must be >= 1 and below --flow-steps {args.flow_steps} (the first "
                          "chunk is not timed)")
+    warmup = args.chunk if args.warmup is None else args.warmup
+    if warmup < args.chunk or warmup % args.chunk or warmup >= args.flow_steps:
+        raise SystemExit(f"--warmup {warmup}: must be a multiple of --chunk {args.chunk} (at least one chunk) and "
+                         f"below --flow-steps {args.flow_steps}")
     flows = args.flows.split(",")
     bad = [f for f in flows if f not in valid_flows]
     if bad:
@@ -327,7 +343,7 @@ def main(argv=None):
             for flow in flows:
                 per, status, crit, per_disc, (grads, hvps), work = _flow_cost(
                     gpu, args.flow_steps, flow, regime, chunk=args.chunk, lam0=lam0, backend=args.backend,
-                    third_derivative=args.third_derivative, tracking_hvp=args.tracking_hvp)
+                    third_derivative=args.third_derivative, tracking_hvp=args.tracking_hvp, warmup=warmup)
                 cost[flow], cost["discrete"] = per, per_disc
                 extra = f" critical {crit:.0%} of steps" if flow == "central" else ""
                 print(f"{model:5s} {gpu.dim:9d} {regime + ' ' + flow + ' s/unit time':26s} {per:10.3f} "

@@ -58,6 +58,9 @@ def test_cost_table_command_rejects_a_name_that_is_not_a_flow_and_a_chunk_that_l
         gpu.main(["--device", "cpu", "--flows", "midpoint"])
     with pytest.raises(SystemExit, match="--chunk 6: must be >= 1 and below --flow-steps 6"):
         gpu.main(["--device", "cpu", "--chunk", "6"])
+    for warmup in ("1", "3", "6", "0"):          # not a multiple of --chunk 2, or nothing left to time
+        with pytest.raises(SystemExit, match=f"--warmup {warmup}: must be a multiple of --chunk 2"):
+            gpu.main(["--device", "cpu", "--warmup", warmup])
 
 
 @pytest.mark.filterwarnings("ignore:central flow. more than max_track")
@@ -134,6 +137,21 @@ def test_work_breakdown_is_the_counters_per_unit_time_after_the_first_chunk():
     assert gpu.work_breakdown(rows[:1]) is None and gpu.work_breakdown(None) is None   # nothing timed
     other = [(2, {"n_jacobian": 3, "n_rhs": 4}), (4, {"n_jacobian": 9, "n_rhs": 8})]   # a flow counting other things
     assert gpu.work_breakdown(other) is None
+
+
+def test_warmup_times_only_the_chunks_from_that_step_on():
+    """``--warmup W``: the seconds, counts and work breakdown come from the chunks that start at step W or later
+    (the default, one chunk, as before)."""
+    chunks = [(0, 2, 9.0, 40, 90), (2, 2, 5.0, 20, 40), (4, 2, 3.0, 12, 20), (6, 2, 3.5, 12, 24)]
+    assert gpu._after_first(chunks) == (6, 11.5, 44, 84)
+    assert gpu._after_first(chunks, 4) == (4, 6.5, 24, 44)
+    rows = [(2, {"rr_hvp": 32, "n_rhs": 8}), (4, {"rr_hvp": 52, "n_rhs": 16}), (6, {"rr_hvp": 66, "n_rhs": 24}),
+            (8, {"rr_hvp": 80, "n_rhs": 32})]
+    rows = [(k, {key: c.get(key, 0) for key in gpu.WORK_COUNTERS} | c) for k, c in rows]
+    assert gpu.work_breakdown(rows)["rr_hvp"] == 8.0              # (80 - 32) / 6
+    assert gpu.work_breakdown(rows, 4)["rr_hvp"] == 7.0           # (80 - 52) / 4
+    assert gpu.work_breakdown(rows, 4)["n_rhs"] == 4.0
+    assert gpu.work_breakdown(rows, 8) is None                    # nothing after the warm-up
 
 
 def test_central_floor_times_one_right_hand_sides_least_derivative_work(monkeypatch):
