@@ -164,8 +164,9 @@ def _after_first(chunks, warmup=1):
 
 #: the central flow's counters (``CentralFlow.stats``) that :func:`work_breakdown` reports per unit time: HVPs of the
 #: Rayleigh–Ritz on the tracked basis, of its Davidson expansions, of the LOBPCG refreshes and of the refinements for
-#: a measurement, and the third-derivative pairs ∇(uᵢᵀHuⱼ) (each two backward passes in the run's HVP count; with
-#: ``--third-derivative difference`` two gradients per diagonal pair in its gradient count instead; with
+#: a measurement, and the third-derivative pairs ∇(uᵢᵀHuⱼ) (in the run's HVP count one backward pass per pair and one
+#: per critical direction, shared by its pairs: two per pair with one critical direction, 156 for 126 pairs on the
+#: memorising MLP; with ``--third-derivative difference`` two gradients per pair in its gradient count instead; with
 #: ``--tracking-hvp difference`` the Rayleigh–Ritz and expansion products are one gradient each, in the gradient count)
 WORK_COUNTERS = {"rr_hvp": "Rayleigh-Ritz HVPs", "expand_hvp": "expansion HVPs", "refresh_hvp": "refresh HVPs",
                  "refine_hvp": "refine HVPs", "n_t3": "third-derivative pairs", "n_rhs": "right-hand sides"}
@@ -190,8 +191,8 @@ def work_breakdown(stats_rows, warmup=1) -> dict | None:
 
 def _flow_cost(prob, steps, flow, regime, chunk=2, lam0=None, backend="torch", third_derivative="autograd",
                tracking_hvp="autograd", warmup=None):
-    """Seconds per unit time of ``flow`` (integration + read-out, chunks after ``warmup``) beside the discrete run,
-    in ``regime`` (see the module docstring; ``lam0`` from :func:`_sharpness`, computed when not given) on
+    """Seconds per unit time of ``flow`` (integration + read-out, the chunks from step ``warmup`` on) beside the
+    discrete run, in ``regime`` (see the module docstring; ``lam0`` from :func:`_sharpness`, computed when not given) on
     ``backend`` (``"default"``: pyrod's choice for the device); returns ``(s per unit time, flow status,
     critical-set share, s per discrete step without eigenvalues, (gradients, HVPs) per unit time, work)``: the run's
     own counters over the timed chunks, third derivatives counted as their backward passes: ``pyrod.flows.cost``;
