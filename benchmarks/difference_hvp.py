@@ -20,7 +20,6 @@ Prints one table per part. docs/central_flows.md ("Hessian-vector products of th
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -28,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu import _problem  # noqa: E402  (the same models and data as the cost table)
-from third_derivatives import _rel, _seconds  # noqa: E402  (the same error and timing as its sibling benchmark)
+from third_derivatives import _rel, _seconds, benchmark_args  # noqa: E402  (the same error, timing and options)
 
 from pyrod.flows.difference_hvp import hvp_by_difference  # noqa: E402
 from pyrod.spectra import hessian_operator, top_eigs  # noqa: E402
@@ -84,13 +83,7 @@ def cost(model, n, dtype):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default="mlp,cnn,vit")
-    ap.add_argument("--n", type=int, default=200)
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    models = args.models.split(",")
+    args, models = benchmark_args(argv, __doc__)
     print(f"torch {torch.__version__}, {args.threads} thread(s), n = {args.n}; relative error of Hv against autograd "
           f"in float64, largest over the top {N_EIG} Hessian eigenvectors at w0 and over {N_RANDOM} random "
           f"directions\n")

@@ -154,7 +154,7 @@ def _sharpness(prob):
     return lam0, now() - t0
 
 
-def _after_first(chunks, warmup=1):
+def _timed_totals(chunks, warmup=1):
     """Totals ``(steps ≥ 1, seconds, gradients, HVPs)`` of the chunks of ``_timing.chunk_times`` that start at step
     ``warmup`` or later (default: every chunk after the first)."""
     timed = [c[1:] for c in chunks if c[0] >= max(warmup, 1)]
@@ -181,7 +181,7 @@ def work_breakdown(stats_rows, warmup=1) -> dict | None:
     if not stats_rows:
         return None
     before = [row for row in stats_rows if row[0] <= max(warmup, stats_rows[0][0])]
-    if not before or before[-1] is stats_rows[-1]:
+    if before[-1] is stats_rows[-1]:             # (the first row is always in before)
         return None
     (k0, first), (k1, last) = before[-1], stats_rows[-1]
     if not all(key in last for key in WORK_COUNTERS):
@@ -215,8 +215,8 @@ def _flow_cost(prob, steps, flow, regime, chunk=2, lam0=None, backend="torch", t
                               threads=torch.get_num_threads(), progress=False, **kw["integ"],
                               **({"third_derivative": third_derivative, "tracking_hvp": tracking_hvp}
                                  if flow == "central" else {}))
-    units, secs, grads, hvps = _after_first(chunks[flow], warmup)
-    d_steps, d_secs, _, _ = _after_first(chunks["discrete"], warmup)
+    units, secs, grads, hvps = _timed_totals(chunks[flow], warmup)
+    d_steps, d_secs, _, _ = _timed_totals(chunks["discrete"], warmup)
     per, counts, per_disc = secs / units, (grads / units, hvps / units), d_secs / d_steps
     ds = tree[flow].ds
     crit = float((ds["n_critical"].values > 0).mean()) if "n_critical" in ds else float("nan")

@@ -40,6 +40,18 @@ def _rel(a, b):
     return (a.double() - b).norm(dim=0) / b.norm(dim=0)
 
 
+def benchmark_args(argv, doc):
+    """The command line this benchmark and ``benchmarks/difference_hvp.py`` share: ``--models`` (comma-separated),
+    ``--n`` images and ``--threads`` (set here); returns ``(args, [model names])``."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="mlp,cnn,vit")
+    ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    return args, args.models.split(",")
+
+
 def accuracy(model, n):
     """``{method: [err T00, err T01, err T11]}`` for one model (module docstring)."""
     p64, p32 = _problem(model, n, "cpu", "float64", None), _problem(model, n, "cpu", "float32", None)
@@ -90,13 +102,7 @@ def cost(model, n, dtype):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default="mlp,cnn,vit")
-    ap.add_argument("--n", type=int, default=200)
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    models = args.models.split(",")
+    args, models = benchmark_args(argv, __doc__)
     print(f"torch {torch.__version__}, {args.threads} thread(s), n = {args.n}; relative error against autograd in "
           f"float64 of T_00, T_01, T_11 (top two Hessian eigenvectors at w0)\n")
     print("| model | d | method | T_00 | T_01 | T_11 |\n|---|---:|---|---:|---:|---:|")

@@ -143,8 +143,8 @@ def test_warmup_times_only_the_chunks_from_that_step_on():
     """``--warmup W``: the seconds, counts and work breakdown come from the chunks that start at step W or later
     (the default, one chunk, as before)."""
     chunks = [(0, 2, 9.0, 40, 90), (2, 2, 5.0, 20, 40), (4, 2, 3.0, 12, 20), (6, 2, 3.5, 12, 24)]
-    assert gpu._after_first(chunks) == (6, 11.5, 44, 84)
-    assert gpu._after_first(chunks, 4) == (4, 6.5, 24, 44)
+    assert gpu._timed_totals(chunks) == (6, 11.5, 44, 84)
+    assert gpu._timed_totals(chunks, 4) == (4, 6.5, 24, 44)
     rows = [(2, {"rr_hvp": 32, "n_rhs": 8}), (4, {"rr_hvp": 52, "n_rhs": 16}), (6, {"rr_hvp": 66, "n_rhs": 24}),
             (8, {"rr_hvp": 80, "n_rhs": 32})]
     rows = [(k, {key: c.get(key, 0) for key in gpu.WORK_COUNTERS} | c) for k, c in rows]
